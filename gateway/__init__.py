@@ -1,0 +1,1 @@
+"""The public REST v1 API in front of the mesh."""

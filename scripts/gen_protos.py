@@ -1,0 +1,52 @@
+"""Generates the Python code and type stubs of every proto under protos/.
+
+    python scripts/gen_protos.py            # writes into src/
+    python scripts/gen_protos.py --out DIR  # writes into DIR (the staleness test compares)
+"""
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from grpc_tools import protoc
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOS = ROOT / "protos"
+
+
+def generate(out: Path) -> None:
+    plugin_dir = Path(sys.executable).parent
+    sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
+    for proto_dir in {Path(s).parent for s in sources}:
+        target = out / proto_dir
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        for package in (target, *target.parents):
+            if package == out:
+                break
+            (package / "__init__.py").touch()
+    args = [
+        "protoc",
+        f"-I{PROTOS}",
+        f"-I{Path(protoc.__file__).parent / '_proto'}",
+        f"--plugin=protoc-gen-mypy={plugin_dir / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={plugin_dir / 'protoc-gen-mypy_grpc'}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        f"--mypy_out={out}",
+        f"--mypy_grpc_out={out}",
+        *sources,
+    ]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "src")
+    generate(parser.parse_args().out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The five gRPC services of the mesh, one package each."""

@@ -1,0 +1,64 @@
+"""One async SQLAlchemy engine per service and its Alembic migrations.
+
+SQLite (the embedded default) runs in WAL mode and starts every transaction with BEGIN
+IMMEDIATE: writers queue on the lock (busy_timeout) instead of failing when a read turns into
+a write. PostgreSQL keeps each service's tables in its own schema when one is configured.
+"""
+
+from typing import Any
+
+from alembic import command, context
+from alembic.config import Config
+from sqlalchemy import MetaData, event, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+
+def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
+    if make_url(url).get_backend_name() == "sqlite":
+        return _sqlite_engine(url)
+    connect_args: dict[str, Any] = {}
+    if schema:
+        connect_args["server_settings"] = {"search_path": schema}
+    return create_async_engine(url, pool_size=10, max_overflow=20, connect_args=connect_args)
+
+
+def _sqlite_engine(url: str) -> AsyncEngine:
+    engine = create_async_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy, not the driver, begins transactions
+        cursor = dbapi_connection.cursor()
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=30000"):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+async def migrate(engine: AsyncEngine, migrations: str, *, schema: str | None = None) -> None:
+    """Upgrades the service's schema to the newest revision of `migrations` (a package path)."""
+    async with engine.begin() as connection:
+        if schema and connection.dialect.name == "postgresql":
+            await connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        await connection.run_sync(_upgrade, migrations)
+
+
+def _upgrade(connection: Connection, migrations: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", f"{migrations}:")
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+def run_migrations(metadata: MetaData) -> None:
+    """The body of every service's migrations/env.py: runs on the connection `migrate` passes."""
+    connection = context.config.attributes["connection"]
+    context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()

@@ -1,0 +1,42 @@
+"""structlog setup: JSON lines when not on a terminal, readable lines on one; secrets never logged."""
+
+import logging
+import re
+import sys
+from typing import Any
+
+import structlog
+
+_SECRET_KEYS = frozenset({"token", "secret", "signature", "pepper", "authorization", "password"})
+_TOKEN_PATTERN = re.compile(r"mp_(live|test)_[A-Za-z0-9]+\.[A-Za-z0-9]+|whsec_[A-Za-z0-9+/=]+")
+
+
+def _redact(value: Any) -> Any:
+    return _TOKEN_PATTERN.sub("[redacted]", value) if isinstance(value, str) else value
+
+
+def redact_secrets(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: "[redacted]" if key in _SECRET_KEYS else _redact(value)
+        for key, value in event.items()
+    }
+
+
+def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+    as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redact_secrets,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )

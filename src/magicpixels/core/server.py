@@ -1,0 +1,198 @@
+"""The one gRPC server bootstrap: health, reflection, interceptors, graceful stop."""
+
+import asyncio
+import hmac
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from magicpixels.core.context import REQUEST_ID_HEADER, set_deadline
+from magicpixels.core.errors import INTERNAL_STATUS, DomainError, passthrough_status
+from magicpixels.core.ids import new_id
+
+log = structlog.get_logger("magicpixels.rpc")
+
+# Probes and tooling reach these without the service token.
+_OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/")
+
+
+@dataclass(frozen=True)
+class ServiceBinding:
+    """A servicer and the generated function that adds it to a server."""
+
+    name: str
+    servicer: Any
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+
+
+class _RpcOutcome:
+    code: grpc.StatusCode = grpc.StatusCode.OK
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    """Checks the service token, binds the request id and deadline, maps errors, logs each RPC."""
+
+    def __init__(self, service_token: str) -> None:
+        self._expected = f"Bearer {service_token}".encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(_OPEN_SERVICES):
+            return handler
+        return _wrap_handler(handler, self._scope(details.method))
+
+    def _scope(self, method: str) -> Callable[[grpc.aio.ServicerContext], Any]:
+        @asynccontextmanager
+        async def scope(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+            metadata = dict(context.invocation_metadata() or ())
+            request_id = metadata.get(REQUEST_ID_HEADER) or new_id("req")
+            outcome = _RpcOutcome()
+            started = time.perf_counter()
+            with structlog.contextvars.bound_contextvars(request_id=request_id, rpc=method):
+                try:
+                    if not self._authorized(metadata):
+                        outcome.code = grpc.StatusCode.UNAUTHENTICATED
+                        await context.abort(outcome.code, "missing or wrong service token")
+                    set_deadline(context.time_remaining())
+                    async with _mapped_errors(context, outcome):
+                        yield
+                finally:
+                    log.info(
+                        "rpc",
+                        code=outcome.code.name,
+                        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    )
+
+        return scope
+
+    def _authorized(self, metadata: dict[str, Any]) -> bool:
+        presented = metadata.get("authorization", "")
+        presented = presented.encode() if isinstance(presented, str) else presented
+        return hmac.compare_digest(presented, self._expected)
+
+
+@asynccontextmanager
+async def _mapped_errors(context: grpc.aio.ServicerContext, outcome: _RpcOutcome) -> AsyncIterator[None]:
+    try:
+        yield
+    except DomainError as error:
+        outcome.code = error.code
+        await context.abort_with_status(error.to_status())
+    except grpc.aio.AioRpcError as error:  # a call this RPC made failed: answer what it said
+        status = passthrough_status(error)
+        outcome.code = status.code
+        await context.abort_with_status(status)
+    except (asyncio.CancelledError, grpc.aio.AbortError):
+        outcome.code = context.code() or grpc.StatusCode.CANCELLED  # type: ignore[assignment]
+        raise
+    except Exception:
+        log.exception("rpc_failed")
+        outcome.code = grpc.StatusCode.INTERNAL
+        await context.abort_with_status(INTERNAL_STATUS)
+
+
+def _wrap_handler(handler: grpc.RpcMethodHandler, scope: Callable[..., Any]) -> grpc.RpcMethodHandler:
+    codec = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        inner_uu = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with scope(context):
+                return await inner_uu(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, **codec)
+    if handler.stream_unary:
+        inner_su = handler.stream_unary
+
+        async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with scope(context):
+                return await inner_su(requests, context)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, **codec)
+    if handler.unary_stream:
+        inner_us = handler.unary_stream
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with scope(context):
+                async for response in inner_us(request, context):
+                    yield response
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, **codec)
+    inner_ss = handler.stream_stream
+
+    async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        async with scope(context):
+            async for response in inner_ss(requests, context):
+                yield response
+
+    return grpc.stream_stream_rpc_method_handler(stream_stream, **codec)
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service_names: Sequence[str]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def stop(self, grace: float) -> None:
+        """Tells probes and balancers to go elsewhere, then lets in-flight calls finish."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def start_server(
+    bindings: Sequence[ServiceBinding], *, host: str, port: int, service_token: str
+) -> RunningServer:
+    server = grpc.aio.server(
+        interceptors=[ServerInterceptor(service_token)],
+        options=[
+            # Clients reconnect, and so rebalance, at least this often.
+            ("grpc.max_connection_age_ms", 300_000),
+            ("grpc.max_connection_age_grace_ms", 30_000),
+        ],
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for binding in bindings:
+        binding.add_to_server(binding.servicer, server)
+    names = [binding.name for binding in bindings]
+    reflection.enable_server_reflection([*names, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
+    bound_port = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    for name in ("", *names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("grpc_server_started", services=names, port=bound_port)
+    return RunningServer(server, bound_port, health_servicer, names)
+
+
+async def wait_for_stop_signal() -> None:
+    """Returns on the first SIGTERM or SIGINT, so the caller can stop gracefully."""
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopped.set)
+    try:
+        await stopped.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

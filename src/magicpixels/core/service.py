@@ -1,0 +1,73 @@
+"""What every service is built from and how one is started on its own port."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import grpc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from magicpixels.core.bus import EventBus
+from magicpixels.core.clients import open_channel
+from magicpixels.core.db import create_engine, migrate
+from magicpixels.core.server import RunningServer, ServiceBinding, start_server
+from magicpixels.core.settings import MeshSettings, ServiceSettings, write_address
+
+
+class Service(Protocol):
+    name: str
+    settings: ServiceSettings
+
+    async def start(self) -> Sequence[ServiceBinding]:
+        """Opens what the service needs (database, background tasks) and returns its servicers."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class Mesh:
+    """The shared runtime a service is built with: settings, the bus, channels to its peers."""
+
+    settings: MeshSettings
+    bus: EventBus
+    _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+
+    def channel(self, service: str) -> grpc.aio.Channel:
+        if service not in self._channels:
+            self._channels[service] = open_channel(
+                self.settings.address_of(service),
+                service_token=self.settings.internal_token(),
+                timeout=self.settings.rpc_timeout_seconds,
+            )
+        return self._channels[service]
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+
+
+async def open_database(
+    mesh: MeshSettings, settings: ServiceSettings, service: str, migrations: str
+) -> AsyncEngine:
+    engine = create_engine(settings.database_url_for(mesh, service), schema=settings.database_schema)
+    await migrate(engine, migrations, schema=settings.database_schema)
+    return engine
+
+
+async def start_service(service: Service, mesh: Mesh) -> RunningServer:
+    bindings = await service.start()
+    server = await start_server(
+        bindings,
+        host=service.settings.host,
+        port=service.settings.port,
+        service_token=mesh.settings.internal_token(),
+    )
+    write_address(mesh.settings.data_dir, service.name, f"{service.settings.host}:{server.port}")
+    return server
+
+
+async def stop_service(service: Service, server: RunningServer, grace: float) -> None:
+    await server.stop(grace)
+    await service.close()

@@ -1,0 +1,46 @@
+"""Helpers the tests import: database settings, running a service, a channel to it."""
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from magicpixels.core.clients import open_channel
+from magicpixels.core.server import RunningServer
+from magicpixels.core.service import Mesh, Service, start_service, stop_service
+from magicpixels.core.settings import ServiceSettings
+
+POSTGRES_URL = os.environ.get(
+    "MP_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("MP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+@dataclass(frozen=True)
+class Database:
+    url: str
+    schema: str | None
+
+    def settings(self, cls: type[S], **overrides: Any) -> S:
+        return cls(database_url=self.url, database_schema=self.schema, **overrides)
+
+
+@asynccontextmanager
+async def serving(service: Service, mesh: Mesh) -> AsyncIterator[RunningServer]:
+    """Runs the service on a free port for the body of the block, registered in the mesh."""
+    server = await start_service(service, mesh)
+    try:
+        yield server
+    finally:
+        await stop_service(service, server, grace=0.5)
+
+
+def channel_to(server: RunningServer, mesh: Mesh) -> grpc.aio.Channel:
+    return open_channel(
+        server.address, service_token=mesh.settings.internal_token(), timeout=10.0
+    )
