@@ -33,8 +33,12 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     dsn = make_url(POSTGRES_URL).set(drivername="postgresql").render_as_string(hide_password=False)
     yield Database(POSTGRES_URL, schema)
     connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    try:  # the schema, and those named after it (one per service of a whole mesh)
+        names = await connection.fetch(
+            "SELECT nspname FROM pg_namespace WHERE nspname = $1 OR nspname LIKE $1 || '\\_%'", schema
+        )
+        for row in names:
+            await connection.execute(f'DROP SCHEMA IF EXISTS "{row["nspname"]}" CASCADE')
     finally:
         await connection.close()
 

@@ -4,6 +4,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -27,7 +28,7 @@ class Database:
     schema: str | None
 
     def settings(self, cls: type[S], **overrides: Any) -> S:
-        return cls(database_url=self.url, database_schema=self.schema, **overrides)
+        return cls(**{"database_url": self.url, "database_schema": self.schema, **overrides})
 
 
 @asynccontextmanager
@@ -44,3 +45,17 @@ def channel_to(server: RunningServer, mesh: Mesh) -> grpc.aio.Channel:
     return open_channel(
         server.address, service_token=mesh.settings.internal_token(), timeout=10.0
     )
+
+
+def mesh_databases(database: Database, data_dir: Path) -> dict[str, ServiceSettings]:
+    """Settings giving each service of a mesh its own database: a SQLite file or a schema."""
+    from magicpixels.mesh import SERVICE_CLASSES
+
+    settings = {}
+    for name, (_, settings_class) in SERVICE_CLASSES.items():
+        if database.schema is None:
+            url = f"sqlite+aiosqlite:///{data_dir / f'{name}.db'}"
+            settings[name] = settings_class(database_url=url)
+        else:
+            settings[name] = database.settings(settings_class, database_schema=f"{database.schema}_{name}")
+    return settings

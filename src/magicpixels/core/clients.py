@@ -14,17 +14,14 @@ _CHANNEL_OPTIONS = [
 ]
 
 
-class _CallContextInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
+class _CallContext:
+    """Adds the service token, the request id and a deadline to a call's details."""
+
     def __init__(self, service_token: str, default_timeout: float) -> None:
         self._authorization = f"Bearer {service_token}"
         self._default_timeout = default_timeout
 
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    def details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
         metadata["authorization"] = self._authorization
         if REQUEST_ID_HEADER not in metadata:
@@ -37,17 +34,39 @@ class _CallContextInterceptor(
             details.method, timeout, metadata, details.credentials, details.wait_for_ready
         )
 
+
+# grpc.aio files an interceptor under the first of the four kinds it is an instance of, so
+# each kind of call needs its own interceptor object.
+class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, context: _CallContext) -> None:
+        self.context = context
+
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
+        return await continuation(self.context.details(details), request)
+
+
+class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, context: _CallContext) -> None:
+        self.context = context
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
+        return await continuation(self.context.details(details), request)
+
+
+class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, context: _CallContext) -> None:
+        self.context = context
 
     async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return await continuation(self._details(details), requests)
+        return await continuation(self.context.details(details), requests)
+
+
+class _StreamStream(grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, context: _CallContext) -> None:
+        self.context = context
 
     async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return await continuation(self._details(details), requests)
+        return await continuation(self.context.details(details), requests)
 
 
 def open_channel(address: str, *, service_token: str, timeout: float) -> grpc.aio.Channel:
@@ -55,8 +74,9 @@ def open_channel(address: str, *, service_token: str, timeout: float) -> grpc.ai
 
     `timeout` is the deadline of a call that sets none and inherits none from the RPC it serves.
     """
+    context = _CallContext(service_token, timeout)
     return grpc.aio.insecure_channel(
         address,
         options=_CHANNEL_OPTIONS,
-        interceptors=[_CallContextInterceptor(service_token, timeout)],
+        interceptors=[kind(context) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)],
     )

@@ -1,0 +1,101 @@
+"""The inference service: Generate and ListModels for internal callers, and the worker loops."""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from magicpixels.assets.v1 import assets_pb2_grpc
+from magicpixels.core.ids import new_id
+from magicpixels.core.server import ServiceBinding
+from magicpixels.core.service import Mesh
+from magicpixels.core.settings import InferenceSettings
+from magicpixels.inference.v1 import inference_pb2, inference_pb2_grpc
+from magicpixels.jobs.v1 import jobs_pb2_grpc
+from magicpixels.services.inference.backends import Backend, BuiltinBackend, backend_for
+from magicpixels.services.inference.worker import CHUNK_BYTES, Worker
+
+SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    def __init__(self, backends: list[Backend]) -> None:
+        self.backends = backends
+
+    async def Generate(
+        self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[inference_pb2.GenerateResponse]:
+        backend = backend_for(request.spec.mode, self.backends)
+        loop = asyncio.get_running_loop()
+        progress: asyncio.Queue[float] = asyncio.Queue()
+        running = asyncio.create_task(
+            asyncio.to_thread(
+                backend.generate,
+                request.spec,
+                lambda fraction: loop.call_soon_threadsafe(progress.put_nowait, fraction),
+            )
+        )
+        while not running.done() or not progress.empty():
+            waiting = asyncio.create_task(progress.get())
+            await asyncio.wait({running, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            if waiting.done():
+                fraction = waiting.result()
+                yield inference_pb2.GenerateResponse(
+                    progress=inference_pb2.GenerateProgress(fraction=fraction)
+                )
+            else:
+                waiting.cancel()
+        media = running.result()
+        yield inference_pb2.GenerateResponse(
+            result=inference_pb2.GenerateResult(
+                content_type=media.content_type,
+                width=media.width,
+                height=media.height,
+                size_bytes=len(media.data),
+            )
+        )
+        for offset in range(0, len(media.data), CHUNK_BYTES):
+            yield inference_pb2.GenerateResponse(chunk=media.data[offset : offset + CHUNK_BYTES])
+
+    async def ListModels(
+        self, request: inference_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.ListModelsResponse:
+        models = [
+            inference_pb2.Model(id=f"{backend.name}-{mode}", mode=mode, backend=backend.name, loaded=True)
+            for backend in self.backends
+            for mode in backend.modes
+        ]
+        return inference_pb2.ListModelsResponse(models=models)
+
+
+class InferenceService:
+    name = "inference"
+
+    def __init__(self, mesh: Mesh, settings: InferenceSettings) -> None:
+        self.mesh = mesh
+        self.settings = settings
+        self.backends: list[Backend] = [BuiltinBackend()]
+        self._workers: list[asyncio.Task[None]] = []
+
+    async def start(self) -> list[ServiceBinding]:
+        for _ in range(self.settings.workers):
+            worker = Worker(
+                new_id("wrk"),
+                jobs_pb2_grpc.JobsServiceStub(self.mesh.channel("jobs")),
+                assets_pb2_grpc.AssetsServiceStub(self.mesh.channel("assets")),
+                self.backends,
+                self.settings.lease_wait_seconds,
+            )
+            self._workers.append(asyncio.create_task(worker.run_forever()))
+        servicer = InferenceServicer(self.backends)
+        return [
+            ServiceBinding(
+                SERVICE_NAME, servicer, inference_pb2_grpc.add_InferenceServiceServicer_to_server
+            )
+        ]
+
+    async def close(self) -> None:
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers.clear()

@@ -1,0 +1,189 @@
+"""The worker loop: lease a job, run its backend, store the result in assets, complete the job.
+
+A heartbeat runs beside the backend: it reports progress, keeps the lease alive, and learns
+when the job was canceled (or its lease lost), in which case the result is thrown away.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+from google.protobuf.duration_pb2 import Duration
+
+from magicpixels.assets.v1 import assets_pb2, assets_pb2_grpc
+from magicpixels.core.errors import DomainError, remote_error
+from magicpixels.core.timestamps import from_timestamp, utcnow
+from magicpixels.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+from magicpixels.services.inference.backends import Backend, backend_for
+from magicpixels.services.inference.builtin_image import EncodedMedia
+
+log = structlog.get_logger("magicpixels.inference.worker")
+
+CHUNK_BYTES = 64 * 1024
+# After a failed LeaseJob (jobs unreachable) wait this long before asking again.
+RETRY_SECONDS = 1.0
+_TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+@dataclass
+class Heartbeat:
+    """Carries progress from the backend's thread to the jobs service while the job runs."""
+
+    jobs: jobs_pb2_grpc.JobsServiceStub
+    lease: jobs_pb2.Lease
+    progress: float = 0.0
+    stopped: bool = False
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def report_from_thread(self, loop: asyncio.AbstractEventLoop, fraction: float) -> None:
+        loop.call_soon_threadsafe(self._set_progress, fraction)
+
+    def _set_progress(self, fraction: float) -> None:
+        self.progress = max(self.progress, min(fraction, 1.0))
+        self._changed.set()
+
+    async def run(self) -> None:
+        while not self.stopped:
+            seconds_left = (from_timestamp(self.lease.expire_time) - utcnow()).total_seconds()
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=max(seconds_left / 3, 0.05))
+            except TimeoutError:
+                pass
+            self._changed.clear()
+            await self._beat()
+
+    async def _beat(self) -> None:
+        request = jobs_pb2.ReportProgressRequest(
+            job_id=self.lease.job.id, lease_token=self.lease.token, progress=self.progress
+        )
+        try:
+            reply = await self.jobs.ReportProgress(request)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in _TRANSIENT:
+                return  # the lease may still hold; the next beat tries again
+            log.warning("lease_lost", job_id=self.lease.job.id, reason=remote_error(error).reason)
+            self.stopped = True
+            return
+        if reply.canceled:
+            log.info("job_canceled_while_running", job_id=self.lease.job.id)
+            self.stopped = True
+        else:
+            self.lease.expire_time.CopyFrom(reply.lease_expire_time)
+
+
+class Worker:
+    def __init__(
+        self,
+        worker_id: str,
+        jobs: jobs_pb2_grpc.JobsServiceStub,
+        assets: assets_pb2_grpc.AssetsServiceStub,
+        backends: list[Backend],
+        lease_wait_seconds: float,
+    ) -> None:
+        self.worker_id = worker_id
+        self.jobs = jobs
+        self.assets = assets
+        self.backends = backends
+        self.lease_wait_seconds = lease_wait_seconds
+        self.modes = sorted({mode for backend in backends for mode in backend.modes})
+
+    async def run_forever(self) -> None:
+        while True:
+            lease = await self.lease()
+            if lease is not None:
+                await self.process(lease)
+
+    async def lease(self) -> jobs_pb2.Lease | None:
+        wait = Duration()
+        wait.FromNanoseconds(int(self.lease_wait_seconds * 1e9))
+        request = jobs_pb2.LeaseJobRequest(worker_id=self.worker_id, modes=self.modes, wait=wait)
+        try:
+            reply = await self.jobs.LeaseJob(request, timeout=self.lease_wait_seconds + 10)
+        except grpc.aio.AioRpcError as error:
+            log.warning("lease_failed", code=error.code().name)
+            await asyncio.sleep(RETRY_SECONDS)
+            return None
+        return reply.lease if reply.HasField("lease") else None
+
+    async def process(self, lease: jobs_pb2.Lease) -> None:
+        job = lease.job
+        structlog.contextvars.bind_contextvars(job_id=job.id)
+        heartbeat = Heartbeat(self.jobs, lease)
+        beating = asyncio.create_task(heartbeat.run())
+        try:
+            media = await self._generate(job.spec, heartbeat)
+        except DomainError as error:
+            await self._fail(lease, error.reason.lower(), error.message, retryable=False)
+            return
+        except Exception:
+            log.exception("generation_failed")
+            await self._fail(lease, "generation_failed", "the model failed on this job", retryable=False)
+            return
+        finally:
+            heartbeat.stopped = True
+            beating.cancel()
+            structlog.contextvars.unbind_contextvars("job_id")
+        await self._deliver(lease, media)
+
+    async def _generate(self, spec: jobs_pb2.JobSpec, heartbeat: Heartbeat) -> EncodedMedia:
+        loop = asyncio.get_running_loop()
+        backend = backend_for(spec.mode, self.backends)
+        return await asyncio.to_thread(
+            backend.generate, spec, lambda fraction: heartbeat.report_from_thread(loop, fraction)
+        )
+
+    async def _deliver(self, lease: jobs_pb2.Lease, media: EncodedMedia) -> None:
+        try:
+            asset = await self.assets.UploadAsset(_upload_requests(lease.job, media))
+        except grpc.aio.AioRpcError as error:
+            log.warning("result_upload_failed", code=error.code().name)
+            await self._fail(lease, "upload_failed", "the result could not be stored", retryable=True)
+            return
+        result = jobs_pb2.JobResult(
+            asset_id=asset.id, content_type=asset.content_type, width=media.width, height=media.height
+        )
+        request = jobs_pb2.CompleteJobRequest(job_id=lease.job.id, lease_token=lease.token, result=result)
+        try:
+            await self.jobs.CompleteJob(request)
+        except grpc.aio.AioRpcError as error:
+            log.warning("complete_refused", job_id=lease.job.id, reason=remote_error(error).reason)
+            await self._discard(asset)
+
+    async def _fail(self, lease: jobs_pb2.Lease, code: str, message: str, *, retryable: bool) -> None:
+        request = jobs_pb2.FailJobRequest(
+            job_id=lease.job.id,
+            lease_token=lease.token,
+            error=jobs_pb2.JobError(code=code, message=message),
+            retryable=retryable,
+        )
+        try:
+            await self.jobs.FailJob(request)
+        except grpc.aio.AioRpcError as error:  # the lease expires and the job is retried
+            log.warning("fail_refused", job_id=lease.job.id, code=error.code().name)
+
+    async def _discard(self, asset: assets_pb2.Asset) -> None:
+        """Deletes a result no job will point at (the job was canceled or leased again)."""
+        request = assets_pb2.DeleteAssetRequest(id=asset.id, account_id=asset.account_id)
+        try:
+            await self.assets.DeleteAsset(request)
+        except grpc.aio.AioRpcError as error:
+            log.warning("orphan_result_left", asset_id=asset.id, code=error.code().name)
+
+
+async def _upload_requests(
+    job: jobs_pb2.Job, media: EncodedMedia
+) -> AsyncIterator[assets_pb2.UploadAssetRequest]:
+    header = assets_pb2.UploadHeader(
+        account_id=job.account_id,
+        livemode=job.livemode,
+        content_type=media.content_type,
+        origin=assets_pb2.ASSET_ORIGIN_GENERATED,
+        job_id=job.id,
+        size_bytes=len(media.data),
+    )
+    yield assets_pb2.UploadAssetRequest(header=header)
+    view = memoryview(media.data)
+    for offset in range(0, len(view), CHUNK_BYTES):
+        yield assets_pb2.UploadAssetRequest(chunk=bytes(view[offset : offset + CHUNK_BYTES]))
