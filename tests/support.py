@@ -12,14 +12,14 @@ import grpc
 from magicpixels.core.clients import open_channel
 from magicpixels.core.server import RunningServer
 from magicpixels.core.service import Mesh, Service, start_service, stop_service
-from magicpixels.core.settings import ServiceSettings
+from magicpixels.core.settings import DatabaseServiceSettings, ServiceSettings
 
 POSTGRES_URL = os.environ.get(
     "MP_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
 REDIS_URL = os.environ.get("MP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
-S = TypeVar("S", bound=ServiceSettings)
+S = TypeVar("S", bound=DatabaseServiceSettings)
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,10 @@ def mesh_databases(database: Database, data_dir: Path) -> dict[str, ServiceSetti
     """Settings giving each service of a mesh its own database: a SQLite file or a schema."""
     from magicpixels.mesh import SERVICE_CLASSES
 
-    settings = {}
+    settings: dict[str, ServiceSettings] = {}
     for name, (_, settings_class) in SERVICE_CLASSES.items():
+        if not issubclass(settings_class, DatabaseServiceSettings):
+            continue
         if database.schema is None:
             url = f"sqlite+aiosqlite:///{data_dir / f'{name}.db'}"
             settings[name] = settings_class(database_url=url)

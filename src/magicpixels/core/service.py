@@ -11,7 +11,12 @@ from magicpixels.core.bus import EventBus
 from magicpixels.core.clients import open_channel
 from magicpixels.core.db import create_engine, migrate
 from magicpixels.core.server import RunningServer, ServiceBinding, start_server
-from magicpixels.core.settings import MeshSettings, ServiceSettings, write_address
+from magicpixels.core.settings import (
+    DatabaseServiceSettings,
+    MeshSettings,
+    ServiceSettings,
+    write_address,
+)
 
 
 class Service(Protocol):
@@ -49,7 +54,7 @@ class Mesh:
 
 
 async def open_database(
-    mesh: MeshSettings, settings: ServiceSettings, service: str, migrations: str
+    mesh: MeshSettings, settings: DatabaseServiceSettings, service: str, migrations: str
 ) -> AsyncEngine:
     engine = create_engine(settings.database_url_for(mesh, service), schema=settings.database_schema)
     await migrate(engine, migrations, schema=settings.database_schema)

@@ -52,13 +52,18 @@ class MeshSettings(BaseSettings):
 
 
 class ServiceSettings(BaseSettings):
-    """Where one service listens and keeps its data; subclasses set the prefix."""
+    """Where one service listens; subclasses set the prefix."""
 
     model_config = SettingsConfigDict(extra="ignore")
 
     host: str = "127.0.0.1"
     # 0 takes a free port; the service records it in the data folder.
     port: int = 0
+
+
+class DatabaseServiceSettings(ServiceSettings):
+    """A service that owns a database."""
+
     # Unset: a SQLite file named after the service in the data folder.
     database_url: str | None = None
     # On PostgreSQL, the schema holding this service's tables (created when missing).
@@ -71,21 +76,21 @@ class ServiceSettings(BaseSettings):
         return f"sqlite+aiosqlite:///{mesh.data_dir / f'{service}.db'}"
 
 
-class AuthSettings(ServiceSettings):
+class AuthSettings(DatabaseServiceSettings):
     model_config = SettingsConfigDict(env_prefix="MP_AUTH_", extra="ignore")
 
     # The HMAC key of stored API key secrets; unset: generated once into the data folder.
     pepper: SecretStr | None = None
 
 
-class BillingSettings(ServiceSettings):
+class BillingSettings(DatabaseServiceSettings):
     model_config = SettingsConfigDict(env_prefix="MP_BILLING_", extra="ignore")
 
     # A hold left unresolved this long is released by the sweeper.
     hold_timeout_seconds: int = 7 * 24 * 3600
 
 
-class AssetsSettings(ServiceSettings):
+class AssetsSettings(DatabaseServiceSettings):
     model_config = SettingsConfigDict(env_prefix="MP_ASSETS_", extra="ignore")
 
     # Unset: a "blobs" folder in the data folder.
@@ -94,7 +99,7 @@ class AssetsSettings(ServiceSettings):
     url_signing_key: SecretStr | None = None
 
 
-class JobsSettings(ServiceSettings):
+class JobsSettings(DatabaseServiceSettings):
     model_config = SettingsConfigDict(env_prefix="MP_JOBS_", extra="ignore")
 
     lease_seconds: float = 30.0

@@ -1,0 +1,55 @@
+"""Accounts: signup and the account of the calling key."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+
+from magicpixels.auth.v1 import auth_pb2
+from magicpixels.billing.v1 import billing_pb2
+from magicpixels.gateway import render
+from magicpixels.gateway.principal import Principal, require
+from magicpixels.gateway.state import Gateway
+
+router = APIRouter(prefix="/v1", tags=["accounts"])
+
+
+class AccountCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    email: str
+    name: str | None = None
+
+
+def gateway(request: Request) -> Gateway:
+    state: Gateway = request.app.state.gateway
+    return state
+
+
+@router.post("/accounts", status_code=201)
+async def create_account(body: AccountCreate, request: Request) -> JSONResponse:
+    """Creates an account with its first API key (every scope). The token is shown only here."""
+    mesh = gateway(request)
+    created = await mesh.auth.CreateAccount(
+        auth_pb2.CreateAccountRequest(email=body.email, name=body.name or "")
+    )
+    balance = billing_pb2.Balance(account_id=created.account.id)
+    payload = {
+        "account": render.account(created.account, balance),
+        "api_key": render.api_key(created.api_key, created.token),
+        "webhook_secret": created.webhook_secret,
+    }
+    return JSONResponse(payload, status_code=201)
+
+
+@router.get("/account")
+async def get_account(
+    request: Request, principal: Annotated[Principal, Depends(require("account:read"))]
+) -> dict[str, Any]:
+    mesh = gateway(request)
+    found = await mesh.auth.GetAccount(auth_pb2.GetAccountRequest(id=principal.account_id))
+    balance = await mesh.billing.GetBalance(
+        billing_pb2.GetBalanceRequest(account_id=principal.account_id)
+    )
+    return render.account(found, balance)

@@ -1,0 +1,79 @@
+"""The gateway's ASGI app: routes, the one error shape for every failure, request context."""
+
+import grpc
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp
+
+from magicpixels.core.service import Mesh
+from magicpixels.core.settings import GatewaySettings
+from magicpixels.gateway import accounts, assets, jobs, ops
+from magicpixels.gateway.errors import ApiError, from_rpc_error, internal_error
+from magicpixels.gateway.middleware import RequestContextMiddleware
+from magicpixels.gateway.state import Gateway
+
+log = structlog.get_logger("magicpixels.gateway")
+
+_HTTP_ERRORS = {
+    404: ("not_found_error", "route_not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+}
+
+
+def create_app(mesh: Mesh, settings: GatewaySettings) -> ASGIApp:
+    app = FastAPI(
+        title="MagicPixels API",
+        version="1",
+        description="Generation jobs, assets and credits. See the project's docs/API.md.",
+    )
+    app.state.gateway = Gateway(mesh, settings)
+    for module in (accounts, jobs, assets, ops):
+        app.include_router(module.router)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(grpc.aio.AioRpcError, _rpc_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    return RequestContextMiddleware(app)
+
+
+async def _api_error(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, ApiError)
+    return error.response()
+
+
+async def _rpc_error(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, grpc.aio.AioRpcError)
+    mapped = from_rpc_error(error)
+    if mapped.status >= 500:
+        log.warning("downstream_failed", code=error.code().name, details=error.details())
+    return mapped.response()
+
+
+async def _validation_error(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    first = error.errors()[0]
+    kind = first.get("type", "")
+    if kind == "json_invalid":
+        return ApiError(400, "invalid_request_error", "json_invalid", "The body is not valid JSON.").response()
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(location) or None
+    code = {"missing": "parameter_missing", "extra_forbidden": "parameter_unknown"}.get(
+        kind, "parameter_invalid"
+    )
+    message = f"{param}: {first.get('msg', 'invalid')}" if param else str(first.get("msg", "invalid body"))
+    return ApiError(400, "invalid_request_error", code, message, param=param).response()
+
+
+async def _http_error(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, HTTPException)
+    error_type, code = _HTTP_ERRORS.get(error.status_code, ("invalid_request_error", "request_invalid"))
+    return ApiError(error.status_code, error_type, code, str(error.detail)).response()
+
+
+async def _unexpected_error(_request: Request, error: Exception) -> JSONResponse:
+    log.error("unhandled_error", exc_info=error)
+    return internal_error().response()

@@ -1,0 +1,61 @@
+"""Pure ASGI middleware (BaseHTTPMiddleware would break contextvars): request ids, access logs,
+and a last-resort error shape for anything that escaped the routes."""
+
+import time
+from typing import Any
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from magicpixels.core.ids import new_id
+from magicpixels.gateway.errors import internal_error
+
+log = structlog.get_logger("magicpixels.gateway")
+
+_MAX_REQUEST_ID = 128
+
+
+def _client_request_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if 0 < len(text) <= _MAX_REQUEST_ID and text.isprintable() and text.isascii():
+                return text
+    return None
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _client_request_id(scope) or new_id("req")
+        header = (b"x-request-id", request_id.encode())
+        outcome: dict[str, Any] = {"status": None}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                outcome["status"] = message["status"]
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        started = time.perf_counter()
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception:
+                log.exception("request_failed")
+                if outcome["status"] is None:
+                    await internal_error().response()(scope, receive, send_with_id)
+            finally:
+                route = scope.get("route")
+                log.info(
+                    "http",
+                    method=scope["method"],
+                    route=getattr(route, "path", None),
+                    status=outcome["status"],
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                )

@@ -1,0 +1,108 @@
+"""The `magicpixels` command: run the mesh, run one service, operator commands."""
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from magicpixels.core import settings as config
+from magicpixels.core.logging import configure_logging
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    mesh_settings = config.MeshSettings(**({"data_dir": args.data_dir} if args.data_dir else {}))
+    configure_logging(mesh_settings.log_level, mesh_settings.log_format)
+    args.run(args, mesh_settings)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="magicpixels", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", help="run the whole mesh on this machine (embedded defaults)")
+    up.add_argument("--port", type=int, default=None, help="the gateway's HTTP port (8080)")
+    up.add_argument("--host", default=None, help="the gateway's address (127.0.0.1)")
+    _data_dir_option(up)
+    up.set_defaults(run=_up)
+
+    serve = commands.add_parser("serve", help="run one service, configured by environment")
+    serve.add_argument("service", choices=[*config.SERVICES, "gateway"])
+    _data_dir_option(serve)
+    serve.set_defaults(run=_serve)
+
+    admin = commands.add_parser("admin", help="operator commands").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    grant = admin.add_parser("grant-credits", help="grant credits to an account")
+    grant.add_argument("account_id")
+    grant.add_argument("amount", type=int)
+    grant.add_argument("--description", default="operator grant")
+    _data_dir_option(grant)
+    grant.set_defaults(run=_grant_credits)
+    return parser
+
+
+def _data_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir", type=Path, default=None,
+        help=f"where the mesh keeps its data (MP_DATA_DIR, default {config.default_data_dir()})",
+    )
+
+
+def _up(args: argparse.Namespace, mesh_settings: config.MeshSettings) -> None:
+    from magicpixels.mesh import run_until_stopped, start_mesh
+
+    overrides = {k: v for k, v in (("port", args.port), ("host", args.host)) if v is not None}
+    gateway = config.GatewaySettings(**overrides)
+
+    async def run() -> None:
+        running = await start_mesh(mesh_settings, gateway)
+        print(f"MagicPixels mesh on {gateway.base_url()}  (data: {mesh_settings.data_dir})", flush=True)
+        await run_until_stopped(running)
+
+    asyncio.run(run())
+
+
+def _serve(args: argparse.Namespace, mesh_settings: config.MeshSettings) -> None:
+    from magicpixels.mesh import run_until_stopped, start_mesh
+
+    async def run() -> None:
+        if args.service == "gateway":
+            running = await start_mesh(mesh_settings, config.GatewaySettings(), only=())
+        else:
+            running = await start_mesh(mesh_settings, None, only=(args.service,))
+        await run_until_stopped(running)
+
+    asyncio.run(run())
+
+
+def _grant_credits(args: argparse.Namespace, mesh_settings: config.MeshSettings) -> None:
+    import grpc
+
+    from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
+    from magicpixels.core.clients import open_channel
+
+    async def grant() -> None:
+        async with open_channel(
+            mesh_settings.address_of("billing"),
+            service_token=mesh_settings.internal_token(),
+            timeout=mesh_settings.rpc_timeout_seconds,
+        ) as channel:
+            billing = billing_pb2_grpc.BillingServiceStub(channel)
+            entry = await billing.Grant(
+                billing_pb2.GrantRequest(
+                    account_id=args.account_id, amount=args.amount, description=args.description
+                )
+            )
+        print(f"granted {args.amount} credits to {args.account_id}: {entry.balance_after} available")
+
+    try:
+        asyncio.run(grant())
+    except LookupError as missing:
+        raise SystemExit(f"magicpixels: {missing}") from None
+    except grpc.aio.AioRpcError as error:
+        raise SystemExit(f"magicpixels: billing refused the grant: {error.details()}") from None
+
+
+if __name__ == "__main__":
+    main()
