@@ -1,0 +1,238 @@
+"""The rules of accounts and API keys: the token format, keyed secret hashes, scopes, validation.
+
+A token is `mp_<mode>_<key id without "key_">.<secret>`: the key id is public and finds the key,
+the secret is stored only as HMAC-SHA256 under a server-side pepper. Each stored hash records the
+pepper version it was made with, so a new pepper can be introduced without invalidating keys.
+"""
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import string
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, NamedTuple
+
+from magicpixels.core.errors import InvalidArgument, Unauthenticated
+from magicpixels.core.ids import new_id
+
+Mode = Literal["live", "test"]
+
+SCOPES: tuple[str, ...] = (
+    "jobs:read",
+    "jobs:write",
+    "assets:read",
+    "assets:write",
+    "account:read",
+    "keys:write",
+)
+KEY_ID_PREFIX = "key_"
+FIRST_KEY_NAME = "default"
+DEFAULT_PLAN = "free"
+PEPPER_VERSION = 1
+SECRET_LENGTH = 43  # 43 base62 characters carry 256 bits
+MAX_EMAIL_LENGTH = 254
+MAX_NAME_LENGTH = 200
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+
+_BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
+_TOKEN = re.compile(r"mp_(live|test)_([0-9A-Za-z]{1,64})\.([0-9A-Za-z]{32,128})")
+_INVALID_KEY_MESSAGE = "the API key is not valid"
+_DISPLAYED_KEY_CHARS = 4
+
+
+@dataclass(frozen=True)
+class Account:
+    id: str
+    email: str
+    name: str
+    plan: str
+    webhook_secret: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    account_id: str
+    name: str
+    mode: Mode
+    scopes: tuple[str, ...]
+    secret_hash: str
+    pepper_version: int
+    prefix: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+    @property
+    def livemode(self) -> bool:
+        return self.mode == "live"
+
+
+class ParsedToken(NamedTuple):
+    mode: Mode
+    key_id: str
+    secret: str
+
+
+class Peppers:
+    """The HMAC keys of stored secrets by version; new secrets use the newest version."""
+
+    def __init__(self, by_version: Mapping[int, str]) -> None:
+        self._by_version = dict(by_version)
+        self.current = max(self._by_version)
+
+    def hash(self, secret: str) -> str:
+        """The hash of a new secret, made with the newest pepper (`current`)."""
+        return hash_secret(self._by_version[self.current], secret)
+
+    def matches(self, secret: str, version: int, stored_hash: str) -> bool:
+        pepper = self._by_version.get(version)
+        return pepper is not None and hmac.compare_digest(hash_secret(pepper, secret), stored_hash)
+
+
+def hash_secret(pepper: str, secret: str) -> str:
+    return hmac.new(pepper.encode(), secret.encode(), hashlib.sha256).hexdigest()
+
+
+def new_secret() -> str:
+    return "".join(secrets.choice(_BASE62) for _ in range(SECRET_LENGTH))
+
+
+def new_webhook_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def format_token(mode: Mode, key_id: str, secret: str) -> str:
+    return f"mp_{mode}_{key_id.removeprefix(KEY_ID_PREFIX)}.{secret}"
+
+
+def parse_token(token: str) -> ParsedToken:
+    match = _TOKEN.fullmatch(token)
+    if match is None:
+        raise Unauthenticated("API_KEY_INVALID", _INVALID_KEY_MESSAGE)
+    mode, key_part, secret = match.groups()
+    return ParsedToken("live" if mode == "live" else "test", KEY_ID_PREFIX + key_part, secret)
+
+
+def display_prefix(mode: Mode, key_id: str) -> str:
+    """What a person sees to recognise a key, such as `mp_live_k3Fq...`; it reveals no secret."""
+    return f"mp_{mode}_{key_id.removeprefix(KEY_ID_PREFIX)[:_DISPLAYED_KEY_CHARS]}..."
+
+
+def authenticate(key: ApiKey | None, token: ParsedToken, peppers: Peppers, now: datetime) -> ApiKey:
+    """The key the token speaks for; an unknown key and a wrong secret fail the same way."""
+    if key is None or key.mode != token.mode:
+        raise Unauthenticated("API_KEY_INVALID", _INVALID_KEY_MESSAGE)
+    if not peppers.matches(token.secret, key.pepper_version, key.secret_hash):
+        raise Unauthenticated("API_KEY_INVALID", _INVALID_KEY_MESSAGE)
+    if key.revoked_at is not None:
+        raise Unauthenticated("API_KEY_REVOKED", "the API key was revoked")
+    if key.expires_at is not None and key.expires_at <= now:
+        raise Unauthenticated("API_KEY_EXPIRED", "the API key has expired")
+    return key
+
+
+def normalize_email(email: str) -> str:
+    email = email.strip().lower()
+    if not _looks_like_email(email):
+        raise InvalidArgument("PARAMETER_INVALID", "email must be a valid address", param="email")
+    return email
+
+
+def _looks_like_email(email: str) -> bool:
+    """Deliberately loose: one @, a local part, a dotted domain; the mailbox is never checked."""
+    local, _, domain = email.partition("@")
+    labels = domain.split(".")
+    return (
+        bool(local)
+        and len(labels) >= 2
+        and all(labels)
+        and "@" not in domain
+        and len(email) <= MAX_EMAIL_LENGTH
+        and not any(char.isspace() for char in email)
+    )
+
+
+def checked_name(name: str) -> str:
+    name = name.strip()
+    if len(name) > MAX_NAME_LENGTH:
+        message = f"name must be at most {MAX_NAME_LENGTH} characters"
+        raise InvalidArgument("PARAMETER_INVALID", message, param="name")
+    return name
+
+
+def checked_scopes(requested: Iterable[str]) -> tuple[str, ...]:
+    """The requested scopes in canonical order; none requested means every scope."""
+    wanted = set(requested)
+    unknown = sorted(wanted - set(SCOPES))
+    if unknown:
+        message = f"unknown scopes {', '.join(unknown)}; known: {' '.join(SCOPES)}"
+        raise InvalidArgument("PARAMETER_INVALID", message, param="scopes")
+    return tuple(scope for scope in SCOPES if scope in wanted) if wanted else SCOPES
+
+
+def checked_expiry(expires_at: datetime | None, now: datetime) -> datetime | None:
+    if expires_at is not None and expires_at <= now:
+        message = "expires_at must be in the future"
+        raise InvalidArgument("PARAMETER_INVALID", message, param="expires_at")
+    return expires_at
+
+
+def page_size(requested: int) -> int:
+    """AIP-158: 0 means the default and a size above the maximum is lowered to it."""
+    if requested < 0:
+        raise InvalidArgument(
+            "PARAMETER_INVALID", "page_size must not be negative", param="page_size"
+        )
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def paginate(keys: list[ApiKey], size: int) -> tuple[list[ApiKey], str]:
+    """A page of keys fetched one past `size`, and the next page's token ("" at the end)."""
+    page = keys[:size]
+    return page, page[-1].id if len(keys) > size else ""
+
+
+def new_account(email: str, name: str, now: datetime) -> Account:
+    return Account(
+        id=new_id("acct"),
+        email=normalize_email(email),
+        name=checked_name(name),
+        plan=DEFAULT_PLAN,
+        webhook_secret=new_webhook_secret(),
+        created_at=now,
+    )
+
+
+def issue_key(
+    account_id: str,
+    name: str,
+    mode: Mode,
+    scopes: tuple[str, ...],
+    peppers: Peppers,
+    now: datetime,
+    expires_at: datetime | None = None,
+) -> tuple[ApiKey, str]:
+    """A new key and its token; the token exists only in this return value, never in storage."""
+    key_id = new_id("key")
+    secret = new_secret()
+    key = ApiKey(
+        id=key_id,
+        account_id=account_id,
+        name=checked_name(name),
+        mode=mode,
+        scopes=scopes,
+        secret_hash=peppers.hash(secret),
+        pepper_version=peppers.current,
+        prefix=display_prefix(mode, key_id),
+        created_at=now,
+        expires_at=expires_at,
+    )
+    return key, format_token(mode, key_id, secret)

@@ -1,0 +1,1 @@
+"""The auth database migrations."""

@@ -1,0 +1,1 @@
+"""The billing service: the append-only credit ledger, balances, two-phase holds, prices, plans."""
