@@ -1,0 +1,116 @@
+"""Assets and their blobs kept consistent: the one place that changes both.
+
+Assets with the same bytes share one blob. An upload stores its blob, inspects it, then claims
+it: it counts a reference and inserts the asset in one transaction, and checks, under the blob's
+row lock, that the file is still there. A blob is removed only under that same lock, when no live
+asset references it. So no live asset ever loses its bytes; an upload that loses the race to
+the removal of identical bytes is refused (ABORTED) and can simply be sent again.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from magicpixels.core.errors import Aborted
+from magicpixels.core.timestamps import utcnow
+from magicpixels.services.assets import domain, store
+from magicpixels.services.assets.blobs import BlobMissing, BlobStore
+from magicpixels.services.assets.domain import AssetRecord, Content, UploadPlan
+
+
+class Catalog:
+    def __init__(self, engine: AsyncEngine, blobs: BlobStore) -> None:
+        self._engine = engine
+        self._blobs = blobs
+
+    async def upload(self, plan: UploadPlan, chunks: AsyncIterator[bytes]) -> AssetRecord:
+        """Stores, validates and records the bytes; a refused upload leaves nothing behind."""
+        stored = await self._blobs.write(_within_limit(plan, chunks))
+        try:
+            domain.ensure_received(plan, stored.size)
+            content = await self._inspect(plan, stored.key)
+            record = domain.new_asset(
+                plan,
+                content,
+                blob_key=stored.key,
+                size=stored.size,
+                sha256=stored.sha256,
+                now=utcnow(),
+            )
+            await self._claim(record)
+        except BaseException:  # cancellation included: the blob must not be left unreferenced
+            await self._release(stored.key)
+            raise
+        return record
+
+    async def get(self, asset_id: str, account_id: str) -> AssetRecord:
+        return domain.visible(await self._find(asset_id), asset_id, account_id)
+
+    async def get_signed(self, asset_id: str) -> AssetRecord:
+        """The asset whoever owns it: only for a URL whose signature was verified."""
+        record = await self._find(asset_id)
+        if record is None:
+            raise domain.asset_not_found(asset_id)
+        return record
+
+    async def list_assets(
+        self, account_id: str, livemode: bool, limit: int, after: str | None
+    ) -> list[AssetRecord]:
+        async with self._engine.connect() as connection:
+            return await store.list_assets(connection, account_id, livemode, limit, after)
+
+    async def read(self, record: AssetRecord, offset: int, length: int) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._blobs.open_range(record.blob_key, offset, length):
+                yield chunk
+        except BlobMissing:  # deleted since it was looked up
+            raise domain.asset_not_found(record.id) from None
+
+    async def delete(self, asset_id: str, account_id: str) -> None:
+        async with self._engine.begin() as connection:
+            key = await store.mark_deleted(connection, asset_id, account_id, utcnow())
+            if key is None:
+                raise domain.asset_not_found(asset_id)
+            await store.dereference_blob(connection, key)
+        await self._release(key)
+
+    async def _find(self, asset_id: str) -> AssetRecord | None:
+        async with self._engine.connect() as connection:
+            return await store.find_asset(connection, asset_id)
+
+    async def _inspect(self, plan: UploadPlan, key: str) -> Content:
+        try:
+            async with self._blobs.open_file(key) as file:
+                return await asyncio.to_thread(domain.inspect_content, plan, file)
+        except BlobMissing:
+            raise _upload_conflict() from None
+
+    async def _claim(self, record: AssetRecord) -> None:
+        async with self._engine.begin() as connection:
+            await store.reference_blob(connection, record.blob_key)
+            await store.insert_asset(connection, record)
+            if not await self._blobs.exists(record.blob_key):
+                raise _upload_conflict()
+
+    async def _release(self, key: str) -> None:
+        """Removes the blob if no live asset references it."""
+        async with self._engine.begin() as connection:
+            if await store.lock_blob(connection, key) == 0:
+                await self._blobs.delete(key)
+                await store.forget_blob(connection, key)
+
+
+async def _within_limit(plan: UploadPlan, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    received = 0
+    async for chunk in chunks:
+        received += len(chunk)
+        domain.ensure_within_limit(plan, received)
+        yield chunk
+
+
+def _upload_conflict() -> Aborted:
+    return Aborted(
+        "UPLOAD_CONFLICT",
+        "identical bytes were being deleted while this upload stored them: send it again",
+    )

@@ -1,0 +1,353 @@
+"""The assets rules: what may be uploaded, what its content really is, who may read it and how.
+
+Images (PNG, JPEG, WebP) are decoded and verified, never trusted by name or declared type.
+Audio and video are not probed yet (PyAV comes later): only generated assets of those kinds are
+accepted, recorded with the kind and type their worker declares; uploads of them are refused.
+"""
+
+import base64
+import hashlib
+import hmac
+import re
+import struct
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import BinaryIO
+from urllib.parse import parse_qsl
+
+from PIL import Image
+
+from magicpixels.core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from magicpixels.core.ids import new_id
+
+MIB = 1024 * 1024
+MAX_IMAGE_PIXELS = 40_000_000
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+MIN_URL_SECONDS = 60
+MAX_URL_SECONDS = 86_400
+
+
+class Kind(StrEnum):
+    IMAGE = "image"
+    AUDIO = "audio"
+    VIDEO = "video"
+
+
+class Origin(StrEnum):
+    UPLOAD = "upload"
+    GENERATED = "generated"
+
+
+SIZE_LIMITS = {
+    Kind.IMAGE: 20 * MIB,
+    Kind.AUDIO: 50 * MIB,
+    # Generated only: 30 s of H.264 at up to 2048 px fits well within this.
+    Kind.VIDEO: 200 * MIB,
+}
+_IMAGE_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
+_IMAGE_TYPES = {pillow: content_type for content_type, pillow in _IMAGE_FORMATS.items()}
+_MEDIA_KINDS = {
+    **dict.fromkeys(_IMAGE_FORMATS, Kind.IMAGE),
+    **dict.fromkeys(("audio/wav", "audio/mpeg", "audio/flac", "audio/ogg"), Kind.AUDIO),
+    "video/mp4": Kind.VIDEO,
+}
+_ALIASES = {
+    "image/jpg": "image/jpeg",
+    "audio/x-wav": "audio/wav",
+    "audio/wave": "audio/wav",
+    "audio/mp3": "audio/mpeg",
+    "audio/x-flac": "audio/flac",
+}
+# What Pillow raises for a malformed or truncated file.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
+_EXPIRES = re.compile(r"[0-9]{1,12}")
+
+
+@dataclass(frozen=True)
+class UploadPlan:
+    """An upload whose header passed the rules, before any byte was read."""
+
+    account_id: str
+    livemode: bool
+    kind: Kind
+    content_type: str
+    origin: Origin
+    job_id: str | None
+    declared_size: int | None
+    max_bytes: int
+
+
+@dataclass(frozen=True)
+class Content:
+    """What inspecting the stored bytes found."""
+
+    content_type: str
+    width: int | None = None
+    height: int | None = None
+    duration_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class AssetRecord:
+    id: str
+    account_id: str
+    livemode: bool
+    kind: Kind
+    content_type: str
+    size_bytes: int
+    sha256: str
+    width: int | None
+    height: int | None
+    duration_seconds: float | None
+    origin: Origin
+    job_id: str | None
+    blob_key: str
+    created_at: datetime
+
+
+def plan_upload(
+    *,
+    account_id: str,
+    livemode: bool,
+    content_type: str,
+    origin: Origin | None,
+    job_id: str,
+    declared_size: int | None,
+) -> UploadPlan:
+    _require(account_id, "account_id")
+    _require(content_type, "content_type")
+    if origin is None:
+        raise InvalidArgument("PARAMETER_INVALID", "unknown asset origin", param="origin")
+    canonical = canonical_content_type(content_type)
+    kind = kind_of(canonical)
+    _ensure_accepted(kind, origin)
+    if declared_size is not None:
+        _ensure_declared_size(kind, declared_size)
+    return UploadPlan(
+        account_id=account_id,
+        livemode=livemode,
+        kind=kind,
+        content_type=canonical,
+        origin=origin,
+        job_id=_job_of(origin, job_id),
+        declared_size=declared_size,
+        max_bytes=SIZE_LIMITS[kind],
+    )
+
+
+def _require(value: str, param: str) -> None:
+    if not value:
+        raise InvalidArgument("PARAMETER_MISSING", f"{param} is required", param=param)
+
+
+def canonical_content_type(declared: str) -> str:
+    """The media type without parameters, lowercased, with common aliases resolved."""
+    essence = declared.split(";", 1)[0].strip().lower()
+    return _ALIASES.get(essence, essence)
+
+
+def kind_of(content_type: str) -> Kind:
+    try:
+        return _MEDIA_KINDS[content_type]
+    except KeyError:
+        raise _unsupported(
+            f"{content_type} is not a supported type: images must be PNG, JPEG or WebP"
+        ) from None
+
+
+def _ensure_accepted(kind: Kind, origin: Origin) -> None:
+    if kind is not Kind.IMAGE and origin is Origin.UPLOAD:
+        raise _unsupported(
+            f"{kind} uploads are not supported yet: upload a PNG, JPEG or WebP image"
+        )
+
+
+def _ensure_declared_size(kind: Kind, declared_size: int) -> None:
+    if declared_size < 0:
+        raise InvalidArgument(
+            "PARAMETER_INVALID", "size_bytes must not be negative", param="size_bytes"
+        )
+    if declared_size > SIZE_LIMITS[kind]:
+        raise _too_large(kind, SIZE_LIMITS[kind])
+
+
+def _job_of(origin: Origin, job_id: str) -> str | None:
+    if origin is Origin.UPLOAD:
+        if job_id:
+            raise InvalidArgument(
+                "PARAMETER_INVALID", "only a generated asset has a job_id", param="job_id"
+            )
+        return None
+    _require(job_id, "job_id")
+    return job_id
+
+
+def ensure_within_limit(plan: UploadPlan, size: int) -> None:
+    """Checks the bytes received so far, while they stream in."""
+    if size > plan.max_bytes:
+        raise _too_large(plan.kind, plan.max_bytes)
+
+
+def _too_large(kind: Kind, limit: int) -> InvalidArgument:
+    return InvalidArgument(
+        "PAYLOAD_TOO_LARGE", f"{kind} files are limited to {limit / MIB:g} MiB"
+    )
+
+
+def ensure_received(plan: UploadPlan, size: int) -> None:
+    """Checks the number of bytes that arrived against the declared size."""
+    if size == 0:
+        raise _unsupported("the file is empty")
+    if plan.declared_size is not None and size != plan.declared_size:
+        raise InvalidArgument(
+            "PARAMETER_INVALID",
+            f"{size} bytes arrived but size_bytes declared {plan.declared_size}",
+            param="size_bytes",
+        )
+
+
+def inspect_content(plan: UploadPlan, file: BinaryIO) -> Content:
+    """What the stored bytes are; blocking (it decodes images), so run it in a thread."""
+    if plan.kind is not Kind.IMAGE:
+        return Content(plan.content_type)
+    content = probe_image(file)
+    if content.content_type != plan.content_type:
+        raise FailedPrecondition(
+            "CONTENT_MISMATCH",
+            f"the file is a {_IMAGE_FORMATS[content.content_type]} image "
+            f"but was declared as {plan.content_type}",
+        )
+    return content
+
+
+def probe_image(file: BinaryIO) -> Content:
+    """Decodes the whole image (a truncated file fails) and returns its type and size."""
+    try:
+        with _open_image(file) as image:
+            image.verify()
+        file.seek(0)
+        with _open_image(file) as image:
+            image.load()
+            return Content(_IMAGE_TYPES[image.format or ""], image.width, image.height)
+    except Image.DecompressionBombError:
+        raise _too_many_pixels() from None
+    except _DECODE_ERRORS:
+        raise _unsupported("the file is not a complete PNG, JPEG or WebP image") from None
+
+
+def _open_image(file: BinaryIO) -> Image.Image:
+    image = Image.open(file, formats=tuple(_IMAGE_TYPES))
+    # Checked before any pixel is decoded; Pillow's own guard only warns up to ~179 megapixels.
+    if image.width * image.height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise _too_many_pixels()
+    return image
+
+
+def _too_many_pixels() -> InvalidArgument:
+    megapixels = MAX_IMAGE_PIXELS // 1_000_000
+    return InvalidArgument("PAYLOAD_TOO_LARGE", f"the image exceeds {megapixels} megapixels")
+
+
+def _unsupported(message: str) -> FailedPrecondition:
+    return FailedPrecondition("UNSUPPORTED_MEDIA_TYPE", message)
+
+
+def new_asset(
+    plan: UploadPlan, content: Content, *, blob_key: str, size: int, sha256: str, now: datetime
+) -> AssetRecord:
+    return AssetRecord(
+        id=new_id("asset"),
+        account_id=plan.account_id,
+        livemode=plan.livemode,
+        kind=plan.kind,
+        content_type=content.content_type,
+        size_bytes=size,
+        sha256=sha256,
+        width=content.width,
+        height=content.height,
+        duration_seconds=content.duration_seconds,
+        origin=plan.origin,
+        job_id=plan.job_id,
+        blob_key=blob_key,
+        created_at=now,
+    )
+
+
+def visible(record: AssetRecord | None, asset_id: str, account_id: str) -> AssetRecord:
+    """The asset if the account owns it; another account's asset does not exist for it."""
+    if record is None or record.account_id != account_id:
+        raise asset_not_found(asset_id)
+    return record
+
+
+def asset_not_found(asset_id: str) -> NotFound:
+    return NotFound("ASSET_NOT_FOUND", f"no asset {asset_id}")
+
+
+def byte_range(size: int, offset: int, length: int) -> tuple[int, int]:
+    """The (offset, length) to read; a length of 0 reads to the end, a longer one is clipped."""
+    if offset < 0 or length < 0 or offset >= size:
+        raise InvalidArgument(
+            "RANGE_NOT_SATISFIABLE",
+            f"the range from byte {offset} ({length} bytes) is outside the {size} bytes",
+            param="range",
+        )
+    remaining = size - offset
+    return offset, min(length, remaining) if length else remaining
+
+
+def page_size(requested: int) -> int:
+    if requested < 0:
+        raise InvalidArgument(
+            "PARAMETER_INVALID", "page_size must not be negative", param="page_size"
+        )
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def url_expiry(now: datetime, expires_in: int) -> int:
+    """The unix time a URL signed now for `expires_in` seconds expires at."""
+    if not MIN_URL_SECONDS <= expires_in <= MAX_URL_SECONDS:
+        raise InvalidArgument(
+            "PARAMETER_INVALID",
+            f"expires_in must be between {MIN_URL_SECONDS} and {MAX_URL_SECONDS} seconds",
+            param="expires_in",
+        )
+    return int(now.timestamp()) + expires_in
+
+
+def signed_query(key: bytes, asset_id: str, expires: int) -> str:
+    return f"expires={expires}&signature={_signature(key, asset_id, expires)}"
+
+
+def verify_signed_query(key: bytes, asset_id: str, query: str, now: datetime) -> None:
+    expires, signature = _parse_signed_query(query)
+    if not hmac.compare_digest(signature.encode(), _signature(key, asset_id, expires).encode()):
+        raise _signature_invalid()
+    if now.timestamp() >= expires:
+        raise FailedPrecondition("URL_EXPIRED", "the signed URL has expired")
+
+
+def _signature(key: bytes, asset_id: str, expires: int) -> str:
+    digest = hmac.new(key, f"{asset_id}.{expires}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def _parse_signed_query(query: str) -> tuple[int, str]:
+    """Exactly one `expires` (unix seconds) and one `signature`, nothing else."""
+    try:
+        pairs = parse_qsl(query, strict_parsing=True, max_num_fields=2)
+    except ValueError:
+        raise _signature_invalid() from None
+    fields = dict(pairs)
+    if len(pairs) != 2 or fields.keys() != {"expires", "signature"}:
+        raise _signature_invalid()
+    if not _EXPIRES.fullmatch(fields["expires"]):
+        raise _signature_invalid()
+    return int(fields["expires"]), fields["signature"]
+
+
+def _signature_invalid() -> PermissionDenied:
+    return PermissionDenied("URL_SIGNATURE_INVALID", "the URL signature is missing or invalid")

@@ -1,0 +1,119 @@
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from magicpixels.core.errors import Aborted, DomainError, InvalidArgument
+from magicpixels.core.service import Mesh, open_database
+from magicpixels.core.settings import AssetsSettings
+from magicpixels.services.assets import domain
+from magicpixels.services.assets.blobs import LocalBlobStore
+from magicpixels.services.assets.catalog import Catalog
+from magicpixels.services.assets.domain import Origin
+
+Files = Callable[[Path], list[Path]]
+ACCOUNT = "acct_owner"
+PLAN = domain.plan_upload(
+    account_id=ACCOUNT, livemode=False, content_type="image/png", origin=Origin.UPLOAD,
+    job_id="", declared_size=None,
+)
+
+
+class _RemovedBeforeClaim(LocalBlobStore):
+    """A store whose blob is removed, as by a concurrent delete, just before an upload claims it."""
+
+    async def exists(self, key: str) -> bool:
+        await self.delete(key)
+        return await super().exists(key)
+
+
+@pytest.fixture
+async def engine(database: Any, mesh: Mesh) -> AsyncIterator[Any]:
+    engine = await open_database(
+        mesh.settings, database.settings(AssetsSettings), "assets",
+        "magicpixels.services.assets.migrations",
+    )
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def blob_dir(tmp_path: Path) -> Path:
+    return tmp_path / "blobs"
+
+
+@pytest.fixture
+def catalog(engine: Any, blob_dir: Path) -> Catalog:
+    return Catalog(engine, LocalBlobStore(blob_dir))
+
+
+async def _chunks(data: bytes, size: int = 1000) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+async def _content(catalog: Catalog, record: domain.AssetRecord) -> bytes:
+    return b"".join([chunk async for chunk in catalog.read(record, 0, record.size_bytes)])
+
+
+async def test_a_stream_over_the_limit_stops_and_stores_nothing(
+    catalog: Catalog, blob_dir: Path, files_under: Files
+) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        await catalog.upload(replace(PLAN, max_bytes=5000), _chunks(bytes(5001)))
+
+    assert caught.value.reason == "PAYLOAD_TOO_LARGE"
+    assert files_under(blob_dir) == []
+
+
+async def test_an_upload_whose_blob_vanishes_before_its_claim_is_aborted_and_not_recorded(
+    engine: Any, catalog: Catalog, blob_dir: Path, encode_image: Any
+) -> None:
+    data = encode_image("PNG")
+
+    with pytest.raises(Aborted) as caught:
+        await Catalog(engine, _RemovedBeforeClaim(blob_dir)).upload(PLAN, _chunks(data))
+    listed = await catalog.list_assets(ACCOUNT, False, 10, None)
+    again = await catalog.upload(PLAN, _chunks(data))
+
+    assert caught.value.reason == "UPLOAD_CONFLICT"
+    assert listed == []
+    assert await catalog.list_assets(ACCOUNT, False, 10, None) == [again]
+    assert await _content(catalog, again) == data
+
+
+async def test_deletes_racing_uploads_of_the_same_bytes_never_strand_an_asset(
+    catalog: Catalog, blob_dir: Path, files_under: Files, encode_image: Any
+) -> None:
+    """Each upload either keeps the shared blob alive or is refused, never recorded without it."""
+    data = encode_image("PNG", (64, 64))
+
+    for _ in range(5):
+        victim = await catalog.upload(PLAN, _chunks(data))
+        outcomes = await asyncio.gather(
+            catalog.delete(victim.id, ACCOUNT),
+            *(catalog.upload(PLAN, _chunks(data, 500)) for _ in range(3)),
+            return_exceptions=True,
+        )
+        errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        assert all(isinstance(error, Aborted) for error in errors), errors
+
+    live = await catalog.list_assets(ACCOUNT, False, 100, None)
+    assert [await _content(catalog, record) for record in live] == [data] * len(live)
+    for record in live:
+        await catalog.delete(record.id, ACCOUNT)
+    assert files_under(blob_dir) == []
+
+
+async def test_get_hides_other_accounts_and_get_signed_does_not(
+    catalog: Catalog, encode_image: Any
+) -> None:
+    record = await catalog.upload(PLAN, _chunks(encode_image("PNG")))
+
+    assert await catalog.get(record.id, ACCOUNT) == record
+    assert await catalog.get_signed(record.id) == record
+    with pytest.raises(DomainError, match=f"no asset {record.id}"):
+        await catalog.get(record.id, "acct_other")

@@ -1,0 +1,317 @@
+import io
+import re
+import struct
+import zlib
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from magicpixels.core.errors import (
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+)
+from magicpixels.services.assets import domain
+from magicpixels.services.assets.domain import MIB, Content, Kind, Origin
+
+KEY = b"test-signing-key"
+NOW = datetime(2026, 11, 24, 6, 19, 12, tzinfo=UTC)
+
+
+def _plan(**overrides: Any) -> domain.UploadPlan:
+    fields: dict[str, Any] = {
+        "account_id": "acct_1",
+        "livemode": False,
+        "content_type": "image/png",
+        "origin": Origin.UPLOAD,
+        "job_id": "",
+        "declared_size": None,
+    } | overrides
+    return domain.plan_upload(**fields)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims the size but carries no pixels: a decompression bomb's opening."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", b"")
+
+
+def _refused(error: DomainError, kind: type[DomainError], reason: str, param: str | None) -> None:
+    assert type(error) is kind
+    assert (error.reason, error.param) == (reason, param)
+
+
+@pytest.mark.parametrize(
+    ("declared", "canonical", "kind"),
+    [
+        ("image/PNG", "image/png", Kind.IMAGE),
+        ("image/jpg", "image/jpeg", Kind.IMAGE),
+        (" image/webp ; q=0.9", "image/webp", Kind.IMAGE),
+    ],
+)
+def test_plan_upload_canonicalises_the_declared_type(
+    declared: str, canonical: str, kind: Kind
+) -> None:
+    plan = _plan(content_type=declared, declared_size=123)
+
+    assert (plan.content_type, plan.kind, plan.declared_size) == (canonical, kind, 123)
+    assert (plan.origin, plan.job_id, plan.max_bytes) == (Origin.UPLOAD, None, 20 * MIB)
+
+
+def test_plan_upload_accepts_generated_audio_and_video_with_their_job() -> None:
+    audio = _plan(content_type="audio/x-wav", origin=Origin.GENERATED, job_id="job_1")
+    video = _plan(content_type="video/mp4", origin=Origin.GENERATED, job_id="job_1")
+
+    assert (audio.kind, audio.content_type, audio.job_id, audio.max_bytes) == (
+        Kind.AUDIO, "audio/wav", "job_1", 50 * MIB,
+    )
+    assert (video.kind, video.content_type) == (Kind.VIDEO, "video/mp4")
+
+
+def test_plan_upload_accepts_a_declared_size_at_the_limit() -> None:
+    assert _plan(declared_size=20 * MIB).declared_size == 20 * MIB
+
+
+@pytest.mark.parametrize(
+    ("overrides", "kind", "reason", "param"),
+    [
+        ({"account_id": ""}, InvalidArgument, "PARAMETER_MISSING", "account_id"),
+        ({"content_type": ""}, InvalidArgument, "PARAMETER_MISSING", "content_type"),
+        ({"origin": None}, InvalidArgument, "PARAMETER_INVALID", "origin"),
+        ({"content_type": "image/gif"}, FailedPrecondition, "UNSUPPORTED_MEDIA_TYPE", None),
+        ({"content_type": "text/plain"}, FailedPrecondition, "UNSUPPORTED_MEDIA_TYPE", None),
+        ({"content_type": "audio/wav"}, FailedPrecondition, "UNSUPPORTED_MEDIA_TYPE", None),
+        ({"declared_size": 20 * MIB + 1}, InvalidArgument, "PAYLOAD_TOO_LARGE", None),
+        ({"declared_size": -1}, InvalidArgument, "PARAMETER_INVALID", "size_bytes"),
+        ({"job_id": "job_1"}, InvalidArgument, "PARAMETER_INVALID", "job_id"),
+        ({"origin": Origin.GENERATED}, InvalidArgument, "PARAMETER_MISSING", "job_id"),
+    ],
+)
+def test_plan_upload_refuses(
+    overrides: dict[str, Any], kind: type[DomainError], reason: str, param: str | None
+) -> None:
+    with pytest.raises(DomainError) as caught:
+        _plan(**overrides)
+
+    _refused(caught.value, kind, reason, param)
+
+
+def test_audio_upload_says_it_is_not_supported_yet() -> None:
+    with pytest.raises(FailedPrecondition, match="audio uploads are not supported yet"):
+        _plan(content_type="audio/mpeg")
+
+
+def test_generated_audio_limit_is_50_mib() -> None:
+    generated = {"content_type": "audio/wav", "origin": Origin.GENERATED, "job_id": "job_1"}
+    assert _plan(**generated, declared_size=50 * MIB).declared_size == 50 * MIB
+    with pytest.raises(InvalidArgument, match="audio files are limited to 50 MiB"):
+        _plan(**generated, declared_size=50 * MIB + 1)
+
+
+def test_ensure_within_limit_refuses_the_first_byte_over_the_plan() -> None:
+    plan = replace(_plan(), max_bytes=1000)
+
+    domain.ensure_within_limit(plan, 1000)
+    with pytest.raises(InvalidArgument) as caught:
+        domain.ensure_within_limit(plan, 1001)
+
+    assert caught.value.reason == "PAYLOAD_TOO_LARGE"
+
+
+def test_ensure_received_refuses_empty_files_and_a_wrong_declared_size() -> None:
+    domain.ensure_received(_plan(declared_size=10), 10)
+    domain.ensure_received(_plan(), 7)
+    with pytest.raises(FailedPrecondition, match="the file is empty"):
+        domain.ensure_received(_plan(), 0)
+    with pytest.raises(InvalidArgument) as caught:
+        domain.ensure_received(_plan(declared_size=10), 9)
+
+    _refused(caught.value, InvalidArgument, "PARAMETER_INVALID", "size_bytes")
+
+
+@pytest.mark.parametrize(
+    ("image_format", "content_type"),
+    [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp")],
+)
+def test_inspect_content_decodes_each_image_format(
+    encode_image: Any, image_format: str, content_type: str
+) -> None:
+    data = encode_image(image_format, (37, 21))
+
+    content = domain.inspect_content(_plan(content_type=content_type), io.BytesIO(data))
+
+    assert content == Content(content_type, width=37, height=21)
+
+
+def test_inspect_content_refuses_an_image_of_another_declared_type(encode_image: Any) -> None:
+    with pytest.raises(FailedPrecondition) as caught:
+        domain.inspect_content(_plan(content_type="image/jpeg"), io.BytesIO(encode_image("PNG")))
+
+    assert caught.value.reason == "CONTENT_MISMATCH"
+    assert caught.value.message == "the file is a PNG image but was declared as image/jpeg"
+
+
+@pytest.mark.parametrize(
+    ("image_format", "keep"),
+    [("PNG", 0.5), ("PNG", 0.99), ("JPEG", 0.5), ("WEBP", 0.9), ("GIF", 1.0)],
+)
+def test_inspect_content_refuses_truncated_and_other_images(
+    encode_image: Any, image_format: str, keep: float
+) -> None:
+    data = encode_image(image_format)
+    truncated = io.BytesIO(data[: int(len(data) * keep)])
+
+    with pytest.raises(FailedPrecondition) as caught:
+        domain.inspect_content(_plan(), truncated)
+
+    assert caught.value.reason == "UNSUPPORTED_MEDIA_TYPE"
+    assert caught.value.message == "the file is not a complete PNG, JPEG or WebP image"
+
+
+def test_inspect_content_refuses_text() -> None:
+    with pytest.raises(FailedPrecondition) as caught:
+        domain.inspect_content(_plan(), io.BytesIO(b"hello, this is not an image\n" * 50))
+
+    assert caught.value.reason == "UNSUPPORTED_MEDIA_TYPE"
+
+
+def test_probe_image_refuses_more_than_40_megapixels_before_decoding() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        domain.probe_image(io.BytesIO(_png_header(7000, 6000)))
+
+    assert caught.value.reason == "PAYLOAD_TOO_LARGE"
+    assert caught.value.message == "the image exceeds 40 megapixels"
+
+
+def test_generated_audio_is_recorded_as_declared_without_probing() -> None:
+    plan = _plan(content_type="audio/wav", origin=Origin.GENERATED, job_id="job_1")
+
+    assert domain.inspect_content(plan, io.BytesIO(b"RIFF....WAVE")) == Content("audio/wav")
+
+
+def test_new_asset_records_the_plan_the_content_and_the_blob() -> None:
+    record = domain.new_asset(
+        _plan(livemode=True), Content("image/png", 4, 3), blob_key="ab" * 32, size=99,
+        sha256="ab" * 32, now=NOW,
+    )
+
+    assert re.fullmatch(r"asset_[0-9A-Z]{30}", record.id)
+    assert (record.account_id, record.livemode, record.kind, record.origin) == (
+        "acct_1", True, Kind.IMAGE, Origin.UPLOAD,
+    )
+    assert (record.size_bytes, record.width, record.height, record.created_at) == (99, 4, 3, NOW)
+
+
+def test_visible_hides_another_accounts_asset() -> None:
+    record = domain.new_asset(
+        _plan(), Content("image/png"), blob_key="ab" * 32, size=1, sha256="ab" * 32, now=NOW
+    )
+
+    assert domain.visible(record, record.id, "acct_1") is record
+    for found, account in ((record, "acct_2"), (None, "acct_1")):
+        with pytest.raises(DomainError) as caught:
+            domain.visible(found, record.id, account)
+        _refused(caught.value, type(caught.value), "ASSET_NOT_FOUND", None)
+        assert caught.value.code.name == "NOT_FOUND"
+
+
+@pytest.mark.parametrize(
+    ("offset", "length", "expected"),
+    [(0, 0, (0, 10)), (3, 4, (3, 4)), (8, 5, (8, 2)), (9, 0, (9, 1))],
+)
+def test_byte_range(offset: int, length: int, expected: tuple[int, int]) -> None:
+    assert domain.byte_range(10, offset, length) == expected
+
+
+@pytest.mark.parametrize(("offset", "length"), [(10, 0), (11, 1), (-1, 0), (0, -1)])
+def test_byte_range_outside_the_asset_is_refused(offset: int, length: int) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        domain.byte_range(10, offset, length)
+
+    _refused(caught.value, InvalidArgument, "RANGE_NOT_SATISFIABLE", "range")
+
+
+@pytest.mark.parametrize(("requested", "expected"), [(0, 20), (1, 1), (100, 100), (500, 100)])
+def test_page_size(requested: int, expected: int) -> None:
+    assert domain.page_size(requested) == expected
+
+
+def test_negative_page_size_is_refused() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        domain.page_size(-1)
+
+    _refused(caught.value, InvalidArgument, "PARAMETER_INVALID", "page_size")
+
+
+@pytest.mark.parametrize("expires_in", [60, 3600, 86_400])
+def test_url_expiry(expires_in: int) -> None:
+    assert domain.url_expiry(NOW, expires_in) == int(NOW.timestamp()) + expires_in
+
+
+@pytest.mark.parametrize("expires_in", [0, 59, 86_401, -60])
+def test_url_expiry_outside_a_minute_to_a_day_is_refused(expires_in: int) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        domain.url_expiry(NOW, expires_in)
+
+    _refused(caught.value, InvalidArgument, "PARAMETER_INVALID", "expires_in")
+
+
+def test_signed_query_verifies_until_it_expires() -> None:
+    expires = int(NOW.timestamp()) + 60
+    query = domain.signed_query(KEY, "asset_1", expires)
+
+    assert re.fullmatch(rf"expires={expires}&signature=[A-Za-z0-9_-]{{43}}", query)
+    domain.verify_signed_query(KEY, "asset_1", query, NOW)
+    with pytest.raises(FailedPrecondition) as caught:
+        domain.verify_signed_query(KEY, "asset_1", query, datetime.fromtimestamp(expires, UTC))
+    assert caught.value.reason == "URL_EXPIRED"
+
+
+def test_an_expired_query_with_a_valid_signature_is_expired_not_invalid() -> None:
+    query = domain.signed_query(KEY, "asset_1", int(NOW.timestamp()) - 1)
+
+    with pytest.raises(FailedPrecondition) as caught:
+        domain.verify_signed_query(KEY, "asset_1", query, NOW)
+
+    assert caught.value.reason == "URL_EXPIRED"
+
+
+def _tampered(query: str) -> str:
+    signature = query.rsplit("=", 1)[1]
+    flipped = "B" if signature[0] == "A" else "A"
+    return query.replace(signature, flipped + signature[1:])
+
+
+@pytest.mark.parametrize(
+    ("key", "asset_id", "change"),
+    [
+        (KEY, "asset_2", lambda query: query),
+        (b"another-key", "asset_1", lambda query: query),
+        (KEY, "asset_1", _tampered),
+        (KEY, "asset_1", lambda query: query.replace("expires=", "expires=1")),
+        (KEY, "asset_1", lambda query: query + "&download=1"),
+        (KEY, "asset_1", lambda query: query + "&expires=1"),
+        (KEY, "asset_1", lambda query: query.split("&")[0]),
+        (KEY, "asset_1", lambda query: query.split("&")[1]),
+        (KEY, "asset_1", lambda query: ""),
+        (KEY, "asset_1", lambda query: "&&" + query),
+        (KEY, "asset_1", lambda query: query.replace("expires=", "expires=-")),
+        (KEY, "asset_1", lambda query: query.replace("expires=", "expires=+")),
+    ],
+)
+def test_a_signed_query_for_anything_else_is_invalid(
+    key: bytes, asset_id: str, change: Any
+) -> None:
+    query = change(domain.signed_query(KEY, "asset_1", int(NOW.timestamp()) + 60))
+
+    with pytest.raises(PermissionDenied) as caught:
+        domain.verify_signed_query(key, asset_id, query, NOW)
+
+    assert caught.value.reason == "URL_SIGNATURE_INVALID"
