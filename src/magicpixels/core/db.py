@@ -5,6 +5,7 @@ IMMEDIATE: writers queue on the lock (busy_timeout) instead of failing when a re
 a write. PostgreSQL keeps each service's tables in its own schema when one is configured.
 """
 
+from pathlib import Path
 from typing import Any
 
 from alembic import command, context
@@ -24,6 +25,9 @@ def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
 
 
 def _sqlite_engine(url: str) -> AsyncEngine:
+    database = make_url(url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url, connect_args={"timeout": 30})
 
     @event.listens_for(engine.sync_engine, "connect")

@@ -72,7 +72,6 @@ class DatabaseServiceSettings(ServiceSettings):
     def database_url_for(self, mesh: MeshSettings, service: str) -> str:
         if self.database_url:
             return self.database_url
-        mesh.data_dir.mkdir(parents=True, exist_ok=True)
         return f"sqlite+aiosqlite:///{mesh.data_dir / f'{service}.db'}"
 
 

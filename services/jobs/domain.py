@@ -1,0 +1,308 @@
+"""The rules of a job: what a spec may say in each mode, its defaults, and how its state moves.
+
+Each mode is a table of field rules; a mode is available once it has a table. A spec is
+resolved by applying its mode's rules in order: each rule checks one field and fills its
+default, so the job stores and echoes exactly what it will run with.
+"""
+
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from magicpixels.core.errors import InvalidArgument
+from magicpixels.jobs.v1 import jobs_pb2
+
+# The API's names, in the order of the JobMode enum.
+MODES = ("text_to_image", "image_to_image", "text_to_audio", "image_to_video")
+MAX_SEED = 2**32 - 1
+# Webhooks may use plain http only to reach a receiver on the same machine.
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1"})
+_MAX_URL_LENGTH = 2048
+
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+# The longest a LeaseJob call holds on waiting for work.
+MAX_LEASE_WAIT_SECONDS = 60.0
+# A job still pending this long has lost its CreateJob call (the reserve call's own deadline
+# is far shorter), so the reconciler releases whatever was held and fails it.
+PENDING_TIMEOUT = timedelta(seconds=60)
+_MAX_RETRY_DELAY_SECONDS = 60
+
+
+class State(StrEnum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+class HoldStatus(StrEnum):
+    """Where the job's credits stand in billing, as last confirmed by billing."""
+
+    NONE = "none"
+    HELD = "held"
+    CAPTURED = "captured"
+    RELEASED = "released"
+
+
+_MOVES: dict[State, frozenset[State]] = {
+    State.PENDING: frozenset({State.QUEUED, State.FAILED}),
+    State.QUEUED: frozenset({State.RUNNING, State.CANCELED}),
+    # Back to queued: a retry, or a lease that expired.
+    State.RUNNING: frozenset({State.COMPLETED, State.FAILED, State.CANCELED, State.QUEUED}),
+}
+TERMINAL = frozenset({State.COMPLETED, State.FAILED, State.CANCELED})
+
+
+def sources_of(target: State) -> frozenset[State]:
+    """The states a job may move to `target` from."""
+    return frozenset(source for source, targets in _MOVES.items() if target in targets)
+
+
+def is_terminal(state: str) -> bool:
+    return state in TERMINAL
+
+
+def hold_resolution(state: str) -> HoldStatus:
+    """How a job that ended in `state` settles its hold: only a completed job pays."""
+    return HoldStatus.CAPTURED if state == State.COMPLETED else HoldStatus.RELEASED
+
+
+def may_retry(attempts: int, max_attempts: int) -> bool:
+    return attempts < max_attempts
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """Exponential backoff after the given number of attempts: 1 s, 2 s, 4 s... up to a minute."""
+    return timedelta(seconds=min(2 ** (attempts - 1), _MAX_RETRY_DELAY_SECONDS))
+
+
+def mode_name(mode: int) -> str | None:
+    """The API's name of a JobMode value; None for unspecified or unknown values."""
+    try:
+        name = jobs_pb2.JobMode.Name(mode).removeprefix("JOB_MODE_").lower()
+    except ValueError:
+        return None
+    return name if name in MODES else None
+
+
+def lease_modes(modes: Iterable[int]) -> list[str]:
+    """The mode names a worker asks work for."""
+    names = [mode_name(mode) for mode in modes]
+    if not names:
+        raise InvalidArgument(
+            "PARAMETER_MISSING", "modes must name at least one mode", param="modes"
+        )
+    if None in names:
+        raise _mode_unknown("modes")
+    return [name for name in names if name]
+
+
+def mode_filter(mode: int) -> str | None:
+    """A JobMode value as a filter; None for unspecified."""
+    if mode == jobs_pb2.JOB_MODE_UNSPECIFIED:
+        return None
+    name = mode_name(mode)
+    if name is None:
+        raise _mode_unknown("mode")
+    return name
+
+
+def state_filter(state: int) -> State | None:
+    """A JobState value as a filter; None for unspecified."""
+    if state == jobs_pb2.JOB_STATE_UNSPECIFIED:
+        return None
+    try:
+        return State(jobs_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower())
+    except ValueError:
+        raise _invalid("state", "a job state") from None
+
+
+def page_size(requested: int) -> int:
+    if requested < 0:
+        raise _invalid("page_size", "0 or more")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def check_progress(progress: float) -> None:
+    if not 0.0 <= progress <= 1.0:
+        raise _invalid("progress", "between 0 and 1")
+
+
+def require(value: str, param: str) -> None:
+    if not value:
+        raise InvalidArgument("PARAMETER_MISSING", f"{param} is required", param=param)
+
+
+def random_seed() -> int:
+    return random.randint(0, MAX_SEED)
+
+
+class Rule(Protocol):
+    field: str
+
+    def apply(self, spec: jobs_pb2.JobSpec) -> None:
+        """Checks the field, raising InvalidArgument, and fills its default when absent."""
+
+
+@dataclass(frozen=True)
+class Text:
+    field: str
+    required: bool = False
+    max_length: int = 4000
+
+    def apply(self, spec: jobs_pb2.JobSpec) -> None:
+        value: str = getattr(spec, self.field)
+        if self.required:
+            require(value, self.field)
+        if len(value) > self.max_length:
+            raise _invalid(self.field, f"at most {self.max_length} characters")
+
+
+@dataclass(frozen=True)
+class Number:
+    field: str
+    minimum: float
+    maximum: float
+    default: float | Callable[[], int] | None = None
+    multiple_of: int | None = None
+
+    def apply(self, spec: jobs_pb2.JobSpec) -> None:
+        if not spec.HasField(self.field):
+            self._fill_default(spec)
+            return
+        value = getattr(spec, self.field)
+        # Written so that NaN fails too.
+        in_range = self.minimum <= value <= self.maximum
+        if not in_range or (self.multiple_of and value % self.multiple_of):
+            raise _invalid(self.field, self._requirement())
+
+    def _fill_default(self, spec: jobs_pb2.JobSpec) -> None:
+        if self.default is not None:
+            setattr(spec, self.field, self.default() if callable(self.default) else self.default)
+
+    def _requirement(self) -> str:
+        bounds = f"between {self.minimum:g} and {self.maximum:g}"
+        return f"a multiple of {self.multiple_of} {bounds}" if self.multiple_of else bounds
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of `options`; the first is the default."""
+
+    field: str
+    options: tuple[str, ...]
+
+    def apply(self, spec: jobs_pb2.JobSpec) -> None:
+        value = getattr(spec, self.field)
+        if not value:
+            setattr(spec, self.field, self.options[0])
+        elif value not in self.options:
+            raise _invalid(self.field, f"one of {', '.join(self.options)}")
+
+
+@dataclass(frozen=True)
+class Metadata:
+    field: str = "metadata"
+    max_pairs: int = 16
+    max_key_length: int = 40
+    max_value_length: int = 500
+
+    def apply(self, spec: jobs_pb2.JobSpec) -> None:
+        pairs = getattr(spec, self.field)
+        if len(pairs) > self.max_pairs:
+            raise _invalid(self.field, f"at most {self.max_pairs} pairs")
+        if not all(self._fits(key, value) for key, value in pairs.items()):
+            raise _invalid(
+                self.field,
+                f"keys of 1 to {self.max_key_length} characters and values of at most "
+                f"{self.max_value_length}",
+            )
+
+    def _fits(self, key: str, value: str) -> bool:
+        return 0 < len(key) <= self.max_key_length and len(value) <= self.max_value_length
+
+
+@dataclass(frozen=True)
+class WebhookUrl:
+    field: str = "webhook_url"
+
+    def apply(self, spec: jobs_pb2.JobSpec) -> None:
+        url = getattr(spec, self.field)
+        if url and not _acceptable_webhook(url):
+            raise _invalid(self.field, "an https URL (http only to localhost)")
+
+
+def _acceptable_webhook(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return False
+    if len(url) > _MAX_URL_LENGTH or not host:
+        return False
+    return parts.scheme == "https" or (parts.scheme == "http" and host in _LOCAL_HOSTS)
+
+
+_EVERY_MODE: tuple[Rule, ...] = (
+    Number("deadline_seconds", 1, 86400),
+    WebhookUrl(),
+    Metadata(),
+)
+
+RULES: dict[str, tuple[Rule, ...]] = {
+    "text_to_image": (
+        Text("prompt", required=True),
+        Text("negative_prompt"),
+        Number("width", 64, 2048, default=1024, multiple_of=8),
+        Number("height", 64, 2048, default=1024, multiple_of=8),
+        Number("seed", 0, MAX_SEED, default=random_seed),
+        # The builtin backend uses steps only for the granularity of its progress reports.
+        Number("steps", 1, 100, default=20),
+        Number("guidance_scale", 0, 30, default=7.5),
+        Choice("output_format", ("png", "jpeg", "webp")),
+        *_EVERY_MODE,
+    ),
+}
+
+
+def resolve_spec(spec: jobs_pb2.JobSpec) -> jobs_pb2.JobSpec:
+    """A copy of the spec with every default filled in; InvalidArgument on the first fault."""
+    rules = _rules_of(spec.mode)
+    resolved = jobs_pb2.JobSpec()
+    resolved.CopyFrom(spec)
+    _refuse_foreign_fields(resolved, rules)
+    for rule in rules:
+        rule.apply(resolved)
+    return resolved
+
+
+def _rules_of(mode: int) -> tuple[Rule, ...]:
+    name = mode_name(mode)
+    if name is None:
+        raise _mode_unknown("mode")
+    if name not in RULES:
+        raise InvalidArgument("MODE_UNSUPPORTED", f"{name} is not available yet", param="mode")
+    return RULES[name]
+
+
+def _refuse_foreign_fields(spec: jobs_pb2.JobSpec, rules: tuple[Rule, ...]) -> None:
+    accepted = {"mode", *(rule.field for rule in rules)}
+    for descriptor, _ in spec.ListFields():
+        if descriptor.name not in accepted:
+            raise _invalid(descriptor.name, f"absent in {mode_name(spec.mode)} jobs")
+
+
+def _mode_unknown(param: str) -> InvalidArgument:
+    message = f"{param} must be one of {', '.join(MODES)}"
+    return InvalidArgument("MODE_UNKNOWN", message, param=param)
+
+
+def _invalid(field: str, requirement: str) -> InvalidArgument:
+    return InvalidArgument("PARAMETER_INVALID", f"{field} must be {requirement}", param=field)

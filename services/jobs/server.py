@@ -1,0 +1,319 @@
+"""The JobsService servicer (decode, call the domain and the store, encode) and its Service."""
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack
+from datetime import timedelta
+
+import grpc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from magicpixels.core.bus import EventBus
+from magicpixels.core.context import time_left
+from magicpixels.core.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
+from magicpixels.core.server import ServiceBinding
+from magicpixels.core.service import Mesh, open_database
+from magicpixels.core.settings import JobsSettings
+from magicpixels.core.timestamps import to_timestamp, utcnow
+from magicpixels.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+from magicpixels.services.jobs import domain, store
+from magicpixels.services.jobs.domain import State
+from magicpixels.services.jobs.reconciler import Reconciler
+from magicpixels.services.jobs.settlement import Settlement
+from magicpixels.services.jobs.signals import QUEUED_CHANNEL, QueueSignal, announce, changed_channel
+from magicpixels.services.jobs.store import JobRow
+
+SERVICE_NAME = jobs_pb2.DESCRIPTOR.services_by_name["JobsService"].full_name
+# A waiting LeaseJob answers this long before its caller's deadline, so the answer arrives.
+_DEADLINE_MARGIN_SECONDS = 0.5
+
+
+class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        settlement: Settlement,
+        bus: EventBus,
+        signal: QueueSignal,
+        settings: JobsSettings,
+    ) -> None:
+        self._engine = engine
+        self._settlement = settlement
+        self._bus = bus
+        self._signal = signal
+        self._settings = settings
+
+    async def CreateJob(
+        self, request: jobs_pb2.CreateJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Job:
+        domain.require(request.account_id, "account_id")
+        spec = domain.resolve_spec(request.spec)
+        pending = await store.insert_pending(
+            self._engine, request.account_id, request.livemode, spec, utcnow()
+        )
+        job = await self._settlement.hold(pending, spec)
+        await announce(self._bus, job)
+        return await self._encode(job)
+
+    async def QuoteJob(
+        self, request: jobs_pb2.QuoteJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.QuoteJobResponse:
+        domain.require(request.account_id, "account_id")
+        spec = domain.resolve_spec(request.spec)
+        quote = await self._settlement.quote(request.account_id, request.livemode, spec)
+        return jobs_pb2.QuoteJobResponse(
+            mode=spec.mode,
+            cost_credits=quote.cost_credits,
+            available_credits=quote.available_credits,
+            sufficient=quote.sufficient,
+        )
+
+    async def GetJob(
+        self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Job:
+        return await self._encode(await self._visible(request.id, request.account_id))
+
+    async def ListJobs(
+        self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ListJobsResponse:
+        limit = domain.page_size(request.page_size)
+        found = await store.list_visible(
+            self._engine,
+            request.account_id,
+            request.livemode,
+            limit=limit + 1,
+            before_id=_page_token(request.page_token),
+            state=domain.state_filter(request.state),
+            mode=domain.mode_filter(request.mode),
+        )
+        page = found[:limit]
+        return jobs_pb2.ListJobsResponse(
+            jobs=[await self._encode(job) for job in page],
+            next_page_token=page[-1].id if len(found) > limit else "",
+        )
+
+    async def CancelJob(
+        self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Job:
+        job = await store.cancel(self._engine, request.id, request.account_id, utcnow())
+        if job is None:
+            ended = await self._visible(request.id, request.account_id)
+            message = f"job {ended.id} is already {ended.state}"
+            raise FailedPrecondition("JOB_NOT_CANCELABLE", message)
+        await announce(self._bus, job)
+        await self._settlement.settle(job)
+        return await self._encode(job)
+
+    async def WatchJob(
+        self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[jobs_pb2.JobEvent]:
+        # Subscribed before the first read, so no change after it goes unseen.
+        async with self._bus.subscribe(changed_channel(request.id)) as hints:
+            job = await self._visible(request.id, request.account_id)
+            yield await self._event(job, jobs_pb2.JOB_EVENT_TYPE_STATUS)
+            while not domain.is_terminal(job.state):
+                await anext(hints)
+                previous, job = job, await self._visible(request.id, request.account_id)
+                change = _change(previous, job)
+                if change:
+                    yield await self._event(job, change)
+
+    async def LeaseJob(
+        self, request: jobs_pb2.LeaseJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.LeaseJobResponse:
+        domain.require(request.worker_id, "worker_id")
+        modes = domain.lease_modes(request.modes)
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + _lease_wait(request.wait.ToTimedelta().total_seconds())
+        while True:
+            ticket = self._signal.ticket()
+            lease = await self._try_lease(modes, request.worker_id)
+            remaining = give_up_at - loop.time()
+            if lease.HasField("lease") or remaining <= 0:
+                return lease
+            await self._signal.wait(ticket, remaining)
+
+    async def ReportProgress(
+        self, request: jobs_pb2.ReportProgressRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ReportProgressResponse:
+        domain.check_progress(request.progress)
+        job = await store.record_progress(
+            self._engine,
+            request.job_id,
+            request.lease_token,
+            request.progress,
+            self._lease_for(),
+            utcnow(),
+        )
+        if job is not None:
+            await announce(self._bus, job)
+            expire_time = to_timestamp(job.lease_expires_at)
+            return jobs_pb2.ReportProgressResponse(lease_expire_time=expire_time)
+        current = await store.get_job(self._engine, request.job_id)
+        if current is not None and _canceled_under(current, request.lease_token):
+            return jobs_pb2.ReportProgressResponse(canceled=True)
+        raise _lease_refusal(current, request.job_id)
+
+    async def CompleteJob(
+        self, request: jobs_pb2.CompleteJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Job:
+        domain.require(request.result.asset_id, "result.asset_id")
+        job = await store.complete(
+            self._engine, request.job_id, request.lease_token, request.result, utcnow()
+        )
+        return await self._ended(job, request.job_id)
+
+    async def FailJob(
+        self, request: jobs_pb2.FailJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Job:
+        domain.require(request.error.code, "error.code")
+        current = await store.get_job(self._engine, request.job_id)
+        if current is None or not _leased_under(current, request.lease_token):
+            raise _lease_refusal(current, request.job_id)
+        now, token = utcnow(), request.lease_token
+        if request.retryable and domain.may_retry(current.attempts, self._settings.max_attempts):
+            not_before = now + domain.retry_delay(current.attempts)
+            job = await store.requeue(self._engine, current.id, token, not_before, now)
+        else:
+            job = await store.fail(self._engine, current.id, token, request.error, now)
+        return await self._ended(job, request.job_id)
+
+    async def _ended(self, job: JobRow | None, job_id: str) -> jobs_pb2.Job:
+        """Announces a job a worker let go of and settles its hold when it ended."""
+        if job is None:
+            raise _lease_refusal(await store.get_job(self._engine, job_id), job_id)
+        await announce(self._bus, job)
+        await self._settlement.settle(job)
+        return await self._encode(job)
+
+    async def _try_lease(self, modes: Sequence[str], worker_id: str) -> jobs_pb2.LeaseJobResponse:
+        job = await store.lease_next(self._engine, modes, worker_id, self._lease_for(), utcnow())
+        if job is None:
+            return jobs_pb2.LeaseJobResponse()
+        await announce(self._bus, job)
+        lease = jobs_pb2.Lease(
+            job=await self._encode(job),
+            token=job.lease_token,
+            expire_time=to_timestamp(job.lease_expires_at),
+        )
+        return jobs_pb2.LeaseJobResponse(lease=lease)
+
+    def _lease_for(self) -> timedelta:
+        return timedelta(seconds=self._settings.lease_seconds)
+
+    async def _visible(self, job_id: str, account_id: str) -> JobRow:
+        job = await store.get_visible(self._engine, job_id, account_id)
+        if job is None:
+            raise NotFound("JOB_NOT_FOUND", f"no job {job_id}")
+        return job
+
+    async def _event(self, job: JobRow, kind: int) -> jobs_pb2.JobEvent:
+        return jobs_pb2.JobEvent(
+            type=kind, job=await self._encode(job), event_time=to_timestamp(job.updated_at)
+        )
+
+    async def _encode(self, job: JobRow) -> jobs_pb2.Job:
+        if job.state != State.QUEUED:
+            return encode_job(job, None)
+        return encode_job(job, await store.queue_position(self._engine, job))
+
+
+def encode_job(job: JobRow, queue_position: int | None) -> jobs_pb2.Job:
+    return jobs_pb2.Job(
+        id=job.id,
+        account_id=job.account_id,
+        livemode=job.livemode,
+        spec=store.spec_of(job),
+        state=jobs_pb2.JobState.Value(f"JOB_STATE_{job.state.upper()}"),
+        progress=job.progress,
+        cost_credits=job.cost_credits,
+        attempts=job.attempts,
+        queue_position=queue_position,
+        result=store.result_of(job),
+        error=_error_of(job),
+        create_time=to_timestamp(job.created_at),
+        start_time=to_timestamp(job.started_at),
+        complete_time=to_timestamp(job.completed_at),
+        deadline_time=to_timestamp(job.deadline_at),
+    )
+
+
+def _error_of(job: JobRow) -> jobs_pb2.JobError | None:
+    if not job.error_code:
+        return None
+    return jobs_pb2.JobError(code=job.error_code, message=job.error_message)
+
+
+def _change(previous: JobRow, current: JobRow) -> int | None:
+    """The kind of change a watcher is told about, if any."""
+    if current.state != previous.state:
+        return jobs_pb2.JOB_EVENT_TYPE_STATUS
+    if current.progress != previous.progress:
+        return jobs_pb2.JOB_EVENT_TYPE_PROGRESS
+    return None
+
+
+def _lease_wait(requested: float) -> float:
+    """Seconds a LeaseJob may wait: what it asked, within the cap and the caller's deadline."""
+    wait = min(max(requested, 0.0), domain.MAX_LEASE_WAIT_SECONDS)
+    left = time_left()
+    return wait if left is None else min(wait, left - _DEADLINE_MARGIN_SECONDS)
+
+
+def _page_token(token: str) -> str | None:
+    if token and not token.startswith("job_"):
+        raise InvalidArgument("PARAMETER_INVALID", "page_token is not a job id", param="page_token")
+    return token or None
+
+
+def _leased_under(job: JobRow, token: int) -> bool:
+    return job.state == State.RUNNING and job.lease_token == token
+
+
+def _canceled_under(job: JobRow, token: int) -> bool:
+    return job.state == State.CANCELED and job.lease_token == token
+
+
+def _lease_refusal(job: JobRow | None, job_id: str) -> DomainError:
+    if job is None:
+        return NotFound("JOB_NOT_FOUND", f"no job {job_id}")
+    return FailedPrecondition("LEASE_LOST", f"this lease of job {job_id} is no longer held; stop")
+
+
+class JobsService:
+    name = "jobs"
+
+    def __init__(self, mesh: Mesh, settings: JobsSettings) -> None:
+        self.settings = settings
+        self._mesh = mesh
+        self._engine: AsyncEngine | None = None
+        self._subscriptions = AsyncExitStack()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> list[ServiceBinding]:
+        engine = await open_database(
+            self._mesh.settings, self.settings, "jobs", "magicpixels.services.jobs.migrations"
+        )
+        self._engine = engine
+        settlement = Settlement(engine, self._mesh)
+        signal = QueueSignal()
+        # Subscribed before serving, so no job queued from now on goes unnoticed.
+        queued_hints = await self._subscriptions.enter_async_context(
+            self._mesh.bus.subscribe(QUEUED_CHANNEL)
+        )
+        reconciler = Reconciler(engine, settlement, self._mesh.bus, self.settings)
+        self._tasks = [
+            asyncio.create_task(signal.follow(queued_hints)),
+            asyncio.create_task(reconciler.run()),
+        ]
+        servicer = JobsServicer(engine, settlement, self._mesh.bus, signal, self.settings)
+        add = jobs_pb2_grpc.add_JobsServiceServicer_to_server
+        return [ServiceBinding(SERVICE_NAME, servicer, add)]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._subscriptions.aclose()
+        if self._engine is not None:
+            await self._engine.dispose()

@@ -1,0 +1,425 @@
+"""The jobs tables and their queries.
+
+Every change of a job's state is one UPDATE guarded by the states it may come from (and, for
+a worker, by its lease token), written in the same transaction as its row in `job_events`, so
+two callers racing for the same job cannot both win. A job is visible to its account once it
+was queued: a pending job, or one that failed before its credits were held, never is.
+"""
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from google.protobuf import json_format
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Row,
+    String,
+    Table,
+    Text,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import ColumnElement
+
+from magicpixels.core.ids import new_id
+from magicpixels.jobs.v1 import jobs_pb2
+from magicpixels.services.jobs.domain import TERMINAL, HoldStatus, State, mode_name, sources_of
+
+metadata = MetaData()
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("account_id", String(40), nullable=False),
+    Column("livemode", Boolean, nullable=False),
+    Column("mode", String(32), nullable=False),
+    # The resolved JobSpec as protobuf JSON.
+    Column("spec", Text, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("progress", Float, nullable=False),
+    Column("cost_credits", BigInteger, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    # The fencing token of the newest lease: only its holder may report, complete or fail.
+    Column("lease_token", BigInteger, nullable=False),
+    Column("lease_expires_at", DateTime(timezone=True)),
+    Column("worker_id", String),
+    # A retried job waits for its backoff until then.
+    Column("not_before", DateTime(timezone=True)),
+    Column("result_asset_id", String(40)),
+    # The JobResult as protobuf JSON.
+    Column("result", Text),
+    Column("error_code", String),
+    Column("error_message", Text),
+    Column("billing", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("queued_at", DateTime(timezone=True)),
+    Column("started_at", DateTime(timezone=True)),
+    Column("completed_at", DateTime(timezone=True)),
+    Column("deadline_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_jobs_state_mode_queued_at", "state", "mode", "queued_at"),
+    # Ids sort by creation time, so the newest-first history pages on (account_id, id).
+    Index("ix_jobs_account_id_id", "account_id", "id"),
+)
+
+job_events = Table(
+    "job_events",
+    metadata,
+    # SQLite numbers rows itself only for an INTEGER primary key.
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("job_id", String(40), ForeignKey("jobs.id"), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("progress", Float, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_job_events_job_id_id", "job_id", "id"),
+)
+
+JobRow = Row[Any]
+
+
+def spec_of(job: JobRow) -> jobs_pb2.JobSpec:
+    return json_format.Parse(job.spec, jobs_pb2.JobSpec())
+
+
+def result_of(job: JobRow) -> jobs_pb2.JobResult | None:
+    return json_format.Parse(job.result, jobs_pb2.JobResult()) if job.result else None
+
+
+async def insert_pending(
+    engine: AsyncEngine, account_id: str, livemode: bool, spec: jobs_pb2.JobSpec, now: datetime
+) -> JobRow:
+    has_deadline = spec.HasField("deadline_seconds")
+    statement = (
+        insert(jobs)
+        .values(
+            id=new_id("job"),
+            account_id=account_id,
+            livemode=livemode,
+            mode=mode_name(spec.mode),
+            spec=json_format.MessageToJson(spec, indent=None),
+            state=State.PENDING,
+            progress=0.0,
+            cost_credits=0,
+            attempts=0,
+            lease_token=0,
+            billing=HoldStatus.NONE,
+            created_at=now,
+            deadline_at=now + timedelta(seconds=spec.deadline_seconds) if has_deadline else None,
+            updated_at=now,
+        )
+        .returning(*jobs.c)
+    )
+    async with engine.begin() as connection:
+        return (await connection.execute(statement)).one()
+
+
+async def get_job(engine: AsyncEngine, job_id: str) -> JobRow | None:
+    async with engine.connect() as connection:
+        return (await connection.execute(select(jobs).where(jobs.c.id == job_id))).one_or_none()
+
+
+async def get_visible(engine: AsyncEngine, job_id: str, account_id: str) -> JobRow | None:
+    query = select(jobs).where(jobs.c.id == job_id, *_visible_to(account_id))
+    async with engine.connect() as connection:
+        return (await connection.execute(query)).one_or_none()
+
+
+async def list_visible(
+    engine: AsyncEngine,
+    account_id: str,
+    livemode: bool,
+    *,
+    limit: int,
+    before_id: str | None = None,
+    state: State | None = None,
+    mode: str | None = None,
+) -> list[JobRow]:
+    """The account's jobs, newest first, starting after the job `before_id`."""
+    filters = [*_visible_to(account_id), jobs.c.livemode == livemode]
+    if before_id:
+        filters.append(jobs.c.id < before_id)
+    if state:
+        filters.append(jobs.c.state == state)
+    if mode:
+        filters.append(jobs.c.mode == mode)
+    query = select(jobs).where(*filters).order_by(jobs.c.id.desc()).limit(limit)
+    async with engine.connect() as connection:
+        return list((await connection.execute(query)).all())
+
+
+def _visible_to(account_id: str) -> tuple[ColumnElement[bool], ...]:
+    return jobs.c.account_id == account_id, jobs.c.queued_at.is_not(None)
+
+
+async def queue_position(engine: AsyncEngine, job: JobRow) -> int:
+    """How many queued jobs of the same mode will be leased before this one."""
+    ahead = (
+        select(func.count())
+        .select_from(jobs)
+        .where(
+            jobs.c.state == State.QUEUED,
+            jobs.c.mode == job.mode,
+            tuple_(jobs.c.queued_at, jobs.c.id) < tuple_(job.queued_at, job.id),
+        )
+    )
+    async with engine.connect() as connection:
+        return (await connection.execute(ahead)).scalar_one()
+
+
+async def mark_queued(
+    engine: AsyncEngine, job_id: str, cost_credits: int, now: datetime
+) -> JobRow | None:
+    return await _move_one(
+        engine,
+        State.QUEUED,
+        jobs.c.id == job_id,
+        jobs.c.state == State.PENDING,
+        now=now,
+        cost_credits=cost_credits,
+        billing=HoldStatus.HELD,
+        queued_at=now,
+    )
+
+
+async def fail_pending(
+    engine: AsyncEngine, job_id: str, error: jobs_pb2.JobError, billing: HoldStatus, now: datetime
+) -> JobRow | None:
+    return await _move_one(
+        engine,
+        State.FAILED,
+        jobs.c.id == job_id,
+        jobs.c.state == State.PENDING,
+        now=now,
+        billing=billing,
+        completed_at=now,
+        **_error_values(error),
+    )
+
+
+async def lease_next(
+    engine: AsyncEngine, modes: Sequence[str], worker_id: str, lease_for: timedelta, now: datetime
+) -> JobRow | None:
+    """Leases the oldest due queued job of the modes, in one statement that concurrent callers
+    cannot both win: PostgreSQL skips rows another lease has locked, SQLite runs one writer."""
+    oldest_due = (
+        select(jobs.c.id)
+        .where(
+            jobs.c.state == State.QUEUED,
+            jobs.c.mode.in_(modes),
+            or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now),
+        )
+        .order_by(jobs.c.queued_at, jobs.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    return await _move_one(
+        engine,
+        State.RUNNING,
+        jobs.c.id == oldest_due,
+        now=now,
+        attempts=jobs.c.attempts + 1,
+        lease_token=jobs.c.lease_token + 1,
+        lease_expires_at=now + lease_for,
+        worker_id=worker_id,
+        not_before=None,
+        started_at=func.coalesce(jobs.c.started_at, now),
+    )
+
+
+async def record_progress(
+    engine: AsyncEngine,
+    job_id: str,
+    token: int,
+    progress: float,
+    lease_for: timedelta,
+    now: datetime,
+) -> JobRow | None:
+    """Records a heartbeat of the lease holder and extends its lease; None when it holds none."""
+    statement = (
+        update(jobs)
+        .where(jobs.c.id == job_id, *_leased(token))
+        .values(progress=progress, lease_expires_at=now + lease_for, updated_at=now)
+        .returning(*jobs.c)
+    )
+    async with engine.begin() as connection:
+        return (await connection.execute(statement)).one_or_none()
+
+
+async def complete(
+    engine: AsyncEngine, job_id: str, token: int, result: jobs_pb2.JobResult, now: datetime
+) -> JobRow | None:
+    return await _move_one(
+        engine,
+        State.COMPLETED,
+        jobs.c.id == job_id,
+        *_leased(token),
+        now=now,
+        progress=1.0,
+        result_asset_id=result.asset_id,
+        result=json_format.MessageToJson(result, indent=None),
+        completed_at=now,
+        lease_expires_at=None,
+    )
+
+
+async def requeue(
+    engine: AsyncEngine, job_id: str, token: int, not_before: datetime, now: datetime
+) -> JobRow | None:
+    return await _move_one(
+        engine,
+        State.QUEUED,
+        jobs.c.id == job_id,
+        *_leased(token),
+        now=now,
+        not_before=not_before,
+        worker_id=None,
+        lease_expires_at=None,
+    )
+
+
+async def fail(
+    engine: AsyncEngine, job_id: str, token: int, error: jobs_pb2.JobError, now: datetime
+) -> JobRow | None:
+    return await _move_one(
+        engine,
+        State.FAILED,
+        jobs.c.id == job_id,
+        *_leased(token),
+        now=now,
+        completed_at=now,
+        lease_expires_at=None,
+        **_error_values(error),
+    )
+
+
+async def cancel(engine: AsyncEngine, job_id: str, account_id: str, now: datetime) -> JobRow | None:
+    """Cancels a queued or running job; its lease token stays so its worker learns of it."""
+    return await _move_one(
+        engine,
+        State.CANCELED,
+        jobs.c.id == job_id,
+        jobs.c.account_id == account_id,
+        now=now,
+        completed_at=now,
+        lease_expires_at=None,
+    )
+
+
+async def set_billing(engine: AsyncEngine, job_id: str, billing: HoldStatus, now: datetime) -> None:
+    statement = update(jobs).where(jobs.c.id == job_id).values(billing=billing, updated_at=now)
+    async with engine.begin() as connection:
+        await connection.execute(statement)
+
+
+async def expire_leases(
+    engine: AsyncEngine, max_attempts: int, error: jobs_pb2.JobError, now: datetime
+) -> list[JobRow]:
+    """Queues again the running jobs whose lease expired, or fails those out of attempts."""
+    expired = (jobs.c.state == State.RUNNING, jobs.c.lease_expires_at < now)
+    released = {"worker_id": None, "lease_expires_at": None}
+    async with engine.begin() as connection:
+        requeued = await _move(
+            connection, State.QUEUED, *expired, jobs.c.attempts < max_attempts, now=now, **released
+        )
+        failed = await _move(
+            connection,
+            State.FAILED,
+            *expired,
+            jobs.c.attempts >= max_attempts,
+            now=now,
+            completed_at=now,
+            **released,
+            **_error_values(error),
+        )
+    return requeued + failed
+
+
+async def stale_pending(engine: AsyncEngine, created_before: datetime) -> list[JobRow]:
+    query = select(jobs).where(jobs.c.state == State.PENDING, jobs.c.created_at < created_before)
+    async with engine.connect() as connection:
+        return list((await connection.execute(query)).all())
+
+
+async def unsettled(engine: AsyncEngine) -> list[JobRow]:
+    """Ended jobs whose hold billing has not yet confirmed captured or released."""
+    query = select(jobs).where(
+        jobs.c.state.in_(sorted(TERMINAL)),
+        jobs.c.billing == HoldStatus.HELD,
+    )
+    async with engine.connect() as connection:
+        return list((await connection.execute(query)).all())
+
+
+async def clear_due_retries(engine: AsyncEngine, now: datetime) -> list[JobRow]:
+    """The queued jobs whose backoff just ended, which no wake-up announced yet."""
+    statement = (
+        update(jobs)
+        .where(jobs.c.state == State.QUEUED, jobs.c.not_before <= now)
+        .values(not_before=None)
+        .returning(*jobs.c)
+    )
+    async with engine.begin() as connection:
+        return list((await connection.execute(statement)).all())
+
+
+def _leased(token: int) -> tuple[ColumnElement[bool], ...]:
+    return jobs.c.state == State.RUNNING, jobs.c.lease_token == token
+
+
+def _error_values(error: jobs_pb2.JobError) -> dict[str, str]:
+    return {"error_code": error.code, "error_message": error.message}
+
+
+async def _move_one(
+    engine: AsyncEngine, target: State, *guards: ColumnElement[bool], now: datetime, **values: Any
+) -> JobRow | None:
+    async with engine.begin() as connection:
+        moved = await _move(connection, target, *guards, now=now, **values)
+    return moved[0] if moved else None
+
+
+async def _move(
+    connection: AsyncConnection,
+    target: State,
+    *guards: ColumnElement[bool],
+    now: datetime,
+    **values: Any,
+) -> list[JobRow]:
+    """Moves the jobs the guards select, from a state that may move to `target`, with events."""
+    statement = (
+        update(jobs)
+        .where(jobs.c.state.in_(sorted(sources_of(target))), *guards)
+        .values(state=target, updated_at=now, **values)
+        .returning(*jobs.c)
+    )
+    moved = list((await connection.execute(statement)).all())
+    if moved:
+        await connection.execute(insert(job_events), [_status_event(job, now) for job in moved])
+    return moved
+
+
+def _status_event(job: JobRow, now: datetime) -> dict[str, Any]:
+    return {
+        "job_id": job.id,
+        "type": "status",
+        "state": job.state,
+        "progress": job.progress,
+        "created_at": now,
+    }

@@ -1,0 +1,205 @@
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from magicpixels.core.errors import InvalidArgument
+from magicpixels.jobs.v1 import jobs_pb2
+from magicpixels.services.jobs import domain
+from magicpixels.services.jobs.domain import State
+
+from tests.jobs.conftest import text_to_image
+
+
+def refusal(spec: jobs_pb2.JobSpec) -> tuple[str, str | None]:
+    with pytest.raises(InvalidArgument) as caught:
+        domain.resolve_spec(spec)
+    return caught.value.reason, caught.value.param
+
+
+def test_text_to_image_defaults_are_resolved() -> None:
+    resolved = domain.resolve_spec(text_to_image())
+
+    assert (resolved.width, resolved.height) == (1024, 1024)
+    assert resolved.steps == 20
+    assert resolved.guidance_scale == 7.5
+    assert resolved.output_format == "png"
+    assert 0 <= resolved.seed <= domain.MAX_SEED
+    assert resolved.HasField("seed")
+    assert not resolved.HasField("deadline_seconds")
+
+
+def test_given_values_are_kept() -> None:
+    spec = text_to_image(
+        width=512, height=768, seed=0, steps=1, guidance_scale=0, output_format="webp"
+    )
+
+    resolved = domain.resolve_spec(spec)
+
+    assert (resolved.width, resolved.height, resolved.seed, resolved.steps) == (512, 768, 0, 1)
+    assert (resolved.guidance_scale, resolved.output_format) == (0, "webp")
+
+
+def test_the_request_itself_is_left_as_it_was() -> None:
+    spec = text_to_image()
+
+    domain.resolve_spec(spec)
+
+    assert not spec.HasField("seed")
+    assert not spec.HasField("width")
+    assert spec.output_format == ""
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"prompt": "p" * 4000},
+        {"negative_prompt": "n" * 4000},
+        {"width": 64, "height": 2048},
+        {"seed": domain.MAX_SEED},
+        {"steps": 100},
+        {"guidance_scale": 30.0},
+        {"output_format": "jpeg"},
+        {"deadline_seconds": 1},
+        {"deadline_seconds": 86400},
+        {"webhook_url": "https://example.com/hooks"},
+        {"webhook_url": "http://localhost:9000/hooks"},
+        {"webhook_url": "http://127.0.0.1/hooks"},
+        {"metadata": {f"k{i}": "v" * 500 for i in range(16)}},
+        {"metadata": {"k" * 40: ""}},
+    ],
+)
+def test_limits_are_accepted(fields: dict[str, Any]) -> None:
+    spec = text_to_image(**{"prompt": "a prompt", **fields})
+
+    domain.resolve_spec(spec)
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason", "param"),
+    [
+        ({"prompt": ""}, "PARAMETER_MISSING", "prompt"),
+        ({"prompt": "p" * 4001}, "PARAMETER_INVALID", "prompt"),
+        ({"negative_prompt": "n" * 4001}, "PARAMETER_INVALID", "negative_prompt"),
+        ({"width": 1020}, "PARAMETER_INVALID", "width"),
+        ({"width": 56}, "PARAMETER_INVALID", "width"),
+        ({"height": 2056}, "PARAMETER_INVALID", "height"),
+        ({"height": 0}, "PARAMETER_INVALID", "height"),
+        ({"seed": -1}, "PARAMETER_INVALID", "seed"),
+        ({"seed": domain.MAX_SEED + 1}, "PARAMETER_INVALID", "seed"),
+        ({"steps": 0}, "PARAMETER_INVALID", "steps"),
+        ({"steps": 101}, "PARAMETER_INVALID", "steps"),
+        ({"guidance_scale": -0.1}, "PARAMETER_INVALID", "guidance_scale"),
+        ({"guidance_scale": 30.5}, "PARAMETER_INVALID", "guidance_scale"),
+        ({"guidance_scale": float("nan")}, "PARAMETER_INVALID", "guidance_scale"),
+        ({"output_format": "gif"}, "PARAMETER_INVALID", "output_format"),
+        ({"output_format": "mp4"}, "PARAMETER_INVALID", "output_format"),
+        ({"deadline_seconds": 0}, "PARAMETER_INVALID", "deadline_seconds"),
+        ({"deadline_seconds": 86401}, "PARAMETER_INVALID", "deadline_seconds"),
+        ({"webhook_url": "http://example.com/hooks"}, "PARAMETER_INVALID", "webhook_url"),
+        ({"webhook_url": "ftp://example.com"}, "PARAMETER_INVALID", "webhook_url"),
+        ({"webhook_url": "https://"}, "PARAMETER_INVALID", "webhook_url"),
+        ({"webhook_url": "https://[::1"}, "PARAMETER_INVALID", "webhook_url"),
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "PARAMETER_INVALID", "metadata"),
+        ({"metadata": {"k" * 41: "v"}}, "PARAMETER_INVALID", "metadata"),
+        ({"metadata": {"": "v"}}, "PARAMETER_INVALID", "metadata"),
+        ({"metadata": {"k": "v" * 501}}, "PARAMETER_INVALID", "metadata"),
+        ({"strength": 0.5}, "PARAMETER_INVALID", "strength"),
+        ({"input_asset_id": "asset_x"}, "PARAMETER_INVALID", "input_asset_id"),
+        ({"duration_seconds": 4}, "PARAMETER_INVALID", "duration_seconds"),
+        ({"fps": 24}, "PARAMETER_INVALID", "fps"),
+    ],
+)
+def test_each_rule_refuses_with_its_param(fields: dict[str, Any], reason: str, param: str) -> None:
+    spec = text_to_image(**{"prompt": "a prompt", **fields})
+
+    assert refusal(spec) == (reason, param)
+
+
+def test_the_message_states_the_rule() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        domain.resolve_spec(text_to_image(width=100))
+
+    assert caught.value.message == "width must be a multiple of 8 between 64 and 2048"
+
+
+def test_unspecified_and_unknown_modes_are_refused() -> None:
+    assert refusal(jobs_pb2.JobSpec(prompt="p")) == ("MODE_UNKNOWN", "mode")
+    unknown = jobs_pb2.JobSpec(mode=99, prompt="p")  # type: ignore[arg-type]
+    assert refusal(unknown) == ("MODE_UNKNOWN", "mode")
+
+
+@pytest.mark.parametrize(
+    ("mode", "name"),
+    [
+        (jobs_pb2.JOB_MODE_IMAGE_TO_IMAGE, "image_to_image"),
+        (jobs_pb2.JOB_MODE_TEXT_TO_AUDIO, "text_to_audio"),
+        (jobs_pb2.JOB_MODE_IMAGE_TO_VIDEO, "image_to_video"),
+    ],
+)
+def test_modes_without_rules_are_not_available_yet(mode: int, name: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        domain.resolve_spec(jobs_pb2.JobSpec(mode=mode, prompt="p"))  # type: ignore[arg-type]
+
+    assert (caught.value.reason, caught.value.param) == ("MODE_UNSUPPORTED", "mode")
+    assert caught.value.message == f"{name} is not available yet"
+
+
+def test_state_machine() -> None:
+    assert domain.sources_of(State.QUEUED) == {State.PENDING, State.RUNNING}
+    assert domain.sources_of(State.RUNNING) == {State.QUEUED}
+    assert domain.sources_of(State.CANCELED) == {State.QUEUED, State.RUNNING}
+    assert domain.sources_of(State.COMPLETED) == {State.RUNNING}
+    assert domain.sources_of(State.FAILED) == {State.PENDING, State.RUNNING}
+    assert domain.sources_of(State.PENDING) == set()
+    assert all(not domain.is_terminal(state) for state in ("pending", "queued", "running"))
+    assert all(domain.is_terminal(state) for state in ("completed", "failed", "canceled"))
+
+
+def test_only_a_completed_job_pays() -> None:
+    assert domain.hold_resolution(State.COMPLETED) == domain.HoldStatus.CAPTURED
+    assert domain.hold_resolution(State.FAILED) == domain.HoldStatus.RELEASED
+    assert domain.hold_resolution(State.CANCELED) == domain.HoldStatus.RELEASED
+
+
+def test_retries_back_off_exponentially_up_to_a_minute() -> None:
+    assert [domain.retry_delay(n).total_seconds() for n in (1, 2, 3, 4)] == [1, 2, 4, 8]
+    assert domain.retry_delay(30) == timedelta(minutes=1)
+    assert domain.may_retry(2, 3)
+    assert not domain.may_retry(3, 3)
+
+
+def test_lease_modes() -> None:
+    assert domain.lease_modes([jobs_pb2.JOB_MODE_TEXT_TO_IMAGE]) == ["text_to_image"]
+    with pytest.raises(InvalidArgument) as missing:
+        domain.lease_modes([])
+    with pytest.raises(InvalidArgument) as unknown:
+        domain.lease_modes([jobs_pb2.JOB_MODE_UNSPECIFIED])
+
+    assert (missing.value.reason, unknown.value.reason) == ("PARAMETER_MISSING", "MODE_UNKNOWN")
+
+
+def test_list_filters() -> None:
+    assert domain.mode_filter(jobs_pb2.JOB_MODE_UNSPECIFIED) is None
+    assert domain.mode_filter(jobs_pb2.JOB_MODE_TEXT_TO_AUDIO) == "text_to_audio"
+    assert domain.state_filter(jobs_pb2.JOB_STATE_UNSPECIFIED) is None
+    assert domain.state_filter(jobs_pb2.JOB_STATE_CANCELED) == State.CANCELED
+    with pytest.raises(InvalidArgument) as mode:
+        domain.mode_filter(99)
+    with pytest.raises(InvalidArgument) as state:
+        domain.state_filter(99)
+
+    assert (mode.value.reason, state.value.reason) == ("MODE_UNKNOWN", "PARAMETER_INVALID")
+
+
+def test_page_size() -> None:
+    assert [domain.page_size(n) for n in (0, 1, 100, 1000)] == [20, 1, 100, 100]
+    with pytest.raises(InvalidArgument):
+        domain.page_size(-1)
+
+
+def test_progress_is_a_fraction() -> None:
+    domain.check_progress(0.0)
+    domain.check_progress(1.0)
+    with pytest.raises(InvalidArgument):
+        domain.check_progress(1.01)

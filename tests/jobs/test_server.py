@@ -1,0 +1,367 @@
+import asyncio
+from collections.abc import Awaitable
+from datetime import timedelta
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+
+from magicpixels.billing.v1 import billing_pb2
+from magicpixels.core.service import Mesh
+from magicpixels.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+
+from tests.conftest import Database
+from tests.jobs.conftest import (
+    ACCOUNT,
+    BillingDouble,
+    jobs_server,
+    jobs_settings,
+    reason_of,
+    text_to_image,
+)
+
+Stub = jobs_pb2_grpc.JobsServiceStub
+RESULT = jobs_pb2.JobResult(
+    asset_id="asset_result", content_type="image/png", width=1024, height=1024
+)
+LEASE_LOST = (grpc.StatusCode.FAILED_PRECONDITION, "LEASE_LOST")
+
+
+async def create(
+    jobs: Stub, account_id: str = ACCOUNT, livemode: bool = True, **fields: Any
+) -> jobs_pb2.Job:
+    spec = text_to_image(**fields)
+    return await jobs.CreateJob(
+        jobs_pb2.CreateJobRequest(account_id=account_id, livemode=livemode, spec=spec)
+    )
+
+
+async def lease(jobs: Stub, wait: float = 0.0, **call: Any) -> jobs_pb2.LeaseJobResponse:
+    duration = Duration()
+    duration.FromTimedelta(timedelta(seconds=wait))
+    request = jobs_pb2.LeaseJobRequest(
+        worker_id="worker-1", modes=[jobs_pb2.JOB_MODE_TEXT_TO_IMAGE], wait=duration
+    )
+    return await jobs.LeaseJob(request, **call)
+
+
+async def progress(
+    jobs: Stub, job_id: str, token: int, value: float
+) -> jobs_pb2.ReportProgressResponse:
+    return await jobs.ReportProgress(
+        jobs_pb2.ReportProgressRequest(job_id=job_id, lease_token=token, progress=value)
+    )
+
+
+async def complete(jobs: Stub, job_id: str, token: int) -> jobs_pb2.Job:
+    return await jobs.CompleteJob(
+        jobs_pb2.CompleteJobRequest(job_id=job_id, lease_token=token, result=RESULT)
+    )
+
+
+async def fail(jobs: Stub, job_id: str, token: int, *, retryable: bool) -> jobs_pb2.Job:
+    error = jobs_pb2.JobError(code="backend_error", message="the backend crashed")
+    return await jobs.FailJob(
+        jobs_pb2.FailJobRequest(job_id=job_id, lease_token=token, error=error, retryable=retryable)
+    )
+
+
+async def cancel(jobs: Stub, job_id: str, account_id: str = ACCOUNT) -> jobs_pb2.Job:
+    return await jobs.CancelJob(jobs_pb2.CancelJobRequest(id=job_id, account_id=account_id))
+
+
+async def get(jobs: Stub, job_id: str, account_id: str = ACCOUNT) -> jobs_pb2.Job:
+    return await jobs.GetJob(jobs_pb2.GetJobRequest(id=job_id, account_id=account_id))
+
+
+async def listed(jobs: Stub, account_id: str = ACCOUNT, **filters: Any) -> list[str]:
+    request = jobs_pb2.ListJobsRequest(account_id=account_id, livemode=True, **filters)
+    return [job.id for job in (await jobs.ListJobs(request)).jobs]
+
+
+async def refusal(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value.code(), reason_of(caught.value)
+
+
+async def test_create_holds_the_price_and_queues_the_job(
+    jobs: Stub, billing: BillingDouble
+) -> None:
+    billing.grant(ACCOUNT, 5)
+
+    job = await create(jobs, metadata={"order": "42"}, deadline_seconds=600)
+
+    assert job.state == jobs_pb2.JOB_STATE_QUEUED
+    assert (job.cost_credits, job.attempts, job.progress) == (1, 0, 0.0)
+    assert job.HasField("queue_position") and job.queue_position == 0
+    assert (job.spec.width, job.spec.height, job.spec.output_format) == (1024, 1024, "png")
+    assert job.spec.HasField("seed") and dict(job.spec.metadata) == {"order": "42"}
+    assert job.HasField("create_time") and not job.HasField("start_time")
+    deadline = job.deadline_time.ToDatetime() - job.create_time.ToDatetime()
+    assert deadline == timedelta(seconds=600)
+    assert billing.holds[job.id].state == billing_pb2.HOLD_STATE_HELD
+    assert billing.available[ACCOUNT] == 4
+    assert await get(jobs, job.id) == job
+
+
+async def test_queue_position_counts_the_jobs_ahead(jobs: Stub, billing: BillingDouble) -> None:
+    billing.grant(ACCOUNT, 3)
+    created = [await create(jobs) for _ in range(3)]
+
+    positions = [(await get(jobs, job.id)).queue_position for job in created]
+
+    assert positions == [0, 1, 2]
+
+
+async def test_test_mode_jobs_cost_nothing(jobs: Stub, billing: BillingDouble) -> None:
+    job = await create(jobs, livemode=False)
+
+    assert (job.state, job.cost_credits, job.livemode) == (jobs_pb2.JOB_STATE_QUEUED, 0, False)
+
+
+async def test_insufficient_credits_pass_through_and_the_job_stays_invisible(
+    jobs: Stub, billing: BillingDouble
+) -> None:
+    refused = await refusal(create(jobs))
+
+    assert refused == (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_CREDITS")
+    assert await listed(jobs) == []
+    assert not (await lease(jobs)).HasField("lease")
+
+
+async def test_an_invalid_spec_holds_nothing(jobs: Stub, billing: BillingDouble) -> None:
+    billing.grant(ACCOUNT, 5)
+
+    refused = await refusal(create(jobs, width=1001))
+
+    assert refused == (grpc.StatusCode.INVALID_ARGUMENT, "PARAMETER_INVALID")
+    assert billing.holds == {}
+
+
+async def test_other_modes_are_not_available_yet(jobs: Stub, billing: BillingDouble) -> None:
+    spec = jobs_pb2.JobSpec(mode=jobs_pb2.JOB_MODE_IMAGE_TO_IMAGE, prompt="p")
+    request = jobs_pb2.CreateJobRequest(account_id=ACCOUNT, livemode=True, spec=spec)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await jobs.CreateJob(request)
+
+    assert reason_of(caught.value) == "MODE_UNSUPPORTED"
+    assert caught.value.details() == "image_to_image is not available yet"
+
+
+async def test_quote_validates_and_prices_without_holding(
+    jobs: Stub, billing: BillingDouble
+) -> None:
+    billing.grant(ACCOUNT, 5)
+    request = jobs_pb2.QuoteJobRequest(account_id=ACCOUNT, livemode=True, spec=text_to_image())
+
+    quote = await jobs.QuoteJob(request)
+    request.spec.steps = 0
+    refused = await refusal(jobs.QuoteJob(request))
+
+    assert quote.mode == jobs_pb2.JOB_MODE_TEXT_TO_IMAGE
+    assert (quote.cost_credits, quote.available_credits, quote.sufficient) == (1, 5, True)
+    assert refused == (grpc.StatusCode.INVALID_ARGUMENT, "PARAMETER_INVALID")
+    assert billing.holds == {}
+
+
+async def test_a_waiting_lease_is_woken_by_a_new_job(jobs: Stub, billing: BillingDouble) -> None:
+    billing.grant(ACCOUNT, 1)
+    waiting = asyncio.create_task(lease(jobs, wait=20, timeout=30))
+    await asyncio.sleep(0.2)  # lets the lease find the queue empty and start waiting
+
+    job = await create(jobs)
+    # Far sooner than the 20 s wait, after which the call would look again and find the job.
+    leased = await asyncio.wait_for(waiting, timeout=5)
+
+    assert leased.lease.job.id == job.id
+    assert leased.lease.job.state == jobs_pb2.JOB_STATE_RUNNING
+
+
+async def test_a_lease_without_work_answers_no_lease(jobs: Stub, billing: BillingDouble) -> None:
+    response = await lease(jobs, wait=0.2)
+
+    assert not response.HasField("lease")
+
+
+async def test_lease_progress_and_completion_capture_once(
+    jobs: Stub, billing: BillingDouble
+) -> None:
+    billing.grant(ACCOUNT, 1)
+    job = await create(jobs)
+
+    held = (await lease(jobs)).lease
+    heartbeat = await progress(jobs, job.id, held.token, 0.5)
+    running = await get(jobs, job.id)
+    completed = await complete(jobs, job.id, held.token)
+    again = await refusal(complete(jobs, job.id, held.token))
+
+    assert (held.job.attempts, held.job.HasField("queue_position")) == (1, False)
+    assert not heartbeat.canceled and heartbeat.HasField("lease_expire_time")
+    assert (running.state, running.progress) == (jobs_pb2.JOB_STATE_RUNNING, 0.5)
+    assert (completed.state, completed.progress) == (jobs_pb2.JOB_STATE_COMPLETED, 1.0)
+    assert completed.result == RESULT
+    assert completed.HasField("start_time") and completed.HasField("complete_time")
+    assert again == LEASE_LOST
+    assert (billing.captured, billing.released) == ([job.id], [])
+    assert billing.available[ACCOUNT] == 0
+
+
+async def test_an_expired_lease_is_leased_again_and_the_old_token_refused(
+    mesh: Mesh, database: Database, billing: BillingDouble
+) -> None:
+    billing.grant(ACCOUNT, 1)
+    async with jobs_server(mesh, jobs_settings(database, lease_seconds=0.5)) as jobs:
+        job = await create(jobs)
+        first = (await lease(jobs)).lease
+        # The worker goes silent: the reconciler queues the job again and wakes this call.
+        second = (await lease(jobs, wait=10)).lease
+        completion = await refusal(complete(jobs, job.id, first.token))
+        heartbeat = await refusal(progress(jobs, job.id, first.token, 0.9))
+
+    assert second.job.id == job.id
+    assert (second.token, second.job.attempts) == (first.token + 1, 2)
+    assert completion == heartbeat == LEASE_LOST
+    assert billing.captured == []
+
+
+async def test_a_retryable_failure_is_retried_then_fails_for_good(
+    mesh: Mesh, database: Database, billing: BillingDouble
+) -> None:
+    billing.grant(ACCOUNT, 1)
+    async with jobs_server(mesh, jobs_settings(database, max_attempts=2)) as jobs:
+        job = await create(jobs)
+        first = (await lease(jobs)).lease
+        retried = await fail(jobs, job.id, first.token, retryable=True)
+        # Woken when the backoff has passed.
+        second = (await lease(jobs, wait=10)).lease
+        failed = await fail(jobs, job.id, second.token, retryable=True)
+
+    assert (retried.state, retried.HasField("error")) == (jobs_pb2.JOB_STATE_QUEUED, False)
+    assert (second.job.id, second.job.attempts) == (job.id, 2)
+    assert (failed.state, failed.error.code) == (jobs_pb2.JOB_STATE_FAILED, "backend_error")
+    assert (billing.captured, billing.released) == ([], [job.id])
+    assert billing.available[ACCOUNT] == 1
+
+
+async def test_a_permanent_failure_fails_at_once(jobs: Stub, billing: BillingDouble) -> None:
+    billing.grant(ACCOUNT, 1)
+    job = await create(jobs)
+    held = (await lease(jobs)).lease
+
+    failed = await fail(jobs, job.id, held.token, retryable=False)
+
+    assert (failed.state, failed.attempts) == (jobs_pb2.JOB_STATE_FAILED, 1)
+    assert failed.error == jobs_pb2.JobError(code="backend_error", message="the backend crashed")
+    assert billing.released == [job.id]
+
+
+async def test_cancel_releases_and_an_ended_job_is_not_cancelable(
+    jobs: Stub, billing: BillingDouble
+) -> None:
+    billing.grant(ACCOUNT, 2)
+    oldest = await create(jobs)
+    queued = await create(jobs)
+    oldest_lease = (await lease(jobs)).lease
+    await complete(jobs, oldest.id, oldest_lease.token)
+
+    canceled = await cancel(jobs, queued.id)
+    again = await refusal(cancel(jobs, queued.id))
+    completed = await refusal(cancel(jobs, oldest.id))
+
+    assert oldest_lease.job.id == oldest.id
+    assert canceled.state == jobs_pb2.JOB_STATE_CANCELED and canceled.HasField("complete_time")
+    assert again == completed == (grpc.StatusCode.FAILED_PRECONDITION, "JOB_NOT_CANCELABLE")
+    assert (billing.captured, billing.released) == ([oldest.id], [queued.id])
+    assert billing.available[ACCOUNT] == 1
+
+
+async def test_a_canceled_job_tells_its_worker_to_stop(jobs: Stub, billing: BillingDouble) -> None:
+    billing.grant(ACCOUNT, 1)
+    job = await create(jobs)
+    held = (await lease(jobs)).lease
+
+    await cancel(jobs, job.id)
+    heartbeat = await progress(jobs, job.id, held.token, 0.5)
+    completion = await refusal(complete(jobs, job.id, held.token))
+
+    assert heartbeat.canceled
+    assert completion == LEASE_LOST
+    assert (billing.captured, billing.released) == ([], [job.id])
+
+
+async def test_concurrent_workers_lease_each_job_exactly_once(
+    jobs: Stub, billing: BillingDouble
+) -> None:
+    billing.grant(ACCOUNT, 20)
+    created = await asyncio.gather(*(create(jobs) for _ in range(20)))
+    leased: list[str] = []
+
+    async def work() -> None:
+        while (response := await lease(jobs)).HasField("lease"):
+            leased.append(response.lease.job.id)
+            await complete(jobs, response.lease.job.id, response.lease.token)
+
+    await asyncio.gather(*(work() for _ in range(5)))
+
+    ids = sorted(job.id for job in created)
+    assert sorted(leased) == ids
+    assert {(await get(jobs, job_id)).state for job_id in ids} == {jobs_pb2.JOB_STATE_COMPLETED}
+    assert sorted(billing.captured) == ids
+    assert billing.available[ACCOUNT] == 0
+
+
+async def test_another_accounts_job_is_not_found(jobs: Stub, billing: BillingDouble) -> None:
+    billing.grant(ACCOUNT, 1)
+    job = await create(jobs)
+
+    got = await refusal(get(jobs, job.id, account_id="acct_other"))
+    canceled = await refusal(cancel(jobs, job.id, account_id="acct_other"))
+
+    assert got == canceled == (grpc.StatusCode.NOT_FOUND, "JOB_NOT_FOUND")
+    assert await listed(jobs, account_id="acct_other") == []
+    assert (await get(jobs, job.id)).state == jobs_pb2.JOB_STATE_QUEUED
+
+
+async def test_list_pages_newest_first_and_filters(jobs: Stub, billing: BillingDouble) -> None:
+    billing.grant(ACCOUNT, 3)
+    first, second, third = [await create(jobs) for _ in range(3)]
+    await create(jobs, livemode=False)
+    request = jobs_pb2.ListJobsRequest(account_id=ACCOUNT, livemode=True, page_size=2)
+
+    page_one = await jobs.ListJobs(request)
+    request.page_token = page_one.next_page_token
+    page_two = await jobs.ListJobs(request)
+    leased = (await lease(jobs)).lease.job
+    running = await listed(jobs, state=jobs_pb2.JOB_STATE_RUNNING)
+
+    assert [job.id for job in page_one.jobs] == [third.id, second.id]
+    assert [job.id for job in page_two.jobs] == [first.id]
+    assert page_two.next_page_token == ""
+    assert running == [leased.id] == [first.id]
+
+
+async def test_watch_streams_each_change_until_the_job_ends(
+    jobs: Stub, billing: BillingDouble
+) -> None:
+    billing.grant(ACCOUNT, 1)
+    job = await create(jobs)
+    stream = jobs.WatchJob(jobs_pb2.WatchJobRequest(id=job.id, account_id=ACCOUNT))
+
+    events = [await stream.read()]
+    held = (await lease(jobs)).lease
+    events.append(await stream.read())
+    await progress(jobs, job.id, held.token, 0.25)
+    events.append(await stream.read())
+    await complete(jobs, job.id, held.token)
+    events.append(await stream.read())
+
+    assert [(event.type, event.job.state, event.job.progress) for event in events] == [
+        (jobs_pb2.JOB_EVENT_TYPE_STATUS, jobs_pb2.JOB_STATE_QUEUED, 0.0),
+        (jobs_pb2.JOB_EVENT_TYPE_STATUS, jobs_pb2.JOB_STATE_RUNNING, 0.0),
+        (jobs_pb2.JOB_EVENT_TYPE_PROGRESS, jobs_pb2.JOB_STATE_RUNNING, 0.25),
+        (jobs_pb2.JOB_EVENT_TYPE_STATUS, jobs_pb2.JOB_STATE_COMPLETED, 1.0),
+    ]
+    assert await stream.read() is grpc.aio.EOF

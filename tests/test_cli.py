@@ -1,0 +1,87 @@
+"""The `magicpixels` command as an operator runs it: real processes, stopped by signals."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+STOP_SECONDS = 20
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def magicpixels(*args: str, data_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    env = {**os.environ, "MP_DATA_DIR": str(data_dir), "MP_LOG_FORMAT": "json"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "magicpixels.cli", *args], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    with process:  # closes its output pipe
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def stop(process: subprocess.Popen[bytes], signum: int = signal.SIGTERM) -> int:
+    process.send_signal(signum)
+    return process.wait(timeout=STOP_SECONDS)
+
+
+def wait_for(predicate, what: str) -> None:  # noqa: ANN001 - any zero-argument callable
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_two_meshes_run_side_by_side_and_stop_cleanly(tmp_path: Path) -> None:
+    ports = free_port(), free_port()
+    with magicpixels("up", "--port", str(ports[0]), data_dir=tmp_path / "a") as first, \
+         magicpixels("up", "--port", str(ports[1]), data_dir=tmp_path / "b") as second:
+        for port in ports:
+            wait_for(lambda port=port: ready(port), f"the mesh on port {port}")
+        addresses = [(tmp_path / d / "run" / "jobs.address").read_text() for d in ("a", "b")]
+        assert addresses[0] != addresses[1]
+        assert stop(first, signal.SIGINT) == 0
+        assert stop(second) == 0
+        output = second.stdout.read().decode() if second.stdout else ""
+        assert "Traceback" not in output, output
+
+
+def test_serve_runs_one_service_until_sigterm(tmp_path: Path) -> None:
+    with magicpixels("serve", "billing", data_dir=tmp_path) as process:
+        address_file = tmp_path / "run" / "billing.address"
+        wait_for(address_file.exists, "billing's address")
+        with grpc.insecure_channel(address_file.read_text()) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="magicpixels.billing.v1.BillingService"),
+                timeout=5,
+            )
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        assert stop(process) == 0
