@@ -79,8 +79,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         data_dir = Path(folder)
         port = free_port()
-        env = {**os.environ, "MP_DATA_DIR": str(data_dir), "MP_GATEWAY_PORT": str(port),
-               "MP_LOG_LEVEL": "warning"}
+        env = {
+            **os.environ,
+            "MP_DATA_DIR": str(data_dir),
+            "MP_GATEWAY_PORT": str(port),
+            "MP_LOG_LEVEL": "warning",
+        }
         processes = {name: start(name, env, data_dir) for name in (*SERVICES, "gateway")}
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
@@ -91,8 +95,19 @@ def main() -> None:
                 signup = client.post("/v1/accounts", json={"email": "bench@example.com"}).json()
                 account, token = signup["account"]["id"], signup["api_key"]["token"]
                 subprocess.run(
-                    [sys.executable, "-m", "magicpixels.cli", "admin", "grant-credits", account,
-                     str(args.jobs + 1), "--data-dir", str(data_dir)], check=True, env=env,
+                    [
+                        sys.executable,
+                        "-m",
+                        "magicpixels.cli",
+                        "admin",
+                        "grant-credits",
+                        account,
+                        str(args.jobs + 1),
+                        "--data-dir",
+                        str(data_dir),
+                    ],
+                    check=True,
+                    env=env,
                     stdout=subprocess.DEVNULL,
                 )
                 headers = {"Authorization": f"Bearer {token}"}
@@ -104,8 +119,10 @@ def main() -> None:
             for process in processes.values():
                 process.wait(timeout=15)
     ms = [value * 1000 for value in latencies]
-    print(f"POST /v1/jobs -> completed over {args.jobs} jobs: median {statistics.median(ms):.0f} ms, "
-          f"p90 {ms[int(len(ms) * 0.9) - 1]:.0f} ms, max {ms[-1]:.0f} ms")
+    print(
+        f"POST /v1/jobs -> completed over {args.jobs} jobs: median {statistics.median(ms):.0f} ms, "
+        f"p90 {ms[int(len(ms) * 0.9) - 1]:.0f} ms, max {ms[-1]:.0f} ms"
+    )
 
 
 if __name__ == "__main__":

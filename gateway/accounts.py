@@ -3,14 +3,14 @@
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from magicpixels.auth.v1 import auth_pb2
 from magicpixels.billing.v1 import billing_pb2
 from magicpixels.gateway import render
 from magicpixels.gateway.principal import Principal, require
-from magicpixels.gateway.state import Gateway
+from magicpixels.gateway.responses import JSONResponse
+from magicpixels.gateway.state import gateway
 
 router = APIRouter(prefix="/v1", tags=["accounts"])
 
@@ -20,11 +20,6 @@ class AccountCreate(BaseModel):
 
     email: str
     name: str | None = None
-
-
-def gateway(request: Request) -> Gateway:
-    state: Gateway = request.app.state.gateway
-    return state
 
 
 @router.post("/accounts", status_code=201)

@@ -4,15 +4,16 @@ import grpc
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
+from magicpixels.core.errors import DomainError
 from magicpixels.core.service import Mesh
 from magicpixels.core.settings import GatewaySettings
 from magicpixels.gateway import accounts, assets, jobs, ops
-from magicpixels.gateway.errors import ApiError, from_rpc_error, internal_error
+from magicpixels.gateway.errors import ApiError, from_domain_error, from_rpc_error, internal_error
 from magicpixels.gateway.middleware import RequestContextMiddleware
+from magicpixels.gateway.responses import JSONResponse
 from magicpixels.gateway.state import Gateway
 
 log = structlog.get_logger("magicpixels.gateway")
@@ -28,12 +29,14 @@ def create_app(mesh: Mesh, settings: GatewaySettings) -> ASGIApp:
         title="MagicPixels API",
         version="1",
         description="Generation jobs, assets and credits. See the project's docs/API.md.",
+        default_response_class=JSONResponse,
     )
     app.state.gateway = Gateway(mesh, settings)
     for module in (accounts, jobs, assets, ops):
         app.include_router(module.router)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(grpc.aio.AioRpcError, _rpc_error)
+    app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
@@ -53,24 +56,37 @@ async def _rpc_error(_request: Request, error: Exception) -> JSONResponse:
     return mapped.response()
 
 
+async def _domain_error(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, DomainError)
+    return from_domain_error(error).response()
+
+
 async def _validation_error(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     first = error.errors()[0]
     kind = first.get("type", "")
     if kind == "json_invalid":
-        return ApiError(400, "invalid_request_error", "json_invalid", "The body is not valid JSON.").response()
+        return ApiError(
+            400, "invalid_request_error", "json_invalid", "The body is not valid JSON."
+        ).response()
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = ".".join(location) or None
     code = {"missing": "parameter_missing", "extra_forbidden": "parameter_unknown"}.get(
         kind, "parameter_invalid"
     )
-    message = f"{param}: {first.get('msg', 'invalid')}" if param else str(first.get("msg", "invalid body"))
+    message = (
+        f"{param}: {first.get('msg', 'invalid')}"
+        if param
+        else str(first.get("msg", "invalid body"))
+    )
     return ApiError(400, "invalid_request_error", code, message, param=param).response()
 
 
 async def _http_error(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, HTTPException)
-    error_type, code = _HTTP_ERRORS.get(error.status_code, ("invalid_request_error", "request_invalid"))
+    error_type, code = _HTTP_ERRORS.get(
+        error.status_code, ("invalid_request_error", "request_invalid")
+    )
     return ApiError(error.status_code, error_type, code, str(error.detail)).response()
 
 

@@ -1,12 +1,12 @@
 """The API's one error shape, and the one mapping from gRPC statuses (with ErrorInfo) to it."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
-from starlette.responses import JSONResponse
 
 from magicpixels.core.context import current_request_id
-from magicpixels.core.errors import remote_error
+from magicpixels.core.errors import DomainError, RemoteError, remote_error
+from magicpixels.gateway.responses import JSONResponse
 
 # Seconds a client should wait before retrying when a service is unavailable.
 RETRY_AFTER_SECONDS = 1
@@ -45,30 +45,45 @@ class ApiError(Exception):
     code: str
     message: str
     param: str | None = None
-    retry_after: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
     def response(self) -> JSONResponse:
         body: dict[str, object] = {"type": self.type, "code": self.code, "message": self.message}
         if self.param:
             body["param"] = self.param
         body["request_id"] = current_request_id()
-        headers = {"Retry-After": str(self.retry_after)} if self.retry_after else None
-        return JSONResponse({"error": body}, status_code=self.status, headers=headers)
+        return JSONResponse({"error": body}, status_code=self.status, headers=self.headers)
 
 
 def internal_error() -> ApiError:
-    return ApiError(500, "api_error", "internal_error", "An internal error occurred; it was logged.")
+    return ApiError(
+        500, "api_error", "internal_error", "An internal error occurred; it was logged."
+    )
 
 
 def from_rpc_error(error: grpc.aio.AioRpcError) -> ApiError:
-    remote = remote_error(error)
+    return from_remote(remote_error(error))
+
+
+def from_domain_error(error: DomainError) -> ApiError:
+    """An error the gateway's own plumbing raised (a service it cannot locate...)."""
+    metadata = {"param": error.param} if error.param else {}
+    return from_remote(RemoteError(error.code, error.message, error.reason, metadata))
+
+
+def from_remote(remote: RemoteError) -> ApiError:
     if remote.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return ApiError(
-            503, "api_error", "service_unavailable",
-            "A service is briefly unavailable; retry shortly.", retry_after=RETRY_AFTER_SECONDS,
+            503,
+            "api_error",
+            "service_unavailable",
+            "A service is briefly unavailable; retry shortly.",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
     mapped = _BY_REASON.get(remote.reason) or _BY_STATUS.get(remote.code)
     if mapped is None or not remote.reason:
         return internal_error()
     status, error_type = mapped
-    return ApiError(status, error_type, remote.reason.lower(), remote.message, remote.metadata.get("param"))
+    return ApiError(
+        status, error_type, remote.reason.lower(), remote.message, remote.metadata.get("param")
+    )

@@ -3,13 +3,13 @@
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from magicpixels.gateway import render
-from magicpixels.gateway.accounts import gateway
 from magicpixels.gateway.errors import ApiError
 from magicpixels.gateway.principal import Principal, require
+from magicpixels.gateway.responses import JSONResponse
+from magicpixels.gateway.state import gateway
 from magicpixels.jobs.v1 import jobs_pb2
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -47,8 +47,11 @@ class JobCreate(BaseModel):
         mode = MODES.get(self.mode)
         if mode is None:
             raise ApiError(
-                400, "invalid_request_error", "mode_unknown",
-                f"mode must be one of {', '.join(MODES)}", param="mode",
+                400,
+                "invalid_request_error",
+                "mode_unknown",
+                f"mode must be one of {', '.join(MODES)}",
+                param="mode",
             )
         fields = self.model_dump(exclude_none=True, exclude={"mode"})
         return jobs_pb2.JobSpec(mode=mode, **fields)
@@ -58,9 +61,7 @@ async def job_json(request: Request, job: jobs_pb2.Job) -> dict[str, Any]:
     mesh = gateway(request)
     url = None
     if job.state == jobs_pb2.JOB_STATE_COMPLETED:
-        url = await mesh.signed_content_url(
-            job.result.asset_id, job.account_id, mesh.settings.result_url_seconds
-        )
+        url = await mesh.result_url(job)
     return render.job(job, url)
 
 
@@ -70,8 +71,12 @@ async def create_job(
     request: Request,
     principal: Annotated[Principal, Depends(require("jobs:write"))],
 ) -> JSONResponse:
-    """Creates a job and holds its price in credits (402 when the account cannot cover it)."""
-    created = await gateway(request).jobs.CreateJob(
+    """Creates a job and holds its price in credits (402 when the account cannot cover it).
+
+    With `Idempotency-Key`, a repeat of the same body within 24 h answers the same job, as it
+    is now, with `Idempotent-Replayed: true`; nothing is created or charged twice.
+    """
+    call = gateway(request).jobs.CreateJob(
         jobs_pb2.CreateJobRequest(
             account_id=principal.account_id,
             livemode=principal.livemode,
@@ -79,7 +84,11 @@ async def create_job(
             idempotency_key=request.headers.get("idempotency-key", ""),
         )
     )
-    return JSONResponse(await job_json(request, created), status_code=201)
+    created = await call
+    trailers = await call.trailing_metadata()
+    replayed = trailers is not None and trailers.get("idempotent-replayed") == "true"
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return JSONResponse(await job_json(request, created), status_code=201, headers=headers)
 
 
 @router.get("/jobs/{job_id}")

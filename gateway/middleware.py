@@ -47,9 +47,11 @@ class RequestContextMiddleware:
             try:
                 await self.app(scope, receive, send_with_id)
             except Exception:
-                log.exception("request_failed")
                 if outcome["status"] is None:
+                    log.exception("request_failed")
                     await internal_error().response()(scope, receive, send_with_id)
+                elif outcome["status"] != 500:  # a 500 was answered, and logged, by its handler
+                    log.exception("response_failed")
             finally:
                 route = scope.get("route")
                 log.info(

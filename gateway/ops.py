@@ -4,12 +4,13 @@ import asyncio
 
 import grpc
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from magicpixels.core.errors import Unavailable
 from magicpixels.core.service import Mesh
 from magicpixels.core.settings import SERVICES
-from magicpixels.gateway.accounts import gateway
+from magicpixels.gateway.responses import JSONResponse
+from magicpixels.gateway.state import gateway
 
 router = APIRouter(tags=["operations"])
 
@@ -27,7 +28,10 @@ async def readyz(request: Request) -> JSONResponse:
     """Every downstream service answers its gRPC health check as SERVING."""
     mesh = gateway(request).mesh
     results = await asyncio.gather(*(_serving(mesh, name) for name in SERVICES))
-    services = {name: "serving" if ok else "not_serving" for name, ok in zip(SERVICES, results)}
+    services = {
+        name: "serving" if ok else "not_serving"
+        for name, ok in zip(SERVICES, results, strict=False)
+    }
     ready = all(results)
     return JSONResponse(
         {"status": "ready" if ready else "not_ready", "services": services},
@@ -39,6 +43,6 @@ async def _serving(mesh: Mesh, service: str) -> bool:
     try:
         stub = health_pb2_grpc.HealthStub(mesh.channel(service))
         reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=_PROBE_SECONDS)
-    except (LookupError, grpc.aio.AioRpcError):  # not started, or not answering
+    except (Unavailable, grpc.aio.AioRpcError):  # not started, or not answering
         return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING

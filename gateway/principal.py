@@ -23,7 +23,7 @@ class Principal:
 
 
 class PrincipalCache:
-    """Verified tokens for `ttl` seconds (never past the key's expiry), so the hot path skips auth."""
+    """Verified tokens for `ttl` seconds (never past the key's expiry): the hot path skips auth."""
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
@@ -53,22 +53,28 @@ def bearer_token(request: Request) -> str:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(
-            401, "authentication_error", "api_key_missing",
+            401,
+            "authentication_error",
+            "api_key_missing",
             "Send your API key as 'Authorization: Bearer <token>'.",
         )
     return token.strip()
 
 
+async def authorize(request: Request, scope: str) -> Principal:
+    """The request's principal, which must hold `scope`."""
+    found: Principal = await request.app.state.gateway.principal(bearer_token(request))
+    if scope not in found.scopes:
+        raise ApiError(
+            403, "permission_error", "scope_missing", f"This API key lacks the '{scope}' scope."
+        )
+    return found
+
+
 def require(scope: str) -> Callable[[Request], Coroutine[Any, Any, Principal]]:
-    """A dependency that resolves the request's principal and checks it holds `scope`."""
+    """A route dependency: the request's principal, which must hold `scope`."""
 
     async def principal(request: Request) -> Principal:
-        found = await request.app.state.gateway.principal(bearer_token(request))
-        if scope not in found.scopes:
-            raise ApiError(
-                403, "permission_error", "scope_missing",
-                f"This API key lacks the '{scope}' scope.",
-            )
-        return found
+        return await authorize(request, scope)
 
     return principal

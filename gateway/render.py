@@ -24,7 +24,14 @@ STATUS_NAMES = {
 }
 # Resolved parameters echoed under "params", in this order, when the job has them.
 _PARAMS = (
-    "width", "height", "seed", "steps", "guidance_scale", "strength", "duration_seconds", "fps",
+    "width",
+    "height",
+    "seed",
+    "steps",
+    "guidance_scale",
+    "strength",
+    "duration_seconds",
+    "fps",
 )
 _INPUTS = ("negative_prompt", "input_asset_id", "audio_asset_id", "webhook_url")
 
@@ -87,7 +94,7 @@ def job(found: jobs_pb2.Job, result_url: tuple[str, str] | None) -> dict[str, An
         "created_at": timestamp(found, "create_time"),
         "started_at": timestamp(found, "start_time"),
         "completed_at": timestamp(found, "complete_time"),
-        "result": job_result(found.result, result_url) if result_url else None,
+        "result": job_result(found.result, result_url) if found.HasField("result") else None,
         "error": job_error(found),
         "attempts": found.attempts,
         "queue_position": optional(found, "queue_position"),
@@ -96,12 +103,13 @@ def job(found: jobs_pb2.Job, result_url: tuple[str, str] | None) -> dict[str, An
     }
 
 
-def job_result(result: jobs_pb2.JobResult, url: tuple[str, str]) -> dict[str, Any]:
+def job_result(result: jobs_pb2.JobResult, url: tuple[str, str] | None) -> dict[str, Any]:
+    """The result; its URL is null once the asset was deleted."""
     rendered: dict[str, Any] = {
         "asset_id": result.asset_id,
         "content_type": result.content_type,
-        "url": url[0],
-        "url_expires_at": url[1],
+        "url": url[0] if url else None,
+        "url_expires_at": url[1] if url else None,
     }
     for name in ("width", "height", "duration_seconds"):
         if result.HasField(name):

@@ -1,7 +1,7 @@
 """Generates the Python code and type stubs of every proto under protos/.
 
-    python scripts/gen_protos.py            # writes into src/
-    python scripts/gen_protos.py --out DIR  # writes into DIR (the staleness test compares)
+python scripts/gen_protos.py            # writes into src/
+python scripts/gen_protos.py --out DIR  # writes into DIR (the staleness test compares)
 """
 
 import argparse

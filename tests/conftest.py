@@ -16,7 +16,6 @@ from magicpixels.core.bus import LocalBus
 from magicpixels.core.logging import configure_logging
 from magicpixels.core.service import Mesh
 from magicpixels.core.settings import MeshSettings
-
 from tests.support import POSTGRES_URL, Database, channel_to, serving
 
 __all__ = ["channel_to", "serving"]
@@ -35,7 +34,8 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     connection = await asyncpg.connect(dsn)
     try:  # the schema, and those named after it (one per service of a whole mesh)
         names = await connection.fetch(
-            "SELECT nspname FROM pg_namespace WHERE nspname = $1 OR nspname LIKE $1 || '\\_%'", schema
+            "SELECT nspname FROM pg_namespace WHERE nspname = $1 OR nspname LIKE $1 || '\\_%'",
+            schema,
         )
         for row in names:
             await connection.execute(f'DROP SCHEMA IF EXISTS "{row["nspname"]}" CASCADE')
@@ -45,7 +45,9 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
 
 @pytest.fixture
 def mesh_settings(tmp_path: Path) -> MeshSettings:
-    return MeshSettings(data_dir=tmp_path / "data", service_token="test-service-token")
+    return MeshSettings(
+        data_dir=tmp_path / "data", service_token="test-service-token", grace_seconds=0.5
+    )
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """Helpers the tests import: database settings, running a service, a channel to it."""
 
+import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,18 @@ REDIS_URL = os.environ.get("MP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 S = TypeVar("S", bound=DatabaseServiceSettings)
 
+# How long a test waits for what the mesh does in the background before calling it a failure.
+PATIENCE_SECONDS = 10.0
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]]) -> None:
+    """Waits until the condition holds, which the mesh brings about in the background."""
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + PATIENCE_SECONDS
+    while not await condition():
+        assert loop.time() < give_up_at, "the condition did not come about"
+        await asyncio.sleep(0.05)
+
 
 @dataclass(frozen=True)
 class Database:
@@ -38,13 +51,11 @@ async def serving(service: Service, mesh: Mesh) -> AsyncIterator[RunningServer]:
     try:
         yield server
     finally:
-        await stop_service(service, server, grace=0.5)
+        await stop_service(service, server, mesh.settings)
 
 
 def channel_to(server: RunningServer, mesh: Mesh) -> grpc.aio.Channel:
-    return open_channel(
-        server.address, service_token=mesh.settings.internal_token(), timeout=10.0
-    )
+    return open_channel(server.address, service_token=mesh.settings.internal_token(), timeout=10.0)
 
 
 def mesh_databases(database: Database, data_dir: Path) -> dict[str, ServiceSettings]:
@@ -59,5 +70,7 @@ def mesh_databases(database: Database, data_dir: Path) -> dict[str, ServiceSetti
             url = f"sqlite+aiosqlite:///{data_dir / f'{name}.db'}"
             settings[name] = settings_class(database_url=url)
         else:
-            settings[name] = database.settings(settings_class, database_schema=f"{database.schema}_{name}")
+            settings[name] = database.settings(
+                settings_class, database_schema=f"{database.schema}_{name}"
+            )
     return settings

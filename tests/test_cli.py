@@ -27,8 +27,10 @@ def free_port() -> int:
 def magicpixels(*args: str, data_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
     env = {**os.environ, "MP_DATA_DIR": str(data_dir), "MP_LOG_FORMAT": "json"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "magicpixels.cli", *args], env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "magicpixels.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     with process:  # closes its output pipe
         try:
@@ -44,7 +46,7 @@ def stop(process: subprocess.Popen[bytes], signum: int = signal.SIGTERM) -> int:
     return process.wait(timeout=STOP_SECONDS)
 
 
-def wait_for(predicate, what: str) -> None:  # noqa: ANN001 - any zero-argument callable
+def wait_for(predicate, what: str) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if predicate():
@@ -62,8 +64,10 @@ def ready(port: int) -> bool:
 
 def test_two_meshes_run_side_by_side_and_stop_cleanly(tmp_path: Path) -> None:
     ports = free_port(), free_port()
-    with magicpixels("up", "--port", str(ports[0]), data_dir=tmp_path / "a") as first, \
-         magicpixels("up", "--port", str(ports[1]), data_dir=tmp_path / "b") as second:
+    with (
+        magicpixels("up", "--port", str(ports[0]), data_dir=tmp_path / "a") as first,
+        magicpixels("up", "--port", str(ports[1]), data_dir=tmp_path / "b") as second,
+    ):
         for port in ports:
             wait_for(lambda port=port: ready(port), f"the mesh on port {port}")
         addresses = [(tmp_path / d / "run" / "jobs.address").read_text() for d in ("a", "b")]
@@ -72,6 +76,19 @@ def test_two_meshes_run_side_by_side_and_stop_cleanly(tmp_path: Path) -> None:
         assert stop(second) == 0
         output = second.stdout.read().decode() if second.stdout else ""
         assert "Traceback" not in output, output
+
+
+def test_up_on_a_taken_port_says_so_and_starts_nothing(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with magicpixels("up", "--port", str(port), data_dir=tmp_path) as process:
+            assert process.wait(timeout=STOP_SECONDS) == 1
+            output = process.stdout.read().decode() if process.stdout else ""
+    assert f"cannot listen on 127.0.0.1:{port}" in output
+    assert "Traceback" not in output
+    assert not list((tmp_path / "run").glob("*.address"))
 
 
 def test_serve_runs_one_service_until_sigterm(tmp_path: Path) -> None:
@@ -85,3 +102,22 @@ def test_serve_runs_one_service_until_sigterm(tmp_path: Path) -> None:
             )
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         assert stop(process) == 0
+        assert not address_file.exists()
+
+
+def test_admin_grant_refuses_an_account_auth_does_not_know(tmp_path: Path) -> None:
+    port = free_port()
+    with magicpixels("up", "--port", str(port), data_dir=tmp_path) as mesh:
+        wait_for(lambda: ready(port), "the mesh")
+        env = {**os.environ, "MP_DATA_DIR": str(tmp_path)}
+        refused = subprocess.run(
+            [sys.executable, "-m", "magicpixels.cli", "admin", "grant-credits", "acct_typo", "5"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert refused.returncode == 1
+        assert "acct_typo" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert stop(mesh) == 0

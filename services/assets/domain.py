@@ -23,8 +23,6 @@ from magicpixels.core.ids import new_id
 
 MIB = 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
-DEFAULT_PAGE_SIZE = 20
-MAX_PAGE_SIZE = 100
 MIN_URL_SECONDS = 60
 MAX_URL_SECONDS = 86_400
 
@@ -191,9 +189,7 @@ def ensure_within_limit(plan: UploadPlan, size: int) -> None:
 
 
 def _too_large(kind: Kind, limit: int) -> InvalidArgument:
-    return InvalidArgument(
-        "PAYLOAD_TOO_LARGE", f"{kind} files are limited to {limit / MIB:g} MiB"
-    )
+    return InvalidArgument("PAYLOAD_TOO_LARGE", f"{kind} files are limited to {limit / MIB:g} MiB")
 
 
 def ensure_received(plan: UploadPlan, size: int) -> None:
@@ -297,14 +293,6 @@ def byte_range(size: int, offset: int, length: int) -> tuple[int, int]:
         )
     remaining = size - offset
     return offset, min(length, remaining) if length else remaining
-
-
-def page_size(requested: int) -> int:
-    if requested < 0:
-        raise InvalidArgument(
-            "PARAMETER_INVALID", "page_size must not be negative", param="page_size"
-        )
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
 def url_expiry(now: datetime, expires_in: int) -> int:

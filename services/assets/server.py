@@ -7,6 +7,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from magicpixels.assets.v1 import assets_pb2, assets_pb2_grpc
+from magicpixels.core import paging
 from magicpixels.core.errors import InvalidArgument
 from magicpixels.core.server import ServiceBinding
 from magicpixels.core.service import Mesh, open_database
@@ -74,15 +75,13 @@ class AssetsServicer(assets_pb2_grpc.AssetsServiceServicer):
     async def ListAssets(
         self, request: assets_pb2.ListAssetsRequest, context: grpc.aio.ServicerContext
     ) -> assets_pb2.ListAssetsResponse:
-        limit = domain.page_size(request.page_size)
+        limit = paging.page_size(request.page_size)
         records = await self._catalog.list_assets(
             request.account_id, request.livemode, limit + 1, request.page_token or None
         )
-        page = records[:limit]
-        more = len(records) > limit
+        found, next_page_token = paging.page(records, limit)
         return assets_pb2.ListAssetsResponse(
-            assets=[_asset(record) for record in page],
-            next_page_token=page[-1].id if more else "",
+            assets=[_asset(record) for record in found], next_page_token=next_page_token
         )
 
     async def DeleteAsset(

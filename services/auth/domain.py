@@ -36,13 +36,12 @@ PEPPER_VERSION = 1
 SECRET_LENGTH = 43  # 43 base62 characters carry 256 bits
 MAX_EMAIL_LENGTH = 254
 MAX_NAME_LENGTH = 200
-DEFAULT_PAGE_SIZE = 20
-MAX_PAGE_SIZE = 100
 
 _BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
 _TOKEN = re.compile(r"mp_(live|test)_([0-9A-Za-z]{1,64})\.([0-9A-Za-z]{32,128})")
 _INVALID_KEY_MESSAGE = "the API key is not valid"
-_DISPLAYED_KEY_CHARS = 4
+# The key id's 10 time characters and 4 random ones: keys made together still look different.
+_DISPLAYED_KEY_CHARS = 14
 
 
 @dataclass(frozen=True)
@@ -122,7 +121,7 @@ def parse_token(token: str) -> ParsedToken:
 
 
 def display_prefix(mode: Mode, key_id: str) -> str:
-    """What a person sees to recognise a key, such as `mp_live_k3Fq...`; it reveals no secret."""
+    """The start of the key's token, enough to tell keys apart; it reveals no secret."""
     return f"mp_{mode}_{key_id.removeprefix(KEY_ID_PREFIX)[:_DISPLAYED_KEY_CHARS]}..."
 
 
@@ -183,21 +182,6 @@ def checked_expiry(expires_at: datetime | None, now: datetime) -> datetime | Non
         message = "expires_at must be in the future"
         raise InvalidArgument("PARAMETER_INVALID", message, param="expires_at")
     return expires_at
-
-
-def page_size(requested: int) -> int:
-    """AIP-158: 0 means the default and a size above the maximum is lowered to it."""
-    if requested < 0:
-        raise InvalidArgument(
-            "PARAMETER_INVALID", "page_size must not be negative", param="page_size"
-        )
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-
-
-def paginate(keys: list[ApiKey], size: int) -> tuple[list[ApiKey], str]:
-    """A page of keys fetched one past `size`, and the next page's token ("" at the end)."""
-    page = keys[:size]
-    return page, page[-1].id if len(keys) > size else ""
 
 
 def new_account(email: str, name: str, now: datetime) -> Account:

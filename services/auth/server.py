@@ -4,6 +4,7 @@ import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from magicpixels.auth.v1 import auth_pb2, auth_pb2_grpc
+from magicpixels.core import paging
 from magicpixels.core.server import ServiceBinding
 from magicpixels.core.service import Mesh, open_database
 from magicpixels.core.settings import AuthSettings, secret_value
@@ -63,13 +64,13 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def ListApiKeys(
         self, request: auth_pb2.ListApiKeysRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.ListApiKeysResponse:
-        size = domain.page_size(request.page_size)
+        size = paging.page_size(request.page_size)
         keys = await store.list_api_keys(
             self._engine, request.account_id, size + 1, request.page_token
         )
-        page, next_page_token = domain.paginate(keys, size)
+        found, next_page_token = paging.page(keys, size)
         return auth_pb2.ListApiKeysResponse(
-            api_keys=[_api_key_message(key) for key in page], next_page_token=next_page_token
+            api_keys=[_api_key_message(key) for key in found], next_page_token=next_page_token
         )
 
     async def RevokeApiKey(

@@ -21,8 +21,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from magicpixels.core.db import row_fields
 from magicpixels.core.errors import AlreadyExists, NotFound
-from magicpixels.core.timestamps import as_utc
 from magicpixels.services.auth.domain import Account, ApiKey
 
 metadata = MetaData()
@@ -48,7 +48,7 @@ api_keys = Table(
     Column("scopes", Text, nullable=False),  # comma separated
     Column("secret_hash", String(64), nullable=False),
     Column("pepper_version", Integer, nullable=False),
-    Column("prefix", String(20), nullable=False),
+    Column("prefix", String(40), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True)),
     Column("revoked_at", DateTime(timezone=True)),
@@ -117,7 +117,7 @@ async def _get_account(connection: AsyncConnection, account_id: str) -> Account:
     row = (await connection.execute(query)).first()
     if row is None:
         raise NotFound("ACCOUNT_NOT_FOUND", f"no account {account_id}")
-    return Account(**_fields(row))
+    return Account(**row_fields(row))
 
 
 async def _insert_key(connection: AsyncConnection, key: ApiKey) -> None:
@@ -126,12 +126,4 @@ async def _insert_key(connection: AsyncConnection, key: ApiKey) -> None:
 
 
 def _api_key(row: Row[Any]) -> ApiKey:
-    return ApiKey(**{**_fields(row), "scopes": tuple(row.scopes.split(","))})
-
-
-def _fields(row: Row[Any]) -> dict[str, Any]:
-    """A row's columns by name, with the naive datetimes SQLite answers made aware."""
-    return {
-        name: as_utc(value) if isinstance(value, datetime) else value
-        for name, value in row._mapping.items()
-    }
+    return ApiKey(**{**row_fields(row), "scopes": tuple(row.scopes.split(","))})

@@ -19,8 +19,6 @@ from enum import StrEnum
 
 from magicpixels.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 
-DEFAULT_PAGE_SIZE = 20
-MAX_PAGE_SIZE = 100
 MAX_ID_LENGTH = 64
 MAX_REFERENCE_LENGTH = 255
 
@@ -209,21 +207,6 @@ def positive_amount(amount: int) -> int:
             "PARAMETER_INVALID", "amount must be a positive number of credits", param="amount"
         )
     return amount
-
-
-def page_size(requested: int) -> int:
-    """AIP-158: 0 means the default and a size above the maximum is lowered to it."""
-    if requested < 0:
-        raise InvalidArgument(
-            "PARAMETER_INVALID", "page_size must not be negative", param="page_size"
-        )
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-
-
-def paginate(entries: list[LedgerEntry], size: int) -> tuple[list[LedgerEntry], str]:
-    """A page of entries fetched one past `size`, and the next page's token ("" at the end)."""
-    page = entries[:size]
-    return page, page[-1].id if len(entries) > size else ""
 
 
 def new_hold(

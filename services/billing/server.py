@@ -6,10 +6,10 @@ from datetime import timedelta
 
 import grpc
 import structlog
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
+from magicpixels.core import paging
 from magicpixels.core.server import ServiceBinding
 from magicpixels.core.service import Mesh, open_database
 from magicpixels.core.settings import BillingSettings
@@ -113,13 +113,13 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         self, request: billing_pb2.ListLedgerEntriesRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.ListLedgerEntriesResponse:
         account_id = domain.required(request.account_id, "account_id")
-        size = domain.page_size(request.page_size)
+        size = paging.page_size(request.page_size)
         entries = await store.list_ledger_entries(
             self._engine, account_id, size + 1, request.page_token
         )
-        page, next_page_token = domain.paginate(entries, size)
+        found, next_page_token = paging.page(entries, size)
         return billing_pb2.ListLedgerEntriesResponse(
-            ledger_entries=[_entry_message(entry) for entry in page],
+            ledger_entries=[_entry_message(entry) for entry in found],
             next_page_token=next_page_token,
         )
 
@@ -211,7 +211,7 @@ async def sweep_holds(
     while True:
         try:
             await store.expire_holds(engine, utcnow())
-        except SQLAlchemyError:
+        except Exception:  # the sweeper must outlive any one failure
             log.exception("hold_sweep_failed")
         await asyncio.sleep(interval_seconds)
 

@@ -29,9 +29,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from magicpixels.core.db import row_fields
 from magicpixels.core.errors import NotFound
 from magicpixels.core.ids import new_id
-from magicpixels.core.timestamps import as_utc
 from magicpixels.services.billing import domain
 from magicpixels.services.billing.domain import (
     Balance,
@@ -294,7 +294,7 @@ async def _find_entry(connection: AsyncConnection, movement: Movement) -> Ledger
 async def _find_subscription(connection: AsyncConnection, account_id: str) -> Subscription | None:
     query = select(subscriptions).where(subscriptions.c.account_id == account_id)
     row = (await connection.execute(query)).first()
-    return None if row is None else Subscription(**_fields(row))
+    return None if row is None else Subscription(**row_fields(row))
 
 
 async def _save_subscription(
@@ -309,16 +309,8 @@ async def _save_subscription(
 
 
 def _hold(row: Row[Any]) -> Hold:
-    return Hold(**{**_fields(row), "state": HoldState(row.state)})
+    return Hold(**{**row_fields(row), "state": HoldState(row.state)})
 
 
 def _entry(row: Row[Any]) -> LedgerEntry:
-    return LedgerEntry(**{**_fields(row), "kind": EntryKind(row.kind)})
-
-
-def _fields(row: Row[Any]) -> dict[str, Any]:
-    """A row's columns by name, with the naive datetimes SQLite answers made aware."""
-    return {
-        name: as_utc(value) if isinstance(value, datetime) else value
-        for name, value in row._mapping.items()
-    }
+    return LedgerEntry(**{**row_fields(row), "kind": EntryKind(row.kind)})

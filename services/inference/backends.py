@@ -34,7 +34,8 @@ class BuiltinBackend:
     def generate(self, spec: jobs_pb2.JobSpec, on_progress: ProgressCallback) -> EncodedMedia:
         if spec.mode != jobs_pb2.JOB_MODE_TEXT_TO_IMAGE:
             raise FailedPrecondition(
-                "MODE_UNSUPPORTED", f"the builtin backend cannot run {jobs_pb2.JobMode.Name(spec.mode)}"
+                "MODE_UNSUPPORTED",
+                f"the builtin backend cannot run {jobs_pb2.JobMode.Name(spec.mode)}",
             )
         return generate_image(
             prompt=spec.prompt,

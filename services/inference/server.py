@@ -27,25 +27,21 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     ) -> AsyncIterator[inference_pb2.GenerateResponse]:
         backend = backend_for(request.spec.mode, self.backends)
         loop = asyncio.get_running_loop()
-        progress: asyncio.Queue[float] = asyncio.Queue()
-        running = asyncio.create_task(
+        progress: asyncio.Queue[float | None] = asyncio.Queue()
+        running = asyncio.ensure_future(
             asyncio.to_thread(
                 backend.generate,
                 request.spec,
                 lambda fraction: loop.call_soon_threadsafe(progress.put_nowait, fraction),
             )
         )
-        while not running.done() or not progress.empty():
-            waiting = asyncio.create_task(progress.get())
-            await asyncio.wait({running, waiting}, return_when=asyncio.FIRST_COMPLETED)
-            if waiting.done():
-                fraction = waiting.result()
-                yield inference_pb2.GenerateResponse(
-                    progress=inference_pb2.GenerateProgress(fraction=fraction)
-                )
-            else:
-                waiting.cancel()
-        media = running.result()
+        # Reports from the thread are queued before its end is: the None comes after them all.
+        running.add_done_callback(lambda _: progress.put_nowait(None))
+        while (fraction := await progress.get()) is not None:
+            yield inference_pb2.GenerateResponse(
+                progress=inference_pb2.GenerateProgress(fraction=fraction)
+            )
+        media = await running
         yield inference_pb2.GenerateResponse(
             result=inference_pb2.GenerateResult(
                 content_type=media.content_type,
@@ -61,7 +57,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self, request: inference_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.ListModelsResponse:
         models = [
-            inference_pb2.Model(id=f"{backend.name}-{mode}", mode=mode, backend=backend.name, loaded=True)
+            inference_pb2.Model(
+                id=f"{backend.name}-{mode}", mode=mode, backend=backend.name, loaded=True
+            )
             for backend in self.backends
             for mode in backend.modes
         ]
@@ -75,7 +73,8 @@ class InferenceService:
         self.mesh = mesh
         self.settings = settings
         self.backends: list[Backend] = [BuiltinBackend()]
-        self._workers: list[asyncio.Task[None]] = []
+        self._workers: list[Worker] = []
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> list[ServiceBinding]:
         for _ in range(self.settings.workers):
@@ -86,7 +85,8 @@ class InferenceService:
                 self.backends,
                 self.settings.lease_wait_seconds,
             )
-            self._workers.append(asyncio.create_task(worker.run_forever()))
+            self._workers.append(worker)
+            self._tasks.append(asyncio.create_task(worker.run_forever()))
         servicer = InferenceServicer(self.backends)
         return [
             ServiceBinding(
@@ -95,7 +95,13 @@ class InferenceService:
         ]
 
     async def close(self) -> None:
-        for task in self._workers:
-            task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        """Stops leasing; jobs in hand get the grace period to finish, then are handed back."""
+        for worker in self._workers:
+            worker.stop()
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=self.mesh.settings.grace_seconds)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         self._workers.clear()
+        self._tasks.clear()

@@ -5,6 +5,7 @@ when the job was canceled (or its lease lost), in which case the result is throw
 """
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -24,6 +25,8 @@ log = structlog.get_logger("magicpixels.inference.worker")
 CHUNK_BYTES = 64 * 1024
 # After a failed LeaseJob (jobs unreachable) wait this long before asking again.
 RETRY_SECONDS = 1.0
+# Tries of a CompleteJob whose outcome stays unknown (jobs unreachable or too slow).
+COMPLETE_ATTEMPTS = 5
 _TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
@@ -34,7 +37,8 @@ class Heartbeat:
     jobs: jobs_pb2_grpc.JobsServiceStub
     lease: jobs_pb2.Lease
     progress: float = 0.0
-    stopped: bool = False
+    # The job is no longer this worker's: canceled, or its lease lost to another worker.
+    abandoned: bool = False
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def report_from_thread(self, loop: asyncio.AbstractEventLoop, fraction: float) -> None:
@@ -45,12 +49,10 @@ class Heartbeat:
         self._changed.set()
 
     async def run(self) -> None:
-        while not self.stopped:
+        while not self.abandoned:
             seconds_left = (from_timestamp(self.lease.expire_time) - utcnow()).total_seconds()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout=max(seconds_left / 3, 0.05))
-            except TimeoutError:
-                pass
             self._changed.clear()
             await self._beat()
 
@@ -64,11 +66,11 @@ class Heartbeat:
             if error.code() in _TRANSIENT:
                 return  # the lease may still hold; the next beat tries again
             log.warning("lease_lost", job_id=self.lease.job.id, reason=remote_error(error).reason)
-            self.stopped = True
+            self.abandoned = True
             return
         if reply.canceled:
             log.info("job_canceled_while_running", job_id=self.lease.job.id)
-            self.stopped = True
+            self.abandoned = True
         else:
             self.lease.expire_time.CopyFrom(reply.lease_expire_time)
 
@@ -88,12 +90,26 @@ class Worker:
         self.backends = backends
         self.lease_wait_seconds = lease_wait_seconds
         self.modes = sorted({mode for backend in backends for mode in backend.modes})
+        self._stopping = False
+        self._leasing: asyncio.Task[jobs_pb2.Lease | None] | None = None
 
     async def run_forever(self) -> None:
-        while True:
-            lease = await self.lease()
+        """Leases and runs jobs until `stop`; a job in hand is finished first."""
+        while not self._stopping:
+            self._leasing = asyncio.create_task(self.lease())
+            try:
+                lease = await self._leasing
+            except asyncio.CancelledError:
+                if self._stopping:
+                    return  # the lease call was waiting for work: nothing is lost
+                raise
             if lease is not None:
                 await self.process(lease)
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._leasing is not None:
+            self._leasing.cancel()
 
     async def lease(self) -> jobs_pb2.Lease | None:
         wait = Duration()
@@ -108,24 +124,29 @@ class Worker:
         return reply.lease if reply.HasField("lease") else None
 
     async def process(self, lease: jobs_pb2.Lease) -> None:
-        job = lease.job
-        structlog.contextvars.bind_contextvars(job_id=job.id)
-        heartbeat = Heartbeat(self.jobs, lease)
-        beating = asyncio.create_task(heartbeat.run())
-        try:
-            media = await self._generate(job.spec, heartbeat)
-        except DomainError as error:
-            await self._fail(lease, error.reason.lower(), error.message, retryable=False)
-            return
-        except Exception:
-            log.exception("generation_failed")
-            await self._fail(lease, "generation_failed", "the model failed on this job", retryable=False)
-            return
-        finally:
-            heartbeat.stopped = True
-            beating.cancel()
-            structlog.contextvars.unbind_contextvars("job_id")
-        await self._deliver(lease, media)
+        with structlog.contextvars.bound_contextvars(job_id=lease.job.id):
+            heartbeat = Heartbeat(self.jobs, lease)
+            beating = asyncio.create_task(heartbeat.run())
+            try:
+                media = await self._generate(lease.job.spec, heartbeat)
+            except asyncio.CancelledError:  # stopped past the grace period: hand the job back now
+                await asyncio.shield(
+                    self._fail(lease, "worker_stopped", "the worker stopped", retryable=True)
+                )
+                raise
+            except DomainError as error:
+                await self._fail(lease, error.reason.lower(), error.message, retryable=False)
+                return
+            except Exception:
+                log.exception("generation_failed")
+                await self._fail(
+                    lease, "generation_failed", "the model failed on this job", retryable=False
+                )
+                return
+            finally:
+                beating.cancel()
+            if not heartbeat.abandoned:  # else canceled or leased again: nobody wants the result
+                await self._deliver(lease, media)
 
     async def _generate(self, spec: jobs_pb2.JobSpec, heartbeat: Heartbeat) -> EncodedMedia:
         loop = asyncio.get_running_loop()
@@ -139,19 +160,44 @@ class Worker:
             asset = await self.assets.UploadAsset(_upload_requests(lease.job, media))
         except grpc.aio.AioRpcError as error:
             log.warning("result_upload_failed", code=error.code().name)
-            await self._fail(lease, "upload_failed", "the result could not be stored", retryable=True)
+            await self._fail(
+                lease, "upload_failed", "the result could not be stored", retryable=True
+            )
             return
         result = jobs_pb2.JobResult(
-            asset_id=asset.id, content_type=asset.content_type, width=media.width, height=media.height
+            asset_id=asset.id,
+            content_type=asset.content_type,
+            width=media.width,
+            height=media.height,
         )
-        request = jobs_pb2.CompleteJobRequest(job_id=lease.job.id, lease_token=lease.token, result=result)
-        try:
-            await self.jobs.CompleteJob(request)
-        except grpc.aio.AioRpcError as error:
-            log.warning("complete_refused", job_id=lease.job.id, reason=remote_error(error).reason)
-            await self._discard(asset)
+        request = jobs_pb2.CompleteJobRequest(
+            job_id=lease.job.id, lease_token=lease.token, result=result
+        )
+        await self._complete(request, asset)
 
-    async def _fail(self, lease: jobs_pb2.Lease, code: str, message: str, *, retryable: bool) -> None:
+    async def _complete(
+        self, request: jobs_pb2.CompleteJobRequest, asset: assets_pb2.Asset
+    ) -> None:
+        """Completes the job, asking again while the outcome is unknown (CompleteJob is
+        idempotent for one lease and one result); only a definite refusal discards the result."""
+        for attempt in range(COMPLETE_ATTEMPTS):
+            try:
+                await self.jobs.CompleteJob(request)
+                return
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in _TRANSIENT:  # canceled, or leased again: not ours now
+                    reason = remote_error(error).reason
+                    log.warning("complete_refused", job_id=request.job_id, reason=reason)
+                    await self._discard(asset)
+                    return
+                await asyncio.sleep(RETRY_SECONDS * 2**attempt)
+        # Unknown still: keep the result; if the job did not complete, its lease runs out and
+        # it runs again, leaving this asset unreferenced rather than a paid job without one.
+        log.error("complete_unconfirmed", job_id=request.job_id, asset_id=asset.id)
+
+    async def _fail(
+        self, lease: jobs_pb2.Lease, code: str, message: str, *, retryable: bool
+    ) -> None:
         request = jobs_pb2.FailJobRequest(
             job_id=lease.job.id,
             lease_token=lease.token,

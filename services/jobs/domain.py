@@ -5,6 +5,7 @@ resolved by applying its mode's rules in order: each rule checks one field and f
 default, so the job stores and echoes exactly what it will run with.
 """
 
+import hashlib
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from enum import StrEnum
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from magicpixels.core.errors import InvalidArgument
+from magicpixels.core.errors import Aborted, AlreadyExists, InvalidArgument
 from magicpixels.jobs.v1 import jobs_pb2
 
 # The API's names, in the order of the JobMode enum.
@@ -22,9 +23,14 @@ MAX_SEED = 2**32 - 1
 # Webhooks may use plain http only to reach a receiver on the same machine.
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1"})
 _MAX_URL_LENGTH = 2048
+# Fields the rules check whose feature does not exist yet (no webhook is delivered, no deadline
+# enforced): refused rather than accepted and ignored.
+NOT_YET_SUPPORTED = frozenset({"webhook_url", "deadline_seconds"})
 
-DEFAULT_PAGE_SIZE = 20
-MAX_PAGE_SIZE = 100
+# An Idempotency-Key answers the same request again for this long; after that it is free.
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
 # The longest a LeaseJob call holds on waiting for work.
 MAX_LEASE_WAIT_SECONDS = 60.0
 # A job still pending this long has lost its CreateJob call (the reserve call's own deadline
@@ -43,7 +49,11 @@ class State(StrEnum):
 
 
 class HoldStatus(StrEnum):
-    """Where the job's credits stand in billing, as last confirmed by billing."""
+    """Where the job's credits stand in billing, as last confirmed by billing.
+
+    HELD means billing may hold credits for the job: an ended job still marked held is settled
+    (captured or released) by the reconciler.
+    """
 
     NONE = "none"
     HELD = "held"
@@ -72,6 +82,15 @@ def is_terminal(state: str) -> bool:
 def hold_resolution(state: str) -> HoldStatus:
     """How a job that ended in `state` settles its hold: only a completed job pays."""
     return HoldStatus.CAPTURED if state == State.COMPLETED else HoldStatus.RELEASED
+
+
+def resolved_elsewhere(wanted: HoldStatus) -> HoldStatus:
+    """Where a hold stands when billing refused to resolve it as `wanted`, being resolved already.
+
+    Billing refuses to capture only a hold released or expired (its credits went back), and to
+    release only a captured one.
+    """
+    return HoldStatus.RELEASED if wanted == HoldStatus.CAPTURED else HoldStatus.CAPTURED
 
 
 def may_retry(attempts: int, max_attempts: int) -> bool:
@@ -122,12 +141,6 @@ def state_filter(state: int) -> State | None:
         return State(jobs_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower())
     except ValueError:
         raise _invalid("state", "a job state") from None
-
-
-def page_size(requested: int) -> int:
-    if requested < 0:
-        raise _invalid("page_size", "0 or more")
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
 def check_progress(progress: float) -> None:
@@ -188,8 +201,13 @@ class Number:
             setattr(spec, self.field, self.default() if callable(self.default) else self.default)
 
     def _requirement(self) -> str:
-        bounds = f"between {self.minimum:g} and {self.maximum:g}"
+        bounds = f"between {_number(self.minimum)} and {_number(self.maximum)}"
         return f"a multiple of {self.multiple_of} {bounds}" if self.multiple_of else bounds
+
+
+def _number(value: float) -> str:
+    """A bound as a person writes it: 4294967295, 30, 0.5."""
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 @dataclass(frozen=True)
@@ -277,7 +295,7 @@ def resolve_spec(spec: jobs_pb2.JobSpec) -> jobs_pb2.JobSpec:
     rules = _rules_of(spec.mode)
     resolved = jobs_pb2.JobSpec()
     resolved.CopyFrom(spec)
-    _refuse_foreign_fields(resolved, rules)
+    _refuse_unused_fields(resolved, rules)
     for rule in rules:
         rule.apply(resolved)
     return resolved
@@ -292,11 +310,52 @@ def _rules_of(mode: int) -> tuple[Rule, ...]:
     return RULES[name]
 
 
-def _refuse_foreign_fields(spec: jobs_pb2.JobSpec, rules: tuple[Rule, ...]) -> None:
+def _refuse_unused_fields(spec: jobs_pb2.JobSpec, rules: tuple[Rule, ...]) -> None:
+    """Refuses the fields the mode has no use for, and those not supported yet."""
     accepted = {"mode", *(rule.field for rule in rules)}
     for descriptor, _ in spec.ListFields():
+        if descriptor.name in NOT_YET_SUPPORTED:
+            message = f"{descriptor.name} is not supported yet"
+            raise InvalidArgument("PARAMETER_UNSUPPORTED", message, param=descriptor.name)
         if descriptor.name not in accepted:
             raise _invalid(descriptor.name, f"absent in {mode_name(spec.mode)} jobs")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An Idempotency-Key and the hash of the request that came with it."""
+
+    key: str
+    request_hash: str
+
+
+def idempotency_claim(key: str, livemode: bool, spec: jobs_pb2.JobSpec) -> Claim | None:
+    """The claim a CreateJob request makes on its key; None without a key.
+
+    The hash covers the request as the client sent it (its spec before defaults: a resolved
+    spec has a random seed) and its livemode; the account is the key's scope.
+    """
+    if not key:
+        return None
+    if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise _invalid("idempotency_key", f"at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters")
+    request = jobs_pb2.CreateJobRequest(livemode=livemode, spec=spec)
+    return Claim(key, hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest())
+
+
+def check_replay(claim: Claim, stored_hash: str, job_state: str) -> None:
+    """Refuses to answer a request with the job its key created unless it is the same request
+    and that job was created."""
+    if stored_hash != claim.request_hash:
+        message = "this Idempotency-Key was used with a different request"
+        raise AlreadyExists("IDEMPOTENCY_KEY_REUSED", message)
+    if job_state == State.PENDING:
+        raise key_in_use()
+
+
+def key_in_use() -> Aborted:
+    message = "a request with this Idempotency-Key is still in progress; retry later"
+    return Aborted("IDEMPOTENCY_KEY_IN_USE", message)
 
 
 def _mode_unknown(param: str) -> InvalidArgument:

@@ -2,10 +2,12 @@
 is resolved.
 
 Each pass is a set of guarded transitions and idempotent billing calls: any number of jobs
-processes may run it at the same time.
+processes may run it at the same time. Each repeats on its own, so a pass held up by billing
+holds up no other.
 """
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import structlog
@@ -16,7 +18,7 @@ from magicpixels.core.settings import JobsSettings
 from magicpixels.core.timestamps import utcnow
 from magicpixels.jobs.v1 import jobs_pb2
 from magicpixels.services.jobs import store
-from magicpixels.services.jobs.domain import PENDING_TIMEOUT, HoldStatus
+from magicpixels.services.jobs.domain import IDEMPOTENCY_WINDOW, PENDING_TIMEOUT
 from magicpixels.services.jobs.settlement import Settlement
 from magicpixels.services.jobs.signals import announce
 
@@ -40,34 +42,50 @@ class Reconciler:
         self._settings = settings
 
     async def run(self) -> None:
+        """Repeats every pass in a task of its own: a pass waiting on billing delays no other."""
+        async with asyncio.TaskGroup() as passes:
+            for name, reconcile in self._passes().items():
+                passes.create_task(self._repeat(name, reconcile))
+
+    def _passes(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        return {
+            "expire_leases": lambda: self.expire_leases(utcnow()),
+            "wake_due_retries": lambda: self.wake_due_retries(utcnow()),
+            "settle_holds": self.settle_holds,
+            "abandon_pending": lambda: self.abandon_pending(utcnow()),
+            "forget_idempotency_keys": lambda: self.forget_idempotency_keys(utcnow()),
+        }
+
+    async def _repeat(self, name: str, reconcile: Callable[[], Awaitable[None]]) -> None:
         while True:
             try:
-                await self.reconcile(utcnow())
+                await reconcile()
             except Exception:  # a peer or the database is down: the next pass tries again
-                log.exception("reconcile_failed")
+                log.exception("reconcile_failed", reconcile_pass=name)
             await asyncio.sleep(self._settings.reconcile_interval_seconds)
 
-    async def reconcile(self, now: datetime) -> None:
-        # The passes that need billing least come first: a billing outage stops a pass.
-        await self.expire_leases(now)
-        await self.wake_due_retries(now)
-        await self.settle_holds()
-        await self.abandon_pending(now)
-
     async def expire_leases(self, now: datetime) -> None:
-        """Queues again the jobs whose worker went silent, or fails them when out of attempts."""
+        """Queues again the jobs whose worker went silent, or fails them when out of attempts.
+
+        Their holds are left to `settle_holds`, so that this pass never waits for billing.
+        """
         expired = await store.expire_leases(
             self._engine, self._settings.max_attempts, LEASE_EXPIRED, now
         )
         await announce(self._bus, *expired)
-        for job in expired:
-            await self._settlement.settle(job)
 
     async def abandon_pending(self, now: datetime) -> None:
-        """Fails the jobs whose CreateJob never learnt whether credits were held, releasing any."""
-        for job in await store.stale_pending(self._engine, now - PENDING_TIMEOUT):
-            await self._settlement.release_unconfirmed(job.id)
-            await store.fail_pending(self._engine, job.id, ABANDONED, HoldStatus.RELEASED, now)
+        """Fails the jobs whose CreateJob never learnt whether credits were held, releasing any.
+
+        The job is failed before its hold is released: a CreateJob that queues it after its
+        Reserve finds it failed and releases the hold itself, so no job runs without one.
+        """
+        for job in await store.abandon_pending(self._engine, now - PENDING_TIMEOUT, ABANDONED, now):
+            await self._settlement.settle(job)
+
+    async def forget_idempotency_keys(self, now: datetime) -> None:
+        """Frees the idempotency keys past their window."""
+        await store.forget_claims(self._engine, now - IDEMPOTENCY_WINDOW)
 
     async def settle_holds(self) -> None:
         """Retries the captures and releases that failed when their job ended."""

@@ -8,6 +8,7 @@ from datetime import timedelta
 import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from magicpixels.core import paging
 from magicpixels.core.bus import EventBus
 from magicpixels.core.context import time_left
 from magicpixels.core.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
@@ -26,6 +27,9 @@ from magicpixels.services.jobs.store import JobRow
 SERVICE_NAME = jobs_pb2.DESCRIPTOR.services_by_name["JobsService"].full_name
 # A waiting LeaseJob answers this long before its caller's deadline, so the answer arrives.
 _DEADLINE_MARGIN_SECONDS = 0.5
+# Trailing metadata of a CreateJob answered with the job an earlier request with the same
+# idempotency key created: the gateway sends it as the Idempotent-Replayed header.
+REPLAYED = (("idempotent-replayed", "true"),)
 
 
 class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
@@ -46,14 +50,38 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
     async def CreateJob(
         self, request: jobs_pb2.CreateJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
+        """Creates a job and holds its price, at most once per idempotency key of the account.
+
+        When a request of the last 24 h claimed the key already, this one is answered with the
+        job that request created (flagged by the trailing metadata `idempotent-replayed: true`),
+        refused as IDEMPOTENCY_KEY_REUSED when its body differs, or as IDEMPOTENCY_KEY_IN_USE
+        while that job is still being created. A create refused for good (insufficient credits,
+        say) frees its key: Stripe replays errors, but a refused create created nothing, so we
+        let the client retry it with the same key.
+        """
         domain.require(request.account_id, "account_id")
         spec = domain.resolve_spec(request.spec)
+        claim = domain.idempotency_claim(request.idempotency_key, request.livemode, request.spec)
         pending = await store.insert_pending(
-            self._engine, request.account_id, request.livemode, spec, utcnow()
+            self._engine, request.account_id, request.livemode, spec, claim, utcnow()
         )
+        if pending is None:
+            assert claim is not None  # only a claimed key stops the insert
+            return await self._replay(request.account_id, claim, context)
         job = await self._settlement.hold(pending, spec)
         await announce(self._bus, job)
         return await self._encode(job)
+
+    async def _replay(
+        self, account_id: str, claim: domain.Claim, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Job:
+        """The job an earlier request with the same key created, if this is the same request."""
+        created = await store.claimed(self._engine, account_id, claim.key)
+        if created is None:  # the claim was freed since: its create failed; try again
+            raise domain.key_in_use()
+        domain.check_replay(claim, created.request_hash, created.state)
+        context.set_trailing_metadata(REPLAYED)
+        return await self._encode(created)
 
     async def QuoteJob(
         self, request: jobs_pb2.QuoteJobRequest, context: grpc.aio.ServicerContext
@@ -76,7 +104,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
     async def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ListJobsResponse:
-        limit = domain.page_size(request.page_size)
+        limit = paging.page_size(request.page_size)
         found = await store.list_visible(
             self._engine,
             request.account_id,
@@ -86,10 +114,9 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
             state=domain.state_filter(request.state),
             mode=domain.mode_filter(request.mode),
         )
-        page = found[:limit]
+        jobs, next_page_token = paging.page(found, limit)
         return jobs_pb2.ListJobsResponse(
-            jobs=[await self._encode(job) for job in page],
-            next_page_token=page[-1].id if len(found) > limit else "",
+            jobs=[await self._encode(job) for job in jobs], next_page_token=next_page_token
         )
 
     async def CancelJob(
@@ -101,7 +128,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
             message = f"job {ended.id} is already {ended.state}"
             raise FailedPrecondition("JOB_NOT_CANCELABLE", message)
         await announce(self._bus, job)
-        await self._settlement.settle(job)
+        self._settlement.settle_soon(job)
         return await self._encode(job)
 
     async def WatchJob(
@@ -157,11 +184,18 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
     async def CompleteJob(
         self, request: jobs_pb2.CompleteJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
+        """Completes the job; completing it again with the same lease and result answers the
+        job as it is, so a worker whose answer was lost may retry."""
         domain.require(request.result.asset_id, "result.asset_id")
         job = await store.complete(
             self._engine, request.job_id, request.lease_token, request.result, utcnow()
         )
-        return await self._ended(job, request.job_id)
+        if job is not None:
+            return await self._ended(job, request.job_id)
+        current = await store.get_job(self._engine, request.job_id)
+        if current is None or not _completed_under(current, request):
+            raise _lease_refusal(current, request.job_id)
+        return await self._encode(current)
 
     async def FailJob(
         self, request: jobs_pb2.FailJobRequest, context: grpc.aio.ServicerContext
@@ -179,11 +213,11 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         return await self._ended(job, request.job_id)
 
     async def _ended(self, job: JobRow | None, job_id: str) -> jobs_pb2.Job:
-        """Announces a job a worker let go of and settles its hold when it ended."""
+        """Announces a job a worker let go of and, when it ended, settles its hold after."""
         if job is None:
             raise _lease_refusal(await store.get_job(self._engine, job_id), job_id)
         await announce(self._bus, job)
-        await self._settlement.settle(job)
+        self._settlement.settle_soon(job)
         return await self._encode(job)
 
     async def _try_lease(self, modes: Sequence[str], worker_id: str) -> jobs_pb2.LeaseJobResponse:
@@ -274,6 +308,12 @@ def _canceled_under(job: JobRow, token: int) -> bool:
     return job.state == State.CANCELED and job.lease_token == token
 
 
+def _completed_under(job: JobRow, request: jobs_pb2.CompleteJobRequest) -> bool:
+    """Whether this very completion, lease and result, was recorded already."""
+    same_result = job.result_asset_id == request.result.asset_id
+    return job.state == State.COMPLETED and job.lease_token == request.lease_token and same_result
+
+
 def _lease_refusal(job: JobRow | None, job_id: str) -> DomainError:
     if job is None:
         return NotFound("JOB_NOT_FOUND", f"no job {job_id}")
@@ -287,6 +327,7 @@ class JobsService:
         self.settings = settings
         self._mesh = mesh
         self._engine: AsyncEngine | None = None
+        self._settlement: Settlement | None = None
         self._subscriptions = AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -296,6 +337,7 @@ class JobsService:
         )
         self._engine = engine
         settlement = Settlement(engine, self._mesh)
+        self._settlement = settlement
         signal = QueueSignal()
         # Subscribed before serving, so no job queued from now on goes unnoticed.
         queued_hints = await self._subscriptions.enter_async_context(
@@ -314,6 +356,8 @@ class JobsService:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._settlement is not None:
+            await self._settlement.close()
         await self._subscriptions.aclose()
         if self._engine is not None:
             await self._engine.dispose()

@@ -63,8 +63,8 @@ class QueueSignal:
             self.notify()
 
     @staticmethod
-    async def wait(ticket: asyncio.Event, timeout: float) -> None:
-        """Returns when work was queued since the ticket was taken, or after `timeout` seconds."""
+    async def wait(ticket: asyncio.Event, seconds: float) -> None:
+        """Returns when work was queued since the ticket was taken, or after `seconds`."""
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(seconds):
                 await ticket.wait()

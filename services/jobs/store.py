@@ -4,6 +4,9 @@ Every change of a job's state is one UPDATE guarded by the states it may come fr
 a worker, by its lease token), written in the same transaction as its row in `job_events`, so
 two callers racing for the same job cannot both win. A job is visible to its account once it
 was queued: a pending job, or one that failed before its credits were held, never is.
+
+An Idempotency-Key is claimed in the transaction that inserts the job it creates, so of the
+concurrent requests with the same key the unique (account_id, key) lets exactly one create.
 """
 
 from collections.abc import Sequence
@@ -19,12 +22,15 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Index,
+    Insert,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     Row,
     String,
     Table,
     Text,
+    delete,
     func,
     insert,
     or_,
@@ -32,12 +38,21 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import ColumnElement
 
 from magicpixels.core.ids import new_id
 from magicpixels.jobs.v1 import jobs_pb2
-from magicpixels.services.jobs.domain import TERMINAL, HoldStatus, State, mode_name, sources_of
+from magicpixels.services.jobs.domain import (
+    IDEMPOTENCY_WINDOW,
+    TERMINAL,
+    Claim,
+    HoldStatus,
+    State,
+    mode_name,
+    sources_of,
+)
 
 metadata = MetaData()
 
@@ -75,6 +90,8 @@ jobs = Table(
     Index("ix_jobs_state_mode_queued_at", "state", "mode", "queued_at"),
     # Ids sort by creation time, so the newest-first history pages on (account_id, id).
     Index("ix_jobs_account_id_id", "account_id", "id"),
+    # Few jobs stay held once ended: the reconciler finds them without reading the rest.
+    Index("ix_jobs_billing_state", "billing", "state"),
 )
 
 job_events = Table(
@@ -90,6 +107,20 @@ job_events = Table(
     Index("ix_job_events_job_id_id", "job_id", "id"),
 )
 
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("account_id", String(40), nullable=False),
+    Column("key", String(255), nullable=False),
+    # The sha256 of the request that claimed the key, hex.
+    Column("request_hash", String(64), nullable=False),
+    Column("job_id", String(40), ForeignKey("jobs.id"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("account_id", "key"),
+    Index("ix_idempotency_keys_created_at", "created_at"),
+    Index("ix_idempotency_keys_job_id", "job_id"),
+)
+
 JobRow = Row[Any]
 
 
@@ -102,10 +133,32 @@ def result_of(job: JobRow) -> jobs_pb2.JobResult | None:
 
 
 async def insert_pending(
-    engine: AsyncEngine, account_id: str, livemode: bool, spec: jobs_pb2.JobSpec, now: datetime
-) -> JobRow:
+    engine: AsyncEngine,
+    account_id: str,
+    livemode: bool,
+    spec: jobs_pb2.JobSpec,
+    claim: Claim | None,
+    now: datetime,
+) -> JobRow | None:
+    """Inserts a pending job and the claim of its idempotency key, if any, in one transaction.
+
+    None when a request of the last day claimed the key already: nothing is inserted.
+    """
+    try:
+        async with engine.begin() as connection:
+            job = (await connection.execute(_pending(account_id, livemode, spec, now))).one()
+            if claim is not None:
+                await _claim(connection, account_id, claim, job.id, now)
+    except IntegrityError:
+        if claim is None:
+            raise
+        return None
+    return job
+
+
+def _pending(account_id: str, livemode: bool, spec: jobs_pb2.JobSpec, now: datetime) -> Insert:
     has_deadline = spec.HasField("deadline_seconds")
-    statement = (
+    return (
         insert(jobs)
         .values(
             id=new_id("job"),
@@ -125,8 +178,43 @@ async def insert_pending(
         )
         .returning(*jobs.c)
     )
+
+
+async def _claim(
+    connection: AsyncConnection, account_id: str, claim: Claim, job_id: str, now: datetime
+) -> None:
+    """Claims the key for the job; a claim older than the window is replaced, a newer one is
+    kept and the insert fails on the unique (account_id, key)."""
+    same_key = (idempotency_keys.c.account_id == account_id, idempotency_keys.c.key == claim.key)
+    expired = idempotency_keys.c.created_at < now - IDEMPOTENCY_WINDOW
+    await connection.execute(delete(idempotency_keys).where(*same_key, expired))
+    await connection.execute(
+        insert(idempotency_keys).values(
+            account_id=account_id,
+            key=claim.key,
+            request_hash=claim.request_hash,
+            job_id=job_id,
+            created_at=now,
+        )
+    )
+
+
+async def claimed(engine: AsyncEngine, account_id: str, key: str) -> JobRow | None:
+    """The job the account's key created, with the `request_hash` of the request that did."""
+    query = (
+        select(idempotency_keys.c.request_hash, *jobs.c)
+        .join(jobs, jobs.c.id == idempotency_keys.c.job_id)
+        .where(idempotency_keys.c.account_id == account_id, idempotency_keys.c.key == key)
+    )
+    async with engine.connect() as connection:
+        return (await connection.execute(query)).one_or_none()
+
+
+async def forget_claims(engine: AsyncEngine, created_before: datetime) -> None:
+    """Deletes the idempotency keys claimed before `created_before`: they are free again."""
+    statement = delete(idempotency_keys).where(idempotency_keys.c.created_at < created_before)
     async with engine.begin() as connection:
-        return (await connection.execute(statement)).one()
+        await connection.execute(statement)
 
 
 async def get_job(engine: AsyncEngine, job_id: str) -> JobRow | None:
@@ -198,18 +286,49 @@ async def mark_queued(
 
 
 async def fail_pending(
-    engine: AsyncEngine, job_id: str, error: jobs_pb2.JobError, billing: HoldStatus, now: datetime
+    engine: AsyncEngine, job_id: str, error: jobs_pb2.JobError, now: datetime
 ) -> JobRow | None:
-    return await _move_one(
-        engine,
-        State.FAILED,
-        jobs.c.id == job_id,
-        jobs.c.state == State.PENDING,
-        now=now,
-        billing=billing,
-        completed_at=now,
-        **_error_values(error),
-    )
+    """Fails a pending job whose credits billing refused to hold."""
+    failed = await _fail_pending(engine, HoldStatus.NONE, error, now, jobs.c.id == job_id)
+    return failed[0] if failed else None
+
+
+async def abandon_pending(
+    engine: AsyncEngine, created_before: datetime, error: jobs_pb2.JobError, now: datetime
+) -> list[JobRow]:
+    """Fails the jobs still pending since before `created_before`, whose CreateJob was lost.
+
+    A lost Reserve may have held their credits: they are marked held, for settling.
+    """
+    stale = jobs.c.created_at < created_before
+    return await _fail_pending(engine, HoldStatus.HELD, error, now, stale)
+
+
+async def _fail_pending(
+    engine: AsyncEngine,
+    billing: HoldStatus,
+    error: jobs_pb2.JobError,
+    now: datetime,
+    *guards: ColumnElement[bool],
+) -> list[JobRow]:
+    """Fails pending jobs and frees their idempotency keys: they created nothing, so a request
+    with the same key may try again."""
+    async with engine.begin() as connection:
+        failed = await _move(
+            connection,
+            State.FAILED,
+            jobs.c.state == State.PENDING,
+            *guards,
+            now=now,
+            billing=billing,
+            completed_at=now,
+            **_error_values(error),
+        )
+        failed_ids = [job.id for job in failed]
+        await connection.execute(
+            delete(idempotency_keys).where(idempotency_keys.c.job_id.in_(failed_ids))
+        )
+    return failed
 
 
 async def lease_next(
@@ -322,10 +441,17 @@ async def cancel(engine: AsyncEngine, job_id: str, account_id: str, now: datetim
     )
 
 
-async def set_billing(engine: AsyncEngine, job_id: str, billing: HoldStatus, now: datetime) -> None:
-    statement = update(jobs).where(jobs.c.id == job_id).values(billing=billing, updated_at=now)
+async def set_billing(
+    engine: AsyncEngine, job_id: str, billing: HoldStatus, now: datetime
+) -> JobRow:
+    statement = (
+        update(jobs)
+        .where(jobs.c.id == job_id)
+        .values(billing=billing, updated_at=now)
+        .returning(*jobs.c)
+    )
     async with engine.begin() as connection:
-        await connection.execute(statement)
+        return (await connection.execute(statement)).one()
 
 
 async def expire_leases(
@@ -351,18 +477,10 @@ async def expire_leases(
     return requeued + failed
 
 
-async def stale_pending(engine: AsyncEngine, created_before: datetime) -> list[JobRow]:
-    query = select(jobs).where(jobs.c.state == State.PENDING, jobs.c.created_at < created_before)
-    async with engine.connect() as connection:
-        return list((await connection.execute(query)).all())
-
-
 async def unsettled(engine: AsyncEngine) -> list[JobRow]:
     """Ended jobs whose hold billing has not yet confirmed captured or released."""
-    query = select(jobs).where(
-        jobs.c.state.in_(sorted(TERMINAL)),
-        jobs.c.billing == HoldStatus.HELD,
-    )
+    ended = jobs.c.state.in_(sorted(TERMINAL))
+    query = select(jobs).where(jobs.c.billing == HoldStatus.HELD, ended)
     async with engine.connect() as connection:
         return list((await connection.execute(query)).all())
 

@@ -3,16 +3,23 @@
 import argparse
 import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from magicpixels.core import settings as config
 from magicpixels.core.logging import configure_logging
+
+if TYPE_CHECKING:
+    from magicpixels.billing.v1 import billing_pb2
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     mesh_settings = config.MeshSettings(**({"data_dir": args.data_dir} if args.data_dir else {}))
     configure_logging(mesh_settings.log_level, mesh_settings.log_format)
-    args.run(args, mesh_settings)
+    try:
+        args.run(args, mesh_settings)
+    except OSError as refused:  # a port in use, an unwritable data folder: say so, no traceback
+        raise SystemExit(f"magicpixels: {refused}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _data_dir_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--data-dir", type=Path, default=None,
+        "--data-dir",
+        type=Path,
+        default=None,
         help=f"where the mesh keeps its data (MP_DATA_DIR, default {config.default_data_dir()})",
     )
 
@@ -57,7 +66,10 @@ def _up(args: argparse.Namespace, mesh_settings: config.MeshSettings) -> None:
 
     async def run() -> None:
         running = await start_mesh(mesh_settings, gateway)
-        print(f"MagicPixels mesh on {gateway.base_url()}  (data: {mesh_settings.data_dir})", flush=True)
+        print(
+            f"MagicPixels mesh on {gateway.base_url()}  (data: {mesh_settings.data_dir})",
+            flush=True,
+        )
         await run_until_stopped(running)
 
     asyncio.run(run())
@@ -79,29 +91,38 @@ def _serve(args: argparse.Namespace, mesh_settings: config.MeshSettings) -> None
 def _grant_credits(args: argparse.Namespace, mesh_settings: config.MeshSettings) -> None:
     import grpc
 
-    from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
-    from magicpixels.core.clients import open_channel
-
-    async def grant() -> None:
-        async with open_channel(
-            mesh_settings.address_of("billing"),
-            service_token=mesh_settings.internal_token(),
-            timeout=mesh_settings.rpc_timeout_seconds,
-        ) as channel:
-            billing = billing_pb2_grpc.BillingServiceStub(channel)
-            entry = await billing.Grant(
-                billing_pb2.GrantRequest(
-                    account_id=args.account_id, amount=args.amount, description=args.description
-                )
-            )
-        print(f"granted {args.amount} credits to {args.account_id}: {entry.balance_after} available")
+    from magicpixels.core.errors import DomainError
 
     try:
-        asyncio.run(grant())
-    except LookupError as missing:
-        raise SystemExit(f"magicpixels: {missing}") from None
+        entry = asyncio.run(_grant(mesh_settings, args.account_id, args.amount, args.description))
+    except DomainError as error:
+        raise SystemExit(f"magicpixels: {error.message}") from None
     except grpc.aio.AioRpcError as error:
-        raise SystemExit(f"magicpixels: billing refused the grant: {error.details()}") from None
+        raise SystemExit(f"magicpixels: the grant was refused: {error.details()}") from None
+    print(f"granted {args.amount} credits to {args.account_id}: {entry.balance_after} available")
+
+
+async def _grant(
+    mesh_settings: config.MeshSettings, account_id: str, amount: int, description: str
+) -> "billing_pb2.LedgerEntry":
+    """Grants credits to an account that auth knows (billing alone would take any id)."""
+    from magicpixels.auth.v1 import auth_pb2, auth_pb2_grpc
+    from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
+    from magicpixels.core.bus import LocalBus
+    from magicpixels.core.service import Mesh
+
+    mesh = Mesh(mesh_settings, LocalBus())
+    try:
+        auth = auth_pb2_grpc.AuthServiceStub(mesh.channel("auth"))
+        await auth.GetAccount(auth_pb2.GetAccountRequest(id=account_id))
+        billing = billing_pb2_grpc.BillingServiceStub(mesh.channel("billing"))
+        request = billing_pb2.GrantRequest(
+            account_id=account_id, amount=amount, description=description
+        )
+        entry: billing_pb2.LedgerEntry = await billing.Grant(request)
+        return entry
+    finally:
+        await mesh.close()
 
 
 if __name__ == "__main__":

@@ -17,8 +17,12 @@ from magicpixels.services.assets.domain import Origin
 Files = Callable[[Path], list[Path]]
 ACCOUNT = "acct_owner"
 PLAN = domain.plan_upload(
-    account_id=ACCOUNT, livemode=False, content_type="image/png", origin=Origin.UPLOAD,
-    job_id="", declared_size=None,
+    account_id=ACCOUNT,
+    livemode=False,
+    content_type="image/png",
+    origin=Origin.UPLOAD,
+    job_id="",
+    declared_size=None,
 )
 
 
@@ -33,7 +37,9 @@ class _RemovedBeforeClaim(LocalBlobStore):
 @pytest.fixture
 async def engine(database: Any, mesh: Mesh) -> AsyncIterator[Any]:
     engine = await open_database(
-        mesh.settings, database.settings(AssetsSettings), "assets",
+        mesh.settings,
+        database.settings(AssetsSettings),
+        "assets",
         "magicpixels.services.assets.migrations",
     )
     yield engine

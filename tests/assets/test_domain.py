@@ -70,7 +70,10 @@ def test_plan_upload_accepts_generated_audio_and_video_with_their_job() -> None:
     video = _plan(content_type="video/mp4", origin=Origin.GENERATED, job_id="job_1")
 
     assert (audio.kind, audio.content_type, audio.job_id, audio.max_bytes) == (
-        Kind.AUDIO, "audio/wav", "job_1", 50 * MIB,
+        Kind.AUDIO,
+        "audio/wav",
+        "job_1",
+        50 * MIB,
     )
     assert (video.kind, video.content_type) == (Kind.VIDEO, "video/mp4")
 
@@ -198,13 +201,20 @@ def test_generated_audio_is_recorded_as_declared_without_probing() -> None:
 
 def test_new_asset_records_the_plan_the_content_and_the_blob() -> None:
     record = domain.new_asset(
-        _plan(livemode=True), Content("image/png", 4, 3), blob_key="ab" * 32, size=99,
-        sha256="ab" * 32, now=NOW,
+        _plan(livemode=True),
+        Content("image/png", 4, 3),
+        blob_key="ab" * 32,
+        size=99,
+        sha256="ab" * 32,
+        now=NOW,
     )
 
     assert re.fullmatch(r"asset_[0-9A-Z]{30}", record.id)
     assert (record.account_id, record.livemode, record.kind, record.origin) == (
-        "acct_1", True, Kind.IMAGE, Origin.UPLOAD,
+        "acct_1",
+        True,
+        Kind.IMAGE,
+        Origin.UPLOAD,
     )
     assert (record.size_bytes, record.width, record.height, record.created_at) == (99, 4, 3, NOW)
 
@@ -236,18 +246,6 @@ def test_byte_range_outside_the_asset_is_refused(offset: int, length: int) -> No
         domain.byte_range(10, offset, length)
 
     _refused(caught.value, InvalidArgument, "RANGE_NOT_SATISFIABLE", "range")
-
-
-@pytest.mark.parametrize(("requested", "expected"), [(0, 20), (1, 1), (100, 100), (500, 100)])
-def test_page_size(requested: int, expected: int) -> None:
-    assert domain.page_size(requested) == expected
-
-
-def test_negative_page_size_is_refused() -> None:
-    with pytest.raises(InvalidArgument) as caught:
-        domain.page_size(-1)
-
-    _refused(caught.value, InvalidArgument, "PARAMETER_INVALID", "page_size")
 
 
 @pytest.mark.parametrize("expires_in", [60, 3600, 86_400])

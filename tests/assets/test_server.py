@@ -107,13 +107,20 @@ async def test_an_image_uploaded_in_small_chunks_is_recorded_and_read_back(
 
     assert asset.id.startswith("asset_")
     assert (asset.kind, asset.content_type, asset.size_bytes) == (
-        assets_pb2.ASSET_KIND_IMAGE, content_type, len(data),
+        assets_pb2.ASSET_KIND_IMAGE,
+        content_type,
+        len(data),
     )
     assert (asset.sha256, asset.width, asset.height) == (
-        hashlib.sha256(data).hexdigest(), 300, 200,
+        hashlib.sha256(data).hexdigest(),
+        300,
+        200,
     )
     assert (asset.account_id, asset.origin, asset.livemode, asset.job_id) == (
-        ACCOUNT, assets_pb2.ASSET_ORIGIN_UPLOAD, False, "",
+        ACCOUNT,
+        assets_pb2.ASSET_ORIGIN_UPLOAD,
+        False,
+        "",
     )
     assert not asset.HasField("duration_seconds")
     assert read == asset == await _get(stub, asset.id)
@@ -131,7 +138,9 @@ async def test_a_read_past_the_end_is_clipped_and_one_outside_is_refused(
 
     assert tail == data[-5:]
     assert await _failure(_read(stub, asset.id, offset=len(data))) == (
-        grpc.StatusCode.INVALID_ARGUMENT, "RANGE_NOT_SATISFIABLE", {"param": "range"},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "RANGE_NOT_SATISFIABLE",
+        {"param": "range"},
     )
 
 
@@ -190,10 +199,14 @@ async def test_an_upload_must_open_with_its_header_only(
         yield assets_pb2.UploadAssetRequest(header=assets_pb2.UploadHeader(account_id=ACCOUNT))
 
     assert await _failure(stub.UploadAsset(chunk_first())) == (
-        grpc.StatusCode.INVALID_ARGUMENT, "PARAMETER_MISSING", {"param": "header"},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "PARAMETER_MISSING",
+        {"param": "header"},
     )
     assert await _failure(stub.UploadAsset(two_headers())) == (
-        grpc.StatusCode.INVALID_ARGUMENT, "PARAMETER_INVALID", {"param": "header"},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "PARAMETER_INVALID",
+        {"param": "header"},
     )
     assert files_under(blob_dir) == []
 
@@ -206,10 +219,14 @@ async def test_generated_audio_is_accepted_and_uploaded_audio_is_not_yet(stub: S
     failure = await _failure(_upload(stub, data, content_type="audio/wav"))
 
     assert (asset.kind, asset.content_type, asset.size_bytes) == (
-        assets_pb2.ASSET_KIND_AUDIO, "audio/wav", len(data),
+        assets_pb2.ASSET_KIND_AUDIO,
+        "audio/wav",
+        len(data),
     )
     assert (asset.origin, asset.job_id, asset.livemode) == (
-        assets_pb2.ASSET_ORIGIN_GENERATED, "job_1", True,
+        assets_pb2.ASSET_ORIGIN_GENERATED,
+        "job_1",
+        True,
     )
     assert not asset.HasField("width")
     assert (await _read(stub, asset.id))[1] == data
@@ -309,7 +326,9 @@ async def test_a_url_lifetime_outside_a_minute_to_a_day_is_refused(
     asset = await _upload(stub, encode_image("PNG"))
 
     assert await _failure(_sign(stub, asset.id, expires_in)) == (
-        grpc.StatusCode.INVALID_ARGUMENT, "PARAMETER_INVALID", {"param": "expires_in"},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "PARAMETER_INVALID",
+        {"param": "expires_in"},
     )
 
 
@@ -324,10 +343,14 @@ async def test_tampered_expired_and_deleted_urls_are_refused(
     expired = domain.signed_query(key, asset.id, expires - 3600)
 
     assert await _failure(_verify(stub, asset.id, tampered)) == (
-        grpc.StatusCode.PERMISSION_DENIED, "URL_SIGNATURE_INVALID", {},
+        grpc.StatusCode.PERMISSION_DENIED,
+        "URL_SIGNATURE_INVALID",
+        {},
     )
     assert await _failure(_verify(stub, asset.id, expired)) == (
-        grpc.StatusCode.FAILED_PRECONDITION, "URL_EXPIRED", {},
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "URL_EXPIRED",
+        {},
     )
     await _delete(stub, asset.id)
     assert await _failure(_verify(stub, asset.id, signed.query)) == NOT_FOUND

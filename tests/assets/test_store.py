@@ -14,15 +14,21 @@ from magicpixels.services.assets.domain import Content, Origin
 KEY = "ab" * 32
 NOW = datetime(2026, 11, 24, 6, 19, 12, 123000, tzinfo=UTC)
 PLAN = domain.plan_upload(
-    account_id="acct_owner", livemode=True, content_type="image/webp", origin=Origin.UPLOAD,
-    job_id="", declared_size=None,
+    account_id="acct_owner",
+    livemode=True,
+    content_type="image/webp",
+    origin=Origin.UPLOAD,
+    job_id="",
+    declared_size=None,
 )
 
 
 @pytest.fixture
 async def connection(database: Any, mesh: Mesh) -> AsyncIterator[AsyncConnection]:
     engine = await open_database(
-        mesh.settings, database.settings(AssetsSettings), "assets",
+        mesh.settings,
+        database.settings(AssetsSettings),
+        "assets",
         "magicpixels.services.assets.migrations",
     )
     async with engine.begin() as connection:

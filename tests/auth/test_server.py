@@ -59,7 +59,7 @@ async def test_create_account_returns_a_live_token_with_every_scope(auth: Any) -
         created.account.id,
     )
     assert list(key.scopes) == list(domain.SCOPES)
-    assert key.prefix == f"mp_live_{key.id[4:8]}..."
+    assert key.prefix == f"mp_live_{key.id[4:18]}..."
     assert created.token.startswith(key.prefix.removesuffix("..."))
     assert not key.HasField("revoke_time")
 

@@ -216,11 +216,6 @@ def test_required_values() -> None:
         assert caught.value.reason == reason
 
 
-@pytest.mark.parametrize(("requested", "size"), [(0, 20), (7, 7), (100, 100), (101, 100)])
-def test_page_size_defaults_to_20_and_is_capped_at_100(requested: int, size: int) -> None:
-    assert domain.page_size(requested) == size
-
-
 def test_a_subscription_period_refills_the_plans_credits_once() -> None:
     plan = domain.plan_of("starter")
     period = domain.next_period("acct_1", plan, NOW)

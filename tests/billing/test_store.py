@@ -3,32 +3,13 @@ from typing import Any
 
 import grpc
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from sqlalchemy import Connection
 
 from magicpixels.billing.v1 import billing_pb2
-from magicpixels.core.db import migrate
 from magicpixels.core.errors import remote_error
 from magicpixels.core.timestamps import utcnow
 from magicpixels.services.billing import domain, store
 from magicpixels.services.billing.domain import HoldState
 from tests.billing.conftest import Books
-from tests.conftest import Database
-
-
-def differences(connection: Connection) -> list[object]:
-    return compare_metadata(MigrationContext.configure(connection), store.metadata)
-
-
-async def test_the_migrations_create_exactly_the_tables_of_the_store(
-    database: Database, books: Books
-) -> None:
-    await migrate(books.engine, "magicpixels.services.billing.migrations", schema=database.schema)
-    async with books.engine.connect() as connection:
-        found = await connection.run_sync(differences)
-
-    assert found == []
 
 
 async def test_expire_holds_returns_the_credits_of_overdue_holds(

@@ -12,16 +12,23 @@ GENERATED = ROOT / "src" / "magicpixels"
 def test_buf_lint_passes() -> None:
     result = subprocess.run(
         [ROOT / "node_modules" / ".bin" / "buf", "lint"],
-        cwd=ROOT / "protos", capture_output=True, text=True, check=False,
+        cwd=ROOT / "protos",
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, ROOT / "scripts" / "gen_protos.py", "--out", tmp_path], check=True)
+    subprocess.run(
+        [sys.executable, ROOT / "scripts" / "gen_protos.py", "--out", tmp_path], check=True
+    )
     fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     assert fresh, "generation produced nothing"
-    stale = [str(p) for p in fresh if not filecmp.cmp(tmp_path / p, ROOT / "src" / p, shallow=False)]
+    stale = [
+        str(p) for p in fresh if not filecmp.cmp(tmp_path / p, ROOT / "src" / p, shallow=False)
+    ]
     assert not stale, f"run `python scripts/gen_protos.py`: stale {stale}"
     for proto_package in {p.parts[1] for p in fresh}:
         committed = {

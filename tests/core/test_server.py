@@ -63,7 +63,9 @@ async def test_domain_error_becomes_status_with_reason(probe: Any) -> None:
         await call(server, "req_missing")
     error = remote_error(raised.value)
     assert (error.code, error.reason, error.message) == (
-        grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND", "no such model"
+        grpc.StatusCode.NOT_FOUND,
+        "MODEL_NOT_FOUND",
+        "no such model",
     )
 
 

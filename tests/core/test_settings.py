@@ -8,14 +8,21 @@ from magicpixels.core import settings
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "CONFIGURATION.md"
 CLASSES = (
-    settings.MeshSettings, settings.AuthSettings, settings.BillingSettings, settings.AssetsSettings,
-    settings.JobsSettings, settings.InferenceSettings, settings.GatewaySettings,
+    settings.MeshSettings,
+    settings.AuthSettings,
+    settings.BillingSettings,
+    settings.AssetsSettings,
+    settings.JobsSettings,
+    settings.InferenceSettings,
+    settings.GatewaySettings,
 )
 
 
 def test_every_setting_is_documented_and_nothing_else() -> None:
     names = {
-        f"{cls.model_config['env_prefix']}{field.upper()}" for cls in CLASSES for field in cls.model_fields
+        f"{cls.model_config['env_prefix']}{field.upper()}"
+        for cls in CLASSES
+        for field in cls.model_fields
     }
     documented = set(re.findall(r"^\| `(MP_[A-Z_]+)`", DOCS.read_text(), flags=re.MULTILINE))
     assert documented == names
@@ -25,7 +32,8 @@ async def test_concurrent_first_use_creates_one_secret(tmp_path: Path) -> None:
     values = await asyncio.gather(
         *(asyncio.to_thread(settings.load_or_create_secret, tmp_path, "pepper") for _ in range(16))
     )
-    assert len(set(values)) == 1 and len(values[0]) >= 40
+    assert len(set(values)) == 1
+    assert len(values[0]) >= 40
     secret_file = tmp_path / "secrets" / "pepper"
     assert secret_file.stat().st_mode & 0o777 == 0o600
     assert sorted(p.name for p in secret_file.parent.iterdir()) == ["pepper"]

@@ -9,7 +9,9 @@ from magicpixels.gateway.errors import from_rpc_error
 
 def rpc_error(status: grpc.Status) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(
-        status.code, grpc.aio.Metadata(), grpc.aio.Metadata(*status.trailing_metadata),
+        status.code,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(*status.trailing_metadata),
         details=status.details,
     )
 
@@ -17,18 +19,50 @@ def rpc_error(status: grpc.Status) -> grpc.aio.AioRpcError:
 @pytest.mark.parametrize(
     ("error", "status", "error_type", "code"),
     [
-        (InvalidArgument("PARAMETER_INVALID", "width must be..."), 400, "invalid_request_error", "parameter_invalid"),
-        (FailedPrecondition("INSUFFICIENT_CREDITS", "needs 1"), 402, "billing_error", "insufficient_credits"),
+        (
+            InvalidArgument("PARAMETER_INVALID", "width must be..."),
+            400,
+            "invalid_request_error",
+            "parameter_invalid",
+        ),
+        (
+            FailedPrecondition("INSUFFICIENT_CREDITS", "needs 1"),
+            402,
+            "billing_error",
+            "insufficient_credits",
+        ),
         (NotFound("JOB_NOT_FOUND", "no job"), 404, "not_found_error", "job_not_found"),
-        (FailedPrecondition("JOB_NOT_CANCELABLE", "done"), 409, "conflict_error", "job_not_cancelable"),
-        (InvalidArgument("PAYLOAD_TOO_LARGE", "big"), 413, "invalid_request_error", "payload_too_large"),
-        (FailedPrecondition("UNSUPPORTED_MEDIA_TYPE", "gif"), 415, "invalid_request_error", "unsupported_media_type"),
+        (
+            FailedPrecondition("JOB_NOT_CANCELABLE", "done"),
+            409,
+            "conflict_error",
+            "job_not_cancelable",
+        ),
+        (
+            InvalidArgument("PAYLOAD_TOO_LARGE", "big"),
+            413,
+            "invalid_request_error",
+            "payload_too_large",
+        ),
+        (
+            FailedPrecondition("UNSUPPORTED_MEDIA_TYPE", "gif"),
+            415,
+            "invalid_request_error",
+            "unsupported_media_type",
+        ),
         (FailedPrecondition("URL_EXPIRED", "old"), 410, "permission_error", "url_expired"),
     ],
 )
-def test_reason_decides_status_and_code(error: DomainError, status: int, error_type: str, code: str) -> None:
+def test_reason_decides_status_and_code(
+    error: DomainError, status: int, error_type: str, code: str
+) -> None:
     mapped = from_rpc_error(rpc_error(error.to_status()))
-    assert (mapped.status, mapped.type, mapped.code, mapped.message) == (status, error_type, code, error.message)
+    assert (mapped.status, mapped.type, mapped.code, mapped.message) == (
+        status,
+        error_type,
+        code,
+        error.message,
+    )
 
 
 def test_param_travels_from_error_info() -> None:
@@ -38,12 +72,20 @@ def test_param_travels_from_error_info() -> None:
 
 @pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED])
 def test_unavailable_is_503_with_retry_after(code: grpc.StatusCode) -> None:
-    mapped = from_rpc_error(grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), "down"))
-    assert (mapped.status, mapped.code, mapped.retry_after) == (503, "service_unavailable", 1)
+    mapped = from_rpc_error(
+        grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), "down")
+    )
+    assert (mapped.status, mapped.code, mapped.headers) == (
+        503,
+        "service_unavailable",
+        {"Retry-After": "1"},
+    )
 
 
 def test_a_status_without_reason_is_internal_and_says_nothing_more() -> None:
-    raw = grpc.aio.AioRpcError(grpc.StatusCode.UNKNOWN, grpc.aio.Metadata(), grpc.aio.Metadata(), "Traceback...")
+    raw = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNKNOWN, grpc.aio.Metadata(), grpc.aio.Metadata(), "Traceback..."
+    )
     mapped = from_rpc_error(raw)
     assert (mapped.status, mapped.code) == (500, "internal_error")
     assert "Traceback" not in mapped.message

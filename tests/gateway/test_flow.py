@@ -3,52 +3,21 @@ client would, on SQLite and on PostgreSQL."""
 
 import asyncio
 import io
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
-import pytest
 from PIL import Image
 
 from magicpixels import cli
-from magicpixels.core.settings import GatewaySettings, MeshSettings
-from magicpixels.mesh import RunningMesh, start_mesh
-
-from tests.support import Database, mesh_databases
-
-API_EXAMPLE = {"mode": "text_to_image", "prompt": "Editorial product photo on brushed steel"}
-
-
-@pytest.fixture
-async def running_mesh(database: Database, tmp_path: Path) -> AsyncIterator[RunningMesh]:
-    data_dir = tmp_path / "mesh"
-    settings = MeshSettings(data_dir=data_dir)
-    running = await start_mesh(
-        settings, GatewaySettings(port=0), service_settings=mesh_databases(database, data_dir)
-    )
-    yield running
-    await running.stop()
-
-
-@pytest.fixture
-async def client(running_mesh: RunningMesh) -> AsyncIterator[httpx.AsyncClient]:
-    assert running_mesh.gateway is not None
-    base_url = running_mesh.gateway.config.host, running_mesh.gateway.servers[0].sockets[0].getsockname()[1]
-    async with httpx.AsyncClient(base_url=f"http://{base_url[0]}:{base_url[1]}", timeout=30) as http:
-        yield http
-
-
-async def sign_up(client: httpx.AsyncClient) -> tuple[str, str]:
-    response = await client.post("/v1/accounts", json={"email": "ada@example.com", "name": "Ada"})
-    assert response.status_code == 201, response.text
-    body = response.json()
-    assert body["account"]["credits"] == {"available": 0, "reserved": 0}
-    return body["account"]["id"], body["api_key"]["token"]
+from magicpixels.mesh import RunningMesh
+from tests.gateway.conftest import API_EXAMPLE, sign_up
+from tests.support import eventually
 
 
 async def wait_until_done(client: httpx.AsyncClient, job_id: str, token: str) -> dict:
     for _ in range(300):
-        response = await client.get(f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"})
+        response = await client.get(
+            f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"}
+        )
         assert response.status_code == 200, response.text
         job = response.json()
         if job["status"] in ("completed", "failed", "canceled"):
@@ -57,12 +26,27 @@ async def wait_until_done(client: httpx.AsyncClient, job_id: str, token: str) ->
     raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
+async def settled_credits(client: httpx.AsyncClient, token: str) -> dict:
+    """The account's credits once no hold is left: a finished job's hold settles just after."""
+    credits: dict = {}
+
+    async def settled() -> bool:
+        response = await client.get("/v1/account", headers={"Authorization": f"Bearer {token}"})
+        credits.update(response.json()["credits"])
+        return credits["reserved"] == 0
+
+    await eventually(settled)
+    return credits
+
+
 async def test_signup_grant_generate_download(
     client: httpx.AsyncClient, running_mesh: RunningMesh
 ) -> None:
     account_id, token = await sign_up(client)
     data_dir = str(running_mesh.mesh.settings.data_dir)
-    await asyncio.to_thread(cli.main, ["admin", "grant-credits", account_id, "5", "--data-dir", data_dir])
+    await asyncio.to_thread(
+        cli.main, ["admin", "grant-credits", account_id, "5", "--data-dir", data_dir]
+    )
     auth = {"Authorization": f"Bearer {token}"}
 
     created = await client.post("/v1/jobs", json=API_EXAMPLE, headers=auth)
@@ -85,13 +69,14 @@ async def test_signup_grant_generate_download(
     owned = await client.get(f"/v1/assets/{result['asset_id']}/content", headers=auth)
     assert owned.content == signed.content
 
-    account = await client.get("/v1/account", headers=auth)
-    assert account.json()["credits"] == {"available": 4, "reserved": 0}
+    assert await settled_credits(client, token) == {"available": 4, "reserved": 0}
 
 
 async def test_a_job_the_account_cannot_pay_for_is_refused(client: httpx.AsyncClient) -> None:
     _, token = await sign_up(client)
-    response = await client.post("/v1/jobs", json=API_EXAMPLE, headers={"Authorization": f"Bearer {token}"})
+    response = await client.post(
+        "/v1/jobs", json=API_EXAMPLE, headers={"Authorization": f"Bearer {token}"}
+    )
     assert response.status_code == 402
     assert response.json()["error"]["code"] == "insufficient_credits"
 
@@ -111,12 +96,52 @@ async def test_invalid_json_is_400_in_the_error_shape(client: httpx.AsyncClient)
     response = await client.post(
         "/v1/jobs",
         content=b'{"mode": "text_to_image", "prompt": ',
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json",
-                 "X-Request-Id": "client-chosen-id"},
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "X-Request-Id": "client-chosen-id",
+        },
     )
     assert response.status_code == 400
-    assert response.json() == {"error": {
-        "type": "invalid_request_error", "code": "json_invalid",
-        "message": "The body is not valid JSON.", "request_id": "client-chosen-id",
-    }}
+    assert response.json() == {
+        "error": {
+            "type": "invalid_request_error",
+            "code": "json_invalid",
+            "message": "The body is not valid JSON.",
+            "request_id": "client-chosen-id",
+        }
+    }
     assert response.headers["x-request-id"] == "client-chosen-id"
+
+
+async def test_idempotency_key_replays_the_job_and_charges_once(
+    client: httpx.AsyncClient, running_mesh: RunningMesh
+) -> None:
+    account_id, token = await sign_up(client)
+    data_dir = str(running_mesh.mesh.settings.data_dir)
+    await asyncio.to_thread(
+        cli.main, ["admin", "grant-credits", account_id, "5", "--data-dir", data_dir]
+    )
+    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": "order-42"}
+    first = await client.post("/v1/jobs", json=API_EXAMPLE, headers=headers)
+    again = await client.post("/v1/jobs", json=API_EXAMPLE, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.json()["id"] == first.json()["id"]
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true"
+    other_body = {**API_EXAMPLE, "prompt": "something else"}
+    reused = await client.post("/v1/jobs", json=other_body, headers=headers)
+    assert (reused.status_code, reused.json()["error"]["code"]) == (409, "idempotency_key_reused")
+    await wait_until_done(client, first.json()["id"], token)
+    assert await settled_credits(client, token) == {"available": 4, "reserved": 0}
+
+
+async def test_a_field_without_its_feature_yet_is_refused(client: httpx.AsyncClient) -> None:
+    _, token = await sign_up(client)
+    body = {**API_EXAMPLE, "webhook_url": "https://example.com/hook"}
+    response = await client.post(
+        "/v1/jobs", json=body, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("parameter_unsupported", "webhook_url")

@@ -43,7 +43,7 @@ def test_image_is_not_flat():
     assert pixels.std() > 20
 
 
-@pytest.mark.parametrize("width, height", [(64, 2048), (2048, 64), (1016, 72)])
+@pytest.mark.parametrize(("width", "height"), [(64, 2048), (2048, 64), (1016, 72)])
 def test_non_square_sizes(width, height):
     media = generate_image(
         prompt="ocean waves", width=width, height=height, seed=3, output_format="jpeg"
@@ -96,7 +96,7 @@ def test_different_seed_gives_different_bytes():
     assert first.data != second.data
 
 
-@pytest.mark.parametrize("output_format, pillow_format", [("jpeg", "JPEG"), ("webp", "WEBP")])
+@pytest.mark.parametrize(("output_format", "pillow_format"), [("jpeg", "JPEG"), ("webp", "WEBP")])
 def test_lossy_formats_decode(output_format, pillow_format):
     media = generate_image(
         prompt="emerald forest", width=320, height=240, seed=5, output_format=output_format
@@ -127,15 +127,16 @@ def test_progress_is_monotonic_and_ends_at_one(steps):
 
 @pytest.mark.parametrize("output_format", ["gif", "PNG", "jpg", ""])
 def test_unknown_format_is_rejected(output_format):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unsupported image format"):
         generate_image(prompt="x", width=64, height=64, seed=1, output_format=output_format)
 
 
 @pytest.mark.parametrize(
-    "width, height", [(56, 64), (64, 2056), (100, 64), (64, 0), (-64, 64), (64.0, 64), (True, 64)]
+    ("width", "height"),
+    [(56, 64), (64, 2056), (100, 64), (64, 0), (-64, 64), (64.0, 64), (True, 64)],
 )
 def test_invalid_size_is_rejected(width, height):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be a multiple of"):
         generate_image(prompt="x", width=width, height=height, seed=1)
 
 

@@ -1,126 +1,149 @@
-"""Fixtures of the jobs tests: a billing test double on a real port and a running jobs service."""
+"""Fixtures of the jobs tests: the real billing service, on its own database, and a running jobs
+service that reaches it through the mesh."""
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any, cast
 
 import grpc
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
-from magicpixels.core.errors import FailedPrecondition, NotFound, remote_error
-from magicpixels.core.server import ServiceBinding, start_server
+from magicpixels.core.errors import remote_error
 from magicpixels.core.service import Mesh, open_database
-from magicpixels.core.settings import JobsSettings, write_address
+from magicpixels.core.settings import BillingSettings, JobsSettings
 from magicpixels.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+from magicpixels.services.billing.server import BillingService
 from magicpixels.services.jobs.server import JobsService
-
 from tests.conftest import Database, channel_to, serving
+from tests.support import PATIENCE_SECONDS, eventually, mesh_databases
 
-PRICES = {"text_to_image": 1, "image_to_image": 1}
 ACCOUNT = "acct_test"
+# How long a test waits for something the mesh does on its own: reconnecting, reconciling.
 
 
-class BillingDouble(billing_pb2_grpc.BillingServiceServicer):
-    """A TEST DOUBLE of the billing contract (protos/magicpixels/billing/v1/billing.proto), held
-    in dicts: Quote, Reserve, Capture and Release only.
+class Billing:
+    """The real billing service of a test, which the test may stop and start again.
 
-    Reserve holds the price or refuses with FAILED_PRECONDITION / INSUFFICIENT_CREDITS; test-mode
-    holds cost nothing; the three hold calls are idempotent by reference, and resolving a hold
-    the other way is refused with HOLD_ALREADY_RESOLVED. `captured` and `released` list each hold
-    once, when it is actually resolved, so a repeated call shows as nothing new. To be replaced by
-    the real billing service in the integration tests.
+    It starts again on the same port and database, so the jobs service's channel to billing,
+    cached by the mesh, reaches it again and finds the holds it left.
     """
 
-    def __init__(self) -> None:
-        self.available: dict[str, int] = {}
-        self.holds: dict[str, billing_pb2.Hold] = {}
-        self.captured: list[str] = []
-        self.released: list[str] = []
-        self.fail_next_with: grpc.StatusCode | None = None
+    def __init__(self, mesh: Mesh, settings: BillingSettings) -> None:
+        self._mesh = mesh
+        self._settings = settings
+        self._running: AsyncExitStack | None = None
+        self.stub: billing_pb2_grpc.BillingServiceStub
 
-    def grant(self, account_id: str, credits: int) -> None:
-        self.available[account_id] = self.available.get(account_id, 0) + credits
+    async def start(self) -> None:
+        running = AsyncExitStack()
+        service = BillingService(self._mesh, self._settings)
+        server = await running.enter_async_context(serving(service, self._mesh))
+        channel = channel_to(server, self._mesh)
+        running.push_async_callback(channel.close)
+        self._settings = self._settings.model_copy(update={"port": server.port})
+        self.stub = billing_pb2_grpc.BillingServiceStub(channel)
+        self._running = running
 
-    async def Quote(
-        self, request: billing_pb2.QuoteRequest, context: Any
-    ) -> billing_pb2.QuoteResponse:
-        cost = self._price(request.usage, request.livemode)
-        available = self.available.get(request.account_id, 0)
-        return billing_pb2.QuoteResponse(
-            cost_credits=cost, available_credits=available, sufficient=available >= cost
-        )
+    async def stop(self) -> None:
+        """Stops the server: calls on a channel already open to billing fail with UNAVAILABLE."""
+        if self._running is not None:
+            running, self._running = self._running, None
+            await running.aclose()
 
-    async def Reserve(self, request: billing_pb2.ReserveRequest, context: Any) -> billing_pb2.Hold:
-        await self._maybe_fail(context)
-        if request.reference in self.holds:
-            return self.holds[request.reference]
-        amount = self._price(request.usage, request.livemode)
-        if self.available.get(request.account_id, 0) < amount:
-            raise FailedPrecondition("INSUFFICIENT_CREDITS", f"the job costs {amount} credits")
-        self.available[request.account_id] = self.available.get(request.account_id, 0) - amount
-        hold = billing_pb2.Hold(
-            reference=request.reference,
-            account_id=request.account_id,
-            amount=amount,
-            state=billing_pb2.HOLD_STATE_HELD,
-            livemode=request.livemode,
-        )
-        self.holds[request.reference] = hold
-        return hold
+    async def restart(self) -> None:
+        """Starts billing again and waits until the mesh's channel to it is connected."""
+        await self.start()
+        await self._connected()
 
-    async def Capture(self, request: billing_pb2.CaptureRequest, context: Any) -> billing_pb2.Hold:
-        await self._maybe_fail(context)
-        hold = self._resolve(request.reference, billing_pb2.HOLD_STATE_CAPTURED)
-        if hold is not None:
-            hold.captured_amount = hold.amount
-            self.captured.append(request.reference)
-        return self.holds[request.reference]
+    @asynccontextmanager
+    async def hung(self) -> AsyncIterator[None]:
+        """Billing stopped and, on its port, a server that never answers: every call to billing
+        waits out its deadline. Billing stays stopped after the block."""
+        await self.stop()
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers([_NeverAnswers()])
+        server.add_insecure_port(f"{self._settings.host}:{self._settings.port}")
+        await server.start()
+        try:
+            await self._connected()
+            yield
+        finally:
+            await server.stop(None)
 
-    async def Release(self, request: billing_pb2.ReleaseRequest, context: Any) -> billing_pb2.Hold:
-        await self._maybe_fail(context)
-        hold = self._resolve(request.reference, billing_pb2.HOLD_STATE_RELEASED)
-        if hold is not None:
-            self.available[hold.account_id] += hold.amount
-            self.released.append(request.reference)
-        return self.holds[request.reference]
+    async def _connected(self) -> None:
+        ready = self._mesh.channel("billing").channel_ready()
+        await asyncio.wait_for(ready, PATIENCE_SECONDS)
 
-    def _resolve(self, reference: str, state: int) -> billing_pb2.Hold | None:
-        """The hold when this call resolves it; None when it already was resolved this way."""
-        hold = self.holds.get(reference)
-        if hold is None:
-            raise NotFound("HOLD_NOT_FOUND", f"no hold {reference}")
-        if hold.state == state:
-            return None
-        if hold.state != billing_pb2.HOLD_STATE_HELD:
-            raise FailedPrecondition("HOLD_ALREADY_RESOLVED", f"hold {reference} is resolved")
-        hold.state = state
-        return hold
+    async def grant(self, credits: int, account_id: str = ACCOUNT) -> None:
+        await self.stub.Grant(billing_pb2.GrantRequest(account_id=account_id, amount=credits))
 
-    def _price(self, usage: billing_pb2.Usage, livemode: bool) -> int:
-        return PRICES[usage.mode] if livemode else 0
+    async def balance(self, account_id: str = ACCOUNT) -> tuple[int, int]:
+        """The account's (available, reserved) credits."""
+        found = await self.stub.GetBalance(billing_pb2.GetBalanceRequest(account_id=account_id))
+        return found.available, found.reserved
 
-    async def _maybe_fail(self, context: grpc.aio.ServicerContext) -> None:
-        if self.fail_next_with is not None:
-            code, self.fail_next_with = self.fail_next_with, None
-            await context.abort(code, "billing is down")
+    async def references(self, kind: int, account_id: str = ACCOUNT) -> list[str]:
+        """The references of the account's ledger entries of this kind, one per entry, sorted."""
+        request = billing_pb2.ListLedgerEntriesRequest(account_id=account_id, page_size=100)
+        found: list[str] = []
+        while True:
+            page = await self.stub.ListLedgerEntries(request)
+            found += [entry.reference for entry in page.ledger_entries if entry.kind == kind]
+            if not page.next_page_token:
+                return sorted(found)
+            request.page_token = page.next_page_token
+
+    async def held(self, account_id: str = ACCOUNT) -> list[str]:
+        return await self.references(billing_pb2.LEDGER_ENTRY_KIND_HOLD, account_id)
+
+    async def settled(self, account_id: str = ACCOUNT) -> tuple[list[str], list[str]]:
+        """The references captured and those released, one per CAPTURE or RELEASE entry."""
+        captured = await self.references(billing_pb2.LEDGER_ENTRY_KIND_CAPTURE, account_id)
+        released = await self.references(billing_pb2.LEDGER_ENTRY_KIND_RELEASE, account_id)
+        return captured, released
+
+    async def settle_to(self, captured: list[str], released: list[str]) -> None:
+        """Waits until these holds were captured and those released, and no other was: ended
+        jobs are settled in the background."""
+        expected = (sorted(captured), sorted(released))
+
+        async def settled() -> bool:
+            return await self.settled() == expected
+
+        await eventually(settled)
+
+
+class _NeverAnswers(grpc.GenericRpcHandler):
+    """Takes every call and answers none."""
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(_never_answer)
+
+
+async def _never_answer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    never: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    return await never
 
 
 @pytest.fixture
-async def billing(mesh: Mesh) -> AsyncIterator[BillingDouble]:
-    double = BillingDouble()
-    binding = ServiceBinding(
-        billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
-        double,
-        billing_pb2_grpc.add_BillingServiceServicer_to_server,
-    )
-    server = await start_server(
-        [binding], host="127.0.0.1", port=0, service_token=mesh.settings.internal_token()
-    )
-    write_address(mesh.settings.data_dir, "billing", server.address)
-    yield double
-    await server.stop(0)
+def billing_settings(database: Database, tmp_path: Path) -> BillingSettings:
+    """Billing's own database: a SQLite file beside the jobs one, or a schema of its own."""
+    return cast(BillingSettings, mesh_databases(database, tmp_path)["billing"])
+
+
+@pytest.fixture
+async def billing(mesh: Mesh, billing_settings: BillingSettings) -> AsyncIterator[Billing]:
+    """The real billing service, started before jobs so that the mesh finds its address."""
+    running = Billing(mesh, billing_settings)
+    await running.start()
+    try:
+        yield running
+    finally:
+        await running.stop()
 
 
 def jobs_settings(database: Database, **overrides: Any) -> JobsSettings:
@@ -144,7 +167,7 @@ async def jobs_server(
 
 @pytest.fixture
 async def jobs(
-    mesh: Mesh, database: Database, billing: BillingDouble
+    mesh: Mesh, database: Database, billing: Billing
 ) -> AsyncIterator[jobs_pb2_grpc.JobsServiceStub]:
     """The jobs service, with long leases so that only the expiry tests see one expire."""
     async with jobs_server(mesh, jobs_settings(database)) as stub:

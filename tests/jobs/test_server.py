@@ -6,15 +6,17 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from magicpixels.billing.v1 import billing_pb2
+from magicpixels.core.errors import remote_error
 from magicpixels.core.service import Mesh
 from magicpixels.jobs.v1 import jobs_pb2, jobs_pb2_grpc
-
+from magicpixels.services.jobs import store
 from tests.conftest import Database
 from tests.jobs.conftest import (
     ACCOUNT,
-    BillingDouble,
+    Billing,
     jobs_server,
     jobs_settings,
     reason_of,
@@ -26,6 +28,8 @@ RESULT = jobs_pb2.JobResult(
     asset_id="asset_result", content_type="image/png", width=1024, height=1024
 )
 LEASE_LOST = (grpc.StatusCode.FAILED_PRECONDITION, "LEASE_LOST")
+KEY = "create-lighthouse-1"
+KEY_IN_USE = (grpc.StatusCode.ABORTED, "IDEMPOTENCY_KEY_IN_USE")
 
 
 async def create(
@@ -35,6 +39,19 @@ async def create(
     return await jobs.CreateJob(
         jobs_pb2.CreateJobRequest(account_id=account_id, livemode=livemode, spec=spec)
     )
+
+
+async def create_with_key(
+    jobs: Stub, key: str = KEY, account_id: str = ACCOUNT, livemode: bool = True, **fields: Any
+) -> tuple[jobs_pb2.Job, bool]:
+    """Creates a job with an Idempotency-Key: the job answered, and whether it was replayed."""
+    request = jobs_pb2.CreateJobRequest(
+        account_id=account_id, livemode=livemode, spec=text_to_image(**fields), idempotency_key=key
+    )
+    call = jobs.CreateJob(request)
+    job = await call
+    trailing = await call.trailing_metadata()
+    return job, trailing.get("idempotent-replayed") == "true"
 
 
 async def lease(jobs: Stub, wait: float = 0.0, **call: Any) -> jobs_pb2.LeaseJobResponse:
@@ -54,21 +71,26 @@ async def progress(
     )
 
 
-async def complete(jobs: Stub, job_id: str, token: int) -> jobs_pb2.Job:
+async def complete(
+    jobs: Stub, job_id: str, token: int, result: jobs_pb2.JobResult = RESULT, **call: Any
+) -> jobs_pb2.Job:
     return await jobs.CompleteJob(
-        jobs_pb2.CompleteJobRequest(job_id=job_id, lease_token=token, result=RESULT)
+        jobs_pb2.CompleteJobRequest(job_id=job_id, lease_token=token, result=result), **call
     )
 
 
-async def fail(jobs: Stub, job_id: str, token: int, *, retryable: bool) -> jobs_pb2.Job:
+async def fail(
+    jobs: Stub, job_id: str, token: int, *, retryable: bool, **call: Any
+) -> jobs_pb2.Job:
     error = jobs_pb2.JobError(code="backend_error", message="the backend crashed")
-    return await jobs.FailJob(
-        jobs_pb2.FailJobRequest(job_id=job_id, lease_token=token, error=error, retryable=retryable)
+    request = jobs_pb2.FailJobRequest(
+        job_id=job_id, lease_token=token, error=error, retryable=retryable
     )
+    return await jobs.FailJob(request, **call)
 
 
-async def cancel(jobs: Stub, job_id: str, account_id: str = ACCOUNT) -> jobs_pb2.Job:
-    return await jobs.CancelJob(jobs_pb2.CancelJobRequest(id=job_id, account_id=account_id))
+async def cancel(jobs: Stub, job_id: str, account_id: str = ACCOUNT, **call: Any) -> jobs_pb2.Job:
+    return await jobs.CancelJob(jobs_pb2.CancelJobRequest(id=job_id, account_id=account_id), **call)
 
 
 async def get(jobs: Stub, job_id: str, account_id: str = ACCOUNT) -> jobs_pb2.Job:
@@ -86,28 +108,39 @@ async def refusal(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:
     return caught.value.code(), reason_of(caught.value)
 
 
-async def test_create_holds_the_price_and_queues_the_job(
-    jobs: Stub, billing: BillingDouble
-) -> None:
-    billing.grant(ACCOUNT, 5)
+async def events_of(engine: AsyncEngine, job_id: str) -> list[str]:
+    """The states of the job's status events, oldest first."""
+    query = (
+        select(store.job_events.c.state)
+        .where(store.job_events.c.job_id == job_id)
+        .order_by(store.job_events.c.id)
+    )
+    async with engine.connect() as connection:
+        return list((await connection.scalars(query)).all())
 
-    job = await create(jobs, metadata={"order": "42"}, deadline_seconds=600)
+
+async def test_create_holds_the_price_and_queues_the_job(jobs: Stub, billing: Billing) -> None:
+    await billing.grant(5)
+
+    job = await create(jobs, metadata={"order": "42"})
 
     assert job.state == jobs_pb2.JOB_STATE_QUEUED
     assert (job.cost_credits, job.attempts, job.progress) == (1, 0, 0.0)
-    assert job.HasField("queue_position") and job.queue_position == 0
+    assert job.HasField("queue_position")
+    assert job.queue_position == 0
     assert (job.spec.width, job.spec.height, job.spec.output_format) == (1024, 1024, "png")
-    assert job.spec.HasField("seed") and dict(job.spec.metadata) == {"order": "42"}
-    assert job.HasField("create_time") and not job.HasField("start_time")
-    deadline = job.deadline_time.ToDatetime() - job.create_time.ToDatetime()
-    assert deadline == timedelta(seconds=600)
-    assert billing.holds[job.id].state == billing_pb2.HOLD_STATE_HELD
-    assert billing.available[ACCOUNT] == 4
+    assert job.spec.HasField("seed")
+    assert dict(job.spec.metadata) == {"order": "42"}
+    assert job.HasField("create_time")
+    assert not job.HasField("start_time")
+    assert not job.HasField("deadline_time")
+    assert await billing.held() == [job.id]
+    assert await billing.balance() == (4, 1)
     assert await get(jobs, job.id) == job
 
 
-async def test_queue_position_counts_the_jobs_ahead(jobs: Stub, billing: BillingDouble) -> None:
-    billing.grant(ACCOUNT, 3)
+async def test_queue_position_counts_the_jobs_ahead(jobs: Stub, billing: Billing) -> None:
+    await billing.grant(3)
     created = [await create(jobs) for _ in range(3)]
 
     positions = [(await get(jobs, job.id)).queue_position for job in created]
@@ -115,32 +148,62 @@ async def test_queue_position_counts_the_jobs_ahead(jobs: Stub, billing: Billing
     assert positions == [0, 1, 2]
 
 
-async def test_test_mode_jobs_cost_nothing(jobs: Stub, billing: BillingDouble) -> None:
+async def test_test_mode_jobs_cost_nothing(jobs: Stub, billing: Billing) -> None:
     job = await create(jobs, livemode=False)
 
     assert (job.state, job.cost_credits, job.livemode) == (jobs_pb2.JOB_STATE_QUEUED, 0, False)
+    assert await billing.held() == []
 
 
 async def test_insufficient_credits_pass_through_and_the_job_stays_invisible(
-    jobs: Stub, billing: BillingDouble
+    jobs: Stub, billing: Billing
 ) -> None:
     refused = await refusal(create(jobs))
 
     assert refused == (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_CREDITS")
+    assert await billing.held() == []
     assert await listed(jobs) == []
     assert not (await lease(jobs)).HasField("lease")
 
 
-async def test_an_invalid_spec_holds_nothing(jobs: Stub, billing: BillingDouble) -> None:
-    billing.grant(ACCOUNT, 5)
+async def test_an_invalid_spec_holds_nothing(jobs: Stub, billing: Billing) -> None:
+    await billing.grant(5)
 
     refused = await refusal(create(jobs, width=1001))
 
     assert refused == (grpc.StatusCode.INVALID_ARGUMENT, "PARAMETER_INVALID")
-    assert billing.holds == {}
+    assert await billing.held() == []
+    assert await billing.balance() == (5, 0)
 
 
-async def test_other_modes_are_not_available_yet(jobs: Stub, billing: BillingDouble) -> None:
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({"webhook_url": "https://example.com/hooks"}, id="webhook_url"),
+        pytest.param({"deadline_seconds": 600}, id="deadline_seconds"),
+    ],
+)
+async def test_fields_without_their_feature_yet_are_refused(
+    jobs: Stub, billing: Billing, fields: dict[str, int | str]
+) -> None:
+    await billing.grant(5)
+    request = jobs_pb2.CreateJobRequest(
+        account_id=ACCOUNT, livemode=True, spec=text_to_image(**fields)
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await jobs.CreateJob(request)
+
+    [field] = fields
+    assert (caught.value.code(), reason_of(caught.value)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "PARAMETER_UNSUPPORTED",
+    )
+    assert caught.value.details() == f"{field} is not supported yet"
+    assert await billing.held() == []
+
+
+async def test_other_modes_are_not_available_yet(jobs: Stub, billing: Billing) -> None:
     spec = jobs_pb2.JobSpec(mode=jobs_pb2.JOB_MODE_IMAGE_TO_IMAGE, prompt="p")
     request = jobs_pb2.CreateJobRequest(account_id=ACCOUNT, livemode=True, spec=spec)
 
@@ -151,10 +214,8 @@ async def test_other_modes_are_not_available_yet(jobs: Stub, billing: BillingDou
     assert caught.value.details() == "image_to_image is not available yet"
 
 
-async def test_quote_validates_and_prices_without_holding(
-    jobs: Stub, billing: BillingDouble
-) -> None:
-    billing.grant(ACCOUNT, 5)
+async def test_quote_validates_and_prices_without_holding(jobs: Stub, billing: Billing) -> None:
+    await billing.grant(5)
     request = jobs_pb2.QuoteJobRequest(account_id=ACCOUNT, livemode=True, spec=text_to_image())
 
     quote = await jobs.QuoteJob(request)
@@ -164,11 +225,12 @@ async def test_quote_validates_and_prices_without_holding(
     assert quote.mode == jobs_pb2.JOB_MODE_TEXT_TO_IMAGE
     assert (quote.cost_credits, quote.available_credits, quote.sufficient) == (1, 5, True)
     assert refused == (grpc.StatusCode.INVALID_ARGUMENT, "PARAMETER_INVALID")
-    assert billing.holds == {}
+    assert await billing.held() == []
+    assert await billing.balance() == (5, 0)
 
 
-async def test_a_waiting_lease_is_woken_by_a_new_job(jobs: Stub, billing: BillingDouble) -> None:
-    billing.grant(ACCOUNT, 1)
+async def test_a_waiting_lease_is_woken_by_a_new_job(jobs: Stub, billing: Billing) -> None:
+    await billing.grant(1)
     waiting = asyncio.create_task(lease(jobs, wait=20, timeout=30))
     await asyncio.sleep(0.2)  # lets the lease find the queue empty and start waiting
 
@@ -180,39 +242,78 @@ async def test_a_waiting_lease_is_woken_by_a_new_job(jobs: Stub, billing: Billin
     assert leased.lease.job.state == jobs_pb2.JOB_STATE_RUNNING
 
 
-async def test_a_lease_without_work_answers_no_lease(jobs: Stub, billing: BillingDouble) -> None:
+async def test_a_lease_without_work_answers_no_lease(jobs: Stub, billing: Billing) -> None:
     response = await lease(jobs, wait=0.2)
 
     assert not response.HasField("lease")
 
 
-async def test_lease_progress_and_completion_capture_once(
-    jobs: Stub, billing: BillingDouble
-) -> None:
-    billing.grant(ACCOUNT, 1)
+async def test_lease_progress_and_completion_capture_once(jobs: Stub, billing: Billing) -> None:
+    await billing.grant(1)
     job = await create(jobs)
 
     held = (await lease(jobs)).lease
     heartbeat = await progress(jobs, job.id, held.token, 0.5)
     running = await get(jobs, job.id)
     completed = await complete(jobs, job.id, held.token)
-    again = await refusal(complete(jobs, job.id, held.token))
 
     assert (held.job.attempts, held.job.HasField("queue_position")) == (1, False)
-    assert not heartbeat.canceled and heartbeat.HasField("lease_expire_time")
+    assert not heartbeat.canceled
+    assert heartbeat.HasField("lease_expire_time")
     assert (running.state, running.progress) == (jobs_pb2.JOB_STATE_RUNNING, 0.5)
     assert (completed.state, completed.progress) == (jobs_pb2.JOB_STATE_COMPLETED, 1.0)
     assert completed.result == RESULT
-    assert completed.HasField("start_time") and completed.HasField("complete_time")
-    assert again == LEASE_LOST
-    assert (billing.captured, billing.released) == ([job.id], [])
-    assert billing.available[ACCOUNT] == 0
+    assert completed.HasField("start_time")
+    assert completed.HasField("complete_time")
+    await billing.settle_to([job.id], [])
+    assert await billing.balance() == (0, 0)
+
+
+async def test_a_repeated_completion_answers_the_job_and_changes_nothing(
+    jobs: Stub, billing: Billing, engine: AsyncEngine
+) -> None:
+    await billing.grant(1)
+    job = await create(jobs)
+    held = (await lease(jobs)).lease
+    completed = await complete(jobs, job.id, held.token)
+
+    # The worker did not get the answer and completes again, as it did.
+    again = await complete(jobs, job.id, held.token)
+    other_result = jobs_pb2.JobResult(asset_id="asset_other", content_type="image/png")
+    different = await refusal(complete(jobs, job.id, held.token, other_result))
+    other_lease = await refusal(complete(jobs, job.id, held.token + 1))
+
+    assert again == completed
+    assert different == other_lease == LEASE_LOST
+    assert await events_of(engine, job.id) == ["queued", "running", "completed"]
+    await billing.settle_to([job.id], [])
+    assert await billing.balance() == (0, 0)
+
+
+async def test_ending_a_job_does_not_wait_for_billing(jobs: Stub, billing: Billing) -> None:
+    await billing.grant(3)
+    completed, failed, canceled = [await create(jobs) for _ in range(3)]
+    first, second = (await lease(jobs)).lease, (await lease(jobs)).lease
+
+    async with billing.hung():
+        # Billing never answers: each call still answers within its caller's short deadline.
+        ended = [
+            await complete(jobs, completed.id, first.token, timeout=3),
+            await fail(jobs, failed.id, second.token, retryable=False, timeout=3),
+            await cancel(jobs, canceled.id, timeout=3),
+        ]
+    await billing.restart()
+
+    states = [jobs_pb2.JobState.Name(job.state) for job in ended]
+    assert states == ["JOB_STATE_COMPLETED", "JOB_STATE_FAILED", "JOB_STATE_CANCELED"]
+    await billing.settle_to([completed.id], [failed.id, canceled.id])
+    assert await billing.balance() == (2, 0)
 
 
 async def test_an_expired_lease_is_leased_again_and_the_old_token_refused(
-    mesh: Mesh, database: Database, billing: BillingDouble
+    mesh: Mesh, database: Database, billing: Billing
 ) -> None:
-    billing.grant(ACCOUNT, 1)
+    await billing.grant(1)
     async with jobs_server(mesh, jobs_settings(database, lease_seconds=0.5)) as jobs:
         job = await create(jobs)
         first = (await lease(jobs)).lease
@@ -224,13 +325,14 @@ async def test_an_expired_lease_is_leased_again_and_the_old_token_refused(
     assert second.job.id == job.id
     assert (second.token, second.job.attempts) == (first.token + 1, 2)
     assert completion == heartbeat == LEASE_LOST
-    assert billing.captured == []
+    assert await billing.settled() == ([], [])
+    assert await billing.balance() == (0, 1)
 
 
 async def test_a_retryable_failure_is_retried_then_fails_for_good(
-    mesh: Mesh, database: Database, billing: BillingDouble
+    mesh: Mesh, database: Database, billing: Billing
 ) -> None:
-    billing.grant(ACCOUNT, 1)
+    await billing.grant(1)
     async with jobs_server(mesh, jobs_settings(database, max_attempts=2)) as jobs:
         job = await create(jobs)
         first = (await lease(jobs)).lease
@@ -238,16 +340,16 @@ async def test_a_retryable_failure_is_retried_then_fails_for_good(
         # Woken when the backoff has passed.
         second = (await lease(jobs, wait=10)).lease
         failed = await fail(jobs, job.id, second.token, retryable=True)
+        await billing.settle_to([], [job.id])
 
     assert (retried.state, retried.HasField("error")) == (jobs_pb2.JOB_STATE_QUEUED, False)
     assert (second.job.id, second.job.attempts) == (job.id, 2)
     assert (failed.state, failed.error.code) == (jobs_pb2.JOB_STATE_FAILED, "backend_error")
-    assert (billing.captured, billing.released) == ([], [job.id])
-    assert billing.available[ACCOUNT] == 1
+    assert await billing.balance() == (1, 0)
 
 
-async def test_a_permanent_failure_fails_at_once(jobs: Stub, billing: BillingDouble) -> None:
-    billing.grant(ACCOUNT, 1)
+async def test_a_permanent_failure_fails_at_once(jobs: Stub, billing: Billing) -> None:
+    await billing.grant(1)
     job = await create(jobs)
     held = (await lease(jobs)).lease
 
@@ -255,13 +357,14 @@ async def test_a_permanent_failure_fails_at_once(jobs: Stub, billing: BillingDou
 
     assert (failed.state, failed.attempts) == (jobs_pb2.JOB_STATE_FAILED, 1)
     assert failed.error == jobs_pb2.JobError(code="backend_error", message="the backend crashed")
-    assert billing.released == [job.id]
+    await billing.settle_to([], [job.id])
+    assert await billing.balance() == (1, 0)
 
 
 async def test_cancel_releases_and_an_ended_job_is_not_cancelable(
-    jobs: Stub, billing: BillingDouble
+    jobs: Stub, billing: Billing
 ) -> None:
-    billing.grant(ACCOUNT, 2)
+    await billing.grant(2)
     oldest = await create(jobs)
     queued = await create(jobs)
     oldest_lease = (await lease(jobs)).lease
@@ -272,14 +375,15 @@ async def test_cancel_releases_and_an_ended_job_is_not_cancelable(
     completed = await refusal(cancel(jobs, oldest.id))
 
     assert oldest_lease.job.id == oldest.id
-    assert canceled.state == jobs_pb2.JOB_STATE_CANCELED and canceled.HasField("complete_time")
+    assert canceled.state == jobs_pb2.JOB_STATE_CANCELED
+    assert canceled.HasField("complete_time")
     assert again == completed == (grpc.StatusCode.FAILED_PRECONDITION, "JOB_NOT_CANCELABLE")
-    assert (billing.captured, billing.released) == ([oldest.id], [queued.id])
-    assert billing.available[ACCOUNT] == 1
+    await billing.settle_to([oldest.id], [queued.id])
+    assert await billing.balance() == (1, 0)
 
 
-async def test_a_canceled_job_tells_its_worker_to_stop(jobs: Stub, billing: BillingDouble) -> None:
-    billing.grant(ACCOUNT, 1)
+async def test_a_canceled_job_tells_its_worker_to_stop(jobs: Stub, billing: Billing) -> None:
+    await billing.grant(1)
     job = await create(jobs)
     held = (await lease(jobs)).lease
 
@@ -289,13 +393,30 @@ async def test_a_canceled_job_tells_its_worker_to_stop(jobs: Stub, billing: Bill
 
     assert heartbeat.canceled
     assert completion == LEASE_LOST
-    assert (billing.captured, billing.released) == ([], [job.id])
+    await billing.settle_to([], [job.id])
+    assert await billing.balance() == (1, 0)
 
 
-async def test_concurrent_workers_lease_each_job_exactly_once(
-    jobs: Stub, billing: BillingDouble
+async def test_jobs_ended_while_billing_is_down_are_settled_once_it_is_back(
+    jobs: Stub, billing: Billing
 ) -> None:
-    billing.grant(ACCOUNT, 20)
+    await billing.grant(2)
+    completed, canceled = await create(jobs), await create(jobs)
+    held = (await lease(jobs)).lease
+    await billing.stop()
+
+    # Ending a job does not wait for billing: its capture or release is left to the reconciler.
+    ended = [await complete(jobs, completed.id, held.token), await cancel(jobs, canceled.id)]
+    await billing.restart()
+
+    await billing.settle_to([completed.id], [canceled.id])
+    states = [job.state for job in ended]
+    assert states == [jobs_pb2.JOB_STATE_COMPLETED, jobs_pb2.JOB_STATE_CANCELED]
+    assert await billing.balance() == (1, 0)
+
+
+async def test_concurrent_workers_lease_each_job_exactly_once(jobs: Stub, billing: Billing) -> None:
+    await billing.grant(20)
     created = await asyncio.gather(*(create(jobs) for _ in range(20)))
     leased: list[str] = []
 
@@ -309,12 +430,12 @@ async def test_concurrent_workers_lease_each_job_exactly_once(
     ids = sorted(job.id for job in created)
     assert sorted(leased) == ids
     assert {(await get(jobs, job_id)).state for job_id in ids} == {jobs_pb2.JOB_STATE_COMPLETED}
-    assert sorted(billing.captured) == ids
-    assert billing.available[ACCOUNT] == 0
+    await billing.settle_to(ids, [])
+    assert await billing.balance() == (0, 0)
 
 
-async def test_another_accounts_job_is_not_found(jobs: Stub, billing: BillingDouble) -> None:
-    billing.grant(ACCOUNT, 1)
+async def test_another_accounts_job_is_not_found(jobs: Stub, billing: Billing) -> None:
+    await billing.grant(1)
     job = await create(jobs)
 
     got = await refusal(get(jobs, job.id, account_id="acct_other"))
@@ -325,8 +446,8 @@ async def test_another_accounts_job_is_not_found(jobs: Stub, billing: BillingDou
     assert (await get(jobs, job.id)).state == jobs_pb2.JOB_STATE_QUEUED
 
 
-async def test_list_pages_newest_first_and_filters(jobs: Stub, billing: BillingDouble) -> None:
-    billing.grant(ACCOUNT, 3)
+async def test_list_pages_newest_first_and_filters(jobs: Stub, billing: Billing) -> None:
+    await billing.grant(3)
     first, second, third = [await create(jobs) for _ in range(3)]
     await create(jobs, livemode=False)
     request = jobs_pb2.ListJobsRequest(account_id=ACCOUNT, livemode=True, page_size=2)
@@ -343,10 +464,8 @@ async def test_list_pages_newest_first_and_filters(jobs: Stub, billing: BillingD
     assert running == [leased.id] == [first.id]
 
 
-async def test_watch_streams_each_change_until_the_job_ends(
-    jobs: Stub, billing: BillingDouble
-) -> None:
-    billing.grant(ACCOUNT, 1)
+async def test_watch_streams_each_change_until_the_job_ends(jobs: Stub, billing: Billing) -> None:
+    await billing.grant(1)
     job = await create(jobs)
     stream = jobs.WatchJob(jobs_pb2.WatchJobRequest(id=job.id, account_id=ACCOUNT))
 
@@ -365,3 +484,85 @@ async def test_watch_streams_each_change_until_the_job_ends(
         (jobs_pb2.JOB_EVENT_TYPE_STATUS, jobs_pb2.JOB_STATE_COMPLETED, 1.0),
     ]
     assert await stream.read() is grpc.aio.EOF
+
+
+async def test_a_repeated_create_with_a_key_replays_its_job(jobs: Stub, billing: Billing) -> None:
+    await billing.grant(5)
+
+    first, first_replayed = await create_with_key(jobs)
+    again, again_replayed = await create_with_key(jobs)
+
+    assert (first_replayed, again_replayed) == (False, True)
+    assert again.id == first.id
+    assert await listed(jobs) == [first.id]
+    assert await billing.held() == [first.id]
+    assert await billing.balance() == (4, 1)
+
+
+async def test_a_key_sent_with_another_request_is_refused(jobs: Stub, billing: Billing) -> None:
+    await billing.grant(5)
+    first, _ = await create_with_key(jobs, prompt="a lighthouse")
+
+    other_prompt = await refusal(create_with_key(jobs, prompt="a harbour"))
+    other_mode = await refusal(create_with_key(jobs, prompt="a lighthouse", livemode=False))
+
+    assert other_prompt == other_mode == (grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED")
+    assert await listed(jobs) == [first.id]
+    assert await billing.held() == [first.id]
+
+
+async def test_concurrent_creates_with_one_key_create_one_job(jobs: Stub, billing: Billing) -> None:
+    await billing.grant(10)
+
+    outcomes = await asyncio.gather(
+        *(create_with_key(jobs) for _ in range(10)), return_exceptions=True
+    )
+
+    answered = [outcome for outcome in outcomes if isinstance(outcome, tuple)]
+    refused = [outcome for outcome in outcomes if not isinstance(outcome, tuple)]
+    # Exactly one created the job; the others got it replayed or were told to retry.
+    assert [replayed for _, replayed in answered].count(False) == 1
+    assert len({job.id for job, _ in answered}) == 1
+    assert all(isinstance(error, grpc.aio.AioRpcError) for error in refused)
+    assert {(error.code(), reason_of(error)) for error in refused} <= {KEY_IN_USE}
+    [job_id] = await listed(jobs)
+    assert answered[0][0].id == job_id
+    assert await billing.held() == [job_id]
+    assert await billing.balance() == (9, 1)
+
+
+async def test_a_key_belongs_to_its_account(jobs: Stub, billing: Billing) -> None:
+    await billing.grant(1)
+    await billing.grant(1, account_id="acct_other")
+
+    mine, mine_replayed = await create_with_key(jobs)
+    theirs, theirs_replayed = await create_with_key(jobs, account_id="acct_other")
+
+    assert mine.id != theirs.id
+    assert (mine_replayed, theirs_replayed) == (False, False)
+    assert await billing.held() == [mine.id]
+    assert await billing.held("acct_other") == [theirs.id]
+
+
+async def test_a_refused_create_may_be_retried_with_its_key(jobs: Stub, billing: Billing) -> None:
+    refused = await refusal(create_with_key(jobs))
+    await billing.grant(1)
+
+    job, replayed = await create_with_key(jobs)
+
+    assert refused == (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_CREDITS")
+    assert (job.state, replayed) == (jobs_pb2.JOB_STATE_QUEUED, False)
+    assert await listed(jobs) == [job.id]
+    assert await billing.held() == [job.id]
+
+
+async def test_a_key_longer_than_255_characters_is_refused(jobs: Stub, billing: Billing) -> None:
+    await billing.grant(1)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await create_with_key(jobs, key="k" * 256)
+
+    refused = remote_error(caught.value)
+    assert (refused.code, refused.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PARAMETER_INVALID")
+    assert refused.metadata == {"param": "idempotency_key"}
+    assert await billing.held() == []

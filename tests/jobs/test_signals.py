@@ -10,7 +10,7 @@ async def test_a_ticket_taken_before_a_notify_is_woken_by_it() -> None:
     ticket = signal.ticket()
 
     signal.notify()
-    await signal.wait(ticket, timeout=30)
+    await signal.wait(ticket, seconds=30)
 
     assert ticket.is_set()
     assert not signal.ticket().is_set()
@@ -20,7 +20,7 @@ async def test_a_wait_without_a_notify_ends_at_its_timeout() -> None:
     signal = QueueSignal()
     ticket = signal.ticket()
 
-    await signal.wait(ticket, timeout=0.05)
+    await signal.wait(ticket, seconds=0.05)
 
     assert not ticket.is_set()
 
@@ -30,7 +30,7 @@ async def test_every_waiter_is_woken_by_a_hint_on_the_bus() -> None:
     async with bus.subscribe(QUEUED_CHANNEL) as hints:
         follower = asyncio.create_task(signal.follow(hints))
         tickets = [signal.ticket() for _ in range(3)]
-        waiters = asyncio.gather(*(signal.wait(ticket, timeout=30) for ticket in tickets))
+        waiters = asyncio.gather(*(signal.wait(ticket, seconds=30) for ticket in tickets))
 
         await bus.publish(QUEUED_CHANNEL, b"text_to_image")
         await waiters

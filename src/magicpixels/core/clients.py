@@ -78,5 +78,7 @@ def open_channel(address: str, *, service_token: str, timeout: float) -> grpc.ai
     return grpc.aio.insecure_channel(
         address,
         options=_CHANNEL_OPTIONS,
-        interceptors=[kind(context) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)],
+        interceptors=[
+            kind(context) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
+        ],
     )

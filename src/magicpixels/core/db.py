@@ -5,14 +5,25 @@ IMMEDIATE: writers queue on the lock (busy_timeout) instead of failing when a re
 a write. PostgreSQL keeps each service's tables in its own schema when one is configured.
 """
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from alembic import command, context
 from alembic.config import Config
 from sqlalchemy import MetaData, event, text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, Row, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from magicpixels.core.timestamps import as_utc
+
+
+def row_fields(row: Row[Any]) -> dict[str, Any]:
+    """A row's columns by name, with the naive datetimes SQLite answers made aware (UTC)."""
+    return {
+        name: as_utc(value) if isinstance(value, datetime) else value
+        for name, value in row._mapping.items()
+    }
 
 
 def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
@@ -34,7 +45,12 @@ def _sqlite_engine(url: str) -> AsyncEngine:
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # SQLAlchemy, not the driver, begins transactions
         cursor = dbapi_connection.cursor()
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=30000"):
+        for pragma in (
+            "journal_mode=WAL",
+            "synchronous=NORMAL",
+            "foreign_keys=ON",
+            "busy_timeout=30000",
+        ):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
@@ -60,9 +76,18 @@ def _upgrade(connection: Connection, migrations: str) -> None:
     command.upgrade(config, "head")
 
 
-def run_migrations(metadata: MetaData) -> None:
-    """The body of every service's migrations/env.py: runs on the connection `migrate` passes."""
+def run_migrations(metadata: MetaData, *, service: str) -> None:
+    """The body of every service's migrations/env.py: runs on the connection `migrate` passes.
+
+    Each service records its revision in a table of its own, so services that share one
+    database (or one schema) never take another's history for theirs.
+    """
     connection = context.config.attributes["connection"]
-    context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        render_as_batch=True,
+        version_table=f"alembic_version_{service}",
+    )
     with context.begin_transaction():
         context.run_migrations()

@@ -1,4 +1,4 @@
-"""structlog setup: JSON lines when not on a terminal, readable lines on one; secrets never logged."""
+"""structlog: JSON lines off a terminal, readable lines on one; secrets never logged."""
 
 import logging
 import re
@@ -17,26 +17,38 @@ def _redact(value: Any) -> Any:
 
 def redact_secrets(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     return {
-        key: "[redacted]" if key in _SECRET_KEYS else _redact(value)
-        for key, value in event.items()
+        key: "[redacted]" if key in _SECRET_KEYS else _redact(value) for key, value in event.items()
     }
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+    """Our logs at `level`; libraries' (uvicorn, grpc, alembic) at warning, in the same format."""
     as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: Any = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
     )
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            redact_secrets,
-            renderer,
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, redact_secrets, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # The stream is looked up when a logger is made, so a replaced sys.stderr is followed.
+        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
         cache_logger_on_first_use=True,
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                redact_secrets,
+                renderer,
+            ],
+        )
+    )
+    logging.basicConfig(handlers=[handler], level=logging.WARNING, force=True)

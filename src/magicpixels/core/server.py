@@ -84,7 +84,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
 
 @asynccontextmanager
-async def _mapped_errors(context: grpc.aio.ServicerContext, outcome: _RpcOutcome) -> AsyncIterator[None]:
+async def _mapped_errors(
+    context: grpc.aio.ServicerContext, outcome: _RpcOutcome
+) -> AsyncIterator[None]:
     try:
         yield
     except DomainError as error:
@@ -103,7 +105,9 @@ async def _mapped_errors(context: grpc.aio.ServicerContext, outcome: _RpcOutcome
         await context.abort_with_status(INTERNAL_STATUS)
 
 
-def _wrap_handler(handler: grpc.RpcMethodHandler, scope: Callable[..., Any]) -> grpc.RpcMethodHandler:
+def _wrap_handler(
+    handler: grpc.RpcMethodHandler, scope: Callable[..., Any]
+) -> grpc.RpcMethodHandler:
     codec = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
@@ -176,7 +180,9 @@ async def start_server(
     for binding in bindings:
         binding.add_to_server(binding.servicer, server)
     names = [binding.name for binding in bindings]
-    reflection.enable_server_reflection([*names, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
+    reflection.enable_server_reflection(
+        [*names, reflection.SERVICE_NAME, health.SERVICE_NAME], server
+    )
     bound_port = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     for name in ("", *names):

@@ -10,11 +10,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from magicpixels.core.bus import EventBus
 from magicpixels.core.clients import open_channel
 from magicpixels.core.db import create_engine, migrate
+from magicpixels.core.errors import Unavailable
 from magicpixels.core.server import RunningServer, ServiceBinding, start_server
 from magicpixels.core.settings import (
     DatabaseServiceSettings,
     MeshSettings,
     ServiceSettings,
+    remove_address,
     write_address,
 )
 
@@ -40,8 +42,12 @@ class Mesh:
 
     def channel(self, service: str) -> grpc.aio.Channel:
         if service not in self._channels:
+            try:
+                address = self.settings.address_of(service)
+            except LookupError as missing:  # not started yet: a caller may retry
+                raise Unavailable("SERVICE_UNAVAILABLE", str(missing)) from None
             self._channels[service] = open_channel(
-                self.settings.address_of(service),
+                address,
                 service_token=self.settings.internal_token(),
                 timeout=self.settings.rpc_timeout_seconds,
             )
@@ -56,7 +62,9 @@ class Mesh:
 async def open_database(
     mesh: MeshSettings, settings: DatabaseServiceSettings, service: str, migrations: str
 ) -> AsyncEngine:
-    engine = create_engine(settings.database_url_for(mesh, service), schema=settings.database_schema)
+    engine = create_engine(
+        settings.database_url_for(mesh, service), schema=settings.database_schema
+    )
     await migrate(engine, migrations, schema=settings.database_schema)
     return engine
 
@@ -73,6 +81,7 @@ async def start_service(service: Service, mesh: Mesh) -> RunningServer:
     return server
 
 
-async def stop_service(service: Service, server: RunningServer, grace: float) -> None:
-    await server.stop(grace)
+async def stop_service(service: Service, server: RunningServer, mesh: MeshSettings) -> None:
+    remove_address(mesh.data_dir, service.name)  # clients stop finding it before it goes
+    await server.stop(mesh.grace_seconds)
     await service.close()

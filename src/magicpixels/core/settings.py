@@ -172,6 +172,10 @@ def write_address(data_dir: Path, service: str, address: str) -> None:
     draft.replace(path)
 
 
+def remove_address(data_dir: Path, service: str) -> None:
+    _address_file(data_dir, service).unlink(missing_ok=True)
+
+
 def read_address(data_dir: Path, service: str) -> str:
     path = _address_file(data_dir, service)
     try:

@@ -37,7 +37,7 @@ def upgrade() -> None:
         sa.Column("scopes", sa.Text(), nullable=False),
         sa.Column("secret_hash", sa.String(64), nullable=False),
         sa.Column("pepper_version", sa.Integer(), nullable=False),
-        sa.Column("prefix", sa.String(20), nullable=False),
+        sa.Column("prefix", sa.String(40), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True)),
         sa.Column("revoked_at", sa.DateTime(timezone=True)),

@@ -1,4 +1,4 @@
-"""The jobs table and its event log.
+"""The jobs table, its event log and the idempotency keys of CreateJob.
 
 Revision ID: 0001
 Revises:
@@ -46,6 +46,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_jobs_state_mode_queued_at", "jobs", ["state", "mode", "queued_at"])
     op.create_index("ix_jobs_account_id_id", "jobs", ["account_id", "id"])
+    op.create_index("ix_jobs_billing_state", "jobs", ["billing", "state"])
     op.create_table(
         "job_events",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
@@ -56,8 +57,20 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_index("ix_job_events_job_id_id", "job_events", ["job_id", "id"])
+    op.create_table(
+        "idempotency_keys",
+        sa.Column("account_id", sa.String(40), nullable=False),
+        sa.Column("key", sa.String(255), nullable=False),
+        sa.Column("request_hash", sa.String(64), nullable=False),
+        sa.Column("job_id", sa.String(40), sa.ForeignKey("jobs.id"), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("account_id", "key"),
+    )
+    op.create_index("ix_idempotency_keys_created_at", "idempotency_keys", ["created_at"])
+    op.create_index("ix_idempotency_keys_job_id", "idempotency_keys", ["job_id"])
 
 
 def downgrade() -> None:
+    op.drop_table("idempotency_keys")
     op.drop_table("job_events")
     op.drop_table("jobs")

@@ -1,0 +1,59 @@
+"""The gateway's HTTP server: uvicorn in the mesh's event loop, on a socket bound up front."""
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from magicpixels.core.settings import GatewaySettings, MeshSettings
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn, minus its signal handling: the mesh stops every part itself, in order."""
+
+    def __init__(self, app: ASGIApp, settings: GatewaySettings, mesh: MeshSettings) -> None:
+        super().__init__(
+            uvicorn.Config(
+                app,
+                host=settings.host,
+                port=settings.port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                timeout_graceful_shutdown=int(mesh.grace_seconds),
+            )
+        )
+        try:
+            self.socket = socket.create_server((settings.host, settings.port))
+        except OSError as error:
+            raise OSError(
+                error.errno,
+                f"cannot listen on {settings.host}:{settings.port} ({error.strerror}); "
+                "choose another port with --port or MP_GATEWAY_PORT",
+            ) from None
+        # Port 0 took a free port: signed URLs must name the real one.
+        settings.port = self.socket.getsockname()[1]
+        self.settings = settings
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def start(self) -> "asyncio.Task[None]":
+        """Serves in a task once listening."""
+        task = asyncio.create_task(self.serve(sockets=[self.socket]))
+        while not self.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("the gateway stopped while starting")
+            await asyncio.sleep(0.01)
+        return task
+
+    async def stop(self, task: "asyncio.Task[None] | None") -> None:
+        self.should_exit = True
+        if task is not None:
+            await task
+        self.socket.close()

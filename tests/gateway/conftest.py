@@ -1,0 +1,40 @@
+"""A whole mesh in this process with its gateway on a free port, and an HTTP client for it."""
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from magicpixels.core.settings import GatewaySettings, MeshSettings
+from magicpixels.mesh import RunningMesh, start_mesh
+from tests.support import Database, mesh_databases
+
+API_EXAMPLE = {"mode": "text_to_image", "prompt": "Editorial product photo on brushed steel"}
+
+
+@pytest.fixture
+async def running_mesh(database: Database, tmp_path: Path) -> AsyncIterator[RunningMesh]:
+    data_dir = tmp_path / "mesh"
+    settings = MeshSettings(data_dir=data_dir)
+    running = await start_mesh(
+        settings, GatewaySettings(port=0), service_settings=mesh_databases(database, data_dir)
+    )
+    yield running
+    await running.stop()
+
+
+@pytest.fixture
+async def client(running_mesh: RunningMesh) -> AsyncIterator[httpx.AsyncClient]:
+    assert running_mesh.gateway is not None
+    base_url = running_mesh.gateway.settings.base_url()
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+        yield http
+
+
+async def sign_up(client: httpx.AsyncClient) -> tuple[str, str]:
+    response = await client.post("/v1/accounts", json={"email": "ada@example.com", "name": "Ada"})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["account"]["credits"] == {"available": 0, "reserved": 0}
+    return body["account"]["id"], body["api_key"]["token"]

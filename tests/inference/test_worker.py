@@ -1,0 +1,154 @@
+"""The worker against real billing, assets and jobs services: what happens to a job, its
+result and its credits when it is canceled mid-run or the worker stops mid-run."""
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from magicpixels.assets.v1 import assets_pb2, assets_pb2_grpc
+from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
+from magicpixels.core.settings import MeshSettings
+from magicpixels.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+from magicpixels.mesh import RunningMesh, start_mesh
+from magicpixels.services.inference.backends import BuiltinBackend, ProgressCallback
+from magicpixels.services.inference.builtin_image import EncodedMedia
+from magicpixels.services.inference.worker import Worker
+from tests.support import Database, eventually, mesh_databases
+
+ACCOUNT = "acct_worker_test"
+
+
+@dataclass(frozen=True)
+class GatedBackend(BuiltinBackend):
+    """The builtin backend, held at its first progress report until the test opens the gate."""
+
+    gate: threading.Event = field(default_factory=threading.Event)
+    started: threading.Event = field(default_factory=threading.Event)
+
+    def generate(self, spec: jobs_pb2.JobSpec, on_progress: ProgressCallback) -> EncodedMedia:
+        def held(fraction: float) -> None:
+            on_progress(fraction)
+            self.started.set()
+            self.gate.wait(timeout=30)
+
+        return super().generate(spec, held)
+
+
+@pytest.fixture
+async def services(database: Database, tmp_path: Path) -> AsyncIterator[RunningMesh]:
+    data_dir = tmp_path / "mesh"
+    running = await start_mesh(
+        MeshSettings(data_dir=data_dir, grace_seconds=0.2),
+        None,
+        only=("billing", "assets", "jobs"),
+        service_settings=mesh_databases(database, data_dir),
+    )
+    billing = billing_pb2_grpc.BillingServiceStub(running.mesh.channel("billing"))
+    await billing.Grant(billing_pb2.GrantRequest(account_id=ACCOUNT, amount=5))
+    yield running
+    await running.stop()
+
+
+def worker_for(running: RunningMesh, backend: GatedBackend) -> Worker:
+    return Worker(
+        "wrk_test",
+        jobs_pb2_grpc.JobsServiceStub(running.mesh.channel("jobs")),
+        assets_pb2_grpc.AssetsServiceStub(running.mesh.channel("assets")),
+        [backend],
+        lease_wait_seconds=5,
+    )
+
+
+async def create_job(running: RunningMesh) -> jobs_pb2.Job:
+    jobs = jobs_pb2_grpc.JobsServiceStub(running.mesh.channel("jobs"))
+    spec = jobs_pb2.JobSpec(
+        mode=jobs_pb2.JOB_MODE_TEXT_TO_IMAGE, prompt="a quiet harbour", width=64, height=64
+    )
+    return await jobs.CreateJob(
+        jobs_pb2.CreateJobRequest(account_id=ACCOUNT, livemode=True, spec=spec)
+    )
+
+
+async def job_now(running: RunningMesh, job_id: str) -> jobs_pb2.Job:
+    jobs = jobs_pb2_grpc.JobsServiceStub(running.mesh.channel("jobs"))
+    return await jobs.GetJob(jobs_pb2.GetJobRequest(id=job_id, account_id=ACCOUNT))
+
+
+async def balance(running: RunningMesh) -> tuple[int, int]:
+    billing = billing_pb2_grpc.BillingServiceStub(running.mesh.channel("billing"))
+    found = await billing.GetBalance(billing_pb2.GetBalanceRequest(account_id=ACCOUNT))
+    return found.available, found.reserved
+
+
+async def settled_at(running: RunningMesh, expected: tuple[int, int]) -> bool:
+    return await balance(running) == expected
+
+
+async def stored_assets(running: RunningMesh) -> int:
+    assets = assets_pb2_grpc.AssetsServiceStub(running.mesh.channel("assets"))
+    listed = await assets.ListAssets(
+        assets_pb2.ListAssetsRequest(account_id=ACCOUNT, livemode=True)
+    )
+    return len(listed.assets)
+
+
+async def test_a_job_runs_to_completion_and_is_charged(services: RunningMesh) -> None:
+    backend = GatedBackend()
+    backend.gate.set()
+    worker = worker_for(services, backend)
+    job = await create_job(services)
+    await worker.process(await worker.lease())  # type: ignore[arg-type]
+    done = await job_now(services, job.id)
+    assert (done.state, done.result.width, done.result.content_type) == (
+        jobs_pb2.JOB_STATE_COMPLETED,
+        64,
+        "image/png",
+    )
+    assert await stored_assets(services) == 1
+    await eventually(lambda: settled_at(services, (4, 0)))
+
+
+async def test_canceled_mid_run_stores_no_result_and_costs_nothing(services: RunningMesh) -> None:
+    backend = GatedBackend()
+    worker = worker_for(services, backend)
+    job = await create_job(services)
+    running = asyncio.create_task(worker.process(await worker.lease()))  # type: ignore[arg-type]
+    await asyncio.to_thread(backend.started.wait, 10)
+    jobs = jobs_pb2_grpc.JobsServiceStub(services.mesh.channel("jobs"))
+    await jobs.CancelJob(jobs_pb2.CancelJobRequest(id=job.id, account_id=ACCOUNT))
+    # Whether the heartbeat hears "canceled" first or CompleteJob is refused, no result stays.
+    backend.gate.set()
+    await running
+    assert (await job_now(services, job.id)).state == jobs_pb2.JOB_STATE_CANCELED
+    assert await stored_assets(services) == 0
+    await eventually(lambda: settled_at(services, (5, 0)))
+
+
+async def test_a_worker_stopped_mid_run_hands_the_job_back(services: RunningMesh) -> None:
+    backend = GatedBackend()
+    worker = worker_for(services, backend)
+    job = await create_job(services)
+    loop = asyncio.create_task(worker.run_forever())
+    await asyncio.to_thread(backend.started.wait, 10)
+    worker.stop()
+    loop.cancel()  # past the grace period
+    with pytest.raises(asyncio.CancelledError):
+        await loop
+    backend.gate.set()
+    again = await job_now(services, job.id)
+    assert (again.state, again.attempts) == (jobs_pb2.JOB_STATE_QUEUED, 1)
+    assert await balance(services) == (4, 1)  # still held for the next attempt
+
+
+async def test_an_idle_worker_stops_at_once(services: RunningMesh) -> None:
+    worker = worker_for(services, GatedBackend())
+    loop = asyncio.create_task(worker.run_forever())
+    await asyncio.sleep(0.2)  # now waiting inside LeaseJob
+    worker.stop()
+    await asyncio.wait_for(loop, 5)
+    assert loop.done()
+    assert loop.exception() is None
