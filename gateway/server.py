@@ -34,6 +34,10 @@ class GatewayServer(uvicorn.Server):
                 f"cannot listen on {settings.host}:{settings.port} ({error.strerror}); "
                 "choose another port with --port or MP_GATEWAY_PORT",
             ) from None
+        # Connections accepted from a socket asyncio did not make lack TCP_NODELAY; Linux
+        # copies it from the listening socket. Without it each small response waits ~40 ms
+        # for a delayed ACK (Nagle).
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Port 0 took a free port: signed URLs must name the real one.
         settings.port = self.socket.getsockname()[1]
         self.settings = settings
