@@ -69,7 +69,8 @@ async def _validation_error(_request: Request, error: Exception) -> JSONResponse
         return ApiError(
             400, "invalid_request_error", "json_invalid", "The body is not valid JSON."
         ).response()
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    # FastAPI locates a fault as ("body" | "query" | "path" | "header", name...).
+    location = [str(part) for part in first.get("loc", ())[1:]]
     param = ".".join(location) or None
     code = {"missing": "parameter_missing", "extra_forbidden": "parameter_unknown"}.get(
         kind, "parameter_invalid"

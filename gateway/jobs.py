@@ -1,12 +1,19 @@
-"""Jobs: create one, read one."""
+"""Jobs: create, read, list, cancel, and follow them live (long polls and Server-Sent Events)."""
 
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+import grpc
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from magicpixels.gateway import render
 from magicpixels.gateway.errors import ApiError
+from magicpixels.gateway.listing import Page, list_object, page
 from magicpixels.gateway.principal import Principal, require
 from magicpixels.gateway.responses import JSONResponse
 from magicpixels.gateway.state import gateway
@@ -20,6 +27,17 @@ Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 MODES = {name: mode for mode, name in render.MODE_NAMES.items()} | {
     "audio": jobs_pb2.JOB_MODE_TEXT_TO_AUDIO
 }
+STATES = {name: state for state, name in render.STATUS_NAMES.items()}
+TERMINAL = frozenset(
+    {jobs_pb2.JOB_STATE_COMPLETED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELED}
+)
+# The longest a request may wait for a job (`?wait=`, `Prefer: wait=`).
+MAX_WAIT_SECONDS = 60
+# An event stream lasts at most this long; a client reconnects to follow a longer job.
+STREAM_SECONDS = 3600
+# Sent on a quiet event stream, so proxies keep it open.
+KEEPALIVE_SECONDS = 15
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+)")
 
 
 class JobCreate(BaseModel):
@@ -58,11 +76,46 @@ class JobCreate(BaseModel):
 
 
 async def job_json(request: Request, job: jobs_pb2.Job) -> dict[str, Any]:
-    mesh = gateway(request)
     url = None
     if job.state == jobs_pb2.JOB_STATE_COMPLETED:
-        url = await mesh.result_url(job)
+        url = await gateway(request).result_url(job)
     return render.job(job, url)
+
+
+def _watch(request: Request, job_id: str, principal: Principal, seconds: float) -> Any:
+    """The job now, then each change, for at most `seconds` (a WatchJob stream)."""
+    watch = jobs_pb2.WatchJobRequest(
+        id=job_id, account_id=principal.account_id, livemode=principal.livemode
+    )
+    return gateway(request).jobs.WatchJob(watch, timeout=seconds + 5)
+
+
+async def _settled(
+    request: Request, principal: Principal, job: jobs_pb2.Job, seconds: float, until: str
+) -> jobs_pb2.Job:
+    """The job once its status changed (`until="change"`) or it ended (`"end"`), or as it is
+    after `seconds`, whichever comes first."""
+    if seconds <= 0 or job.state in TERMINAL:
+        return job
+    stream = _watch(request, job.id, principal, seconds)
+    first_state = job.state
+    try:
+        async with asyncio.timeout(seconds):
+            async for event in stream:
+                job = event.job
+                if job.state in TERMINAL or (until == "change" and job.state != first_state):
+                    break
+    except TimeoutError:
+        pass
+    finally:
+        stream.cancel()
+    return job
+
+
+def _preferred_wait(request: Request) -> int | None:
+    """`Prefer: wait=N` (RFC 7240), within 0..60 s."""
+    found = _PREFER_WAIT.search(request.headers.get("prefer", ""))
+    return min(int(found.group(1)), MAX_WAIT_SECONDS) if found else None
 
 
 @router.post("/jobs", status_code=201)
@@ -74,7 +127,8 @@ async def create_job(
     """Creates a job and holds its price in credits (402 when the account cannot cover it).
 
     With `Idempotency-Key`, a repeat of the same body within 24 h answers the same job, as it
-    is now, with `Idempotent-Replayed: true`; nothing is created or charged twice.
+    is now, with `Idempotent-Replayed: true`; nothing is created or charged twice. With
+    `Prefer: wait=N` it answers when the job ends (200) or after N seconds (201).
     """
     call = gateway(request).jobs.CreateJob(
         jobs_pb2.CreateJobRequest(
@@ -86,9 +140,46 @@ async def create_job(
     )
     created = await call
     trailers = await call.trailing_metadata()
-    replayed = trailers is not None and trailers.get("idempotent-replayed") == "true"
-    headers = {"Idempotent-Replayed": "true"} if replayed else None
-    return JSONResponse(await job_json(request, created), status_code=201, headers=headers)
+    headers = {}
+    if trailers is not None and trailers.get("idempotent-replayed") == "true":
+        headers["Idempotent-Replayed"] = "true"
+    wait = _preferred_wait(request)
+    if wait is not None:
+        headers["Preference-Applied"] = f"wait={wait}"
+        created = await _settled(request, principal, created, wait, until="end")
+    status = 200 if created.state in TERMINAL and wait is not None else 201
+    return JSONResponse(await job_json(request, created), status_code=status, headers=headers)
+
+
+@router.get("/jobs")
+async def list_jobs(
+    request: Request,
+    principal: Annotated[Principal, Depends(require("jobs:read"))],
+    listing: Annotated[Page, Depends(page)],
+    status: Annotated[str | None, Query(description=", ".join(STATES))] = None,
+    mode: Annotated[str | None, Query(description=", ".join(MODES))] = None,
+) -> JSONResponse:
+    """The key's jobs (live or test), newest first, optionally of one status and mode."""
+    found = await gateway(request).jobs.ListJobs(
+        jobs_pb2.ListJobsRequest(
+            account_id=principal.account_id,
+            livemode=principal.livemode,
+            state=_choice(STATES, status, "status"),
+            mode=_choice(MODES, mode, "mode"),
+            **listing.rpc,
+        )
+    )
+    data = [await job_json(request, job) for job in found.jobs]
+    return JSONResponse(list_object(data, found.next_page_token))
+
+
+def _choice(options: dict[str, int], value: str | None, param: str) -> int:
+    if value is None:
+        return 0
+    if value not in options:
+        message = f"{param} must be one of {', '.join(options)}"
+        raise ApiError(400, "invalid_request_error", "parameter_invalid", message, param=param)
+    return options[value]
 
 
 @router.get("/jobs/{job_id}")
@@ -96,8 +187,103 @@ async def get_job(
     job_id: str,
     request: Request,
     principal: Annotated[Principal, Depends(require("jobs:read"))],
-) -> dict[str, Any]:
+    wait: Annotated[int, Query(ge=0, le=MAX_WAIT_SECONDS, description="long-poll seconds")] = 0,
+) -> JSONResponse:
+    """The job; with `?wait=N`, answers as soon as its status changes or it ends, or after N s."""
     found = await gateway(request).jobs.GetJob(
-        jobs_pb2.GetJobRequest(id=job_id, account_id=principal.account_id)
+        jobs_pb2.GetJobRequest(
+            id=job_id, account_id=principal.account_id, livemode=principal.livemode
+        )
     )
-    return await job_json(request, found)
+    found = await _settled(request, principal, found, wait, until="change")
+    return JSONResponse(await job_json(request, found))
+
+
+@router.post("/jobs/{job_id}/cancel")
+async def cancel_job(
+    job_id: str,
+    request: Request,
+    principal: Annotated[Principal, Depends(require("jobs:write"))],
+) -> JSONResponse:
+    """Cancels a queued or running job and releases its hold; a finished one is 409."""
+    canceled = await gateway(request).jobs.CancelJob(
+        jobs_pb2.CancelJobRequest(
+            id=job_id, account_id=principal.account_id, livemode=principal.livemode
+        )
+    )
+    return JSONResponse(await job_json(request, canceled))
+
+
+@router.get("/jobs/{job_id}/events", response_class=StreamingResponse)
+async def job_events(
+    job_id: str,
+    request: Request,
+    principal: Annotated[Principal, Depends(require("jobs:read"))],
+) -> StreamingResponse:
+    """Server-Sent Events: `status` and `progress` as they happen; ends after the last status."""
+    events = EventPump(_watch(request, job_id, principal, STREAM_SECONDS))
+    first = await events.first()  # a job this key may not see is a 404, before streaming
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(
+        events.server_sent(request, first), media_type="text/event-stream", headers=headers
+    )
+
+
+_EVENT_NAMES = {
+    jobs_pb2.JOB_EVENT_TYPE_STATUS: "status",
+    jobs_pb2.JOB_EVENT_TYPE_PROGRESS: "progress",
+    jobs_pb2.JOB_EVENT_TYPE_QUEUE_POSITION: "queue_position",
+}
+
+
+class EventPump:
+    """Reads a WatchJob stream in a task of its own, so waiting for the next event can time
+    out (for keep-alives) without cancelling a read of the stream."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._events: asyncio.Queue[jobs_pb2.JobEvent | BaseException | None] = asyncio.Queue()
+        self._task = asyncio.create_task(self._pump())
+
+    async def _pump(self) -> None:
+        try:
+            async for event in self._stream:
+                await self._events.put(event)
+        except grpc.aio.AioRpcError as error:
+            await self._events.put(error)
+        await self._events.put(None)
+
+    async def first(self) -> jobs_pb2.JobEvent:
+        found = await self._events.get()
+        if not isinstance(found, jobs_pb2.JobEvent):
+            self.close()
+            raise found or RuntimeError("the job stream ended before its first event")
+        return found
+
+    async def server_sent(self, request: Request, first: jobs_pb2.JobEvent) -> AsyncIterator[bytes]:
+        event: jobs_pb2.JobEvent | BaseException | None = first
+        try:
+            while isinstance(event, jobs_pb2.JobEvent):
+                data = json.dumps(await job_json(request, event.job), separators=(",", ":"))
+                yield f"event: {_EVENT_NAMES[event.type]}\ndata: {data}\n\n".encode()
+                if event.type == jobs_pb2.JOB_EVENT_TYPE_STATUS and event.job.state in TERMINAL:
+                    return
+                event = await self._next_or_keepalive()
+                while event is _KEEPALIVE:
+                    yield b": keep-alive\n\n"
+                    event = await self._next_or_keepalive()
+        finally:
+            self.close()
+
+    async def _next_or_keepalive(self) -> Any:
+        try:
+            return await asyncio.wait_for(self._events.get(), KEEPALIVE_SECONDS)
+        except TimeoutError:
+            return _KEEPALIVE
+
+    def close(self) -> None:
+        self._task.cancel()
+        self._stream.cancel()
+
+
+_KEEPALIVE = object()

@@ -7,6 +7,7 @@ python scripts/gen_protos.py --out DIR  # writes into DIR (the staleness test co
 import argparse
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from grpc_tools import protoc
@@ -16,16 +17,27 @@ PROTOS = ROOT / "protos"
 
 
 def generate(out: Path) -> None:
-    plugin_dir = Path(sys.executable).parent
+    """Generates into a scratch folder, then swaps each package in: a failing protoc run
+    leaves the code that was there."""
     sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
-    for proto_dir in {Path(s).parent for s in sources}:
-        target = out / proto_dir
-        shutil.rmtree(target, ignore_errors=True)
-        target.mkdir(parents=True)
-        for package in (target, *target.parents):
-            if package == out:
-                break
-            (package / "__init__.py").touch()
+    with tempfile.TemporaryDirectory() as scratch:
+        _protoc(Path(scratch), sources)
+        for proto_dir in sorted({Path(s).parent for s in sources}):
+            _mark_packages(Path(scratch), proto_dir)
+            shutil.rmtree(out / proto_dir, ignore_errors=True)
+            shutil.copytree(Path(scratch) / proto_dir, out / proto_dir)
+            _mark_packages(out, proto_dir)
+
+
+def _mark_packages(root: Path, proto_dir: Path) -> None:
+    for package in (root / proto_dir, *(root / proto_dir).parents):
+        if package == root:
+            break
+        (package / "__init__.py").touch()
+
+
+def _protoc(out: Path, sources: list[str]) -> None:
+    plugin_dir = Path(sys.executable).parent
     args = [
         "protoc",
         f"-I{PROTOS}",

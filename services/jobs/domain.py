@@ -7,10 +7,11 @@ default, so the job stores and echoes exactly what it will run with.
 
 import hashlib
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -20,6 +21,7 @@ from magicpixels.jobs.v1 import jobs_pb2
 # The API's names, in the order of the JobMode enum.
 MODES = ("text_to_image", "image_to_image", "text_to_audio", "image_to_video")
 MAX_SEED = 2**32 - 1
+MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 64, 2048, 8
 # Webhooks may use plain http only to reach a receiver on the same machine.
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1"})
 _MAX_URL_LENGTH = 2048
@@ -157,10 +159,26 @@ def random_seed() -> int:
     return random.randint(0, MAX_SEED)
 
 
+@dataclass(frozen=True)
+class InputAsset:
+    """An asset a spec names (input_asset_id, audio_asset_id), as the assets service knows it."""
+
+    kind: str
+    width: int | None = None
+    height: int | None = None
+    duration_seconds: float | None = None
+
+
+# The assets a spec names, by the field naming them; the service looks them up for the owner.
+Inputs = Mapping[str, InputAsset]
+NO_INPUTS: Inputs = MappingProxyType({})
+ASSET_FIELDS = ("input_asset_id", "audio_asset_id")
+
+
 class Rule(Protocol):
     field: str
 
-    def apply(self, spec: jobs_pb2.JobSpec) -> None:
+    def apply(self, spec: jobs_pb2.JobSpec, inputs: Inputs = NO_INPUTS) -> None:
         """Checks the field, raising InvalidArgument, and fills its default when absent."""
 
 
@@ -170,7 +188,7 @@ class Text:
     required: bool = False
     max_length: int = 4000
 
-    def apply(self, spec: jobs_pb2.JobSpec) -> None:
+    def apply(self, spec: jobs_pb2.JobSpec, inputs: Inputs = NO_INPUTS) -> None:
         value: str = getattr(spec, self.field)
         if self.required:
             require(value, self.field)
@@ -186,7 +204,7 @@ class Number:
     default: float | Callable[[], int] | None = None
     multiple_of: int | None = None
 
-    def apply(self, spec: jobs_pb2.JobSpec) -> None:
+    def apply(self, spec: jobs_pb2.JobSpec, inputs: Inputs = NO_INPUTS) -> None:
         if not spec.HasField(self.field):
             self._fill_default(spec)
             return
@@ -217,7 +235,7 @@ class Choice:
     field: str
     options: tuple[str, ...]
 
-    def apply(self, spec: jobs_pb2.JobSpec) -> None:
+    def apply(self, spec: jobs_pb2.JobSpec, inputs: Inputs = NO_INPUTS) -> None:
         value = getattr(spec, self.field)
         if not value:
             setattr(spec, self.field, self.options[0])
@@ -232,7 +250,7 @@ class Metadata:
     max_key_length: int = 40
     max_value_length: int = 500
 
-    def apply(self, spec: jobs_pb2.JobSpec) -> None:
+    def apply(self, spec: jobs_pb2.JobSpec, inputs: Inputs = NO_INPUTS) -> None:
         pairs = getattr(spec, self.field)
         if len(pairs) > self.max_pairs:
             raise _invalid(self.field, f"at most {self.max_pairs} pairs")
@@ -251,7 +269,7 @@ class Metadata:
 class WebhookUrl:
     field: str = "webhook_url"
 
-    def apply(self, spec: jobs_pb2.JobSpec) -> None:
+    def apply(self, spec: jobs_pb2.JobSpec, inputs: Inputs = NO_INPUTS) -> None:
         url = getattr(spec, self.field)
         if url and not _acceptable_webhook(url):
             raise _invalid(self.field, "an https URL (http only to localhost)")
@@ -268,45 +286,141 @@ def _acceptable_webhook(url: str) -> bool:
     return parts.scheme == "https" or (parts.scheme == "http" and host in _LOCAL_HOSTS)
 
 
+@dataclass(frozen=True)
+class AssetRef:
+    """An asset of the job's owner, of the kind the mode takes."""
+
+    field: str
+    kind: str
+    required: bool = True
+
+    def apply(self, spec: jobs_pb2.JobSpec, inputs: Inputs = NO_INPUTS) -> None:
+        value: str = getattr(spec, self.field)
+        if self.required:
+            require(value, self.field)
+        if value and inputs[self.field].kind != self.kind:
+            message = f"{self.field} must name an {self.kind} asset, not {inputs[self.field].kind}"
+            raise InvalidArgument("ASSET_KIND_MISMATCH", message, param=self.field)
+
+
+@dataclass(frozen=True)
+class Side:
+    """A width or height: by default the input image's, fitted to the limits."""
+
+    field: str
+    default: int | None = None
+
+    def apply(self, spec: jobs_pb2.JobSpec, inputs: Inputs = NO_INPUTS) -> None:
+        if not spec.HasField(self.field):
+            source = inputs.get("input_asset_id")
+            measured = getattr(source, self.field) if source else None
+            setattr(spec, self.field, fit_side(measured) if measured else self.default)
+        Number(self.field, MIN_SIDE, MAX_SIDE, multiple_of=SIDE_MULTIPLE).apply(spec)
+
+
+def fit_side(pixels: int) -> int:
+    """The nearest side at or below `pixels` that the limits allow."""
+    return min(max(pixels // SIDE_MULTIPLE * SIDE_MULTIPLE, MIN_SIDE), MAX_SIDE)
+
+
+@dataclass(frozen=True)
+class VideoDuration:
+    """1..30 s; by default as long as the soundtrack (within the limits), else 4 s."""
+
+    field: str = "duration_seconds"
+    minimum: float = 1
+    maximum: float = 30
+    default: float = 4
+
+    def apply(self, spec: jobs_pb2.JobSpec, inputs: Inputs = NO_INPUTS) -> None:
+        soundtrack = inputs.get("audio_asset_id")
+        if not spec.HasField(self.field) and soundtrack and soundtrack.duration_seconds:
+            fitted = min(max(soundtrack.duration_seconds, self.minimum), self.maximum)
+            setattr(spec, self.field, fitted)
+        Number(self.field, self.minimum, self.maximum, default=self.default).apply(spec)
+
+
 _EVERY_MODE: tuple[Rule, ...] = (
     Number("deadline_seconds", 1, 86400),
     WebhookUrl(),
     Metadata(),
 )
 
+_SEED = Number("seed", 0, MAX_SEED, default=random_seed)
+# The builtin backend uses steps only for the granularity of its progress reports.
+_DIFFUSION = (Number("steps", 1, 100, default=20), Number("guidance_scale", 0, 30, default=7.5))
+_IMAGE_FORMAT = Choice("output_format", ("png", "jpeg", "webp"))
+
 RULES: dict[str, tuple[Rule, ...]] = {
     "text_to_image": (
         Text("prompt", required=True),
         Text("negative_prompt"),
-        Number("width", 64, 2048, default=1024, multiple_of=8),
-        Number("height", 64, 2048, default=1024, multiple_of=8),
-        Number("seed", 0, MAX_SEED, default=random_seed),
-        # The builtin backend uses steps only for the granularity of its progress reports.
-        Number("steps", 1, 100, default=20),
-        Number("guidance_scale", 0, 30, default=7.5),
-        Choice("output_format", ("png", "jpeg", "webp")),
+        Side("width", default=1024),
+        Side("height", default=1024),
+        _SEED,
+        *_DIFFUSION,
+        _IMAGE_FORMAT,
+        *_EVERY_MODE,
+    ),
+    "image_to_image": (
+        Text("prompt", required=True),
+        Text("negative_prompt"),
+        AssetRef("input_asset_id", "image"),
+        Side("width"),
+        Side("height"),
+        _SEED,
+        *_DIFFUSION,
+        Number("strength", 0, 1, default=0.6),
+        _IMAGE_FORMAT,
+        *_EVERY_MODE,
+    ),
+    "text_to_audio": (
+        Text("prompt", required=True),
+        _SEED,
+        Number("duration_seconds", 1, 300, default=10),
+        Choice("output_format", ("wav", "mp3", "flac", "ogg")),
+        *_EVERY_MODE,
+    ),
+    "image_to_video": (
+        Text("prompt"),
+        Text("negative_prompt"),
+        AssetRef("input_asset_id", "image"),
+        AssetRef("audio_asset_id", "audio", required=False),
+        Side("width"),
+        Side("height"),
+        _SEED,
+        *_DIFFUSION,
+        VideoDuration(),
+        Number("fps", 8, 60, default=24),
+        Choice("output_format", ("mp4",)),
         *_EVERY_MODE,
     ),
 }
 
 
-def resolve_spec(spec: jobs_pb2.JobSpec) -> jobs_pb2.JobSpec:
-    """A copy of the spec with every default filled in; InvalidArgument on the first fault."""
+def resolve_spec(spec: jobs_pb2.JobSpec, inputs: Inputs = NO_INPUTS) -> jobs_pb2.JobSpec:
+    """A copy of the spec with every default filled in; InvalidArgument on the first fault.
+
+    `inputs` describes the assets the spec names (see `named_assets`), looked up for its owner.
+    """
     rules = _rules_of(spec.mode)
     resolved = jobs_pb2.JobSpec()
     resolved.CopyFrom(spec)
     _refuse_unused_fields(resolved, rules)
     for rule in rules:
-        rule.apply(resolved)
+        rule.apply(resolved, inputs)
     return resolved
+
+
+def named_assets(spec: jobs_pb2.JobSpec) -> dict[str, str]:
+    """The asset ids the spec names, by field: what to look up before resolving it."""
+    return {field: getattr(spec, field) for field in ASSET_FIELDS if getattr(spec, field)}
 
 
 def _rules_of(mode: int) -> tuple[Rule, ...]:
     name = mode_name(mode)
     if name is None:
         raise _mode_unknown("mode")
-    if name not in RULES:
-        raise InvalidArgument("MODE_UNSUPPORTED", f"{name} is not available yet", param="mode")
     return RULES[name]
 
 

@@ -19,6 +19,7 @@ from magicpixels.core.timestamps import to_timestamp, utcnow
 from magicpixels.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from magicpixels.services.jobs import domain, store
 from magicpixels.services.jobs.domain import State
+from magicpixels.services.jobs.inputs import InputLookup
 from magicpixels.services.jobs.reconciler import Reconciler
 from magicpixels.services.jobs.settlement import Settlement
 from magicpixels.services.jobs.signals import QUEUED_CHANNEL, QueueSignal, announce, changed_channel
@@ -37,12 +38,14 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         self,
         engine: AsyncEngine,
         settlement: Settlement,
+        inputs: InputLookup,
         bus: EventBus,
         signal: QueueSignal,
         settings: JobsSettings,
     ) -> None:
         self._engine = engine
         self._settlement = settlement
+        self._inputs = inputs
         self._bus = bus
         self._signal = signal
         self._settings = settings
@@ -60,7 +63,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         let the client retry it with the same key.
         """
         domain.require(request.account_id, "account_id")
-        spec = domain.resolve_spec(request.spec)
+        spec = await self._resolve(request.account_id, request.livemode, request.spec)
         claim = domain.idempotency_claim(request.idempotency_key, request.livemode, request.spec)
         pending = await store.insert_pending(
             self._engine, request.account_id, request.livemode, spec, claim, utcnow()
@@ -71,6 +74,12 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         job = await self._settlement.hold(pending, spec)
         await announce(self._bus, job)
         return await self._encode(job)
+
+    async def _resolve(
+        self, account_id: str, livemode: bool, spec: jobs_pb2.JobSpec
+    ) -> jobs_pb2.JobSpec:
+        inputs = await self._inputs.describe(account_id, livemode, spec)
+        return domain.resolve_spec(spec, inputs)
 
     async def _replay(
         self, account_id: str, claim: domain.Claim, context: grpc.aio.ServicerContext
@@ -87,7 +96,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         self, request: jobs_pb2.QuoteJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.QuoteJobResponse:
         domain.require(request.account_id, "account_id")
-        spec = domain.resolve_spec(request.spec)
+        spec = await self._resolve(request.account_id, request.livemode, request.spec)
         quote = await self._settlement.quote(request.account_id, request.livemode, spec)
         return jobs_pb2.QuoteJobResponse(
             mode=spec.mode,
@@ -99,7 +108,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
     async def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
-        return await self._encode(await self._visible(request.id, request.account_id))
+        return await self._encode(await self._visible(request))
 
     async def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
@@ -122,9 +131,10 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
     async def CancelJob(
         self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
+        await self._visible(request)
         job = await store.cancel(self._engine, request.id, request.account_id, utcnow())
         if job is None:
-            ended = await self._visible(request.id, request.account_id)
+            ended = await self._visible(request)
             message = f"job {ended.id} is already {ended.state}"
             raise FailedPrecondition("JOB_NOT_CANCELABLE", message)
         await announce(self._bus, job)
@@ -136,11 +146,11 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
     ) -> AsyncIterator[jobs_pb2.JobEvent]:
         # Subscribed before the first read, so no change after it goes unseen.
         async with self._bus.subscribe(changed_channel(request.id)) as hints:
-            job = await self._visible(request.id, request.account_id)
+            job = await self._visible(request)
             yield await self._event(job, jobs_pb2.JOB_EVENT_TYPE_STATUS)
             while not domain.is_terminal(job.state):
                 await anext(hints)
-                previous, job = job, await self._visible(request.id, request.account_id)
+                previous, job = job, await self._visible(request)
                 change = _change(previous, job)
                 if change:
                     yield await self._event(job, change)
@@ -235,10 +245,16 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
     def _lease_for(self) -> timedelta:
         return timedelta(seconds=self._settings.lease_seconds)
 
-    async def _visible(self, job_id: str, account_id: str) -> JobRow:
-        job = await store.get_visible(self._engine, job_id, account_id)
-        if job is None:
-            raise NotFound("JOB_NOT_FOUND", f"no job {job_id}")
+    async def _visible(
+        self, request: jobs_pb2.GetJobRequest | jobs_pb2.CancelJobRequest | jobs_pb2.WatchJobRequest
+    ) -> JobRow:
+        """The account's job the request names; of the mode it names, when it names one."""
+        job = await store.get_visible(self._engine, request.id, request.account_id)
+        other_mode = (
+            request.HasField("livemode") and job is not None and job.livemode != request.livemode
+        )
+        if job is None or other_mode:
+            raise NotFound("JOB_NOT_FOUND", f"no job {request.id}")
         return job
 
     async def _event(self, job: JobRow, kind: int) -> jobs_pb2.JobEvent:
@@ -348,7 +364,9 @@ class JobsService:
             asyncio.create_task(signal.follow(queued_hints)),
             asyncio.create_task(reconciler.run()),
         ]
-        servicer = JobsServicer(engine, settlement, self._mesh.bus, signal, self.settings)
+        servicer = JobsServicer(
+            engine, settlement, InputLookup(self._mesh), self._mesh.bus, signal, self.settings
+        )
         add = jobs_pb2_grpc.add_JobsServiceServicer_to_server
         return [ServiceBinding(SERVICE_NAME, servicer, add)]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from magicpixels.core.settings import GatewaySettings, MeshSettings
+from magicpixels.core.settings import SERVICES, GatewaySettings, MeshSettings
 from magicpixels.mesh import RunningMesh, start_mesh
 from tests.support import Database, mesh_databases
 
@@ -14,11 +14,21 @@ API_EXAMPLE = {"mode": "text_to_image", "prompt": "Editorial product photo on br
 
 
 @pytest.fixture
-async def running_mesh(database: Database, tmp_path: Path) -> AsyncIterator[RunningMesh]:
+async def running_mesh(
+    database: Database, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[RunningMesh]:
+    """The mesh; without the inference service (so jobs stay queued) for tests marked
+    `without_workers`."""
     data_dir = tmp_path / "mesh"
     settings = MeshSettings(data_dir=data_dir)
+    services = SERVICES
+    if request.node.get_closest_marker("without_workers"):
+        services = tuple(name for name in SERVICES if name != "inference")
     running = await start_mesh(
-        settings, GatewaySettings(port=0), service_settings=mesh_databases(database, data_dir)
+        settings,
+        GatewaySettings(port=0),
+        only=services,
+        service_settings=mesh_databases(database, data_dir),
     )
     yield running
     await running.stop()

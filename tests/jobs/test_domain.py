@@ -177,20 +177,100 @@ def test_unspecified_and_unknown_modes_are_refused() -> None:
     assert refusal(unknown) == ("MODE_UNKNOWN", "mode")
 
 
+IMAGE = domain.InputAsset("image", width=1001, height=2999)
+AUDIO = domain.InputAsset("audio", duration_seconds=12.5)
+
+
+def spec_of(mode: int, **fields: Any) -> jobs_pb2.JobSpec:
+    return jobs_pb2.JobSpec(mode=mode, **fields)  # type: ignore[arg-type]
+
+
+def test_image_to_image_takes_its_size_from_the_input_fitted_to_the_limits() -> None:
+    spec = spec_of(jobs_pb2.JOB_MODE_IMAGE_TO_IMAGE, prompt="oil paint", input_asset_id="asset_1")
+
+    resolved = domain.resolve_spec(spec, {"input_asset_id": IMAGE})
+
+    assert (resolved.width, resolved.height) == (1000, 2048)
+    assert resolved.strength == pytest.approx(0.6)
+    assert resolved.output_format == "png"
+
+
+def test_text_to_audio_defaults_to_ten_seconds_of_wav() -> None:
+    resolved = domain.resolve_spec(spec_of(jobs_pb2.JOB_MODE_TEXT_TO_AUDIO, prompt="rain"))
+
+    assert (resolved.duration_seconds, resolved.output_format) == (10, "wav")
+    assert not resolved.HasField("width")
+
+
 @pytest.mark.parametrize(
-    ("mode", "name"),
+    ("inputs", "fields", "duration"),
     [
-        (jobs_pb2.JOB_MODE_IMAGE_TO_IMAGE, "image_to_image"),
-        (jobs_pb2.JOB_MODE_TEXT_TO_AUDIO, "text_to_audio"),
-        (jobs_pb2.JOB_MODE_IMAGE_TO_VIDEO, "image_to_video"),
+        ({"input_asset_id": IMAGE}, {}, 4),
+        ({"input_asset_id": IMAGE, "audio_asset_id": AUDIO}, {"audio_asset_id": "a"}, 12.5),
+        (
+            {"input_asset_id": IMAGE, "audio_asset_id": domain.InputAsset("audio", None, None, 95)},
+            {"audio_asset_id": "a"},
+            30,
+        ),
+        (
+            {"input_asset_id": IMAGE, "audio_asset_id": AUDIO},
+            {"audio_asset_id": "a", "duration_seconds": 2},
+            2,
+        ),
     ],
 )
-def test_modes_without_rules_are_not_available_yet(mode: int, name: str) -> None:
-    with pytest.raises(InvalidArgument) as caught:
-        domain.resolve_spec(jobs_pb2.JobSpec(mode=mode, prompt="p"))  # type: ignore[arg-type]
+def test_a_video_lasts_as_its_soundtrack_unless_told(
+    inputs: domain.Inputs, fields: dict[str, Any], duration: float
+) -> None:
+    spec = spec_of(jobs_pb2.JOB_MODE_IMAGE_TO_VIDEO, input_asset_id="i", **fields)
 
-    assert (caught.value.reason, caught.value.param) == ("MODE_UNSUPPORTED", "mode")
-    assert caught.value.message == f"{name} is not available yet"
+    resolved = domain.resolve_spec(spec, inputs)
+
+    assert resolved.duration_seconds == duration
+    assert (resolved.fps, resolved.output_format) == (24, "mp4")
+
+
+def test_an_input_of_the_wrong_kind_is_refused() -> None:
+    spec = spec_of(jobs_pb2.JOB_MODE_IMAGE_TO_VIDEO, input_asset_id="i", audio_asset_id="a")
+
+    with pytest.raises(InvalidArgument) as caught:
+        domain.resolve_spec(spec, {"input_asset_id": IMAGE, "audio_asset_id": IMAGE})
+
+    assert (caught.value.reason, caught.value.param) == ("ASSET_KIND_MISMATCH", "audio_asset_id")
+
+
+@pytest.mark.parametrize(
+    ("mode", "fields", "param"),
+    [
+        (jobs_pb2.JOB_MODE_IMAGE_TO_IMAGE, {"prompt": "p"}, "input_asset_id"),
+        (
+            jobs_pb2.JOB_MODE_TEXT_TO_AUDIO,
+            {"prompt": "p", "duration_seconds": 301},
+            "duration_seconds",
+        ),
+        (jobs_pb2.JOB_MODE_TEXT_TO_AUDIO, {"prompt": "p", "output_format": "png"}, "output_format"),
+        (jobs_pb2.JOB_MODE_TEXT_TO_AUDIO, {"prompt": "p", "width": 512}, "width"),
+        (jobs_pb2.JOB_MODE_TEXT_TO_IMAGE, {"prompt": "p", "strength": 0.5}, "strength"),
+        (jobs_pb2.JOB_MODE_IMAGE_TO_VIDEO, {"input_asset_id": "i", "fps": 61}, "fps"),
+        (
+            jobs_pb2.JOB_MODE_IMAGE_TO_VIDEO,
+            {"input_asset_id": "i", "duration_seconds": 31},
+            "duration_seconds",
+        ),
+    ],
+)
+def test_each_mode_refuses_what_it_does_not_take(
+    mode: int, fields: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        domain.resolve_spec(spec_of(mode, **fields), {"input_asset_id": IMAGE})
+
+    assert caught.value.param == param
+
+
+@pytest.mark.parametrize(("pixels", "side"), [(1, 64), (64, 64), (1001, 1000), (5000, 2048)])
+def test_fit_side(pixels: int, side: int) -> None:
+    assert domain.fit_side(pixels) == side
 
 
 def test_state_machine() -> None:

@@ -203,17 +203,6 @@ async def test_fields_without_their_feature_yet_are_refused(
     assert await billing.held() == []
 
 
-async def test_other_modes_are_not_available_yet(jobs: Stub, billing: Billing) -> None:
-    spec = jobs_pb2.JobSpec(mode=jobs_pb2.JOB_MODE_IMAGE_TO_IMAGE, prompt="p")
-    request = jobs_pb2.CreateJobRequest(account_id=ACCOUNT, livemode=True, spec=spec)
-
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await jobs.CreateJob(request)
-
-    assert reason_of(caught.value) == "MODE_UNSUPPORTED"
-    assert caught.value.details() == "image_to_image is not available yet"
-
-
 async def test_quote_validates_and_prices_without_holding(jobs: Stub, billing: Billing) -> None:
     await billing.grant(5)
     request = jobs_pb2.QuoteJobRequest(account_id=ACCOUNT, livemode=True, spec=text_to_image())

@@ -445,19 +445,27 @@ class GetJobRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    LIVEMODE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     account_id: _builtins.str
+    livemode: _builtins.bool
+    """When set, a job of the other mode (test or live) is not found, as a test key sees only
+    test jobs and a live key only live ones.
+    """
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         account_id: _builtins.str = ...,
+        livemode: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_livemode", b"_livemode", "livemode", b"livemode"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_livemode", b"_livemode", "account_id", b"account_id", "id", b"id", "livemode", b"livemode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__livemode: _TypeAlias = _typing.Literal["livemode"]  # noqa: Y015
+    _WhichOneofArgType__livemode: _TypeAlias = _typing.Literal["_livemode", b"_livemode"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__livemode) -> _WhichOneofReturnType__livemode | None: ...
 
 Global___GetJobRequest: _TypeAlias = GetJobRequest  # noqa: Y015
 
@@ -524,19 +532,27 @@ class CancelJobRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    LIVEMODE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     account_id: _builtins.str
+    livemode: _builtins.bool
+    """When set, a job of the other mode (test or live) is not found, as a test key sees only
+    test jobs and a live key only live ones.
+    """
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         account_id: _builtins.str = ...,
+        livemode: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_livemode", b"_livemode", "livemode", b"livemode"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_livemode", b"_livemode", "account_id", b"account_id", "id", b"id", "livemode", b"livemode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__livemode: _TypeAlias = _typing.Literal["livemode"]  # noqa: Y015
+    _WhichOneofArgType__livemode: _TypeAlias = _typing.Literal["_livemode", b"_livemode"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__livemode) -> _WhichOneofReturnType__livemode | None: ...
 
 Global___CancelJobRequest: _TypeAlias = CancelJobRequest  # noqa: Y015
 
@@ -546,19 +562,27 @@ class WatchJobRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    LIVEMODE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     account_id: _builtins.str
+    livemode: _builtins.bool
+    """When set, a job of the other mode (test or live) is not found, as a test key sees only
+    test jobs and a live key only live ones.
+    """
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         account_id: _builtins.str = ...,
+        livemode: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_livemode", b"_livemode", "livemode", b"livemode"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_livemode", b"_livemode", "account_id", b"account_id", "id", b"id", "livemode", b"livemode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__livemode: _TypeAlias = _typing.Literal["livemode"]  # noqa: Y015
+    _WhichOneofArgType__livemode: _TypeAlias = _typing.Literal["_livemode", b"_livemode"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__livemode) -> _WhichOneofReturnType__livemode | None: ...
 
 Global___WatchJobRequest: _TypeAlias = WatchJobRequest  # noqa: Y015
 
