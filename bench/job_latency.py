@@ -16,6 +16,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -72,10 +75,18 @@ def wait_ready(client: httpx.Client) -> None:
     raise SystemExit("the gateway never became ready")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=20)
-    args = parser.parse_args()
+@dataclass(frozen=True)
+class ServedMesh:
+    client: httpx.Client
+    processes: dict[str, subprocess.Popen[bytes]]
+    data_dir: Path
+    env: dict[str, str]
+
+
+@contextmanager
+def serve_mesh(timeout: float) -> Iterator[ServedMesh]:
+    """Every service and the gateway, each its own process, on a fresh data folder; yields
+    once the gateway is ready, with an HTTP client for it."""
     with tempfile.TemporaryDirectory() as folder:
         data_dir = Path(folder)
         port = free_port()
@@ -87,37 +98,46 @@ def main() -> None:
         }
         processes = {name: start(name, env, data_dir) for name in (*SERVICES, "gateway")}
         try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=timeout) as client:
                 wait_ready(client)
-                time.sleep(2)  # let start-up garbage settle before reading idle memory
-                for name, process in processes.items():
-                    print(f"idle RSS {name:<10} {rss_mib(process.pid):6.1f} MiB")
-                signup = client.post("/v1/accounts", json={"email": "bench@example.com"}).json()
-                account, token = signup["account"]["id"], signup["api_key"]["token"]
-                subprocess.run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "magicpixels.cli",
-                        "admin",
-                        "grant-credits",
-                        account,
-                        str(args.jobs + 1),
-                        "--data-dir",
-                        str(data_dir),
-                    ],
-                    check=True,
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                )
-                headers = {"Authorization": f"Bearer {token}"}
-                run_job(client, headers)  # warm-up
-                latencies = sorted(run_job(client, headers) for _ in range(args.jobs))
+                yield ServedMesh(client, processes, data_dir, env)
         finally:
             for process in processes.values():
                 process.terminate()
             for process in processes.values():
                 process.wait(timeout=15)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=20)
+    args = parser.parse_args()
+    with serve_mesh(timeout=30) as served:
+        client = served.client
+        time.sleep(2)  # let start-up garbage settle before reading idle memory
+        for name, process in served.processes.items():
+            print(f"idle RSS {name:<10} {rss_mib(process.pid):6.1f} MiB")
+        signup = client.post("/v1/accounts", json={"email": "bench@example.com"}).json()
+        account, token = signup["account"]["id"], signup["api_key"]["token"]
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "magicpixels.cli",
+                "admin",
+                "grant-credits",
+                account,
+                str(args.jobs + 1),
+                "--data-dir",
+                str(served.data_dir),
+            ],
+            check=True,
+            env=served.env,
+            stdout=subprocess.DEVNULL,
+        )
+        headers = {"Authorization": f"Bearer {token}"}
+        run_job(client, headers)  # warm-up
+        latencies = sorted(run_job(client, headers) for _ in range(args.jobs))
     ms = [value * 1000 for value in latencies]
     print(
         f"POST /v1/jobs -> completed over {args.jobs} jobs: median {statistics.median(ms):.0f} ms, "

@@ -1,14 +1,15 @@
-"""Accounts: signup and the account of the calling key."""
+"""Accounts: signup, the account of the calling key, its webhook signing secret."""
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
+from google.protobuf.duration_pb2 import Duration
 from pydantic import BaseModel, ConfigDict
 
 from magicpixels.auth.v1 import auth_pb2
 from magicpixels.billing.v1 import billing_pb2
 from magicpixels.gateway import render
-from magicpixels.gateway.principal import Principal, require
+from magicpixels.gateway.principal import Principal, require, require_live
 from magicpixels.gateway.responses import JSONResponse
 from magicpixels.gateway.state import gateway
 
@@ -48,3 +49,33 @@ async def get_account(
         billing_pb2.GetBalanceRequest(account_id=principal.account_id)
     )
     return render.account(found, balance)
+
+
+class WebhookSecretRotate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    # How long the replaced secret stays valid: 0..604800, 86400 when omitted.
+    grace_period_seconds: int | None = None
+
+
+@router.post("/account/webhook_secret/rotate")
+async def rotate_webhook_secret(
+    request: Request,
+    principal: Annotated[Principal, Depends(require("keys:write"))],
+    body: WebhookSecretRotate | None = None,
+) -> dict[str, Any]:
+    """A new webhook signing secret, shown only here; the replaced one keeps verifying until
+    `previous_secret_expires_at`, and deliveries are signed with both until then."""
+    require_live(principal, "rotate the account's webhook secret")
+    grace = body.grace_period_seconds if body is not None else None
+    rotated = await gateway(request).auth.RotateWebhookSecret(
+        auth_pb2.RotateWebhookSecretRequest(
+            account_id=principal.account_id,
+            grace_period=None if grace is None else Duration(seconds=grace),
+        )
+    )
+    return {
+        "object": "webhook_secret",
+        "secret": rotated.secret,
+        "previous_secret_expires_at": render.timestamp(rotated, "previous_expire_time"),
+    }

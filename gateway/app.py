@@ -1,5 +1,8 @@
 """The gateway's ASGI app: routes, the one error shape for every failure, request context."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import grpc
 import structlog
 from fastapi import FastAPI, Request
@@ -10,9 +13,10 @@ from starlette.types import ASGIApp
 from magicpixels.core.errors import DomainError
 from magicpixels.core.service import Mesh
 from magicpixels.core.settings import GatewaySettings
-from magicpixels.gateway import accounts, assets, jobs, ops
+from magicpixels.gateway import accounts, assets, billing, jobs, keys, ops
 from magicpixels.gateway.errors import ApiError, from_domain_error, from_rpc_error, internal_error
 from magicpixels.gateway.middleware import RequestContextMiddleware
+from magicpixels.gateway.ratelimit import Quota, RateLimitMiddleware
 from magicpixels.gateway.responses import JSONResponse
 from magicpixels.gateway.state import Gateway
 
@@ -30,9 +34,10 @@ def create_app(mesh: Mesh, settings: GatewaySettings) -> ASGIApp:
         version="1",
         description="Generation jobs, assets and credits. See the project's docs/API.md.",
         default_response_class=JSONResponse,
+        lifespan=_lifespan,
     )
-    app.state.gateway = Gateway(mesh, settings)
-    for module in (accounts, jobs, assets, ops):
+    app.state.gateway = shared = Gateway(mesh, settings)
+    for module in (accounts, keys, billing, jobs, assets, ops):
         app.include_router(module.router)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(grpc.aio.AioRpcError, _rpc_error)
@@ -40,7 +45,20 @@ def create_app(mesh: Mesh, settings: GatewaySettings) -> ASGIApp:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
-    return RequestContextMiddleware(app)
+    limited = RateLimitMiddleware(
+        app,
+        shared.limiter,
+        per_key=Quota(settings.rate_limit_per_key, settings.rate_limit_per_key_seconds),
+        per_ip=Quota(settings.rate_limit_per_ip, settings.rate_limit_per_ip_seconds),
+        principal=shared.principal,
+    )
+    return RequestContextMiddleware(limited)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async with app.state.gateway.running():
+        yield
 
 
 async def _api_error(_request: Request, error: Exception) -> JSONResponse:

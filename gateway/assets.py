@@ -1,24 +1,234 @@
-"""Asset content: streamed to its owner's key or to the holder of a valid signed URL, with
-ETag revalidation and single byte ranges (RFC 9110)."""
+"""Assets: streamed uploads, list, metadata, delete, signed URLs, and the content itself, to its
+owner's key or to the holder of a valid signed URL, with ETag revalidation and single byte
+ranges (RFC 9110)."""
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.requests import ClientDisconnect
 
-from magicpixels.assets.v1 import assets_pb2
+from magicpixels.assets.v1 import assets_pb2, assets_pb2_grpc
+from magicpixels.gateway import multipart, render
 from magicpixels.gateway.errors import ApiError
-from magicpixels.gateway.principal import authorize
+from magicpixels.gateway.jobs import Int32
+from magicpixels.gateway.listing import Page, list_object, page
+from magicpixels.gateway.principal import Principal, authorize, require
+from magicpixels.gateway.responses import JSONResponse
 from magicpixels.gateway.state import gateway
 
 router = APIRouter(prefix="/v1", tags=["assets"])
 
 # Types a browser renders or runs are never served as such.
 _SAFE_TYPES = ("image/png", "image/jpeg", "image/webp", "audio/", "video/mp4")
-# A download may stream for this long; the default deadline of internal calls would cut it.
+# A download or an upload may stream for this long; the default deadline of internal calls
+# would cut it.
 DOWNLOAD_SECONDS = 3600
+UPLOAD_SECONDS = 3600
+# The body arrives in pieces of a few KiB to a few hundred; fewer, larger messages cost less.
+UPLOAD_MESSAGE_BYTES = 256 * 1024
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_FORM = "multipart/form-data"
+# The name of the form part that carries the file.
+FILE_PART = "file"
+
+
+class UrlCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    # The assets service checks the bounds (60..86400 seconds).
+    expires_in: Int32 = 3600
+
+
+class _Upload:
+    """One UploadAsset call fed as the request body arrives; canceled if the request fails
+    first, so the service keeps nothing of it."""
+
+    def __init__(self, stub: assets_pb2_grpc.AssetsServiceStub) -> None:
+        self._stub = stub
+        self._call: Any = None
+        self._pending = bytearray()
+
+    @property
+    def started(self) -> bool:
+        return self._call is not None
+
+    async def __aenter__(self) -> "_Upload":
+        return self
+
+    async def __aexit__(self, *failure: object) -> None:
+        if self._call is not None and not self._call.done():
+            self._call.cancel()
+
+    async def start(self, header: assets_pb2.UploadHeader) -> None:
+        self._call = self._stub.UploadAsset(timeout=UPLOAD_SECONDS)
+        await self._send(assets_pb2.UploadAssetRequest(header=header))
+
+    async def send(self, chunk: bytes) -> None:
+        """Sends the body's bytes in messages of about UPLOAD_MESSAGE_BYTES."""
+        self._pending += chunk
+        if len(self._pending) >= UPLOAD_MESSAGE_BYTES:
+            await self._flush()
+
+    async def finish(self) -> assets_pb2.Asset:
+        await self._flush()
+        await self._call.done_writing()
+        asset: assets_pb2.Asset = await self._call
+        return asset
+
+    async def _flush(self) -> None:
+        if self._pending:
+            await self._send(assets_pb2.UploadAssetRequest(chunk=bytes(self._pending)))
+            self._pending.clear()
+
+    async def _send(self, message: assets_pb2.UploadAssetRequest) -> None:
+        try:
+            await self._call.write(message)
+        except asyncio.InvalidStateError:  # the service refused the upload: its answer says why
+            await self._call
+            raise
+
+
+@router.post("/assets", status_code=201)
+async def upload_asset(
+    request: Request, principal: Annotated[Principal, Depends(require("assets:write"))]
+) -> JSONResponse:
+    """Uploads a file, streamed to the assets service as it arrives: the raw bytes with their
+    `Content-Type`, or `multipart/form-data` with one `file` part (and its `Content-Type`)."""
+    content_type = request.headers.get("content-type", "")
+    header = assets_pb2.UploadHeader(account_id=principal.account_id, livemode=principal.livemode)
+    try:
+        async with _Upload(gateway(request).assets) as upload:
+            if content_type.split(";", 1)[0].strip().lower() == _FORM:
+                await _stream_form(upload, header, content_type, request.stream())
+            else:
+                await _stream_raw(upload, header, content_type, request)
+            asset = await upload.finish()
+    except ClientDisconnect:
+        raise ApiError(
+            400,
+            "invalid_request_error",
+            "body_incomplete",
+            "The connection closed before the whole body arrived.",
+        ) from None
+    return JSONResponse(render.asset(asset), status_code=201)
+
+
+async def _stream_raw(
+    upload: _Upload, header: assets_pb2.UploadHeader, content_type: str, request: Request
+) -> None:
+    header.content_type = content_type
+    length = request.headers.get("content-length", "")
+    if length.isdigit():  # so the service refuses an oversized file before reading it
+        header.size_bytes = int(length)
+    await upload.start(header)
+    async for chunk in request.stream():
+        await upload.send(chunk)
+
+
+async def _stream_form(
+    upload: _Upload,
+    header: assets_pb2.UploadHeader,
+    content_type: str,
+    body: AsyncIterator[bytes],
+) -> None:
+    try:
+        boundary = multipart.boundary_of(content_type)
+        async for event in multipart.parse(boundary, body):
+            if isinstance(event, multipart.Part):
+                header.content_type = _file_type(event, upload.started)
+                await upload.start(header)
+            else:
+                await upload.send(event)
+    except multipart.MultipartError as error:
+        raise ApiError(
+            400, "invalid_request_error", "multipart_invalid", f"The multipart body: {error}."
+        ) from None
+    if not upload.started:
+        raise _form_error("parameter_missing", f"Send the file as a '{FILE_PART}' part.")
+
+
+def _file_type(part: multipart.Part, file_seen: bool) -> str:
+    """The declared type of the form's one `file` part; any other part is refused."""
+    if part.name != FILE_PART:
+        raise ApiError(
+            400,
+            "invalid_request_error",
+            "parameter_unknown",
+            f"The form has a part named {part.name!r}; only '{FILE_PART}' is accepted.",
+            param=part.name,
+        )
+    if file_seen:
+        raise _form_error("parameter_invalid", f"Send one '{FILE_PART}' part, not several.")
+    if not part.content_type:
+        raise _form_error(
+            "parameter_missing",
+            f"The '{FILE_PART}' part has no Content-Type: send the file's type, e.g. image/png.",
+        )
+    return part.content_type
+
+
+def _form_error(code: str, message: str) -> ApiError:
+    return ApiError(400, "invalid_request_error", code, message, param=FILE_PART)
+
+
+@router.get("/assets")
+async def list_assets(
+    request: Request,
+    principal: Annotated[Principal, Depends(require("assets:read"))],
+    requested: Annotated[Page, Depends(page)],
+) -> dict[str, Any]:
+    """The account's assets of the key's mode, newest first."""
+    listed = await gateway(request).assets.ListAssets(
+        assets_pb2.ListAssetsRequest(
+            account_id=principal.account_id, livemode=principal.livemode, **requested.rpc
+        )
+    )
+    return list_object([render.asset(found) for found in listed.assets], listed.next_page_token)
+
+
+@router.get("/assets/{asset_id}")
+async def get_asset(
+    asset_id: str,
+    request: Request,
+    principal: Annotated[Principal, Depends(require("assets:read"))],
+) -> dict[str, Any]:
+    found = await gateway(request).assets.GetAsset(
+        assets_pb2.GetAssetRequest(id=asset_id, account_id=principal.account_id)
+    )
+    return render.asset(found)
+
+
+@router.delete("/assets/{asset_id}")
+async def delete_asset(
+    asset_id: str,
+    request: Request,
+    principal: Annotated[Principal, Depends(require("assets:write"))],
+) -> dict[str, Any]:
+    """Deletes the asset: its content and signed URLs stop working at once."""
+    await gateway(request).assets.DeleteAsset(
+        assets_pb2.DeleteAssetRequest(id=asset_id, account_id=principal.account_id)
+    )
+    return {"object": "asset", "id": asset_id, "deleted": True}
+
+
+@router.post("/assets/{asset_id}/url")
+async def sign_asset_url(
+    asset_id: str,
+    request: Request,
+    principal: Annotated[Principal, Depends(require("assets:read"))],
+    body: UrlCreate | None = None,
+) -> dict[str, str]:
+    """A URL of the content that anyone holding it may fetch until it expires."""
+    expires_in = (body or UrlCreate()).expires_in
+    url, expires_at = await gateway(request).signed_content_url(
+        asset_id, principal.account_id, expires_in
+    )
+    return {"url": url, "expires_at": expires_at}
 
 
 async def _owner(request: Request, asset_id: str) -> str:

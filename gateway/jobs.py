@@ -11,23 +11,23 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from magicpixels.gateway import render
 from magicpixels.gateway.errors import ApiError
 from magicpixels.gateway.listing import Page, list_object, page
 from magicpixels.gateway.principal import Principal, require
 from magicpixels.gateway.responses import JSONResponse
 from magicpixels.gateway.state import gateway
 from magicpixels.jobs.v1 import jobs_pb2
+from magicpixels.services.jobs import public
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
 # Bounds of the wire types only; the rules of each mode live in the jobs service.
 Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
-MODES = {name: mode for mode, name in render.MODE_NAMES.items()} | {
+MODES = {name: mode for mode, name in public.MODE_NAMES.items()} | {
     "audio": jobs_pb2.JOB_MODE_TEXT_TO_AUDIO
 }
-STATES = {name: state for state, name in render.STATUS_NAMES.items()}
+STATES = {name: state for state, name in public.STATUS_NAMES.items()}
 TERMINAL = frozenset(
     {jobs_pb2.JOB_STATE_COMPLETED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELED}
 )
@@ -79,7 +79,7 @@ async def job_json(request: Request, job: jobs_pb2.Job) -> dict[str, Any]:
     url = None
     if job.state == jobs_pb2.JOB_STATE_COMPLETED:
         url = await gateway(request).result_url(job)
-    return render.job(job, url)
+    return public.job(job, url)
 
 
 def _watch(request: Request, job_id: str, principal: Principal, seconds: float) -> Any:

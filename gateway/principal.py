@@ -1,17 +1,39 @@
-"""Who a request speaks for: the bearer token verified by auth, cached a few seconds."""
+"""Who a request speaks for: the bearer token verified by auth, cached a few seconds.
 
+A cached principal is dropped as soon as auth announces its key's revocation on the bus (Redis
+pub/sub across gateways, in-process in embedded mode), so a revoked key stops working
+everywhere well within a second rather than when its cache entry expires. While this gateway
+is not subscribed to those announcements (starting, or Redis unreachable) it caches nothing.
+"""
+
+import asyncio
+import hmac
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
+import structlog
 from fastapi import Request
+from redis.exceptions import RedisError
+from starlette.datastructures import Headers
+from starlette.types import Scope
 
 from magicpixels.auth.v1 import auth_pb2
+from magicpixels.core.bus import EventBus
+from magicpixels.core.errors import DomainError
 from magicpixels.gateway.errors import ApiError
+from magicpixels.services.auth.domain import REVOKED_KEYS_CHANNEL
 
-# A bound on the cache, so a flood of distinct bad tokens cannot grow memory without end.
+log = structlog.get_logger("magicpixels.gateway")
+
+# A bound on the cache, so a flood of distinct keys cannot grow memory without end.
 _MAX_CACHED = 100_000
+# How long to wait before subscribing again after the bus failed.
+_RESUBSCRIBE_SECONDS = 1.0
+# Where the rate limiter leaves a request's principal, or the error its token met, for the route.
+_RESOLVED = "principal"
 
 
 @dataclass(frozen=True)
@@ -22,48 +44,120 @@ class Principal:
     scopes: frozenset[str]
 
 
+@dataclass(frozen=True)
+class _Entry:
+    token: str
+    expires: float  # time.monotonic()
+    principal: Principal
+
+
 class PrincipalCache:
-    """Verified tokens for `ttl` seconds (never past the key's expiry): the hot path skips auth."""
+    """Verified tokens by key id for `ttl` seconds, never past the key's expiry.
+
+    `following` says whether revocations reach this cache; without them it stores nothing. A
+    verification that started before a revocation was announced is not cached either (it
+    takes a `ticket` first), so a late answer cannot bring a revoked key back.
+    """
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
-        self._entries: dict[str, tuple[float, Principal]] = {}
+        self.following = False
+        self._entries: dict[str, _Entry] = {}
+        self._drops = 0
 
-    def get(self, token: str) -> Principal | None:
-        entry = self._entries.get(token)
-        if entry is None or entry[0] < time.monotonic():
+    def get(self, key_id: str, token: str) -> Principal | None:
+        entry = self._entries.get(key_id)
+        if entry is None or entry.expires < time.monotonic():
             return None
-        return entry[1]
+        return entry.principal if hmac.compare_digest(entry.token, token) else None
 
-    def put(self, token: str, verified: auth_pb2.Principal) -> Principal:
+    def ticket(self) -> int:
+        return self._drops
+
+    def put(self, key_id: str, token: str, verified: auth_pb2.Principal, ticket: int) -> Principal:
         principal = Principal(
             verified.account_id, verified.api_key_id, verified.livemode, frozenset(verified.scopes)
         )
+        if not self.following or ticket != self._drops:
+            return principal
         expires = time.monotonic() + self.ttl
         if verified.HasField("expire_time"):
             expires = min(expires, time.monotonic() + verified.expire_time.seconds - time.time())
         if len(self._entries) >= _MAX_CACHED:
             self._entries.clear()
-        self._entries[token] = (expires, principal)
+        self._entries[key_id] = _Entry(token, expires, principal)
         return principal
+
+    def drop(self, key_id: str) -> None:
+        self._entries.pop(key_id, None)
+        self._drops += 1
+
+    def stop_following(self) -> None:
+        """Revocations may be missed from now on: forget everything, cache nothing."""
+        self.following = False
+        self._entries.clear()
+        self._drops += 1
+
+
+async def follow_revocations(bus: EventBus, cache: PrincipalCache) -> None:
+    """Drops each key from the cache as auth announces its revocation, until cancelled."""
+    while True:
+        try:
+            async with bus.subscribe(REVOKED_KEYS_CHANNEL) as revoked:
+                cache.following = True
+                async for key_id in revoked:
+                    cache.drop(key_id.decode())
+        except (RedisError, OSError):
+            log.warning("revocations_not_followed", exc_info=True)
+        finally:
+            cache.stop_following()
+        await asyncio.sleep(_RESUBSCRIBE_SECONDS)
+
+
+def presented_token(authorization: str) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header; None without one."""
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
 
 
 def bearer_token(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = presented_token(request.headers.get("authorization", ""))
+    if token is None:
         raise ApiError(
             401,
             "authentication_error",
             "api_key_missing",
             "Send your API key as 'Authorization: Bearer <token>'.",
         )
-    return token.strip()
+    return token
+
+
+async def remember_principal(
+    scope: Scope, resolve: Callable[[str], Awaitable[Principal]]
+) -> Principal | None:
+    """The principal of the request's token, resolved once and kept in the request for its
+    route; None when it has no token or an invalid one (the route then says why)."""
+    token = presented_token(Headers(scope=scope).get("authorization", ""))
+    if token is None:
+        return None
+    state = scope.setdefault("state", {})
+    try:
+        found = await resolve(token)
+    except (DomainError, grpc.aio.AioRpcError) as refused:
+        state[_RESOLVED] = refused
+        return None
+    state[_RESOLVED] = found
+    return found
 
 
 async def authorize(request: Request, scope: str) -> Principal:
     """The request's principal, which must hold `scope`."""
-    found: Principal = await request.app.state.gateway.principal(bearer_token(request))
+    found: Principal | Exception | None = request.scope.get("state", {}).get(_RESOLVED)
+    if isinstance(found, Exception):
+        raise found
+    if found is None:
+        found = await request.app.state.gateway.principal(bearer_token(request))
     if scope not in found.scopes:
         raise ApiError(
             403, "permission_error", "scope_missing", f"This API key lacks the '{scope}' scope."
@@ -78,3 +172,14 @@ def require(scope: str) -> Callable[[Request], Coroutine[Any, Any, Principal]]:
         return await authorize(request, scope)
 
     return principal
+
+
+def require_live(principal: Principal, what: str) -> None:
+    """Refuses a test-mode key what would touch live settings of the account."""
+    if not principal.livemode:
+        raise ApiError(
+            403,
+            "permission_error",
+            "test_key_not_allowed",
+            f"A test-mode API key cannot {what}; use a live key.",
+        )

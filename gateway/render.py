@@ -1,50 +1,14 @@
-"""Protobuf messages as the API's JSON objects (API.md)."""
+"""Protobuf messages as the API's JSON objects (API.md).
+
+A job's is `magicpixels.services.jobs.public`, which its webhooks carry too.
+"""
 
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
+from magicpixels.assets.v1 import assets_pb2
 from magicpixels.auth.v1 import auth_pb2
 from magicpixels.billing.v1 import billing_pb2
-from magicpixels.core.timestamps import from_timestamp, rfc3339
-from magicpixels.jobs.v1 import jobs_pb2
-
-MODE_NAMES = {
-    jobs_pb2.JOB_MODE_TEXT_TO_IMAGE: "text_to_image",
-    jobs_pb2.JOB_MODE_IMAGE_TO_IMAGE: "image_to_image",
-    jobs_pb2.JOB_MODE_TEXT_TO_AUDIO: "text_to_audio",
-    jobs_pb2.JOB_MODE_IMAGE_TO_VIDEO: "image_to_video",
-}
-STATUS_NAMES = {
-    jobs_pb2.JOB_STATE_QUEUED: "queued",
-    jobs_pb2.JOB_STATE_RUNNING: "running",
-    jobs_pb2.JOB_STATE_COMPLETED: "completed",
-    jobs_pb2.JOB_STATE_FAILED: "failed",
-    jobs_pb2.JOB_STATE_CANCELED: "canceled",
-}
-# Resolved parameters echoed under "params", in this order, when the job has them.
-_PARAMS = (
-    "width",
-    "height",
-    "seed",
-    "steps",
-    "guidance_scale",
-    "strength",
-    "duration_seconds",
-    "fps",
-)
-_INPUTS = ("negative_prompt", "input_asset_id", "audio_asset_id", "webhook_url")
-
-
-def timestamp(message: Any, field: str) -> str | None:
-    if not message.HasField(field):
-        return None
-    value: Timestamp = getattr(message, field)
-    return rfc3339(from_timestamp(value))
-
-
-def optional(message: Any, field: str) -> Any:
-    return getattr(message, field) if message.HasField(field) else None
+from magicpixels.core.timestamps import rfc3339_field as timestamp
 
 
 def account(found: auth_pb2.Account, balance: billing_pb2.Balance) -> dict[str, Any]:
@@ -70,54 +34,37 @@ def api_key(key: auth_pb2.ApiKey, token: str | None = None) -> dict[str, Any]:
         "created_at": timestamp(key, "create_time"),
         "expires_at": timestamp(key, "expire_time"),
         "last_used_at": timestamp(key, "last_use_time"),
+        "revoked_at": timestamp(key, "revoke_time"),
     }
     if token is not None:
         rendered["token"] = token
     return rendered
 
 
-def job(found: jobs_pb2.Job, result_url: tuple[str, str] | None) -> dict[str, Any]:
-    spec = found.spec
-    params = {name: getattr(spec, name) for name in _PARAMS if spec.HasField(name)}
-    params["output_format"] = spec.output_format
-    params.update({name: getattr(spec, name) for name in _INPUTS if getattr(spec, name)})
+ASSET_KINDS = {
+    assets_pb2.ASSET_KIND_IMAGE: "image",
+    assets_pb2.ASSET_KIND_AUDIO: "audio",
+    assets_pb2.ASSET_KIND_VIDEO: "video",
+}
+ASSET_ORIGINS = {
+    assets_pb2.ASSET_ORIGIN_UPLOAD: "upload",
+    assets_pb2.ASSET_ORIGIN_GENERATED: "generated",
+}
+
+
+def asset(found: assets_pb2.Asset) -> dict[str, Any]:
+    """An asset; its size, length and job only where they apply."""
+    measures = ("width", "height", "duration_seconds")
     return {
-        "object": "job",
+        "object": "asset",
         "id": found.id,
-        "mode": MODE_NAMES[spec.mode],
-        "status": STATUS_NAMES[found.state],
-        "progress": round(found.progress, 4),
-        "prompt": spec.prompt or None,
-        "params": params,
-        "cost_credits": found.cost_credits,
+        "kind": ASSET_KINDS[found.kind],
+        "content_type": found.content_type,
+        "size_bytes": found.size_bytes,
+        "sha256": found.sha256,
+        **{name: getattr(found, name) for name in measures if found.HasField(name)},
+        "origin": ASSET_ORIGINS[found.origin],
+        **({"job_id": found.job_id} if found.job_id else {}),
         "livemode": found.livemode,
         "created_at": timestamp(found, "create_time"),
-        "started_at": timestamp(found, "start_time"),
-        "completed_at": timestamp(found, "complete_time"),
-        "result": job_result(found.result, result_url) if found.HasField("result") else None,
-        "error": job_error(found),
-        "attempts": found.attempts,
-        "queue_position": optional(found, "queue_position"),
-        "deadline_at": timestamp(found, "deadline_time"),
-        "metadata": dict(spec.metadata),
     }
-
-
-def job_result(result: jobs_pb2.JobResult, url: tuple[str, str] | None) -> dict[str, Any]:
-    """The result; its URL is null once the asset was deleted."""
-    rendered: dict[str, Any] = {
-        "asset_id": result.asset_id,
-        "content_type": result.content_type,
-        "url": url[0] if url else None,
-        "url_expires_at": url[1] if url else None,
-    }
-    for name in ("width", "height", "duration_seconds"):
-        if result.HasField(name):
-            rendered[name] = getattr(result, name)
-    return rendered
-
-
-def job_error(found: jobs_pb2.Job) -> dict[str, str] | None:
-    if not found.HasField("error"):
-        return None
-    return {"code": found.error.code, "message": found.error.message}

@@ -22,7 +22,7 @@ class GatewayServer(uvicorn.Server):
                 port=settings.port,
                 log_config=None,
                 access_log=False,
-                lifespan="off",
+                lifespan="on",  # the app follows key revocations while it serves
                 timeout_graceful_shutdown=int(mesh.grace_seconds),
             )
         )

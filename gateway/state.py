@@ -1,19 +1,23 @@
 """What the routes share: stubs to every service, the principal cache, the settings."""
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import cached_property
 
-import grpc
 from fastapi import Request
 
-from magicpixels.assets.v1 import assets_pb2, assets_pb2_grpc
+from magicpixels.assets.v1 import assets_pb2_grpc
 from magicpixels.auth.v1 import auth_pb2, auth_pb2_grpc
 from magicpixels.billing.v1 import billing_pb2_grpc
 from magicpixels.core.service import Mesh
 from magicpixels.core.settings import GatewaySettings
-from magicpixels.core.timestamps import from_timestamp, rfc3339
-from magicpixels.gateway.principal import Principal, PrincipalCache
+from magicpixels.gateway.principal import Principal, PrincipalCache, follow_revocations
+from magicpixels.gateway.ratelimit import Limiter
 from magicpixels.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+from magicpixels.services.auth.domain import parse_token
+from magicpixels.services.jobs.public import ContentUrls
 
 
 @dataclass
@@ -21,9 +25,25 @@ class Gateway:
     mesh: Mesh
     settings: GatewaySettings
     principals: PrincipalCache = field(init=False)
+    limiter: Limiter = field(init=False)
 
     def __post_init__(self) -> None:
         self.principals = PrincipalCache(self.settings.key_cache_seconds)
+        self.limiter = Limiter(
+            self.mesh.settings.redis_url, self.settings.rate_limit_redis_failure == "open"
+        )
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """While the app serves, revocations are followed into the principal cache."""
+        following = asyncio.create_task(follow_revocations(self.mesh.bus, self.principals))
+        try:
+            yield
+        finally:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
+            await self.limiter.close()
 
     @cached_property
     def auth(self) -> auth_pb2_grpc.AuthServiceStub:
@@ -42,34 +62,29 @@ class Gateway:
         return jobs_pb2_grpc.JobsServiceStub(self.mesh.channel("jobs"))
 
     async def principal(self, token: str) -> Principal:
-        cached = self.principals.get(token)
+        """Who the token speaks for: a malformed token (checksum included) is refused here,
+        one verified lately comes from memory, any other is verified by auth."""
+        key_id = parse_token(token).key_id
+        cached = self.principals.get(key_id, token)
         if cached is not None:
             return cached
+        ticket = self.principals.ticket()
         verified = await self.auth.VerifyApiKey(auth_pb2.VerifyApiKeyRequest(token=token))
-        return self.principals.put(token, verified)
+        return self.principals.put(key_id, token, verified, ticket)
+
+    @cached_property
+    def content_urls(self) -> ContentUrls:
+        return ContentUrls(self.assets, self.settings.base_url())
 
     async def result_url(self, job: jobs_pb2.Job) -> tuple[str, str] | None:
         """A signed URL of a completed job's result; None once its owner deleted the asset."""
-        try:
-            return await self.signed_content_url(
-                job.result.asset_id, job.account_id, self.settings.result_url_seconds
-            )
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise
+        return await self.content_urls.of_result(job, self.settings.result_url_seconds)
 
     async def signed_content_url(
         self, asset_id: str, account_id: str, expires_in: int
     ) -> tuple[str, str]:
         """A URL of the asset's content that works without a key until it expires."""
-        signed = await self.assets.SignUrl(
-            assets_pb2.SignUrlRequest(
-                id=asset_id, account_id=account_id, expires_in_seconds=expires_in
-            )
-        )
-        url = f"{self.settings.base_url()}/v1/assets/{asset_id}/content?{signed.query}"
-        return url, rfc3339(from_timestamp(signed.expire_time))
+        return await self.content_urls.signed(asset_id, account_id, expires_in)
 
 
 def gateway(request: Request) -> Gateway:

@@ -5,61 +5,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
-import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-STOP_SECONDS = 20
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextmanager
-def magicpixels(*args: str, data_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "MP_DATA_DIR": str(data_dir), "MP_LOG_FORMAT": "json"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "magicpixels.cli", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    with process:  # closes its output pipe
-        try:
-            yield process
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-
-
-def stop(process: subprocess.Popen[bytes], signum: int = signal.SIGTERM) -> int:
-    process.send_signal(signum)
-    return process.wait(timeout=STOP_SECONDS)
-
-
-def wait_for(predicate, what: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def ready(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
+from tests.processes import STOP_SECONDS, free_port, magicpixels, ready, stop, wait_for
 
 
 def test_two_meshes_run_side_by_side_and_stop_cleanly(tmp_path: Path) -> None:

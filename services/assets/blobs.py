@@ -1,10 +1,13 @@
 """Content-addressed blob storage: a blob's key is the sha256 of its bytes.
 
-Blobs are written whole or not at all: bytes stream into a temporary file while they are hashed,
-and only a complete, fsynced file is renamed to its key. No path is ever built from user input.
+An upload is staged first: its bytes stream into a local draft file while they are hashed, and
+the draft is inspected there. Only a draft that passed is published under its key, whole or not
+at all: the local store renames it into place (temp + fsync + rename), the S3 store uploads it.
+No path or object key is ever built from user input.
 """
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
@@ -15,17 +18,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-CHUNK_SIZE = 64 * 1024
+# Reads go out in chunks of this size: large enough that per-message costs stay small, small
+# enough that a download holds little in memory.
+CHUNK_SIZE = 256 * 1024
 # Incoming chunks are gathered to this size so a thread hop writes a useful amount at once.
 _WRITE_BATCH = 256 * 1024
 _KEY = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
-class StoredBlob:
-    key: str
+class Draft:
+    """Bytes staged in a local file, not yet published."""
+
+    path: Path
     size: int
     sha256: str
+
+    @property
+    def key(self) -> str:
+        return self.sha256
 
 
 class BlobMissing(LookupError):
@@ -33,15 +44,15 @@ class BlobMissing(LookupError):
 
 
 class BlobStore(Protocol):
-    async def write(self, chunks: AsyncIterator[bytes]) -> StoredBlob:
-        """Stores the bytes; an error raised by `chunks` stores nothing."""
+    def stage(self, chunks: AsyncIterator[bytes]) -> AbstractAsyncContextManager[Draft]:
+        """The bytes as a local draft for the block; an error raised by `chunks` stages nothing."""
+        ...
+
+    async def publish(self, draft: Draft) -> None:
+        """Stores the draft's bytes under its key, consuming the draft."""
         ...
 
     async def exists(self, key: str) -> bool: ...
-
-    def open_file(self, key: str) -> AbstractAsyncContextManager[BinaryIO]:
-        """The blob as a seekable local file, for decoders that need one."""
-        ...
 
     def open_range(self, key: str, offset: int, length: int) -> AsyncIterator[bytes]:
         """`length` bytes from `offset`, in chunks of at most CHUNK_SIZE."""
@@ -52,6 +63,27 @@ class BlobStore(Protocol):
         ...
 
 
+def ensure_key(key: str) -> str:
+    if not _KEY.fullmatch(key):
+        raise ValueError(f"not a blob key: {key!r}")
+    return key
+
+
+@asynccontextmanager
+async def staged(folder: Path, chunks: AsyncIterator[bytes]) -> AsyncIterator[Draft]:
+    """Streams the chunks into a new file in `folder`, hashing them; the file is gone after."""
+    # Made and removed in the event loop, not in a thread: a cancellation must not fall between
+    # the file's creation and the cleanup that removes it. Each is one quick local system call.
+    descriptor, name = tempfile.mkstemp(dir=folder)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            digest, size = await _copy(chunks, file)
+        yield Draft(Path(name), size, digest.hexdigest())
+    finally:
+        with contextlib.suppress(FileNotFoundError):  # published, so renamed
+            os.unlink(name)
+
+
 class LocalBlobStore:
     """Blobs as files under `root`: `<key[:2]>/<key>`, drafts in `root/tmp` (same filesystem)."""
 
@@ -60,37 +92,29 @@ class LocalBlobStore:
         self._drafts = root / "tmp"
         self._drafts.mkdir(parents=True, exist_ok=True)
 
-    async def write(self, chunks: AsyncIterator[bytes]) -> StoredBlob:
-        descriptor, name = await asyncio.to_thread(tempfile.mkstemp, dir=self._drafts)
-        draft = Path(name)
-        try:
-            with os.fdopen(descriptor, "wb") as file:
-                digest, size = await _copy(chunks, file)
-                await asyncio.to_thread(_flush_to_disk, file)
-            key = digest.hexdigest()
-            await asyncio.to_thread(self._publish, draft, key)
-        except BaseException:
-            await asyncio.to_thread(draft.unlink, missing_ok=True)
-            raise
-        return StoredBlob(key, size, key)
+    def stage(self, chunks: AsyncIterator[bytes]) -> AbstractAsyncContextManager[Draft]:
+        return staged(self._drafts, chunks)
 
-    def _publish(self, draft: Path, key: str) -> None:
-        """Renames the complete draft to its key: readers see the whole blob or none."""
-        path = self._path(key)
+    async def publish(self, draft: Draft) -> None:
+        await asyncio.to_thread(self._publish, draft)
+
+    def _publish(self, draft: Draft) -> None:
+        """Renames the durable draft to its key: readers see the whole blob or none."""
+        path = self._path(draft.key)
+        _sync_file(draft.path)
         path.parent.mkdir(exist_ok=True)
-        draft.replace(path)
-        _sync_directory(path.parent)
+        draft.path.replace(path)
+        _sync_file(path.parent)
 
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self._path(key).is_file)
 
-    @asynccontextmanager
-    async def open_file(self, key: str) -> AsyncIterator[BinaryIO]:
-        with await self._open(key) as file:
-            yield file
-
     async def open_range(self, key: str, offset: int, length: int) -> AsyncIterator[bytes]:
-        with await self._open(key) as file:
+        try:
+            file = await asyncio.to_thread(self._path(key).open, "rb")
+        except FileNotFoundError:
+            raise BlobMissing(key) from None
+        with file:
             end = offset + length
             while offset < end:
                 chunk = await asyncio.to_thread(
@@ -104,16 +128,8 @@ class LocalBlobStore:
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
 
-    async def _open(self, key: str) -> BinaryIO:
-        try:
-            return await asyncio.to_thread(self._path(key).open, "rb")
-        except FileNotFoundError:
-            raise BlobMissing(key) from None
-
     def _path(self, key: str) -> Path:
-        if not _KEY.fullmatch(key):
-            raise ValueError(f"not a blob key: {key!r}")
-        return self._root / key[:2] / key
+        return self._root / ensure_key(key)[:2] / key
 
 
 async def _copy(chunks: AsyncIterator[bytes], file: BinaryIO) -> tuple["hashlib._Hash", int]:
@@ -136,13 +152,8 @@ def _append(file: BinaryIO, digest: "hashlib._Hash", data: bytearray) -> None:
     file.write(data)
 
 
-def _flush_to_disk(file: BinaryIO) -> None:
-    file.flush()
-    os.fsync(file.fileno())
-
-
-def _sync_directory(path: Path) -> None:
-    """Makes a rename in the directory durable."""
+def _sync_file(path: Path) -> None:
+    """Makes a file's bytes, or a rename in a folder, durable."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)

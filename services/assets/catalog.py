@@ -1,14 +1,16 @@
 """Assets and their blobs kept consistent: the one place that changes both.
 
-Assets with the same bytes share one blob. An upload stores its blob, inspects it, then claims
-it: it counts a reference and inserts the asset in one transaction, and checks, under the blob's
-row lock, that the file is still there. A blob is removed only under that same lock, when no live
-asset references it. So no live asset ever loses its bytes; an upload that loses the race to
-the removal of identical bytes is refused (ABORTED) and can simply be sent again.
+Assets with the same bytes share one blob. An upload stages its bytes, inspects them, publishes
+the blob, then claims it: it counts a reference and inserts the asset in one transaction, and
+checks, under the blob's row lock, that the blob is still there. A blob is removed only under
+that same lock, when no live asset references it. So no live asset ever loses its bytes; an
+upload that loses the race to the removal of identical bytes is refused (ABORTED) and can simply
+be sent again. A refused upload never reaches the store.
 """
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,23 +27,24 @@ class Catalog:
         self._blobs = blobs
 
     async def upload(self, plan: UploadPlan, chunks: AsyncIterator[bytes]) -> AssetRecord:
-        """Stores, validates and records the bytes; a refused upload leaves nothing behind."""
-        stored = await self._blobs.write(_within_limit(plan, chunks))
-        try:
-            domain.ensure_received(plan, stored.size)
-            content = await self._inspect(plan, stored.key)
+        """Stages, validates, stores and records the bytes; a refused upload leaves nothing."""
+        async with self._blobs.stage(_within_limit(plan, chunks)) as draft:
+            domain.ensure_received(plan, draft.size)
+            content = await asyncio.to_thread(_inspect, plan, draft.path)
             record = domain.new_asset(
                 plan,
                 content,
-                blob_key=stored.key,
-                size=stored.size,
-                sha256=stored.sha256,
+                blob_key=draft.key,
+                size=draft.size,
+                sha256=draft.sha256,
                 now=utcnow(),
             )
-            await self._claim(record)
-        except BaseException:  # cancellation included: the blob must not be left unreferenced
-            await self._release(stored.key)
-            raise
+            try:
+                await _to_the_end(self._blobs.publish(draft))
+                await self._claim(record)
+            except BaseException:  # cancellation included: the blob must not be left unreferenced
+                await self._release(record.blob_key)
+                raise
         return record
 
     async def get(self, asset_id: str, account_id: str) -> AssetRecord:
@@ -79,13 +82,6 @@ class Catalog:
         async with self._engine.connect() as connection:
             return await store.find_asset(connection, asset_id)
 
-    async def _inspect(self, plan: UploadPlan, key: str) -> Content:
-        try:
-            async with self._blobs.open_file(key) as file:
-                return await asyncio.to_thread(domain.inspect_content, plan, file)
-        except BlobMissing:
-            raise _upload_conflict() from None
-
     async def _claim(self, record: AssetRecord) -> None:
         async with self._engine.begin() as connection:
             await store.reference_blob(connection, record.blob_key)
@@ -107,6 +103,22 @@ async def _within_limit(plan: UploadPlan, chunks: AsyncIterator[bytes]) -> Async
         received += len(chunk)
         domain.ensure_within_limit(plan, received)
         yield chunk
+
+
+def _inspect(plan: UploadPlan, path: Path) -> Content:
+    with path.open("rb") as file:
+        return domain.inspect_content(plan, file)
+
+
+async def _to_the_end(work: Awaitable[None]) -> None:
+    """Runs `work` to its end even when the caller is canceled meanwhile (which is then raised):
+    a publish cut short in the middle could leave a blob that nothing releases."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
 
 
 def _upload_conflict() -> Aborted:

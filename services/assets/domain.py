@@ -1,28 +1,25 @@
 """The assets rules: what may be uploaded, what its content really is, who may read it and how.
 
-Images (PNG, JPEG, WebP) are decoded and verified, never trusted by name or declared type.
-Audio and video are not probed yet (PyAV comes later): only generated assets of those kinds are
-accepted, recorded with the kind and type their worker declares; uploads of them are refused.
+Content is inspected (`media`), never trusted by name or declared type: uploads are images (PNG,
+JPEG, WebP) or audio (WAV, MP3, FLAC, OGG); generated results may also be MP4 video.
 """
 
 import base64
 import hashlib
 import hmac
 import re
-import struct
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import BinaryIO
 from urllib.parse import parse_qsl
 
-from PIL import Image
-
 from magicpixels.core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from magicpixels.core.ids import new_id
+from magicpixels.services.assets import media
+from magicpixels.services.assets.media import Content
 
 MIB = 1024 * 1024
-MAX_IMAGE_PIXELS = 40_000_000
 MIN_URL_SECONDS = 60
 MAX_URL_SECONDS = 86_400
 
@@ -44,22 +41,26 @@ SIZE_LIMITS = {
     # Generated only: 30 s of H.264 at up to 2048 px fits well within this.
     Kind.VIDEO: 200 * MIB,
 }
-_IMAGE_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
-_IMAGE_TYPES = {pillow: content_type for content_type, pillow in _IMAGE_FORMATS.items()}
 _MEDIA_KINDS = {
-    **dict.fromkeys(_IMAGE_FORMATS, Kind.IMAGE),
+    **dict.fromkeys(("image/png", "image/jpeg", "image/webp"), Kind.IMAGE),
     **dict.fromkeys(("audio/wav", "audio/mpeg", "audio/flac", "audio/ogg"), Kind.AUDIO),
     "video/mp4": Kind.VIDEO,
+}
+# What a file of each kind must be, as the refusals say it.
+_ACCEPTED = {
+    Kind.IMAGE: "a PNG, JPEG or WebP image",
+    Kind.AUDIO: "WAV, MP3, FLAC or OGG audio",
+    Kind.VIDEO: "an MP4 video",
 }
 _ALIASES = {
     "image/jpg": "image/jpeg",
     "audio/x-wav": "audio/wav",
     "audio/wave": "audio/wav",
+    "audio/vnd.wave": "audio/wav",
     "audio/mp3": "audio/mpeg",
     "audio/x-flac": "audio/flac",
+    "application/ogg": "audio/ogg",
 }
-# What Pillow raises for a malformed or truncated file.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
 _EXPIRES = re.compile(r"[0-9]{1,12}")
 
 
@@ -75,16 +76,6 @@ class UploadPlan:
     job_id: str | None
     declared_size: int | None
     max_bytes: int
-
-
-@dataclass(frozen=True)
-class Content:
-    """What inspecting the stored bytes found."""
-
-    content_type: str
-    width: int | None = None
-    height: int | None = None
-    duration_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -150,15 +141,17 @@ def kind_of(content_type: str) -> Kind:
     try:
         return _MEDIA_KINDS[content_type]
     except KeyError:
-        raise _unsupported(
-            f"{content_type} is not a supported type: images must be PNG, JPEG or WebP"
+        raise media.unsupported(
+            f"{content_type} is not a supported type: upload {_ACCEPTED[Kind.IMAGE]} "
+            f"or {_ACCEPTED[Kind.AUDIO]}"
         ) from None
 
 
 def _ensure_accepted(kind: Kind, origin: Origin) -> None:
-    if kind is not Kind.IMAGE and origin is Origin.UPLOAD:
-        raise _unsupported(
-            f"{kind} uploads are not supported yet: upload a PNG, JPEG or WebP image"
+    if kind is Kind.VIDEO and origin is Origin.UPLOAD:
+        raise media.unsupported(
+            f"video is only generated, not uploaded: upload {_ACCEPTED[Kind.IMAGE]} "
+            f"or {_ACCEPTED[Kind.AUDIO]}"
         )
 
 
@@ -195,7 +188,7 @@ def _too_large(kind: Kind, limit: int) -> InvalidArgument:
 def ensure_received(plan: UploadPlan, size: int) -> None:
     """Checks the number of bytes that arrived against the declared size."""
     if size == 0:
-        raise _unsupported("the file is empty")
+        raise media.unsupported("the file is empty")
     if plan.declared_size is not None and size != plan.declared_size:
         raise InvalidArgument(
             "PARAMETER_INVALID",
@@ -205,50 +198,16 @@ def ensure_received(plan: UploadPlan, size: int) -> None:
 
 
 def inspect_content(plan: UploadPlan, file: BinaryIO) -> Content:
-    """What the stored bytes are; blocking (it decodes images), so run it in a thread."""
-    if plan.kind is not Kind.IMAGE:
-        return Content(plan.content_type)
-    content = probe_image(file)
-    if content.content_type != plan.content_type:
+    """What the stored bytes are, which must be what was declared; blocking (it decodes)."""
+    found = media.sniff(file)
+    if found is None:
+        raise media.unsupported(f"the file is not {_ACCEPTED[plan.kind]}")
+    if found != plan.content_type:
         raise FailedPrecondition(
             "CONTENT_MISMATCH",
-            f"the file is a {_IMAGE_FORMATS[content.content_type]} image "
-            f"but was declared as {plan.content_type}",
+            f"the file is {media.FORMAT_NAMES[found]} but was declared as {plan.content_type}",
         )
-    return content
-
-
-def probe_image(file: BinaryIO) -> Content:
-    """Decodes the whole image (a truncated file fails) and returns its type and size."""
-    try:
-        with _open_image(file) as image:
-            image.verify()
-        file.seek(0)
-        with _open_image(file) as image:
-            image.load()
-            return Content(_IMAGE_TYPES[image.format or ""], image.width, image.height)
-    except Image.DecompressionBombError:
-        raise _too_many_pixels() from None
-    except _DECODE_ERRORS:
-        raise _unsupported("the file is not a complete PNG, JPEG or WebP image") from None
-
-
-def _open_image(file: BinaryIO) -> Image.Image:
-    image = Image.open(file, formats=tuple(_IMAGE_TYPES))
-    # Checked before any pixel is decoded; Pillow's own guard only warns up to ~179 megapixels.
-    if image.width * image.height > MAX_IMAGE_PIXELS:
-        image.close()
-        raise _too_many_pixels()
-    return image
-
-
-def _too_many_pixels() -> InvalidArgument:
-    megapixels = MAX_IMAGE_PIXELS // 1_000_000
-    return InvalidArgument("PAYLOAD_TOO_LARGE", f"the image exceeds {megapixels} megapixels")
-
-
-def _unsupported(message: str) -> FailedPrecondition:
-    return FailedPrecondition("UNSUPPORTED_MEDIA_TYPE", message)
+    return media.probe(found, file)
 
 
 def new_asset(

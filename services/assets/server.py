@@ -1,6 +1,7 @@
 """The AssetsService servicer and the assets Service."""
 
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -14,9 +15,10 @@ from magicpixels.core.service import Mesh, open_database
 from magicpixels.core.settings import AssetsSettings, secret_value
 from magicpixels.core.timestamps import to_timestamp, utcnow
 from magicpixels.services.assets import domain
-from magicpixels.services.assets.blobs import LocalBlobStore
+from magicpixels.services.assets.blobs import BlobStore, LocalBlobStore
 from magicpixels.services.assets.catalog import Catalog
 from magicpixels.services.assets.domain import AssetRecord, Kind, Origin
+from magicpixels.services.assets.s3 import S3BlobStore
 
 SERVICE_NAME = assets_pb2.DESCRIPTOR.services_by_name["AssetsService"].full_name
 
@@ -145,6 +147,14 @@ def _asset(record: AssetRecord) -> assets_pb2.Asset:
     )
 
 
+async def open_blob_store(settings: AssetsSettings, data_dir: Path) -> BlobStore:
+    """The store the settings choose; uploads are staged under the blob folder either way."""
+    root = settings.blob_dir or data_dir / "blobs"
+    if settings.blob_store == "s3":
+        return await S3BlobStore.connect(settings, root / "tmp")
+    return LocalBlobStore(root)
+
+
 class AssetsService:
     name = "assets"
 
@@ -155,10 +165,10 @@ class AssetsService:
 
     async def start(self) -> Sequence[ServiceBinding]:
         mesh_settings = self._mesh.settings
+        blobs = await open_blob_store(self.settings, mesh_settings.data_dir)  # fails fast
         self._engine = await open_database(
             mesh_settings, self.settings, self.name, "magicpixels.services.assets.migrations"
         )
-        blobs = LocalBlobStore(self.settings.blob_dir or mesh_settings.data_dir / "blobs")
         signing_key = secret_value(
             self.settings.url_signing_key, mesh_settings.data_dir, "assets_url_signing_key"
         )

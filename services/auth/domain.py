@@ -1,8 +1,12 @@
 """The rules of accounts and API keys: the token format, keyed secret hashes, scopes, validation.
 
-A token is `mp_<mode>_<key id without "key_">.<secret>`: the key id is public and finds the key,
-the secret is stored only as HMAC-SHA256 under a server-side pepper. Each stored hash records the
-pepper version it was made with, so a new pepper can be introduced without invalidating keys.
+A token is `mp_<mode>_<key id without "key_">.<secret><checksum>`: the key id is public and finds
+the key, the secret is stored only as HMAC-SHA256 under a server-side pepper, and the checksum
+(CRC32 of everything before it, 6 base62 characters, as GitHub's tokens carry) lets a mistyped
+token be refused before any lookup and a leaked one be recognised offline (`TOKEN_PATTERN`).
+Each stored hash records the pepper version it was made with, so a new pepper can be introduced
+without invalidating keys; a key verified under an older pepper is hashed again under the
+current one.
 """
 
 import base64
@@ -11,12 +15,13 @@ import hmac
 import re
 import secrets
 import string
+import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Literal, NamedTuple
 
-from magicpixels.core.errors import InvalidArgument, Unauthenticated
+from magicpixels.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from magicpixels.core.ids import new_id
 
 Mode = Literal["live", "test"]
@@ -32,13 +37,22 @@ SCOPES: tuple[str, ...] = (
 KEY_ID_PREFIX = "key_"
 FIRST_KEY_NAME = "default"
 DEFAULT_PLAN = "free"
-PEPPER_VERSION = 1
+FIRST_PEPPER_VERSION = 1
 SECRET_LENGTH = 43  # 43 base62 characters carry 256 bits
+CHECKSUM_LENGTH = 6  # 62**6 > 2**32: a CRC32 fits
 MAX_EMAIL_LENGTH = 254
 MAX_NAME_LENGTH = 200
+DEFAULT_WEBHOOK_GRACE = timedelta(hours=24)
+MAX_WEBHOOK_GRACE = timedelta(days=7)
+# Where the auth service announces revoked keys (the key id), for caches to drop them.
+REVOKED_KEYS_CHANNEL = "auth.api_keys.revoked"
 
 _BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
-_TOKEN = re.compile(r"mp_(live|test)_([0-9A-Za-z]{1,64})\.([0-9A-Za-z]{32,128})")
+# Key ids are 30 Crockford base32 characters (magicpixels.core.ids).
+TOKEN_PATTERN = re.compile(
+    rf"mp_(live|test)_([0-9A-HJKMNP-TV-Z]{{30}})\.([0-9A-Za-z]{{{SECRET_LENGTH}}})"
+    rf"([0-9A-Za-z]{{{CHECKSUM_LENGTH}}})"
+)
 _INVALID_KEY_MESSAGE = "the API key is not valid"
 # The key id's 10 time characters and 4 random ones: keys made together still look different.
 _DISPLAYED_KEY_CHARS = 14
@@ -52,6 +66,15 @@ class Account:
     plan: str
     webhook_secret: str
     created_at: datetime
+    # The secret a rotation replaced, valid until `previous_webhook_secret_expires_at`.
+    previous_webhook_secret: str | None = None
+    previous_webhook_secret_expires_at: datetime | None = None
+
+    def webhook_secrets(self, now: datetime) -> tuple[str, str | None]:
+        """The current signing secret and, while its grace period lasts, the one it replaced."""
+        expires = self.previous_webhook_secret_expires_at
+        in_grace = expires is not None and expires > now
+        return self.webhook_secret, self.previous_webhook_secret if in_grace else None
 
 
 @dataclass(frozen=True)
@@ -81,14 +104,21 @@ class ParsedToken(NamedTuple):
 
 
 class Peppers:
-    """The HMAC keys of stored secrets by version; new secrets use the newest version."""
+    """The HMAC keys of stored secrets by version; new secrets use `current` (else the newest).
 
-    def __init__(self, by_version: Mapping[int, str]) -> None:
+    An operator adds a version everywhere first and makes it current after, so no replica meets
+    a hash made with a pepper it does not know yet.
+    """
+
+    def __init__(self, by_version: Mapping[int, str], current: int | None = None) -> None:
         self._by_version = dict(by_version)
-        self.current = max(self._by_version)
+        self.current = max(self._by_version) if current is None else current
+        if self.current not in self._by_version:
+            known = ", ".join(str(version) for version in sorted(self._by_version))
+            raise ValueError(f"pepper version {self.current} is not configured (known: {known})")
 
     def hash(self, secret: str) -> str:
-        """The hash of a new secret, made with the newest pepper (`current`)."""
+        """The hash of a new secret, made with the current pepper."""
         return hash_secret(self._by_version[self.current], secret)
 
     def matches(self, secret: str, version: int, stored_hash: str) -> bool:
@@ -108,15 +138,28 @@ def new_webhook_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
+def checksum(body: str) -> str:
+    """CRC32 of the token's body in base62, 6 characters: catches typos, proves nothing."""
+    value = zlib.crc32(body.encode())
+    digits = []
+    for _ in range(CHECKSUM_LENGTH):
+        value, digit = divmod(value, 62)
+        digits.append(_BASE62[digit])
+    return "".join(reversed(digits))
+
+
 def format_token(mode: Mode, key_id: str, secret: str) -> str:
-    return f"mp_{mode}_{key_id.removeprefix(KEY_ID_PREFIX)}.{secret}"
+    body = f"mp_{mode}_{key_id.removeprefix(KEY_ID_PREFIX)}.{secret}"
+    return body + checksum(body)
 
 
 def parse_token(token: str) -> ParsedToken:
-    match = _TOKEN.fullmatch(token)
-    if match is None:
+    """The parts of a well-formed token whose checksum holds; anything else is refused here,
+    before any lookup (pure Python: the gateway runs it too)."""
+    match = TOKEN_PATTERN.fullmatch(token)
+    if match is None or checksum(token[:-CHECKSUM_LENGTH]) != match[4]:
         raise Unauthenticated("API_KEY_INVALID", _INVALID_KEY_MESSAGE)
-    mode, key_part, secret = match.groups()
+    mode, key_part, secret, _ = match.groups()
     return ParsedToken("live" if mode == "live" else "test", KEY_ID_PREFIX + key_part, secret)
 
 
@@ -131,11 +174,23 @@ def authenticate(key: ApiKey | None, token: ParsedToken, peppers: Peppers, now: 
         raise Unauthenticated("API_KEY_INVALID", _INVALID_KEY_MESSAGE)
     if not peppers.matches(token.secret, key.pepper_version, key.secret_hash):
         raise Unauthenticated("API_KEY_INVALID", _INVALID_KEY_MESSAGE)
+    return usable(key, now)
+
+
+def usable(key: ApiKey, now: datetime) -> ApiKey:
+    """The key, unless it was revoked or has expired."""
     if key.revoked_at is not None:
         raise Unauthenticated("API_KEY_REVOKED", "the API key was revoked")
     if key.expires_at is not None and key.expires_at <= now:
         raise Unauthenticated("API_KEY_EXPIRED", "the API key has expired")
     return key
+
+
+def rehashed(key: ApiKey, token: ParsedToken, peppers: Peppers) -> ApiKey | None:
+    """The key hashed under the current pepper, when a verified token shows it is older."""
+    if key.pepper_version == peppers.current:
+        return None
+    return replace(key, secret_hash=peppers.hash(token.secret), pepper_version=peppers.current)
 
 
 def normalize_email(email: str) -> str:
@@ -177,11 +232,42 @@ def checked_scopes(requested: Iterable[str]) -> tuple[str, ...]:
     return tuple(scope for scope in SCOPES if scope in wanted) if wanted else SCOPES
 
 
+def grantable_scopes(
+    issuer: ApiKey | None, mode: Mode, requested: Iterable[str]
+) -> tuple[str, ...]:
+    """The scopes of a new key that `issuer` asks for: no more than it holds itself (none
+    requested means all of its own), and from a test-mode issuer only a test-mode key."""
+    wanted = tuple(requested)
+    if issuer is None:
+        return checked_scopes(wanted)
+    if mode == "live" and not issuer.livemode:
+        message = "a test-mode API key can create only test-mode keys"
+        raise PermissionDenied("TEST_KEY_NOT_ALLOWED", message)
+    if not wanted:
+        return issuer.scopes
+    scopes = checked_scopes(wanted)
+    missing = [scope for scope in scopes if scope not in issuer.scopes]
+    if missing:
+        message = f"this API key cannot grant {', '.join(missing)}, which it does not hold"
+        raise PermissionDenied("SCOPE_MISSING", message, param="scopes")
+    return scopes
+
+
 def checked_expiry(expires_at: datetime | None, now: datetime) -> datetime | None:
     if expires_at is not None and expires_at <= now:
         message = "expires_at must be in the future"
         raise InvalidArgument("PARAMETER_INVALID", message, param="expires_at")
     return expires_at
+
+
+def checked_grace_period(grace: timedelta | None) -> timedelta:
+    """How long a replaced webhook secret stays valid: 0 to 7 days, 24 hours when unset."""
+    if grace is None:
+        return DEFAULT_WEBHOOK_GRACE
+    if not timedelta(0) <= grace <= MAX_WEBHOOK_GRACE:
+        message = f"grace_period_seconds must be between 0 and {MAX_WEBHOOK_GRACE.days * 86400}"
+        raise InvalidArgument("PARAMETER_INVALID", message, param="grace_period_seconds")
+    return grace
 
 
 def new_account(email: str, name: str, now: datetime) -> Account:

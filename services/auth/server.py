@@ -1,25 +1,39 @@
 """The AuthService servicer and the auth Service that runs it."""
 
+import asyncio
+import contextlib
+
 import grpc
+import structlog
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from magicpixels.auth.v1 import auth_pb2, auth_pb2_grpc
 from magicpixels.core import paging
+from magicpixels.core.bus import EventBus
+from magicpixels.core.errors import NotFound
 from magicpixels.core.server import ServiceBinding
 from magicpixels.core.service import Mesh, open_database
 from magicpixels.core.settings import AuthSettings, secret_value
 from magicpixels.core.timestamps import from_timestamp, to_timestamp, utcnow
 from magicpixels.services.auth import domain, store
 from magicpixels.services.auth.domain import Account, ApiKey, Mode, Peppers
+from magicpixels.services.auth.usage import UsageMarks
 
 SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 _MIGRATIONS = "magicpixels.services.auth.migrations"
 
+log = structlog.get_logger("magicpixels.auth")
+
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
-    def __init__(self, engine: AsyncEngine, peppers: Peppers) -> None:
+    def __init__(
+        self, engine: AsyncEngine, peppers: Peppers, bus: EventBus, usage: UsageMarks
+    ) -> None:
         self._engine = engine
         self._peppers = peppers
+        self._bus = bus
+        self._usage = usage
 
     async def CreateAccount(
         self, request: auth_pb2.CreateAccountRequest, context: grpc.aio.ServicerContext
@@ -49,11 +63,13 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         expires_at = (
             from_timestamp(request.expire_time) if request.HasField("expire_time") else None
         )
+        mode = _mode(request.mode)
+        issuer = await self._issuer(request.account_id, request.issuer_api_key_id)
         key, token = domain.issue_key(
             request.account_id,
             request.name,
-            _mode(request.mode),
-            domain.checked_scopes(request.scopes),
+            mode,
+            domain.grantable_scopes(issuer, mode, request.scopes),
             self._peppers,
             now,
             domain.checked_expiry(expires_at, now),
@@ -66,7 +82,11 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.ListApiKeysResponse:
         size = paging.page_size(request.page_size)
         keys = await store.list_api_keys(
-            self._engine, request.account_id, size + 1, request.page_token
+            self._engine,
+            request.account_id,
+            size + 1,
+            request.page_token,
+            _mode_filter(request.mode),
         )
         found, next_page_token = paging.page(keys, size)
         return auth_pb2.ListApiKeysResponse(
@@ -76,15 +96,23 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def RevokeApiKey(
         self, request: auth_pb2.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.ApiKey:
-        key = await store.revoke_api_key(self._engine, request.account_id, request.id, utcnow())
+        key = await store.revoke_api_key(
+            self._engine, request.account_id, request.id, utcnow(), _mode_filter(request.mode)
+        )
+        await self._announce_revoked(key.id)
         return _api_key_message(key)
 
     async def VerifyApiKey(
         self, request: auth_pb2.VerifyApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.Principal:
+        now = utcnow()
         token = domain.parse_token(request.token)
         found = await store.find_api_key(self._engine, token.key_id)
-        key = domain.authenticate(found, token, self._peppers, utcnow())
+        key = domain.authenticate(found, token, self._peppers, now)
+        self._usage.note(key.id, now)
+        upgraded = domain.rehashed(key, token, self._peppers)
+        if upgraded is not None:
+            await store.rehash_api_key(self._engine, upgraded, key.pepper_version)
         return auth_pb2.Principal(
             account_id=key.account_id,
             api_key_id=key.id,
@@ -97,12 +125,55 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.GetWebhookSecretRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.WebhookSecret:
         account = await store.get_account(self._engine, request.account_id)
-        return auth_pb2.WebhookSecret(account_id=account.id, secret=account.webhook_secret)
+        return _webhook_secret_message(account)
+
+    async def RotateWebhookSecret(
+        self, request: auth_pb2.RotateWebhookSecretRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.WebhookSecret:
+        grace = request.grace_period.ToTimedelta() if request.HasField("grace_period") else None
+        expires_at = utcnow() + domain.checked_grace_period(grace)
+        account = await store.rotate_webhook_secret(
+            self._engine, request.account_id, domain.new_webhook_secret(), expires_at
+        )
+        return _webhook_secret_message(account)
+
+    async def _issuer(self, account_id: str, key_id: str) -> ApiKey | None:
+        """The account's usable key that asks for a new one; None when no key asks."""
+        if not key_id:
+            return None
+        found = await store.find_api_key(self._engine, key_id)
+        if found is None or found.account_id != account_id:
+            raise NotFound("API_KEY_NOT_FOUND", f"no API key {key_id}")
+        return domain.usable(found, utcnow())
+
+    async def _announce_revoked(self, key_id: str) -> None:
+        """Tells every gateway to drop the key from its cache now rather than when it expires."""
+        try:
+            await self._bus.publish(domain.REVOKED_KEYS_CHANNEL, key_id.encode())
+        except RedisError:
+            # Committed all the same; caches then drop the key within their time to live.
+            log.warning("revocation_not_announced", api_key_id=key_id, exc_info=True)
 
 
 def _mode(mode: auth_pb2.KeyMode.ValueType) -> Mode:
     """Unspecified means live, the mode of every key the API creates without asking."""
     return "test" if mode == auth_pb2.KEY_MODE_TEST else "live"
+
+
+def _mode_filter(mode: auth_pb2.KeyMode.ValueType) -> Mode | None:
+    """Unspecified means either mode."""
+    return None if mode == auth_pb2.KEY_MODE_UNSPECIFIED else _mode(mode)
+
+
+def _webhook_secret_message(account: Account) -> auth_pb2.WebhookSecret:
+    secret, previous = account.webhook_secrets(utcnow())
+    previous_expires = account.previous_webhook_secret_expires_at if previous else None
+    return auth_pb2.WebhookSecret(
+        account_id=account.id,
+        secret=secret,
+        previous_secret=previous or "",
+        previous_expire_time=to_timestamp(previous_expires),
+    )
 
 
 def _account_message(account: Account) -> auth_pb2.Account:
@@ -137,17 +208,31 @@ class AuthService:
         self.settings = settings
         self._mesh = mesh
         self._engine: AsyncEngine | None = None
+        self._usage: UsageMarks | None = None
+        self._flushing: asyncio.Task[None] | None = None
 
     async def start(self) -> list[ServiceBinding]:
+        peppers = self._peppers()
         self._engine = await open_database(
             self._mesh.settings, self.settings, self.name, _MIGRATIONS
         )
-        pepper = secret_value(self.settings.pepper, self._mesh.settings.data_dir, "auth_pepper")
-        servicer = AuthServicer(self._engine, Peppers({domain.PEPPER_VERSION: pepper}))
+        self._usage = UsageMarks(self._engine, self.settings.last_used_flush_seconds)
+        self._flushing = asyncio.create_task(self._usage.run())
+        servicer = AuthServicer(self._engine, peppers, self._mesh.bus, self._usage)
         return [
             ServiceBinding(SERVICE_NAME, servicer, auth_pb2_grpc.add_AuthServiceServicer_to_server)
         ]
 
+    def _peppers(self) -> Peppers:
+        first = secret_value(self.settings.pepper, self._mesh.settings.data_dir, "auth_pepper")
+        later = {version: s.get_secret_value() for version, s in self.settings.peppers.items()}
+        return Peppers({domain.FIRST_PEPPER_VERSION: first, **later}, self.settings.pepper_version)
+
     async def close(self) -> None:
+        if self._flushing is not None and self._usage is not None:
+            self._flushing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flushing
+            await self._usage.flush()
         if self._engine is not None:
             await self._engine.dispose()

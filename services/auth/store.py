@@ -1,5 +1,6 @@
 """The auth tables and the queries on them."""
 
+from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
@@ -15,6 +16,8 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
+    or_,
     select,
     update,
 )
@@ -23,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from magicpixels.core.db import row_fields
 from magicpixels.core.errors import AlreadyExists, NotFound
-from magicpixels.services.auth.domain import Account, ApiKey
+from magicpixels.services.auth.domain import Account, ApiKey, Mode
 
 metadata = MetaData()
 
@@ -36,6 +39,8 @@ accounts = Table(
     Column("plan", String(40), nullable=False),
     Column("webhook_secret", String(100), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("previous_webhook_secret", String(100)),
+    Column("previous_webhook_secret_expires_at", DateTime(timezone=True)),
 )
 
 api_keys = Table(
@@ -86,22 +91,27 @@ async def find_api_key(engine: AsyncEngine, key_id: str) -> ApiKey | None:
 
 
 async def list_api_keys(
-    engine: AsyncEngine, account_id: str, limit: int, before_id: str
+    engine: AsyncEngine, account_id: str, limit: int, before_id: str, mode: Mode | None = None
 ) -> list[ApiKey]:
-    """The account's keys, newest first, older than `before_id` when it is set."""
+    """The account's keys (of `mode` when set), newest first, older than `before_id` if set."""
     query = select(api_keys).where(api_keys.c.account_id == account_id)
     if before_id:
         query = query.where(api_keys.c.id < before_id)
+    if mode is not None:
+        query = query.where(api_keys.c.mode == mode)
     async with engine.connect() as connection:
         rows = await connection.execute(query.order_by(api_keys.c.id.desc()).limit(limit))
     return [_api_key(row) for row in rows]
 
 
 async def revoke_api_key(
-    engine: AsyncEngine, account_id: str, key_id: str, now: datetime
+    engine: AsyncEngine, account_id: str, key_id: str, now: datetime, mode: Mode | None = None
 ) -> ApiKey:
-    """Marks the key revoked; revoking it again keeps the first revocation time."""
+    """Marks the key revoked; revoking it again keeps the first revocation time. A key of
+    another account, or of another mode than `mode` when set, is not found."""
     owned = (api_keys.c.id == key_id) & (api_keys.c.account_id == account_id)
+    if mode is not None:
+        owned &= api_keys.c.mode == mode
     async with engine.begin() as connection:
         await connection.execute(
             update(api_keys).where(owned, api_keys.c.revoked_at.is_(None)).values(revoked_at=now)
@@ -110,6 +120,52 @@ async def revoke_api_key(
     if row is None:
         raise NotFound("API_KEY_NOT_FOUND", f"no API key {key_id}")
     return _api_key(row)
+
+
+async def rehash_api_key(engine: AsyncEngine, key: ApiKey, old_version: int) -> None:
+    """Stores the key's hash under its new pepper version, unless another replica did first."""
+    async with engine.begin() as connection:
+        await connection.execute(
+            update(api_keys)
+            .where(api_keys.c.id == key.id, api_keys.c.pepper_version == old_version)
+            .values(secret_hash=key.secret_hash, pepper_version=key.pepper_version)
+        )
+
+
+async def mark_used(engine: AsyncEngine, last_used: Mapping[str, datetime]) -> None:
+    """Records when each key was last used, in one statement; a time never moves backwards."""
+    statement = (
+        update(api_keys)
+        .where(
+            api_keys.c.id == bindparam("key_id"),
+            or_(
+                api_keys.c.last_used_at.is_(None),
+                api_keys.c.last_used_at < bindparam("used_at"),
+            ),
+        )
+        .values(last_used_at=bindparam("used_at"))
+    )
+    marks = [{"key_id": key_id, "used_at": at} for key_id, at in last_used.items()]
+    async with engine.begin() as connection:
+        await connection.execute(statement, marks)
+
+
+async def rotate_webhook_secret(
+    engine: AsyncEngine, account_id: str, new_secret: str, previous_expires_at: datetime
+) -> Account:
+    """Makes `new_secret` current; the replaced one stays valid until `previous_expires_at`.
+    One statement, so concurrent rotations each replace the secret the one before made."""
+    async with engine.begin() as connection:
+        await connection.execute(
+            update(accounts)
+            .where(accounts.c.id == account_id)
+            .values(
+                previous_webhook_secret=accounts.c.webhook_secret,
+                previous_webhook_secret_expires_at=previous_expires_at,
+                webhook_secret=new_secret,
+            )
+        )
+        return await _get_account(connection, account_id)
 
 
 async def _get_account(connection: AsyncConnection, account_id: str) -> Account:

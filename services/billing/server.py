@@ -1,12 +1,13 @@
-"""The BillingService servicer and the billing Service that runs it with its hold sweeper."""
+"""The BillingService servicer and the billing Service that runs it with its sweeper."""
 
 import asyncio
 import contextlib
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from datetime import datetime, timedelta
 
 import grpc
 import structlog
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
 from magicpixels.core import paging
@@ -14,34 +15,42 @@ from magicpixels.core.server import ServiceBinding
 from magicpixels.core.service import Mesh, open_database
 from magicpixels.core.settings import BillingSettings
 from magicpixels.core.timestamps import to_timestamp, utcnow
-from magicpixels.services.billing import domain, store
+from magicpixels.services.billing import domain
 from magicpixels.services.billing.domain import (
     Hold,
     HoldState,
     LedgerEntry,
     Plan,
+    PlanCatalog,
     Price,
     Subscription,
 )
+from magicpixels.services.billing.payments import OperatorPayments
+from magicpixels.services.billing.store import BillingStore
+from magicpixels.services.billing.subscriptions import Subscriptions
 
 SERVICE_NAME = billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name
-SWEEP_INTERVAL_SECONDS = 60.0
-_MIGRATIONS = "magicpixels.services.billing.migrations"
+MIGRATIONS = "magicpixels.services.billing.migrations"
 
 log = structlog.get_logger("magicpixels.billing")
 
 
 class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
-    def __init__(self, engine: AsyncEngine, hold_timeout: timedelta) -> None:
-        self._engine = engine
+    def __init__(
+        self, store: BillingStore, subscriptions: Subscriptions, hold_timeout: timedelta
+    ) -> None:
+        self._store = store
+        self._subscriptions = subscriptions
         self._hold_timeout = hold_timeout
 
     async def Quote(
         self, request: billing_pb2.QuoteRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.QuoteResponse:
         account_id = domain.required(request.account_id, "account_id")
-        cost = _cost(request.usage, request.livemode)
-        available = (await store.get_balance(self._engine, account_id)).available
+        cost = domain.cost(
+            request.usage.mode, request.usage.duration_seconds, livemode=request.livemode
+        )
+        available = (await self._store.get_balance(account_id)).available
         return billing_pb2.QuoteResponse(
             cost_credits=cost, available_credits=available, sufficient=cost <= available
         )
@@ -49,17 +58,17 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def Reserve(
         self, request: billing_pb2.ReserveRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.Hold:
-        account_id = domain.required(request.account_id, "account_id")
         draft = domain.new_hold(
-            account_id,
+            domain.required(request.account_id, "account_id"),
             domain.checked_reference(request.reference),
-            _cost(request.usage, request.livemode),
-            request.livemode,
-            utcnow(),
-            self._hold_timeout,
+            request.usage.mode,
+            request.usage.duration_seconds,
+            livemode=request.livemode,
+            now=utcnow(),
+            timeout=self._hold_timeout,
         )
-        hold = await store.reserve(self._engine, draft)
-        return _hold_message(domain.owned(hold, account_id))
+        hold = await self._store.reserve(draft)
+        return _hold_message(domain.replayed(hold, draft))
 
     async def Capture(
         self, request: billing_pb2.CaptureRequest, context: grpc.aio.ServicerContext
@@ -70,8 +79,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         the capture gives back, hold minus captured (0 for a whole capture).
         """
         amount = request.amount if request.HasField("amount") else None
-        hold = await store.resolve_hold(
-            self._engine,
+        hold = await self._store.resolve_hold(
             domain.checked_reference(request.reference),
             lambda held: domain.capture(held, amount),
             utcnow(),
@@ -81,11 +89,8 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def Release(
         self, request: billing_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.Hold:
-        hold = await store.resolve_hold(
-            self._engine,
-            domain.checked_reference(request.reference),
-            lambda _: domain.RELEASE,
-            utcnow(),
+        hold = await self._store.resolve_hold(
+            domain.checked_reference(request.reference), lambda _: domain.RELEASE, utcnow()
         )
         return _hold_message(domain.resolved_as(hold, HoldState.RELEASED))
 
@@ -98,13 +103,24 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             request.description,
             domain.optional_reference(request.reference),
         )
-        return _entry_message(await store.grant(self._engine, movement, utcnow()))
+        return _entry_message(await self._store.grant(movement, utcnow()))
+
+    async def AdjustCredits(
+        self, request: billing_pb2.AdjustCreditsRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.LedgerEntry:
+        movement = domain.adjustment_movement(
+            domain.required(request.account_id, "account_id"),
+            request.amount,
+            request.description,
+            domain.optional_reference(request.reference),
+        )
+        return _entry_message(await self._store.grant(movement, utcnow()))
 
     async def GetBalance(
         self, request: billing_pb2.GetBalanceRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.Balance:
         account_id = domain.required(request.account_id, "account_id")
-        balance = await store.get_balance(self._engine, account_id)
+        balance = await self._store.get_balance(account_id)
         return billing_pb2.Balance(
             account_id=account_id, available=balance.available, reserved=balance.reserved
         )
@@ -114,9 +130,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     ) -> billing_pb2.ListLedgerEntriesResponse:
         account_id = domain.required(request.account_id, "account_id")
         size = paging.page_size(request.page_size)
-        entries = await store.list_ledger_entries(
-            self._engine, account_id, size + 1, request.page_token
-        )
+        entries = await self._store.list_ledger_entries(account_id, size + 1, request.page_token)
         found, next_page_token = paging.page(entries, size)
         return billing_pb2.ListLedgerEntriesResponse(
             ledger_entries=[_entry_message(entry) for entry in found],
@@ -131,19 +145,33 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def ListPlans(
         self, request: billing_pb2.ListPlansRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.ListPlansResponse:
-        return billing_pb2.ListPlansResponse(plans=[_plan_message(p) for p in domain.PLANS])
+        plans = self._subscriptions.plans
+        return billing_pb2.ListPlansResponse(plans=[_plan_message(plan) for plan in plans])
 
     async def Subscribe(
         self, request: billing_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.Subscription:
         account_id = domain.required(request.account_id, "account_id")
-        plan = domain.plan_of(request.plan_id)
-        subscription = await store.subscribe(self._engine, account_id, plan, utcnow())
-        return _subscription_message(subscription)
+        plan = self._subscriptions.plans.get(request.plan_id)
+        return _subscription_message(await self._subscriptions.subscribe(account_id, plan))
 
+    async def GetSubscription(
+        self, request: billing_pb2.GetSubscriptionRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.Subscription:
+        account_id = domain.required(request.account_id, "account_id")
+        return _subscription_message(await self._subscriptions.get(account_id))
 
-def _cost(usage: billing_pb2.Usage, livemode: bool) -> int:
-    return domain.cost(usage.mode, usage.duration_seconds, livemode=livemode)
+    async def ApproveSubscription(
+        self, request: billing_pb2.ApproveSubscriptionRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.Subscription:
+        account_id = domain.required(request.account_id, "account_id")
+        return _subscription_message(await self._subscriptions.approve(account_id))
+
+    async def CancelSubscription(
+        self, request: billing_pb2.CancelSubscriptionRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.Subscription:
+        account_id = domain.required(request.account_id, "account_id")
+        return _subscription_message(await self._subscriptions.cancel(account_id))
 
 
 def _hold_message(hold: Hold) -> billing_pb2.Hold:
@@ -180,40 +208,41 @@ def _price_message(price: Price) -> billing_pb2.Price:
         unit=billing_pb2.PriceUnit.Value(f"PRICE_UNIT_{price.unit.name}"),
         unit_block=price.unit_block,
         description=price.description,
+        aliases=price.aliases,
     )
 
 
 def _plan_message(plan: Plan) -> billing_pb2.Plan:
-    return billing_pb2.Plan(
-        id=plan.id,
-        name=plan.name,
-        credits_per_period=plan.credits_per_period,
-        period_days=plan.period_days,
-        price_cents=plan.price_cents,
-        currency=plan.currency,
-    )
+    return billing_pb2.Plan(**asdict(plan))
 
 
 def _subscription_message(subscription: Subscription) -> billing_pb2.Subscription:
     return billing_pb2.Subscription(
+        id=subscription.id,
         account_id=subscription.account_id,
         plan_id=subscription.plan_id,
+        status=billing_pb2.SubscriptionStatus.Value(
+            f"SUBSCRIPTION_STATUS_{subscription.status.name}"
+        ),
         current_period_start_time=to_timestamp(subscription.current_period_start),
         current_period_end_time=to_timestamp(subscription.current_period_end),
+        cancel_at_period_end=subscription.cancel_at_period_end,
+        create_time=to_timestamp(subscription.created_at),
+        cancel_time=to_timestamp(subscription.canceled_at),
+        end_time=to_timestamp(subscription.ended_at),
     )
 
 
-async def sweep_holds(
-    engine: AsyncEngine, interval_seconds: float = SWEEP_INTERVAL_SECONDS
-) -> None:
-    """Expires overdue holds now and every interval until cancelled; a failed sweep is logged
-    and the next one tries again."""
+async def sweep(tasks: list[Callable[[datetime], Awaitable[object]]], interval: float) -> None:
+    """Runs each task now and every interval until cancelled; a failed task is logged, the
+    others run, and the next sweep tries it again."""
     while True:
-        try:
-            await store.expire_holds(engine, utcnow())
-        except Exception:  # the sweeper must outlive any one failure
-            log.exception("hold_sweep_failed")
-        await asyncio.sleep(interval_seconds)
+        for task in tasks:
+            try:
+                await task(utcnow())
+            except Exception:  # the sweeper must outlive any one failure
+                log.exception("sweep_failed", task=task.__name__)
+        await asyncio.sleep(interval)
 
 
 class BillingService:
@@ -222,16 +251,26 @@ class BillingService:
     def __init__(self, mesh: Mesh, settings: BillingSettings) -> None:
         self.settings = settings
         self._mesh = mesh
-        self._engine: AsyncEngine | None = None
+        self._store: BillingStore | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> list[ServiceBinding]:
-        self._engine = await open_database(
-            self._mesh.settings, self.settings, self.name, _MIGRATIONS
+        engine = await open_database(self._mesh.settings, self.settings, self.name, MIGRATIONS)
+        self._store = BillingStore(engine)
+        subscriptions = Subscriptions(
+            self._store,
+            PlanCatalog(Plan(**plan.model_dump()) for plan in self.settings.plans),
+            OperatorPayments(auto_approve=self.settings.auto_approve_subscriptions),
         )
-        self._sweeper = asyncio.create_task(sweep_holds(self._engine), name="billing-hold-sweeper")
+        self._sweeper = asyncio.create_task(
+            sweep(
+                [self._store.expire_holds, subscriptions.renew_due],
+                self.settings.sweep_interval_seconds,
+            ),
+            name="billing-sweeper",
+        )
         servicer = BillingServicer(
-            self._engine, timedelta(seconds=self.settings.hold_timeout_seconds)
+            self._store, subscriptions, timedelta(seconds=self.settings.hold_timeout_seconds)
         )
         return [
             ServiceBinding(
@@ -244,5 +283,5 @@ class BillingService:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        if self._engine is not None:
-            await self._engine.dispose()
+        if self._store is not None:
+            await self._store.engine.dispose()

@@ -1,31 +1,49 @@
-"""The billing tables and the transactions on them.
+"""The billing tables and the statements on them.
 
-Every change of credits goes through `_apply`: one guarded UPDATE of the balance row (it
-refuses to take available credits below zero) and its ledger entry, in the caller's transaction.
+Every change of credits moves the account's balance row with one guarded UPDATE (it refuses to
+take available credits below zero) and appends its ledger entry, atomically. Reserve and the
+resolution of a hold run for every job. On PostgreSQL, Reserve is one statement that commits on
+its own: data-modifying CTEs chain the balance, the hold and the entry, in one round trip. A
+resolution reads the hold, for the domain to decide what it becomes, then is one such statement
+too, guarded by the hold still being held. SQLite cannot modify data in a CTE; it runs the same
+statements in one transaction, and it serialises every writer.
+
+The hot statements are built and compiled once, with bind parameters. On PostgreSQL they run on
+asyncpg directly: SQLAlchemy's work per execution (parameters, result rows, events) cost several
+times the CPU of the round trip itself, on every job (profiled under bench/billing.py).
 """
 
 from collections.abc import Callable
-from dataclasses import asdict
+from contextlib import AbstractAsyncContextManager
+from dataclasses import asdict, fields
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
     Column,
+    ColumnElement,
     DateTime,
+    Executable,
+    FromClause,
     Index,
+    Insert,
     MetaData,
     Row,
     Select,
     String,
     Table,
     Text,
+    bindparam,
+    exists,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -40,9 +58,9 @@ from magicpixels.services.billing.domain import (
     HoldState,
     LedgerEntry,
     Movement,
-    Plan,
     Resolution,
     Subscription,
+    SubscriptionStatus,
 )
 
 metadata = MetaData()
@@ -69,7 +87,8 @@ ledger_entries = Table(
     Column("description", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_ledger_entries_account_id_id", "account_id", "id"),
-    # One grant per grant reference; one hold, capture, release or expiry per hold.
+    # One grant per grant reference, one refill per period; one hold, capture, release or
+    # expiry per hold.
     Index(
         "ux_ledger_entries_account_id_kind_reference",
         "account_id",
@@ -84,6 +103,7 @@ holds = Table(
     metadata,
     Column("reference", String(255), primary_key=True),
     Column("account_id", String(64), nullable=False),
+    Column("mode", String(32), nullable=False),
     Column("amount", BigInteger, nullable=False),
     Column("captured_amount", BigInteger, nullable=False),
     Column("state", String(10), nullable=False),
@@ -99,145 +119,310 @@ subscriptions = Table(
     metadata,
     Column("account_id", String(64), primary_key=True),
     Column("plan_id", String(40), nullable=False),
-    Column("current_period_start", DateTime(timezone=True), nullable=False),
-    Column("current_period_end", DateTime(timezone=True), nullable=False),
+    Column("current_period_start", DateTime(timezone=True)),
+    Column("current_period_end", DateTime(timezone=True)),
+    Column("id", String(64), nullable=False),
+    Column("status", String(10), nullable=False),
+    Column("cancel_at_period_end", Boolean, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("canceled_at", DateTime(timezone=True)),
+    Column("ended_at", DateTime(timezone=True)),
+    Index("ux_subscriptions_id", "id", unique=True),
+    Index("ix_subscriptions_status_current_period_end", "status", "current_period_end"),
 )
 
 
-async def get_balance(engine: AsyncEngine, account_id: str) -> Balance:
-    """The account's credits; an account billing has never seen has none."""
-    async with engine.connect() as connection:
-        row = (await connection.execute(_balance_of(account_id))).first()
-    return Balance(account_id, 0, 0) if row is None else Balance(**row._mapping)
+class _Hot:
+    """A statement run for every job, compiled once for asyncpg. `first` answers its first row
+    as a dict, `run` runs it; on SQLite both go through SQLAlchemy."""
+
+    _DIALECT = PGDialect_asyncpg()
+
+    def __init__(self, statement: Executable) -> None:
+        self.statement = statement
+        self._compiled = statement.compile(dialect=self._DIALECT)
+
+    async def first(
+        self, connection: AsyncConnection, params: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        if connection.dialect.name != "postgresql":
+            row = (await connection.execute(self.statement, params)).first()
+            return None if row is None else row_fields(row)
+        record = await _driver(connection).fetchrow(self._compiled.string, *self._values(params))
+        return None if record is None else dict(record)
+
+    async def run(self, connection: AsyncConnection, params: dict[str, Any]) -> None:
+        if connection.dialect.name != "postgresql":
+            await connection.execute(self.statement, params)
+            return
+        await _driver(connection).execute(self._compiled.string, *self._values(params))
+
+    def _values(self, params: dict[str, Any]) -> list[Any]:
+        values = self._compiled.construct_params(params)
+        return [values[name] for name in self._compiled.positiontup or ()]
 
 
-async def reserve(engine: AsyncEngine, hold: Hold) -> Hold:
-    """Records the hold and takes its credits, or answers the hold already under its reference.
+def _driver(connection: AsyncConnection) -> asyncpg.Connection:
+    """The asyncpg connection under a connection in use (its DBAPI connection is checked out)."""
+    return connection.sync_connection.connection.driver_connection
 
-    Of concurrent Reserves with one reference, the losers' inserts conflict with the winner's
-    hold, so their transactions roll back, credits included, and they answer the winner's hold.
+
+# A movement's parameters (`_movement_params`).
+_ACCOUNT = bindparam("move_account", type_=String)
+_AVAILABLE = bindparam("move_available", type_=BigInteger)
+_RESERVED = bindparam("move_reserved", type_=BigInteger)
+_ENTRY_VALUES = (
+    bindparam("entry_id", type_=String),
+    _ACCOUNT,
+    bindparam("entry_kind", type_=String),
+    _AVAILABLE,
+)
+_ENTRY_TAIL = (
+    bindparam("entry_reference", type_=String),
+    bindparam("entry_description", type_=Text),
+    bindparam("entry_created_at", type_=DateTime(timezone=True)),
+)
+# A hold's parameters: `hold_<column>`.
+_HOLD = {column.name: bindparam(f"hold_{column.name}", type_=column.type) for column in holds.c}
+
+# The guarded change of a balance, which answers the available credits after it.
+_MOVE = (
+    update(balances)
+    .where(balances.c.account_id == _ACCOUNT, balances.c.available >= -_AVAILABLE)
+    .values(available=balances.c.available + _AVAILABLE, reserved=balances.c.reserved + _RESERVED)
+    .returning(balances.c.available)
+)
+_MOVE_UNLESS_HELD = _MOVE.where(~exists().where(holds.c.reference == _HOLD["reference"]))
+
+
+def _new_entry(balance_after: ColumnElement[Any], *source: FromClause) -> Insert:
+    """The movement's entry, with the balance after it from `balance_after`."""
+    values = select(*_ENTRY_VALUES, balance_after, *_ENTRY_TAIL).select_from(*source)
+    return ledger_entries.insert().from_select([c.name for c in ledger_entries.c], values)
+
+
+def _new_hold(*source: FromClause) -> Insert:
+    return holds.insert().from_select(list(_HOLD), select(*_HOLD.values()).select_from(*source))
+
+
+_ADD_ENTRY = _new_entry(bindparam("entry_balance_after", type_=BigInteger))
+_ADD_HOLD = _Hot(_new_hold())
+_GET_HOLD = _Hot(select(holds).where(holds.c.reference == _HOLD["reference"]))
+# The resolution of a held hold, which answers the hold as it is then.
+_RESOLVE = _Hot(
+    update(holds)
+    .where(holds.c.reference == _HOLD["reference"], holds.c.state == HoldState.HELD.value)
+    .values(
+        state=bindparam("resolve_state", type_=String),
+        captured_amount=bindparam("resolve_captured", type_=BigInteger),
+        resolved_at=bindparam("resolve_time", type_=DateTime(timezone=True)),
+    )
+    .returning(*holds.c)
+)
+
+
+def _fused_reserve() -> Select[Any]:
+    """Takes the credits unless the reference holds some already, then records the hold and
+    its entry: one statement that answers the available credits after it, or no row."""
+    moved = _MOVE_UNLESS_HELD.cte("moved")
+    entry = _new_entry(moved.c.available, moved)
+    return select(moved.c.available).add_cte(_new_hold(moved).cte("held"), entry.cte("entry"))
+
+
+def _fused_resolution() -> Select[Any]:
+    """Resolves the hold if still held, then returns its credits and records the entry: one
+    statement that answers the resolved hold, or no row."""
+    resolved = _RESOLVE.statement.cte("resolved")
+    moved = _MOVE.where(exists(select(resolved.c.reference))).cte("moved")
+    entry = _new_entry(moved.c.available, moved)
+    return select(resolved).add_cte(moved, entry.cte("entry"))
+
+
+_FUSED_RESERVE = _Hot(_fused_reserve())
+_FUSED_RESOLUTION = _Hot(_fused_resolution())
+
+
+class BillingStore:
+    """The billing database.
+
+    On PostgreSQL, `_single` runs each statement in autocommit: no BEGIN and COMMIT round trips
+    around statements that are atomic alone. On SQLite it is the engine.
     """
-    try:
-        async with engine.begin() as connection:
-            earlier = await _find_hold(connection, hold.reference)
-            return earlier or await _insert_hold(connection, hold)
-    except IntegrityError:
-        return await get_hold(engine, hold.reference)
 
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._fused = engine.dialect.name == "postgresql"
+        self._single = (
+            engine.execution_options(isolation_level="AUTOCOMMIT") if self._fused else engine
+        )
 
-async def get_hold(engine: AsyncEngine, reference: str) -> Hold:
-    async with engine.connect() as connection:
-        return await _get_hold(connection, reference)
+    async def get_balance(self, account_id: str) -> Balance:
+        """The account's credits; an account billing has never seen has none."""
+        async with self._single.connect() as connection:
+            row = (await connection.execute(_balance_of(account_id))).first()
+        return Balance(account_id, 0, 0) if row is None else Balance(**row._mapping)
 
+    async def reserve(self, hold: Hold) -> Hold:
+        """Records the hold and takes its credits, or answers the hold already under its
+        reference; raises insufficient credits when there is none and the account cannot pay.
 
-async def resolve_hold(
-    engine: AsyncEngine, reference: str, decide: Callable[[Hold], Resolution], now: datetime
-) -> Hold:
-    """Resolves the held hold as `decide` says; a hold resolved before is answered as it is."""
-    async with engine.begin() as connection:
-        hold = await _get_hold(connection, reference)
-        if hold.state is not HoldState.HELD:
+        Of concurrent Reserves with one reference, the losers' inserts conflict with the
+        winner's hold, so their statements roll back, credits included.
+        """
+        try:
+            async with self._unit() as connection:
+                made = await self._hold(connection, hold)
+        except (IntegrityError, asyncpg.UniqueViolationError):
+            made = False
+        if made:
             return hold
-        resolved = await _resolve(connection, hold, decide(hold), now)
-        return resolved or await _get_hold(connection, reference)
+        earlier = await self.find_hold(hold.reference)
+        if earlier is not None:
+            return earlier
+        available = (await self.get_balance(hold.account_id)).available
+        raise domain.insufficient_credits(hold.amount, available)
 
+    async def find_hold(self, reference: str) -> Hold | None:
+        async with self._single.connect() as connection:
+            return await _find_hold(connection, reference)
 
-async def expire_holds(engine: AsyncEngine, now: datetime) -> list[Hold]:
-    """Expires every hold still held past its expiry, returning its credits; answers those."""
-    overdue = select(holds.c.reference).where(
-        holds.c.state == HoldState.HELD, holds.c.expires_at <= now
-    )
-    async with engine.connect() as connection:
-        references = (await connection.execute(overdue)).scalars().all()
-    ended = [await resolve_hold(engine, ref, lambda _: domain.EXPIRY, now) for ref in references]
-    return [hold for hold in ended if hold.state is HoldState.EXPIRED]
+    async def get_hold(self, reference: str) -> Hold:
+        async with self._single.connect() as connection:
+            return await _get_hold(connection, reference)
 
+    async def resolve_hold(
+        self, reference: str, decide: Callable[[Hold], Resolution], now: datetime
+    ) -> Hold:
+        """Resolves the held hold as `decide` says; a hold resolved before is answered as it is."""
+        async with self._unit() as connection:
+            hold = await _get_hold(connection, reference)
+            if hold.state is not HoldState.HELD:
+                return hold
+            resolved = await self._resolve(connection, hold, decide(hold), now)
+            return resolved or await _get_hold(connection, reference)
 
-async def grant(engine: AsyncEngine, movement: Movement, now: datetime) -> LedgerEntry:
-    """Adds credits; a grant with a reference already granted answers the first entry."""
-    async with engine.begin() as connection:
-        await _lock_balance(connection, movement.account_id)
-        earlier = await _find_entry(connection, movement) if movement.reference else None
-        return earlier or await _apply(connection, movement, now)
+    async def expire_holds(self, now: datetime) -> list[Hold]:
+        """Expires every hold still held past its expiry, returning its credits; answers those."""
+        overdue = select(holds.c.reference).where(
+            holds.c.state == HoldState.HELD, holds.c.expires_at <= now
+        )
+        async with self._single.connect() as connection:
+            references = (await connection.execute(overdue)).scalars().all()
+        ended = [await self.resolve_hold(ref, lambda _: domain.EXPIRY, now) for ref in references]
+        return [hold for hold in ended if hold.state is HoldState.EXPIRED]
 
+    async def grant(self, movement: Movement, now: datetime) -> LedgerEntry:
+        """Adds (or, adjusting, takes) credits; a movement with a reference already made
+        answers the first entry."""
+        async with self.engine.begin() as connection:
+            await _lock_balance(connection, movement.account_id)
+            earlier = await _find_entry(connection, movement) if movement.reference else None
+            return earlier or await _apply(connection, movement, now)
 
-async def list_ledger_entries(
-    engine: AsyncEngine, account_id: str, limit: int, before_id: str
-) -> list[LedgerEntry]:
-    """The account's entries, newest first, older than `before_id` when it is set."""
-    query = select(ledger_entries).where(ledger_entries.c.account_id == account_id)
-    if before_id:
-        query = query.where(ledger_entries.c.id < before_id)
-    async with engine.connect() as connection:
-        rows = await connection.execute(query.order_by(ledger_entries.c.id.desc()).limit(limit))
-    return [_entry(row) for row in rows]
+    async def list_ledger_entries(
+        self, account_id: str, limit: int, before_id: str
+    ) -> list[LedgerEntry]:
+        """The account's entries, newest first, older than `before_id` when it is set."""
+        query = select(ledger_entries).where(ledger_entries.c.account_id == account_id)
+        if before_id:
+            query = query.where(ledger_entries.c.id < before_id)
+        async with self._single.connect() as connection:
+            rows = await connection.execute(query.order_by(ledger_entries.c.id.desc()).limit(limit))
+        return [_entry(row) for row in rows]
 
+    async def find_subscription(self, account_id: str) -> Subscription | None:
+        async with self._single.connect() as connection:
+            return await _find_subscription(connection, account_id)
 
-async def subscribe(
-    engine: AsyncEngine, account_id: str, plan: Plan, now: datetime
-) -> Subscription:
-    """Starts a period of the plan with its credits; within a running period of it, nothing."""
-    async with engine.begin() as connection:
-        await _lock_balance(connection, account_id)
-        current = await _find_subscription(connection, account_id)
-        if current is not None and domain.is_current(current, plan, now):
-            return current
-        started = domain.next_period(account_id, plan, now)
-        await _save_subscription(connection, started, replace=current is not None)
-        if plan.credits_per_period:
-            await _apply(connection, domain.refill_movement(started, plan), now)
-        return started
+    async def due_subscriptions(self, now: datetime) -> list[Subscription]:
+        query = select(subscriptions).where(
+            subscriptions.c.status == SubscriptionStatus.ACTIVE,
+            subscriptions.c.current_period_end <= now,
+        )
+        async with self._single.connect() as connection:
+            return [_subscription(row) for row in await connection.execute(query)]
 
+    async def save_subscription(
+        self,
+        subscription: Subscription,
+        expected: Subscription | None,
+        refill: Movement | None,
+        now: datetime,
+    ) -> bool:
+        """Writes the subscription, and refills its period's credits, if the account's
+        subscription is still `expected`; False when a concurrent change came first.
 
-async def _insert_hold(connection: AsyncConnection, hold: Hold) -> Hold:
-    await connection.execute(holds.insert().values(asdict(hold)))
-    if hold.livemode:
-        await _apply(connection, domain.hold_movement(hold), hold.created_at)
-    return hold
+        The balance row's lock serialises the account's subscription changes on PostgreSQL;
+        SQLite serialises every writer already.
+        """
+        async with self.engine.begin() as connection:
+            await _lock_balance(connection, subscription.account_id)
+            if await _find_subscription(connection, subscription.account_id) != expected:
+                return False
+            await _save_subscription(connection, subscription, replace=expected is not None)
+            if refill is not None:
+                await _apply(connection, refill, now)
+        return True
 
+    def _unit(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """Where a Reserve or a resolution runs: on PostgreSQL a connection in autocommit, each
+        of its statements atomic alone; on SQLite one transaction."""
+        return self._single.connect() if self._fused else self.engine.begin()
 
-async def _resolve(
-    connection: AsyncConnection, hold: Hold, resolution: Resolution, now: datetime
-) -> Hold | None:
-    """None when a concurrent call resolved the hold first: only a held hold is updated."""
-    query = (
-        update(holds)
-        .where(holds.c.reference == hold.reference, holds.c.state == HoldState.HELD)
-        .values(state=resolution.state, captured_amount=resolution.captured, resolved_at=now)
-        .returning(holds)
-    )
-    row = (await connection.execute(query)).first()
-    if row is None:
-        return None
-    if hold.livemode:
-        await _apply(connection, domain.resolution_movement(hold, resolution), now)
-    return _hold(row)
+    async def _hold(self, connection: AsyncConnection, hold: Hold) -> bool:
+        """Records the hold and takes a live hold's credits; False, changing nothing, when the
+        reference holds credits already or the account cannot pay."""
+        params = _hold_params(hold)
+        if not hold.livemode:
+            await _ADD_HOLD.run(connection, params)
+            return True
+        params |= _movement_params(domain.hold_movement(hold), hold.created_at)
+        if self._fused:
+            return await _FUSED_RESERVE.first(connection, params) is not None
+        available = (await connection.execute(_MOVE_UNLESS_HELD, params)).scalar()
+        if available is None:
+            return False
+        await _ADD_HOLD.run(connection, params)
+        await connection.execute(_ADD_ENTRY, {**params, "entry_balance_after": available})
+        return True
+
+    async def _resolve(
+        self, connection: AsyncConnection, hold: Hold, resolution: Resolution, now: datetime
+    ) -> Hold | None:
+        """None when a concurrent call resolved the hold first: only a held hold changes."""
+        params = {
+            "hold_reference": hold.reference,
+            "resolve_state": resolution.state.value,
+            "resolve_captured": resolution.captured,
+            "resolve_time": now,
+        }
+        if not hold.livemode:
+            row = await _RESOLVE.first(connection, params)
+        elif self._fused:
+            movement = domain.resolution_movement(hold, resolution)
+            params |= _movement_params(movement, now)
+            row = await _FUSED_RESOLUTION.first(connection, params)
+        else:
+            row = await _RESOLVE.first(connection, params)
+            if row is not None:
+                await _apply(connection, domain.resolution_movement(hold, resolution), now)
+        return None if row is None else _hold(row)
 
 
 async def _apply(connection: AsyncConnection, movement: Movement, now: datetime) -> LedgerEntry:
-    """Moves the credits and appends their entry.
+    """Moves the credits and appends their entry, in the caller's transaction.
 
     The availability check and the change are one statement, so concurrent movements can never
     take available credits below zero.
     """
-    change = (
-        update(balances)
-        .where(
-            balances.c.account_id == movement.account_id,
-            balances.c.available >= -movement.available,
-        )
-        .values(
-            available=balances.c.available + movement.available,
-            reserved=balances.c.reserved + movement.reserved,
-        )
-        .returning(balances.c.available)
-    )
-    available = (await connection.execute(change)).scalar_one_or_none()
+    params = _movement_params(movement, now)
+    available = (await connection.execute(_MOVE, params)).scalar()
     if available is None:
         balance = (await connection.execute(_balance_of(movement.account_id))).first()
         raise domain.insufficient_credits(-movement.available, balance.available if balance else 0)
-    entry = LedgerEntry(
-        id=new_id("ledg"),
+    await connection.execute(_ADD_ENTRY, {**params, "entry_balance_after": available})
+    return LedgerEntry(
+        id=params["entry_id"],
         account_id=movement.account_id,
         kind=movement.kind,
         amount=movement.available,
@@ -246,8 +431,24 @@ async def _apply(connection: AsyncConnection, movement: Movement, now: datetime)
         description=movement.description,
         created_at=now,
     )
-    await connection.execute(ledger_entries.insert().values(asdict(entry)))
-    return entry
+
+
+def _movement_params(movement: Movement, now: datetime) -> dict[str, Any]:
+    """The parameters of `_MOVE` and of the movement's entry."""
+    return {
+        "move_account": movement.account_id,
+        "move_available": movement.available,
+        "move_reserved": movement.reserved,
+        "entry_id": new_id("ledg"),
+        "entry_kind": movement.kind.value,
+        "entry_reference": movement.reference,
+        "entry_description": movement.description,
+        "entry_created_at": now,
+    }
+
+
+def _hold_params(hold: Hold) -> dict[str, Any]:
+    return {f"hold_{field.name}": getattr(hold, field.name) for field in fields(hold)}
 
 
 async def _lock_balance(connection: AsyncConnection, account_id: str) -> None:
@@ -270,7 +471,7 @@ def _balance_of(account_id: str) -> Select[Any]:
 
 
 async def _find_hold(connection: AsyncConnection, reference: str) -> Hold | None:
-    row = (await connection.execute(select(holds).where(holds.c.reference == reference))).first()
+    row = await _GET_HOLD.first(connection, {"hold_reference": reference})
     return None if row is None else _hold(row)
 
 
@@ -294,7 +495,7 @@ async def _find_entry(connection: AsyncConnection, movement: Movement) -> Ledger
 async def _find_subscription(connection: AsyncConnection, account_id: str) -> Subscription | None:
     query = select(subscriptions).where(subscriptions.c.account_id == account_id)
     row = (await connection.execute(query)).first()
-    return None if row is None else Subscription(**row_fields(row))
+    return None if row is None else _subscription(row)
 
 
 async def _save_subscription(
@@ -308,9 +509,13 @@ async def _save_subscription(
         await connection.execute(subscriptions.insert().values(values))
 
 
-def _hold(row: Row[Any]) -> Hold:
-    return Hold(**{**row_fields(row), "state": HoldState(row.state)})
+def _hold(fields: dict[str, Any]) -> Hold:
+    return Hold(**{**fields, "state": HoldState(fields["state"])})
 
 
 def _entry(row: Row[Any]) -> LedgerEntry:
     return LedgerEntry(**{**row_fields(row), "kind": EntryKind(row.kind)})
+
+
+def _subscription(row: Row[Any]) -> Subscription:
+    return Subscription(**{**row_fields(row), "status": SubscriptionStatus(row.status)})

@@ -1,27 +1,87 @@
-"""Model backends, chosen per mode. Each turns a resolved job spec into encoded media.
+"""Model backends, chosen per mode by configuration. Each turns a resolved job spec and its
+input media into encoded media.
 
-Only the built-in backend exists so far, and only for text to image; the other modes and the
-diffusers backend plug in here.
+Only the built-in backend exists so far; the diffusers backend plugs in here.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from magicpixels.core.errors import FailedPrecondition
+from magicpixels.core.errors import FailedPrecondition, InvalidArgument
 from magicpixels.jobs.v1 import jobs_pb2
-from magicpixels.services.inference.builtin_image import EncodedMedia, generate_image
+from magicpixels.services.inference.builtin_audio import generate_audio
+from magicpixels.services.inference.builtin_image import generate_image
+from magicpixels.services.inference.builtin_restyle import restyle_image
+from magicpixels.services.inference.builtin_video import animate_image
+from magicpixels.services.inference.inputs import Inputs
+from magicpixels.services.inference.media import EncodedMedia, InvalidRequest
 
 ProgressCallback = Callable[[float], None]
+Mode = jobs_pb2.JobMode.ValueType
+
+MODES: dict[str, Mode] = {
+    name.removeprefix("JOB_MODE_").lower(): value
+    for name, value in jobs_pb2.JobMode.items()
+    if value != jobs_pb2.JOB_MODE_UNSPECIFIED
+}
+DEFAULT_BACKEND = "builtin"
+
+
+def mode_name(mode: Mode) -> str:
+    return jobs_pb2.JobMode.Name(mode).removeprefix("JOB_MODE_").lower()
 
 
 class Backend(Protocol):
     name: str
-    modes: tuple["jobs_pb2.JobMode.ValueType", ...]
 
-    def generate(self, spec: jobs_pb2.JobSpec, on_progress: ProgressCallback) -> EncodedMedia:
+    def loaded(self, mode: Mode) -> bool:
+        """Whether the mode's model is in memory and ready to run."""
+        ...
+
+    def generate(
+        self, spec: jobs_pb2.JobSpec, inputs: Inputs, on_progress: ProgressCallback
+    ) -> EncodedMedia:
         """Runs in a worker thread; `on_progress` takes fractions in (0, 1]."""
         ...
+
+
+Backends = Mapping[Mode, Backend]
+
+
+def backend_for(mode: Mode, backends: Backends) -> Backend:
+    try:
+        return backends[mode]
+    except KeyError:
+        raise FailedPrecondition(
+            "MODE_UNSUPPORTED", f"no backend runs {jobs_pb2.JobMode.Name(mode)}"
+        ) from None
+
+
+def configure_backends(chosen: Mapping[str, str]) -> dict[Mode, Backend]:
+    """The backend of every mode: `chosen` names some (mode name -> backend name), the
+    others run on the default; one instance per backend serves all its modes."""
+    unknown = sorted(set(chosen) - set(MODES))
+    if unknown:
+        raise ValueError(f"MP_INFERENCE_BACKENDS names unknown modes {unknown}; use {list(MODES)}")
+    names = {mode: chosen.get(name, DEFAULT_BACKEND) for name, mode in MODES.items()}
+    instances = {name: _create_backend(name) for name in sorted(set(names.values()))}
+    return {mode: instances[name] for mode, name in names.items()}
+
+
+def _create_backend(name: str) -> Backend:
+    try:
+        return BACKEND_CLASSES[name]()
+    except KeyError:
+        raise ValueError(
+            f"MP_INFERENCE_BACKENDS names unknown backend {name!r}; use {list(BACKEND_CLASSES)}"
+        ) from None
+
+
+# ---------------------------------------------------------------- the built-in backend
+
+
+Generator = Callable[[jobs_pb2.JobSpec, Inputs, ProgressCallback], EncodedMedia]
 
 
 @dataclass(frozen=True)
@@ -29,28 +89,95 @@ class BuiltinBackend:
     """Deterministic procedural generators: real media, no weights, CPU only."""
 
     name: str = "builtin"
-    modes: tuple["jobs_pb2.JobMode.ValueType", ...] = (jobs_pb2.JOB_MODE_TEXT_TO_IMAGE,)
 
-    def generate(self, spec: jobs_pb2.JobSpec, on_progress: ProgressCallback) -> EncodedMedia:
-        if spec.mode != jobs_pb2.JOB_MODE_TEXT_TO_IMAGE:
-            raise FailedPrecondition(
-                "MODE_UNSUPPORTED",
-                f"the builtin backend cannot run {jobs_pb2.JobMode.Name(spec.mode)}",
-            )
-        return generate_image(
-            prompt=spec.prompt,
-            negative_prompt=spec.negative_prompt,
-            width=spec.width,
-            height=spec.height,
-            seed=spec.seed,
-            output_format=spec.output_format,
-            steps=spec.steps,
-            on_progress=on_progress,
+    def loaded(self, mode: Mode) -> bool:
+        return True  # no weights: nothing to load
+
+    def generate(
+        self, spec: jobs_pb2.JobSpec, inputs: Inputs, on_progress: ProgressCallback
+    ) -> EncodedMedia:
+        try:
+            return _BUILTIN_GENERATORS[spec.mode](spec, inputs, on_progress)
+        except InvalidRequest as error:
+            raise InvalidArgument(error.reason, str(error), param=error.param) from None
+
+
+def _text_to_image(
+    spec: jobs_pb2.JobSpec, inputs: Inputs, on_progress: ProgressCallback
+) -> EncodedMedia:
+    return generate_image(
+        prompt=spec.prompt,
+        negative_prompt=spec.negative_prompt,
+        width=spec.width,
+        height=spec.height,
+        seed=spec.seed,
+        output_format=spec.output_format,
+        steps=spec.steps,
+        on_progress=on_progress,
+    )
+
+
+def _image_to_image(
+    spec: jobs_pb2.JobSpec, inputs: Inputs, on_progress: ProgressCallback
+) -> EncodedMedia:
+    return restyle_image(
+        image=inputs.require_image(),
+        prompt=spec.prompt,
+        negative_prompt=spec.negative_prompt,
+        width=spec.width,
+        height=spec.height,
+        seed=spec.seed,
+        strength=_resolved(spec, "strength"),
+        output_format=spec.output_format,
+        steps=spec.steps,
+        on_progress=on_progress,
+    )
+
+
+def _text_to_audio(
+    spec: jobs_pb2.JobSpec, inputs: Inputs, on_progress: ProgressCallback
+) -> EncodedMedia:
+    return generate_audio(
+        prompt=spec.prompt,
+        duration_seconds=_resolved(spec, "duration_seconds"),
+        seed=spec.seed,
+        output_format=spec.output_format,
+        on_progress=on_progress,
+    )
+
+
+def _image_to_video(
+    spec: jobs_pb2.JobSpec, inputs: Inputs, on_progress: ProgressCallback
+) -> EncodedMedia:
+    return animate_image(
+        image=inputs.require_image(),
+        audio=inputs.audio,
+        prompt=spec.prompt,
+        width=spec.width,
+        height=spec.height,
+        seed=spec.seed,
+        duration_seconds=_resolved(spec, "duration_seconds"),
+        fps=_resolved(spec, "fps"),
+        output_format=spec.output_format,
+        on_progress=on_progress,
+    )
+
+
+def _resolved(spec: jobs_pb2.JobSpec, field: str) -> float:
+    """A parameter the jobs service always resolves; a spec without it cannot be run."""
+    if not spec.HasField(field):
+        raise InvalidRequest(
+            field, f"{field} is missing: the spec must be resolved", reason="PARAMETER_MISSING"
         )
+    value: float = getattr(spec, field)
+    return value
 
 
-def backend_for(mode: "jobs_pb2.JobMode.ValueType", backends: list[Backend]) -> Backend:
-    for backend in backends:
-        if mode in backend.modes:
-            return backend
-    raise FailedPrecondition("MODE_UNSUPPORTED", f"no backend runs {jobs_pb2.JobMode.Name(mode)}")
+_BUILTIN_GENERATORS: dict[Mode, Generator] = {
+    jobs_pb2.JOB_MODE_TEXT_TO_IMAGE: _text_to_image,
+    jobs_pb2.JOB_MODE_IMAGE_TO_IMAGE: _image_to_image,
+    jobs_pb2.JOB_MODE_TEXT_TO_AUDIO: _text_to_audio,
+    jobs_pb2.JOB_MODE_IMAGE_TO_VIDEO: _image_to_video,
+}
+
+BACKEND_CLASSES: dict[str, Callable[[], Backend]] = {"builtin": BuiltinBackend}

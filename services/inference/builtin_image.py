@@ -6,14 +6,15 @@ Prompt words choose the palette, composition and texture; the seed varies the ar
 from __future__ import annotations
 
 import colorsys
-import hashlib
 import io
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+
+from magicpixels.services.inference.media import EncodedMedia, InvalidRequest, Progress
+from magicpixels.services.inference.prompt import hash_text, last_match, prompt_words, word_set
 
 IMAGE_FORMATS: dict[str, str] = {
     "png": "image/png",
@@ -24,21 +25,12 @@ IMAGE_FORMATS: dict[str, str] = {
 MIN_SIDE = 64
 MAX_SIDE = 2048
 SIDE_MULTIPLE = 8
-MAX_PROGRESS_TICKS = 1000
 
 _ENCODER_OPTIONS: dict[str, dict[str, object]] = {
     "png": {"format": "PNG", "compress_level": 1},
     "jpeg": {"format": "JPEG", "quality": 90},
     "webp": {"format": "WEBP", "quality": 90, "method": 4},
 }
-
-
-@dataclass(frozen=True)
-class EncodedMedia:
-    data: bytes
-    content_type: str
-    width: int
-    height: int
 
 
 # Single hex codes expand into a dark/base/light family; several codes are a themed palette.
@@ -151,12 +143,6 @@ _PALETTE_WORDS: dict[str, str] = {
 }
 
 # word -> (saturation scale, value scale)
-
-
-def _word_set(words: str) -> frozenset[str]:
-    return frozenset(words.split())
-
-
 _MOOD_WORDS: dict[str, tuple[float, float]] = {
     "dark": (1.0, 0.6),
     "deep": (1.15, 0.72),
@@ -191,10 +177,10 @@ _MOOD_WORDS: dict[str, tuple[float, float]] = {
     "greyscale": (0.0, 1.0),
 }
 
-_LIGHT_GROUND_WORDS = _word_set(
+_LIGHT_GROUND_WORDS = word_set(
     "light bright pale pastel white snow minimal airy soft misty foggy ice winter cream"
 )
-_DARK_GROUND_WORDS = _word_set(
+_DARK_GROUND_WORDS = word_set(
     "dark deep night midnight moody noir black space galaxy cosmic gloomy shadowy"
 )
 
@@ -256,33 +242,32 @@ _DENSITY_WORDS: dict[str, float] = {
 }
 
 _MOTIF_WORDS: dict[str, frozenset[str]] = {
-    "ridges": _word_set(
+    "ridges": word_set(
         "mountain hill landscape horizon valley canyon dune desert peak cliff range "
         "panorama countryside field meadow volcano"
     ),
-    "waves": _word_set(
+    "waves": word_set(
         "ocean sea wave river water lake flow flowing silk ribbon wind aurora tide beach stream"
     ),
-    "orbs": _word_set(
+    "orbs": word_set(
         "sun moon planet orb bubble bokeh lantern firefly star galaxy space cosmic balloon "
         "circle dot glow nebula"
     ),
-    "blobs": _word_set(
+    "blobs": word_set(
         "abstract fluid liquid organic cell blob lava flower garden bloom jelly marble "
         "psychedelic dream"
     ),
-    "skyline": _word_set(
+    "skyline": word_set(
         "city skyline building tower street urban downtown metropolis cyberpunk skyscraper town"
     ),
 }
 _MOTIF_ORDER = ("ridges", "waves", "orbs", "blobs", "skyline")
 _SKY_MOTIFS = frozenset({"ridges", "waves", "skyline"})
 
-_CELESTIAL_WORDS = _word_set("sun moon sunset sunrise planet dawn dusk eclipse moonlight moonlit")
-_STOPWORDS = _word_set(
+_CELESTIAL_WORDS = word_set("sun moon sunset sunrise planet dawn dusk eclipse moonlight moonlit")
+_STOPWORDS = word_set(
     "a an the of in on at by for to from with and or is are be as into over under this that very"
 )
-_WORD_PATTERN = re.compile(r"[a-z]+")
 _GOLDEN_RATIO = 0.618034
 _PALETTE_SIZE = 5
 
@@ -299,21 +284,6 @@ class _Style:
     fingerprint: int
 
 
-class _Progress:
-    def __init__(self, steps: int, callback: Callable[[float], None] | None) -> None:
-        self._ticks = min(max(2, int(steps)), MAX_PROGRESS_TICKS)
-        self._sent = 0
-        self._callback = callback
-
-    def reach(self, fraction: float) -> None:
-        if self._callback is None:
-            return
-        due = int(fraction * self._ticks + 1e-9)
-        while self._sent < due:
-            self._sent += 1
-            self._callback(self._sent / self._ticks)
-
-
 def generate_image(
     *,
     prompt: str,
@@ -325,35 +295,66 @@ def generate_image(
     steps: int = 4,
     on_progress: Callable[[float], None] | None = None,
 ) -> EncodedMedia:
-    _check_request(output_format, width, height)
-    width, height = int(width), int(height)
-    progress = _Progress(steps, on_progress)
-    style = _read_style(prompt, negative_prompt)
-    rng = np.random.default_rng([style.fingerprint, int(seed) % 2**64])
-    progress.reach(0.1)
-    canvas = _background(style, rng, height, width)
-    progress.reach(0.3)
-    _MOTIF_PAINTERS[style.motif](canvas, style, rng)
-    progress.reach(0.6)
-    pixels = _finish(canvas, style, rng)
-    progress.reach(0.8)
-    media = EncodedMedia(
-        _encode(pixels, output_format), IMAGE_FORMATS[output_format], width, height
+    check_image_request(output_format, width, height)
+    progress = Progress(steps, on_progress)
+    pixels = render_image(
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        width=width,
+        height=height,
+        seed=seed,
+        on_fraction=progress.part(0.0, 0.8),
     )
+    media = encode_image(pixels, output_format)
     progress.reach(1.0)
     return media
 
 
-def _check_request(output_format: str, width: int, height: int) -> None:
+def render_image(
+    *,
+    prompt: str,
+    negative_prompt: str,
+    width: int,
+    height: int,
+    seed: int,
+    on_fraction: Callable[[float], None],
+) -> np.ndarray:
+    """The prompt's picture as (height, width, 3) uint8 RGB; `on_fraction` hears its progress."""
+    style = _read_style(prompt, negative_prompt)
+    rng = np.random.default_rng([style.fingerprint, int(seed) % 2**64])
+    on_fraction(0.125)
+    canvas = _background(style, rng, int(height), int(width))
+    on_fraction(0.375)
+    _MOTIF_PAINTERS[style.motif](canvas, style, rng)
+    on_fraction(0.75)
+    pixels = _finish(canvas, style, rng)
+    on_fraction(1.0)
+    return pixels
+
+
+def encode_image(pixels: np.ndarray, output_format: str) -> EncodedMedia:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, **_ENCODER_OPTIONS[output_format])
+    height, width, _ = pixels.shape
+    return EncodedMedia(buffer.getvalue(), IMAGE_FORMATS[output_format], width, height)
+
+
+def check_image_request(output_format: str, width: int, height: int) -> None:
     if output_format not in IMAGE_FORMATS:
-        raise ValueError(
-            f"unsupported image format {output_format!r}; use one of {sorted(IMAGE_FORMATS)}"
+        raise InvalidRequest(
+            "output_format",
+            f"unsupported image format {output_format!r}; use one of {sorted(IMAGE_FORMATS)}",
         )
+    check_size(width, height)
+
+
+def check_size(width: int, height: int) -> None:
     for name, side in (("width", width), ("height", height)):
         if not _is_valid_side(side):
-            raise ValueError(
+            raise InvalidRequest(
+                name,
                 f"{name} must be a multiple of {SIDE_MULTIPLE} "
-                f"between {MIN_SIDE} and {MAX_SIDE}, got {side!r}"
+                f"between {MIN_SIDE} and {MAX_SIDE}, got {side!r}",
             )
 
 
@@ -367,36 +368,19 @@ def _is_valid_side(side: object) -> bool:
 
 
 def _read_style(prompt: str, negative_prompt: str) -> _Style:
-    words = [_singular(word) for word in _WORD_PATTERN.findall(prompt.lower())]
-    negative = [_singular(word) for word in _WORD_PATTERN.findall(negative_prompt.lower())]
-    fingerprint = _hash_text(prompt.strip())
+    words = prompt_words(prompt)
+    negative = prompt_words(negative_prompt)
+    fingerprint = hash_text(prompt.strip())
     return _Style(
         palette=_build_palette(words, negative, fingerprint),
         motif=_choose_motif(words, fingerprint),
-        texture=_last_match(words, _TEXTURE_WORDS, _DEFAULT_TEXTURE),
-        vignette=_last_match(words, _VIGNETTE_WORDS, _DEFAULT_VIGNETTE),
-        density=_last_match(words, _DENSITY_WORDS, 1.0),
+        texture=last_match(words, _TEXTURE_WORDS, _DEFAULT_TEXTURE),
+        vignette=last_match(words, _VIGNETTE_WORDS, _DEFAULT_VIGNETTE),
+        density=last_match(words, _DENSITY_WORDS, 1.0),
         celestial=any(word in _CELESTIAL_WORDS for word in words),
         light_ground=_wants_light_ground(words, fingerprint),
         fingerprint=fingerprint,
     )
-
-
-def _singular(word: str) -> str:
-    if len(word) > 4 and word.endswith("ies"):
-        return word[:-3] + "y"
-    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
-        return word[:-1]
-    return word
-
-
-def _hash_text(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
-
-
-def _last_match(words: list[str], table: dict[str, float], default: float) -> float:
-    matches = [table[word] for word in words if word in table]
-    return matches[-1] if matches else default
 
 
 def _choose_motif(words: list[str], fingerprint: int) -> str:
@@ -468,7 +452,7 @@ def _hashed_colours(
     colours = []
     for index in range(count):
         word_jitter = (
-            _hash_text(content[index % len(content)]) % 1000 / 1000 - 0.5 if content else 0.0
+            hash_text(content[index % len(content)]) % 1000 / 1000 - 0.5 if content else 0.0
         )
         hue = (base_hue + offsets[index % len(offsets)] + 0.06 * word_jitter) % 1.0
         value = 0.22 + 0.73 * ((index * _GOLDEN_RATIO + picker.uniform(0, 0.25)) % 1.0)
@@ -830,9 +814,3 @@ def _finish(canvas: np.ndarray, style: _Style, rng: np.random.Generator) -> np.n
     canvas *= 255.0
     canvas += rng.random((height, width), dtype=np.float32)[..., None]
     return np.clip(canvas, 0.0, 255.0).astype(np.uint8)
-
-
-def _encode(pixels: np.ndarray, output_format: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, **_ENCODER_OPTIONS[output_format])
-    return buffer.getvalue()

@@ -12,26 +12,38 @@ from magicpixels.core.service import Mesh
 from magicpixels.core.settings import InferenceSettings
 from magicpixels.inference.v1 import inference_pb2, inference_pb2_grpc
 from magicpixels.jobs.v1 import jobs_pb2_grpc
-from magicpixels.services.inference.backends import Backend, BuiltinBackend, backend_for
+from magicpixels.services.inference.backends import (
+    Backends,
+    backend_for,
+    configure_backends,
+    mode_name,
+)
+from magicpixels.services.inference.inputs import fetch_inputs
 from magicpixels.services.inference.worker import CHUNK_BYTES, Worker
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, backends: list[Backend]) -> None:
+    def __init__(self, mesh: Mesh, backends: Backends) -> None:
+        self.mesh = mesh
         self.backends = backends
+
+    def _assets(self) -> assets_pb2_grpc.AssetsServiceStub:
+        return assets_pb2_grpc.AssetsServiceStub(self.mesh.channel("assets"))
 
     async def Generate(
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.GenerateResponse]:
         backend = backend_for(request.spec.mode, self.backends)
+        inputs = await fetch_inputs(self._assets, request.spec, request.account_id)
         loop = asyncio.get_running_loop()
         progress: asyncio.Queue[float | None] = asyncio.Queue()
         running = asyncio.ensure_future(
             asyncio.to_thread(
                 backend.generate,
                 request.spec,
+                inputs,
                 lambda fraction: loop.call_soon_threadsafe(progress.put_nowait, fraction),
             )
         )
@@ -44,10 +56,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         media = await running
         yield inference_pb2.GenerateResponse(
             result=inference_pb2.GenerateResult(
-                content_type=media.content_type,
-                width=media.width,
-                height=media.height,
-                size_bytes=len(media.data),
+                content_type=media.content_type, size_bytes=len(media.data), **media.metadata()
             )
         )
         for offset in range(0, len(media.data), CHUNK_BYTES):
@@ -58,10 +67,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     ) -> inference_pb2.ListModelsResponse:
         models = [
             inference_pb2.Model(
-                id=f"{backend.name}-{mode}", mode=mode, backend=backend.name, loaded=True
+                id=f"{backend.name}/{mode_name(mode)}",
+                mode=mode,
+                backend=backend.name,
+                loaded=backend.loaded(mode),
             )
-            for backend in self.backends
-            for mode in backend.modes
+            for mode, backend in sorted(self.backends.items())
         ]
         return inference_pb2.ListModelsResponse(models=models)
 
@@ -72,7 +83,7 @@ class InferenceService:
     def __init__(self, mesh: Mesh, settings: InferenceSettings) -> None:
         self.mesh = mesh
         self.settings = settings
-        self.backends: list[Backend] = [BuiltinBackend()]
+        self.backends = configure_backends(settings.backends)
         self._workers: list[Worker] = []
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -87,7 +98,7 @@ class InferenceService:
             )
             self._workers.append(worker)
             self._tasks.append(asyncio.create_task(worker.run_forever()))
-        servicer = InferenceServicer(self.backends)
+        servicer = InferenceServicer(self.mesh, self.backends)
         return [
             ServiceBinding(
                 SERVICE_NAME, servicer, inference_pb2_grpc.add_InferenceServiceServicer_to_server

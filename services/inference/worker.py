@@ -17,8 +17,9 @@ from magicpixels.assets.v1 import assets_pb2, assets_pb2_grpc
 from magicpixels.core.errors import DomainError, remote_error
 from magicpixels.core.timestamps import from_timestamp, utcnow
 from magicpixels.jobs.v1 import jobs_pb2, jobs_pb2_grpc
-from magicpixels.services.inference.backends import Backend, backend_for
-from magicpixels.services.inference.builtin_image import EncodedMedia
+from magicpixels.services.inference.backends import Backends, backend_for
+from magicpixels.services.inference.inputs import fetch_inputs
+from magicpixels.services.inference.media import EncodedMedia
 
 log = structlog.get_logger("magicpixels.inference.worker")
 
@@ -81,7 +82,7 @@ class Worker:
         worker_id: str,
         jobs: jobs_pb2_grpc.JobsServiceStub,
         assets: assets_pb2_grpc.AssetsServiceStub,
-        backends: list[Backend],
+        backends: Backends,
         lease_wait_seconds: float,
     ) -> None:
         self.worker_id = worker_id
@@ -89,7 +90,7 @@ class Worker:
         self.assets = assets
         self.backends = backends
         self.lease_wait_seconds = lease_wait_seconds
-        self.modes = sorted({mode for backend in backends for mode in backend.modes})
+        self.modes = sorted(backends)
         self._stopping = False
         self._leasing: asyncio.Task[jobs_pb2.Lease | None] | None = None
 
@@ -128,7 +129,7 @@ class Worker:
             heartbeat = Heartbeat(self.jobs, lease)
             beating = asyncio.create_task(heartbeat.run())
             try:
-                media = await self._generate(lease.job.spec, heartbeat)
+                media = await self._generate(lease.job, heartbeat)
             except asyncio.CancelledError:  # stopped past the grace period: hand the job back now
                 await asyncio.shield(
                     self._fail(lease, "worker_stopped", "the worker stopped", retryable=True)
@@ -136,6 +137,9 @@ class Worker:
                 raise
             except DomainError as error:
                 await self._fail(lease, error.reason.lower(), error.message, retryable=False)
+                return
+            except grpc.aio.AioRpcError as error:  # an input could not be read
+                await self._fail_input(lease, error)
                 return
             except Exception:
                 log.exception("generation_failed")
@@ -148,11 +152,25 @@ class Worker:
             if not heartbeat.abandoned:  # else canceled or leased again: nobody wants the result
                 await self._deliver(lease, media)
 
-    async def _generate(self, spec: jobs_pb2.JobSpec, heartbeat: Heartbeat) -> EncodedMedia:
+    async def _generate(self, job: jobs_pb2.Job, heartbeat: Heartbeat) -> EncodedMedia:
         loop = asyncio.get_running_loop()
-        backend = backend_for(spec.mode, self.backends)
+        backend = backend_for(job.spec.mode, self.backends)
+        inputs = await fetch_inputs(lambda: self.assets, job.spec, job.account_id)
         return await asyncio.to_thread(
-            backend.generate, spec, lambda fraction: heartbeat.report_from_thread(loop, fraction)
+            backend.generate,
+            job.spec,
+            inputs,
+            lambda fraction: heartbeat.report_from_thread(loop, fraction),
+        )
+
+    async def _fail_input(self, lease: jobs_pb2.Lease, error: grpc.aio.AioRpcError) -> None:
+        """An input gone (deleted meanwhile) fails the job; assets unreachable hands it back."""
+        found = remote_error(error)
+        await self._fail(
+            lease,
+            found.reason.lower() or "input_unavailable",
+            found.message or "an input asset could not be read",
+            retryable=error.code() in _TRANSIENT,
         )
 
     async def _deliver(self, lease: jobs_pb2.Lease, media: EncodedMedia) -> None:
@@ -165,10 +183,7 @@ class Worker:
             )
             return
         result = jobs_pb2.JobResult(
-            asset_id=asset.id,
-            content_type=asset.content_type,
-            width=media.width,
-            height=media.height,
+            asset_id=asset.id, content_type=asset.content_type, **media.metadata()
         )
         request = jobs_pb2.CompleteJobRequest(
             job_id=lease.job.id, lease_token=lease.token, result=result

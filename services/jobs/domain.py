@@ -5,29 +5,32 @@ resolved by applying its mode's rules in order: each rule checks one field and f
 default, so the job stores and echoes exactly what it will run with.
 """
 
+import base64
 import hashlib
+import hmac
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from types import MappingProxyType
 from typing import Protocol
 from urllib.parse import urlsplit
 
 from magicpixels.core.errors import Aborted, AlreadyExists, InvalidArgument
+from magicpixels.core.timestamps import as_utc
 from magicpixels.jobs.v1 import jobs_pb2
 
 # The API's names, in the order of the JobMode enum.
 MODES = ("text_to_image", "image_to_image", "text_to_audio", "image_to_video")
 MAX_SEED = 2**32 - 1
 MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 64, 2048, 8
-# Webhooks may use plain http only to reach a receiver on the same machine.
-_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1"})
 _MAX_URL_LENGTH = 2048
-# Fields the rules check whose feature does not exist yet (no webhook is delivered, no deadline
-# enforced): refused rather than accepted and ignored.
-NOT_YET_SUPPORTED = frozenset({"webhook_url", "deadline_seconds"})
+# Fields the rules check whose feature does not exist yet (no deadline enforced): refused rather
+# than accepted and ignored.
+NOT_YET_SUPPORTED = frozenset({"deadline_seconds"})
 
 # An Idempotency-Key answers the same request again for this long; after that it is free.
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -267,23 +270,15 @@ class Metadata:
 
 @dataclass(frozen=True)
 class WebhookUrl:
+    """An absolute http or https URL; the hosts it may name are the WebhookPolicy's to say."""
+
     field: str = "webhook_url"
 
     def apply(self, spec: jobs_pb2.JobSpec, inputs: Inputs = NO_INPUTS) -> None:
         url = getattr(spec, self.field)
-        if url and not _acceptable_webhook(url):
-            raise _invalid(self.field, "an https URL (http only to localhost)")
-
-
-def _acceptable_webhook(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        return False
-    if len(url) > _MAX_URL_LENGTH or not host:
-        return False
-    return parts.scheme == "https" or (parts.scheme == "http" and host in _LOCAL_HOSTS)
+        if url and webhook_target(url) is None:
+            requirement = f"an http or https URL of at most {_MAX_URL_LENGTH} characters"
+            raise _invalid(self.field, requirement)
 
 
 @dataclass(frozen=True)
@@ -479,3 +474,169 @@ def _mode_unknown(param: str) -> InvalidArgument:
 
 def _invalid(field: str, requirement: str) -> InvalidArgument:
     return InvalidArgument("PARAMETER_INVALID", f"{field} must be {requirement}", param=field)
+
+
+# Webhooks (Standard Webhooks): which moves make an event, where a delivery may go, how it is
+# signed and when it is tried again.
+
+_WEBHOOK_PORTS = {"http": 80, "https": 443}
+# The most a receiver's Retry-After may hold a delivery back.
+MAX_RETRY_AFTER = timedelta(days=1)
+# IPv6 prefixes that carry an IPv4 address (NAT64's well-known prefix; 6to4 and IPv4-mapped
+# addresses have their own accessors): such an address goes where its IPv4 address goes.
+_NAT64 = IPv6Network("64:ff9b::/96")
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    # Every attempt of the retry schedule failed.
+    FAILED = "failed"
+    # Its address is one webhooks may not reach, or its account is gone: never sent.
+    REFUSED = "refused"
+
+
+def webhook_event(state: str, attempts: int, was_queued: bool) -> str | None:
+    """The event a job's move into `state` makes: `job.running` when its first lease starts it,
+    `job.<state>` when it ends; none for a job never queued, which its account never saw."""
+    if not was_queued:
+        return None
+    if state == State.RUNNING:
+        return "job.running" if attempts == 1 else None
+    return f"job.{state}" if state in TERMINAL else None
+
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    scheme: str
+    # Lowercase; an IPv6 address without its brackets.
+    host: str
+    port: int
+
+
+def webhook_target(url: str) -> WebhookTarget | None:
+    """Where an http or https URL points; None for any other text."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a port that is not a number, a broken IPv6 literal
+        return None
+    if len(url) > _MAX_URL_LENGTH or parts.scheme not in _WEBHOOK_PORTS or not host:
+        return None
+    return WebhookTarget(parts.scheme, host, port or _WEBHOOK_PORTS[parts.scheme])
+
+
+def is_public(address: IPAddress) -> bool:
+    """Whether an address is a public unicast one: not private, loopback, link-local, shared,
+    reserved, documentation or multicast, including through an IPv6 form of an IPv4 address."""
+    embedded = _embedded_ipv4(address)
+    if embedded is not None:
+        return is_public(embedded)
+    site_local = isinstance(address, IPv6Address) and address.is_site_local
+    return address.is_global and not address.is_multicast and not site_local
+
+
+def _embedded_ipv4(address: IPAddress) -> IPv4Address | None:
+    if isinstance(address, IPv4Address):
+        return None
+    if address in _NAT64:
+        return IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.ipv4_mapped or address.sixtofour
+
+
+@dataclass(frozen=True)
+class WebhookPolicy:
+    """Where webhooks may go: public addresses over https. The operator's allow-list, by host
+    name or network, also lets them reach private, loopback and link-local addresses, and use
+    plain http."""
+
+    hostnames: frozenset[str] = frozenset()
+    networks: tuple[IPNetwork, ...] = ()
+
+    @classmethod
+    def allowing(cls, hosts: Iterable[str]) -> "WebhookPolicy":
+        """The policy of an allow-list whose entries are IP networks or addresses, or host names."""
+        hostnames: set[str] = set()
+        networks: list[IPNetwork] = []
+        for host in hosts:
+            try:
+                networks.append(ip_network(host, strict=False))
+            except ValueError:
+                hostnames.add(host.lower().rstrip("."))
+        return cls(frozenset(hostnames), tuple(networks))
+
+    def check(self, url: str) -> None:
+        """Refuses, as an invalid webhook_url, what no delivery would be allowed to reach: plain
+        http to a host not allowed, an address literal that is not public and not allowed.
+        Host names are resolved when delivering, since their addresses may change."""
+        target = webhook_target(url)
+        if target is None:
+            return  # the WebhookUrl rule refuses it
+        literal = ip_literal(target.host)
+        if literal is not None and not self.may_reach(target.host, literal):
+            raise _invalid("webhook_url", "a URL of a public address")
+        if target.scheme == "http" and not self.allow_listed(target.host):
+            requirement = "an https URL (http only to the hosts the operator allows)"
+            raise _invalid("webhook_url", requirement)
+
+    def allow_listed(self, host: str) -> bool:
+        literal = ip_literal(host)
+        if literal is None:
+            return host.rstrip(".") in self.hostnames
+        return any(_unwrapped(literal) in network for network in self.networks)
+
+    def may_reach(self, host: str, address: IPAddress) -> bool:
+        """Whether a delivery to `host` may connect to `address`, one the host resolved to."""
+        return is_public(address) or self.allow_listed(host) or self.allow_listed(str(address))
+
+
+def ip_literal(host: str) -> IPAddress | None:
+    try:
+        return ip_address(host)
+    except ValueError:
+        return None
+
+
+def _unwrapped(address: IPAddress) -> IPAddress:
+    return _embedded_ipv4(address) or address
+
+
+def next_delivery_delay(
+    attempts: int, schedule: Sequence[float], retry_after: timedelta | None
+) -> timedelta | None:
+    """How long after its `attempts`-th attempt failed a delivery is tried again: the schedule's
+    next delay (`schedule[0]` precedes the first attempt), or the receiver's Retry-After when
+    that is longer. None once the schedule is spent: the delivery is given up."""
+    if attempts >= len(schedule):
+        return None
+    delay = timedelta(seconds=schedule[attempts])
+    return max(delay, retry_after) if retry_after is not None else delay
+
+
+def parse_retry_after(value: str | None, now: datetime) -> timedelta | None:
+    """A Retry-After header (RFC 9110: seconds or an HTTP date), at most MAX_RETRY_AFTER; None
+    when absent or unreadable."""
+    value = (value or "").strip()
+    if value.isascii() and value.isdigit():
+        return timedelta(seconds=min(int(value), MAX_RETRY_AFTER.total_seconds()))
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return min(max(as_utc(when) - now, timedelta(0)), MAX_RETRY_AFTER)
+
+
+def webhook_signature(secrets: Iterable[str], message_id: str, timestamp: int, body: bytes) -> str:
+    """The webhook-signature header: `v1,<base64 HMAC-SHA256 of "id.timestamp.body">` under each
+    secret (`whsec_` and its base64 key), space-separated, so that a receiver holding either
+    secret of a rotation verifies it."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    return " ".join(f"v1,{_hmac_base64(secret, signed)}" for secret in secrets)
+
+
+def _hmac_base64(secret: str, signed: bytes) -> str:
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    return base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()

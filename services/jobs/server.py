@@ -22,8 +22,16 @@ from magicpixels.services.jobs.domain import State
 from magicpixels.services.jobs.inputs import InputLookup
 from magicpixels.services.jobs.reconciler import Reconciler
 from magicpixels.services.jobs.settlement import Settlement
-from magicpixels.services.jobs.signals import QUEUED_CHANNEL, QueueSignal, announce, changed_channel
+from magicpixels.services.jobs.signals import (
+    QUEUED_CHANNEL,
+    WEBHOOKS_CHANNEL,
+    QueueSignal,
+    announce,
+    announce_progress,
+    changed_channel,
+)
 from magicpixels.services.jobs.store import JobRow
+from magicpixels.services.jobs.webhooks import WebhookDispatcher
 
 SERVICE_NAME = jobs_pb2.DESCRIPTOR.services_by_name["JobsService"].full_name
 # A waiting LeaseJob answers this long before its caller's deadline, so the answer arrives.
@@ -49,6 +57,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         self._bus = bus
         self._signal = signal
         self._settings = settings
+        self._webhook_policy = domain.WebhookPolicy.allowing(settings.webhook_allowed_hosts)
 
     async def CreateJob(
         self, request: jobs_pb2.CreateJobRequest, context: grpc.aio.ServicerContext
@@ -79,7 +88,9 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         self, account_id: str, livemode: bool, spec: jobs_pb2.JobSpec
     ) -> jobs_pb2.JobSpec:
         inputs = await self._inputs.describe(account_id, livemode, spec)
-        return domain.resolve_spec(spec, inputs)
+        resolved = domain.resolve_spec(spec, inputs)
+        self._webhook_policy.check(resolved.webhook_url)
+        return resolved
 
     async def _replay(
         self, account_id: str, claim: domain.Claim, context: grpc.aio.ServicerContext
@@ -183,7 +194,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
             utcnow(),
         )
         if job is not None:
-            await announce(self._bus, job)
+            await announce_progress(self._bus, job)
             expire_time = to_timestamp(job.lease_expires_at)
             return jobs_pb2.ReportProgressResponse(lease_expire_time=expire_time)
         current = await store.get_job(self._engine, request.job_id)
@@ -264,34 +275,8 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
 
     async def _encode(self, job: JobRow) -> jobs_pb2.Job:
         if job.state != State.QUEUED:
-            return encode_job(job, None)
-        return encode_job(job, await store.queue_position(self._engine, job))
-
-
-def encode_job(job: JobRow, queue_position: int | None) -> jobs_pb2.Job:
-    return jobs_pb2.Job(
-        id=job.id,
-        account_id=job.account_id,
-        livemode=job.livemode,
-        spec=store.spec_of(job),
-        state=jobs_pb2.JobState.Value(f"JOB_STATE_{job.state.upper()}"),
-        progress=job.progress,
-        cost_credits=job.cost_credits,
-        attempts=job.attempts,
-        queue_position=queue_position,
-        result=store.result_of(job),
-        error=_error_of(job),
-        create_time=to_timestamp(job.created_at),
-        start_time=to_timestamp(job.started_at),
-        complete_time=to_timestamp(job.completed_at),
-        deadline_time=to_timestamp(job.deadline_at),
-    )
-
-
-def _error_of(job: JobRow) -> jobs_pb2.JobError | None:
-    if not job.error_code:
-        return None
-    return jobs_pb2.JobError(code=job.error_code, message=job.error_message)
+            return store.job_message(job)
+        return store.job_message(job, await store.queue_position(self._engine, job))
 
 
 def _change(previous: JobRow, current: JobRow) -> int | None:
@@ -344,6 +329,7 @@ class JobsService:
         self._mesh = mesh
         self._engine: AsyncEngine | None = None
         self._settlement: Settlement | None = None
+        self._dispatcher: WebhookDispatcher | None = None
         self._subscriptions = AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -360,9 +346,16 @@ class JobsService:
             self._mesh.bus.subscribe(QUEUED_CHANNEL)
         )
         reconciler = Reconciler(engine, settlement, self._mesh.bus, self.settings)
+        webhook_hints = await self._subscriptions.enter_async_context(
+            self._mesh.bus.subscribe(WEBHOOKS_CHANNEL)
+        )
+        dispatcher = WebhookDispatcher(engine, self._mesh, self.settings)
+        self._dispatcher = dispatcher
         self._tasks = [
             asyncio.create_task(signal.follow(queued_hints)),
             asyncio.create_task(reconciler.run()),
+            asyncio.create_task(dispatcher.follow(webhook_hints)),
+            asyncio.create_task(dispatcher.run()),
         ]
         servicer = JobsServicer(
             engine, settlement, InputLookup(self._mesh), self._mesh.bus, signal, self.settings
@@ -374,6 +367,8 @@ class JobsService:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._dispatcher is not None:
+            await self._dispatcher.close()
         if self._settlement is not None:
             await self._settlement.close()
         await self._subscriptions.aclose()

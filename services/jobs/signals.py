@@ -1,4 +1,5 @@
-"""Hints on the event bus: a job changed (for its watchers), a job was queued (for idle workers).
+"""Hints on the event bus: a job changed (for its watchers), a job was queued (for idle workers),
+a job's move enqueued a webhook delivery (for the webhook dispatchers).
 
 Hints are lossy by design: the database holds the truth, a watcher reads the job again on
 every hint, and a waiting worker looks for work again when its wait ends.
@@ -13,9 +14,10 @@ from redis.exceptions import RedisError
 
 from magicpixels.core.bus import EventBus
 from magicpixels.services.jobs.domain import State
-from magicpixels.services.jobs.store import JobRow
+from magicpixels.services.jobs.store import JobRow, webhook_event_of
 
 QUEUED_CHANNEL = "jobs.queued"
+WEBHOOKS_CHANNEL = "jobs.webhooks"
 
 log = structlog.get_logger("magicpixels.jobs")
 
@@ -25,11 +27,20 @@ def changed_channel(job_id: str) -> str:
 
 
 async def announce(bus: EventBus, *jobs: JobRow) -> None:
-    """Tells watchers that these jobs changed, and idle workers about the queued ones."""
+    """Tells watchers that these jobs moved, idle workers about the queued ones, and webhook
+    dispatchers about the deliveries the moves enqueued."""
     for job in jobs:
         await _publish(bus, changed_channel(job.id), job.state.encode())
         if job.state == State.QUEUED:
             await _publish(bus, QUEUED_CHANNEL, job.mode.encode())
+        if webhook_event_of(job):
+            await _publish(bus, WEBHOOKS_CHANNEL, job.id.encode())
+
+
+async def announce_progress(bus: EventBus, job: JobRow) -> None:
+    """Tells the job's watchers of its progress: a change that moves it nowhere, so it made no
+    webhook event."""
+    await _publish(bus, changed_channel(job.id), job.state.encode())
 
 
 async def _publish(bus: EventBus, channel: str, message: bytes) -> None:
@@ -41,7 +52,7 @@ async def _publish(bus: EventBus, channel: str, message: bytes) -> None:
 
 
 class QueueSignal:
-    """Wakes the LeaseJob calls of this process that wait for work.
+    """Wakes what waits for work in this process: LeaseJob calls, the webhook dispatcher.
 
     A caller takes a ticket before it looks for work and waits on that ticket, so a job queued
     between the look and the wait still wakes it.

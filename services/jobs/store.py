@@ -7,6 +7,9 @@ was queued: a pending job, or one that failed before its credits were held, neve
 
 An Idempotency-Key is claimed in the transaction that inserts the job it creates, so of the
 concurrent requests with the same key the unique (account_id, key) lets exactly one create.
+
+A move that makes a webhook event writes its delivery to the outbox (`webhook_deliveries`) in
+the same transaction, so no event is lost or sent for a move that did not happen.
 """
 
 from collections.abc import Sequence
@@ -30,7 +33,9 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     delete,
+    exists,
     func,
     insert,
     or_,
@@ -43,15 +48,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import ColumnElement
 
 from magicpixels.core.ids import new_id
+from magicpixels.core.timestamps import as_utc, to_timestamp
 from magicpixels.jobs.v1 import jobs_pb2
 from magicpixels.services.jobs.domain import (
     IDEMPOTENCY_WINDOW,
     TERMINAL,
     Claim,
+    DeliveryState,
     HoldStatus,
     State,
     mode_name,
     sources_of,
+    webhook_event,
 )
 
 metadata = MetaData()
@@ -121,7 +129,37 @@ idempotency_keys = Table(
     Index("ix_idempotency_keys_job_id", "job_id"),
 )
 
+# The webhook outbox: one row per event of a job that has a webhook_url, written in the
+# transaction that moves the job. A job's deliveries go out one at a time, in sequence order.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    # The Standard Webhooks message id (`webhook-id`), the same on every attempt.
+    Column("id", String(40), primary_key=True),
+    Column("job_id", String(40), ForeignKey("jobs.id"), nullable=False),
+    Column("account_id", String(40), nullable=False),
+    Column("sequence", Integer, nullable=False),
+    Column("event_type", String(32), nullable=False),
+    Column("url", Text, nullable=False),
+    # The job as the event left it: a Job message as protobuf JSON.
+    Column("job", Text, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    # The dispatcher that claimed an attempt holds it until then; after that, another may.
+    Column("locked_until", DateTime(timezone=True)),
+    # The receiver's HTTP status, or why no status came, on the last attempt.
+    Column("last_status", Integer),
+    Column("last_error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("job_id", "event_type"),
+    UniqueConstraint("job_id", "sequence"),
+    Index("ix_webhook_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
+)
+
 JobRow = Row[Any]
+DeliveryRow = Row[Any]
 
 
 def spec_of(job: JobRow) -> jobs_pb2.JobSpec:
@@ -130,6 +168,38 @@ def spec_of(job: JobRow) -> jobs_pb2.JobSpec:
 
 def result_of(job: JobRow) -> jobs_pb2.JobResult | None:
     return json_format.Parse(job.result, jobs_pb2.JobResult()) if job.result else None
+
+
+def job_message(job: JobRow, queue_position: int | None = None) -> jobs_pb2.Job:
+    return jobs_pb2.Job(
+        id=job.id,
+        account_id=job.account_id,
+        livemode=job.livemode,
+        spec=spec_of(job),
+        state=jobs_pb2.JobState.Value(f"JOB_STATE_{job.state.upper()}"),
+        progress=job.progress,
+        cost_credits=job.cost_credits,
+        attempts=job.attempts,
+        queue_position=queue_position,
+        result=result_of(job),
+        error=_error_of(job),
+        create_time=to_timestamp(job.created_at),
+        start_time=to_timestamp(job.started_at),
+        complete_time=to_timestamp(job.completed_at),
+        deadline_time=to_timestamp(job.deadline_at),
+    )
+
+
+def _error_of(job: JobRow) -> jobs_pb2.JobError | None:
+    if not job.error_code:
+        return None
+    return jobs_pb2.JobError(code=job.error_code, message=job.error_message)
+
+
+def webhook_event_of(job: JobRow) -> str | None:
+    """The webhook event the move that left the job so made, when the job has a webhook_url."""
+    event = webhook_event(job.state, job.attempts, job.queued_at is not None)
+    return event if event and spec_of(job).webhook_url else None
 
 
 async def insert_pending(
@@ -530,6 +600,7 @@ async def _move(
     moved = list((await connection.execute(statement)).all())
     if moved:
         await connection.execute(insert(job_events), [_status_event(job, now) for job in moved])
+        await _enqueue_webhooks(connection, moved, now)
     return moved
 
 
@@ -541,3 +612,145 @@ def _status_event(job: JobRow, now: datetime) -> dict[str, Any]:
         "progress": job.progress,
         "created_at": now,
     }
+
+
+async def _enqueue_webhooks(
+    connection: AsyncConnection, moved: Sequence[JobRow], now: datetime
+) -> None:
+    for job in moved:
+        event = webhook_event_of(job)
+        if event is None:
+            continue
+        message = job_message(job)
+        sent_before = select(func.count()).where(webhook_deliveries.c.job_id == job.id)
+        await connection.execute(
+            insert(webhook_deliveries).values(
+                id=new_id("msg"),
+                job_id=job.id,
+                account_id=job.account_id,
+                sequence=sent_before.scalar_subquery() + 1,
+                event_type=event,
+                url=message.spec.webhook_url,
+                job=json_format.MessageToJson(message, indent=None),
+                state=DeliveryState.PENDING,
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+
+
+def _next_in_line() -> ColumnElement[bool]:
+    """A pending delivery no earlier delivery of its job waits before."""
+    earlier = webhook_deliveries.alias("earlier")
+    waiting_before = exists().where(
+        earlier.c.job_id == webhook_deliveries.c.job_id,
+        earlier.c.sequence < webhook_deliveries.c.sequence,
+        earlier.c.state == DeliveryState.PENDING,
+    )
+    return (webhook_deliveries.c.state == DeliveryState.PENDING) & ~waiting_before
+
+
+def _unlocked(now: datetime) -> ColumnElement[bool]:
+    locked_until = webhook_deliveries.c.locked_until
+    return or_(locked_until.is_(None), locked_until <= now)
+
+
+async def claim_delivery(
+    engine: AsyncEngine, lock_for: timedelta, now: datetime
+) -> DeliveryRow | None:
+    """Claims the next attempt of the delivery due first, at the head of its job's line, in one
+    statement that concurrent dispatchers cannot both win (as `lease_next`). The claim counts
+    the attempt; it is held for `lock_for`, after which a crashed dispatcher's claim is free."""
+    due_first = (
+        select(webhook_deliveries.c.id)
+        .where(_next_in_line(), webhook_deliveries.c.next_attempt_at <= now, _unlocked(now))
+        .order_by(webhook_deliveries.c.next_attempt_at, webhook_deliveries.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    statement = (
+        update(webhook_deliveries)
+        .where(webhook_deliveries.c.id == due_first)
+        .values(
+            attempts=webhook_deliveries.c.attempts + 1,
+            locked_until=now + lock_for,
+            updated_at=now,
+        )
+        .returning(*webhook_deliveries.c)
+    )
+    async with engine.begin() as connection:
+        return (await connection.execute(statement)).one_or_none()
+
+
+async def next_delivery_time(engine: AsyncEngine, now: datetime) -> datetime | None:
+    """When a delivery next falls due: the earliest attempt of one at the head of its job's line,
+    or the end of a claim that its dispatcher may not finish."""
+    next_attempt = select(func.min(webhook_deliveries.c.next_attempt_at)).where(
+        _next_in_line(), _unlocked(now)
+    )
+    claim_end = select(func.min(webhook_deliveries.c.locked_until)).where(
+        _next_in_line(), webhook_deliveries.c.locked_until > now
+    )
+    async with engine.connect() as connection:
+        times = [await connection.scalar(next_attempt), await connection.scalar(claim_end)]
+    return min((as_utc(time) for time in times if time is not None), default=None)
+
+
+async def record_attempt(
+    engine: AsyncEngine,
+    claimed: DeliveryRow,
+    state: DeliveryState,
+    now: datetime,
+    *,
+    next_attempt_at: datetime | None = None,
+    status: int | None = None,
+    error: str | None = None,
+) -> bool:
+    """Records how the claimed attempt went; False when the claim had lapsed and another
+    dispatcher took the delivery over, whose record stands."""
+    statement = (
+        update(webhook_deliveries)
+        .where(*_claimed_as(claimed))
+        .values(
+            state=state,
+            next_attempt_at=next_attempt_at or claimed.next_attempt_at,
+            locked_until=None,
+            last_status=status,
+            last_error=error,
+            updated_at=now,
+        )
+    )
+    async with engine.begin() as connection:
+        return (await connection.execute(statement)).rowcount == 1
+
+
+async def release_claims(engine: AsyncEngine, claimed: Sequence[DeliveryRow]) -> None:
+    """Frees the claims of attempts cut short, so that a dispatcher makes them again at once."""
+    async with engine.begin() as connection:
+        for delivery in claimed:
+            await connection.execute(
+                update(webhook_deliveries).where(*_claimed_as(delivery)).values(locked_until=None)
+            )
+
+
+def _claimed_as(delivery: DeliveryRow) -> tuple[ColumnElement[bool], ...]:
+    """The delivery, still pending under this claim: no other dispatcher took it over since."""
+    return (
+        webhook_deliveries.c.id == delivery.id,
+        webhook_deliveries.c.attempts == delivery.attempts,
+        webhook_deliveries.c.state == DeliveryState.PENDING,
+    )
+
+
+async def deliveries_of(engine: AsyncEngine, job_id: str) -> list[DeliveryRow]:
+    """The job's webhook deliveries, in order."""
+    query = (
+        select(webhook_deliveries)
+        .where(webhook_deliveries.c.job_id == job_id)
+        .order_by(webhook_deliveries.c.sequence)
+    )
+    async with engine.connect() as connection:
+        return list((await connection.execute(query)).all())

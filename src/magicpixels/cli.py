@@ -2,14 +2,17 @@
 
 import argparse
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from magicpixels.core import settings as config
 from magicpixels.core.logging import configure_logging
 
 if TYPE_CHECKING:
-    from magicpixels.billing.v1 import billing_pb2
+    from magicpixels.billing.v1 import billing_pb2_grpc
+
+T = TypeVar("T")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,6 +49,24 @@ def _parser() -> argparse.ArgumentParser:
     grant.add_argument("--description", default="operator grant")
     _data_dir_option(grant)
     grant.set_defaults(run=_grant_credits)
+    adjust = admin.add_parser(
+        "adjust-credits", help="correct an account's credits, up or down (never below zero)"
+    )
+    adjust.add_argument("account_id")
+    adjust.add_argument("amount", type=int, help="signed: -5 takes 5 credits")
+    adjust.add_argument("description", help="why: the account's ledger shows it")
+    adjust.add_argument(
+        "--reference", default="", help="makes it idempotent: a reference used before is a no-op"
+    )
+    _data_dir_option(adjust)
+    adjust.set_defaults(run=_adjust_credits)
+    approve = admin.add_parser(
+        "approve-subscription",
+        help="approve an account's pending subscription: its period starts, with its credits",
+    )
+    approve.add_argument("account_id")
+    _data_dir_option(approve)
+    approve.set_defaults(run=_approve_subscription)
     return parser
 
 
@@ -89,25 +110,68 @@ def _serve(args: argparse.Namespace, mesh_settings: config.MeshSettings) -> None
 
 
 def _grant_credits(args: argparse.Namespace, mesh_settings: config.MeshSettings) -> None:
+    from magicpixels.billing.v1 import billing_pb2
+
+    request = billing_pb2.GrantRequest(
+        account_id=args.account_id, amount=args.amount, description=args.description
+    )
+    entry = _billing_admin(mesh_settings, args.account_id, lambda billing: billing.Grant(request))
+    print(f"granted {args.amount} credits to {args.account_id}: {entry.balance_after} available")
+
+
+def _adjust_credits(args: argparse.Namespace, mesh_settings: config.MeshSettings) -> None:
+    from magicpixels.billing.v1 import billing_pb2
+
+    request = billing_pb2.AdjustCreditsRequest(
+        account_id=args.account_id,
+        amount=args.amount,
+        description=args.description,
+        reference=args.reference,
+    )
+    entry = _billing_admin(
+        mesh_settings, args.account_id, lambda billing: billing.AdjustCredits(request)
+    )
+    print(f"adjusted {args.account_id} by {entry.amount} credits: {entry.balance_after} available")
+
+
+def _approve_subscription(args: argparse.Namespace, mesh_settings: config.MeshSettings) -> None:
+    from magicpixels.billing.v1 import billing_pb2
+    from magicpixels.core.timestamps import from_timestamp, rfc3339
+
+    request = billing_pb2.ApproveSubscriptionRequest(account_id=args.account_id)
+    found = _billing_admin(
+        mesh_settings, args.account_id, lambda billing: billing.ApproveSubscription(request)
+    )
+    until = rfc3339(from_timestamp(found.current_period_end_time))
+    print(f"approved {found.id}: {args.account_id} on {found.plan_id} until {until}")
+
+
+def _billing_admin(
+    mesh_settings: config.MeshSettings,
+    account_id: str,
+    call: Callable[["billing_pb2_grpc.BillingServiceStub"], Awaitable[T]],
+) -> T:
+    """An operator's billing call; a refusal exits with billing's reason, without a traceback."""
     import grpc
 
     from magicpixels.core.errors import DomainError
 
     try:
-        entry = asyncio.run(_grant(mesh_settings, args.account_id, args.amount, args.description))
+        return asyncio.run(_call_billing(mesh_settings, account_id, call))
     except DomainError as error:
         raise SystemExit(f"magicpixels: {error.message}") from None
     except grpc.aio.AioRpcError as error:
-        raise SystemExit(f"magicpixels: the grant was refused: {error.details()}") from None
-    print(f"granted {args.amount} credits to {args.account_id}: {entry.balance_after} available")
+        raise SystemExit(f"magicpixels: refused: {error.details()}") from None
 
 
-async def _grant(
-    mesh_settings: config.MeshSettings, account_id: str, amount: int, description: str
-) -> "billing_pb2.LedgerEntry":
-    """Grants credits to an account that auth knows (billing alone would take any id)."""
+async def _call_billing(
+    mesh_settings: config.MeshSettings,
+    account_id: str,
+    call: Callable[["billing_pb2_grpc.BillingServiceStub"], Awaitable[T]],
+) -> T:
+    """Makes the call for an account that auth knows (billing alone would take any id)."""
     from magicpixels.auth.v1 import auth_pb2, auth_pb2_grpc
-    from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
+    from magicpixels.billing.v1 import billing_pb2_grpc
     from magicpixels.core.bus import LocalBus
     from magicpixels.core.service import Mesh
 
@@ -115,12 +179,7 @@ async def _grant(
     try:
         auth = auth_pb2_grpc.AuthServiceStub(mesh.channel("auth"))
         await auth.GetAccount(auth_pb2.GetAccountRequest(id=account_id))
-        billing = billing_pb2_grpc.BillingServiceStub(mesh.channel("billing"))
-        request = billing_pb2.GrantRequest(
-            account_id=account_id, amount=amount, description=description
-        )
-        entry: billing_pb2.LedgerEntry = await billing.Grant(request)
-        return entry
+        return await call(billing_pb2_grpc.BillingServiceStub(mesh.channel("billing")))
     finally:
         await mesh.close()
 

@@ -1,28 +1,25 @@
-"""Media the assets tests upload: real images encoded by Pillow."""
-
-import io
-from collections.abc import Callable
-from pathlib import Path
+"""What the assets tests share: real media (`samples`) and the blob stores (`stores`)."""
 
 import pytest
-from PIL import Image
 
-ImageEncoder = Callable[..., bytes]
-
-
-def _encode_image(image_format: str, size: tuple[int, int] = (256, 192)) -> bytes:
-    """Noise, so a PNG of the default size is several 64 KiB chunks long."""
-    buffer = io.BytesIO()
-    Image.effect_noise(size, 64).convert("RGB").save(buffer, image_format)
-    return buffer.getvalue()
+from tests.assets.samples import Encoder, encode_audio, encode_image, encode_video
+from tests.assets.stores import choose_blob_store, serve_s3
 
 
-@pytest.fixture
-def encode_image() -> ImageEncoder:
-    return _encode_image
+@pytest.fixture(name="encode_image")
+def encode_image_fixture() -> Encoder:
+    return encode_image
 
 
-@pytest.fixture
-def files_under() -> Callable[[Path], list[Path]]:
-    """Every file below a folder, drafts included."""
-    return lambda root: sorted(path for path in root.rglob("*") if path.is_file())
+@pytest.fixture(name="encode_audio")
+def encode_audio_fixture() -> Encoder:
+    return encode_audio
+
+
+@pytest.fixture(name="encode_video")
+def encode_video_fixture() -> Encoder:
+    return encode_video
+
+
+s3_endpoint = pytest.fixture(scope="session", name="s3_endpoint")(serve_s3)
+blob_store = pytest.fixture(name="blob_store")(choose_blob_store)

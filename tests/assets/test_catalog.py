@@ -1,5 +1,5 @@
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,8 +13,9 @@ from magicpixels.services.assets import domain
 from magicpixels.services.assets.blobs import LocalBlobStore
 from magicpixels.services.assets.catalog import Catalog
 from magicpixels.services.assets.domain import Origin
+from magicpixels.services.assets.server import open_blob_store
+from tests.assets.stores import StoreUnderTest, on_every_store
 
-Files = Callable[[Path], list[Path]]
 ACCOUNT = "acct_owner"
 PLAN = domain.plan_upload(
     account_id=ACCOUNT,
@@ -47,13 +48,8 @@ async def engine(database: Any, mesh: Mesh) -> AsyncIterator[Any]:
 
 
 @pytest.fixture
-def blob_dir(tmp_path: Path) -> Path:
-    return tmp_path / "blobs"
-
-
-@pytest.fixture
-def catalog(engine: Any, blob_dir: Path) -> Catalog:
-    return Catalog(engine, LocalBlobStore(blob_dir))
+async def catalog(engine: Any, blob_store: StoreUnderTest, tmp_path: Path) -> Catalog:
+    return Catalog(engine, await open_blob_store(AssetsSettings(**blob_store.settings()), tmp_path))
 
 
 async def _chunks(data: bytes, size: int = 1000) -> AsyncIterator[bytes]:
@@ -65,23 +61,46 @@ async def _content(catalog: Catalog, record: domain.AssetRecord) -> bytes:
     return b"".join([chunk async for chunk in catalog.read(record, 0, record.size_bytes)])
 
 
+@on_every_store
 async def test_a_stream_over_the_limit_stops_and_stores_nothing(
-    catalog: Catalog, blob_dir: Path, files_under: Files
+    catalog: Catalog, blob_store: StoreUnderTest
 ) -> None:
     with pytest.raises(InvalidArgument) as caught:
         await catalog.upload(replace(PLAN, max_bytes=5000), _chunks(bytes(5001)))
 
     assert caught.value.reason == "PAYLOAD_TOO_LARGE"
-    assert files_under(blob_dir) == []
+    assert blob_store.leftovers() == []
+
+
+@on_every_store
+async def test_an_upload_canceled_midway_leaves_nothing(
+    catalog: Catalog, blob_store: StoreUnderTest, encode_image: Any
+) -> None:
+    data = encode_image("PNG")
+    halfway = asyncio.Event()
+
+    async def stalling() -> AsyncIterator[bytes]:
+        yield data[:5000]
+        halfway.set()
+        await asyncio.Event().wait()
+
+    upload = asyncio.create_task(catalog.upload(PLAN, stalling()))
+    await halfway.wait()
+    upload.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await upload
+    assert blob_store.leftovers() == []
+    assert await catalog.list_assets(ACCOUNT, False, 10, None) == []
 
 
 async def test_an_upload_whose_blob_vanishes_before_its_claim_is_aborted_and_not_recorded(
-    engine: Any, catalog: Catalog, blob_dir: Path, encode_image: Any
+    engine: Any, catalog: Catalog, tmp_path: Path, encode_image: Any
 ) -> None:
     data = encode_image("PNG")
 
     with pytest.raises(Aborted) as caught:
-        await Catalog(engine, _RemovedBeforeClaim(blob_dir)).upload(PLAN, _chunks(data))
+        await Catalog(engine, _RemovedBeforeClaim(tmp_path / "racing")).upload(PLAN, _chunks(data))
     listed = await catalog.list_assets(ACCOUNT, False, 10, None)
     again = await catalog.upload(PLAN, _chunks(data))
 
@@ -91,8 +110,9 @@ async def test_an_upload_whose_blob_vanishes_before_its_claim_is_aborted_and_not
     assert await _content(catalog, again) == data
 
 
+@on_every_store
 async def test_deletes_racing_uploads_of_the_same_bytes_never_strand_an_asset(
-    catalog: Catalog, blob_dir: Path, files_under: Files, encode_image: Any
+    catalog: Catalog, blob_store: StoreUnderTest, encode_image: Any
 ) -> None:
     """Each upload either keeps the shared blob alive or is refused, never recorded without it."""
     data = encode_image("PNG", (64, 64))
@@ -111,7 +131,7 @@ async def test_deletes_racing_uploads_of_the_same_bytes_never_strand_an_asset(
     assert [await _content(catalog, record) for record in live] == [data] * len(live)
     for record in live:
         await catalog.delete(record.id, ACCOUNT)
-    assert files_under(blob_dir) == []
+    assert blob_store.leftovers() == []
 
 
 async def test_get_hides_other_accounts_and_get_signed_does_not(

@@ -1,7 +1,5 @@
 import io
 import re
-import struct
-import zlib
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -31,16 +29,6 @@ def _plan(**overrides: Any) -> domain.UploadPlan:
         "declared_size": None,
     } | overrides
     return domain.plan_upload(**fields)
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def _png_header(width: int, height: int) -> bytes:
-    """A PNG that claims the size but carries no pixels: a decompression bomb's opening."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", b"")
 
 
 def _refused(error: DomainError, kind: type[DomainError], reason: str, param: str | None) -> None:
@@ -90,7 +78,7 @@ def test_plan_upload_accepts_a_declared_size_at_the_limit() -> None:
         ({"origin": None}, InvalidArgument, "PARAMETER_INVALID", "origin"),
         ({"content_type": "image/gif"}, FailedPrecondition, "UNSUPPORTED_MEDIA_TYPE", None),
         ({"content_type": "text/plain"}, FailedPrecondition, "UNSUPPORTED_MEDIA_TYPE", None),
-        ({"content_type": "audio/wav"}, FailedPrecondition, "UNSUPPORTED_MEDIA_TYPE", None),
+        ({"content_type": "video/mp4"}, FailedPrecondition, "UNSUPPORTED_MEDIA_TYPE", None),
         ({"declared_size": 20 * MIB + 1}, InvalidArgument, "PAYLOAD_TOO_LARGE", None),
         ({"declared_size": -1}, InvalidArgument, "PARAMETER_INVALID", "size_bytes"),
         ({"job_id": "job_1"}, InvalidArgument, "PARAMETER_INVALID", "job_id"),
@@ -106,9 +94,19 @@ def test_plan_upload_refuses(
     _refused(caught.value, kind, reason, param)
 
 
-def test_audio_upload_says_it_is_not_supported_yet() -> None:
-    with pytest.raises(FailedPrecondition, match="audio uploads are not supported yet"):
-        _plan(content_type="audio/mpeg")
+@pytest.mark.parametrize(
+    ("declared", "canonical"),
+    [("audio/x-wav", "audio/wav"), ("audio/MP3", "audio/mpeg"), ("application/ogg", "audio/ogg")],
+)
+def test_audio_uploads_are_planned_with_the_50_mib_limit(declared: str, canonical: str) -> None:
+    plan = _plan(content_type=declared)
+
+    assert (plan.kind, plan.content_type, plan.max_bytes) == (Kind.AUDIO, canonical, 50 * MIB)
+
+
+def test_a_video_upload_says_video_is_only_generated() -> None:
+    with pytest.raises(FailedPrecondition, match="video is only generated, not uploaded"):
+        _plan(content_type="video/mp4")
 
 
 def test_generated_audio_limit_is_50_mib() -> None:
@@ -153,50 +151,61 @@ def test_inspect_content_decodes_each_image_format(
     assert content == Content(content_type, width=37, height=21)
 
 
-def test_inspect_content_refuses_an_image_of_another_declared_type(encode_image: Any) -> None:
-    with pytest.raises(FailedPrecondition) as caught:
-        domain.inspect_content(_plan(content_type="image/jpeg"), io.BytesIO(encode_image("PNG")))
+@pytest.mark.parametrize("content_type", ["audio/wav", "audio/mpeg", "audio/flac", "audio/ogg"])
+def test_inspect_content_probes_each_audio_format(encode_audio: Any, content_type: str) -> None:
+    data = encode_audio(content_type, seconds=2.5)
 
-    assert caught.value.reason == "CONTENT_MISMATCH"
-    assert caught.value.message == "the file is a PNG image but was declared as image/jpeg"
+    content = domain.inspect_content(_plan(content_type=content_type), io.BytesIO(data))
+
+    assert content == Content(content_type, duration_seconds=2.5)
 
 
 @pytest.mark.parametrize(
-    ("image_format", "keep"),
-    [("PNG", 0.5), ("PNG", 0.99), ("JPEG", 0.5), ("WEBP", 0.9), ("GIF", 1.0)],
+    ("declared", "sent", "message"),
+    [
+        ("image/jpeg", "PNG", "the file is PNG but was declared as image/jpeg"),
+        ("audio/wav", "PNG", "the file is PNG but was declared as audio/wav"),
+        ("image/png", "audio/flac", "the file is FLAC but was declared as image/png"),
+        ("audio/mpeg", "audio/wav", "the file is WAV but was declared as audio/mpeg"),
+    ],
 )
-def test_inspect_content_refuses_truncated_and_other_images(
-    encode_image: Any, image_format: str, keep: float
+def test_inspect_content_refuses_content_of_another_declared_type(
+    encode_image: Any, encode_audio: Any, declared: str, sent: str, message: str
 ) -> None:
-    data = encode_image(image_format)
-    truncated = io.BytesIO(data[: int(len(data) * keep)])
+    data = encode_audio(sent) if sent.startswith("audio/") else encode_image(sent)
 
     with pytest.raises(FailedPrecondition) as caught:
-        domain.inspect_content(_plan(), truncated)
+        domain.inspect_content(_plan(content_type=declared), io.BytesIO(data))
 
-    assert caught.value.reason == "UNSUPPORTED_MEDIA_TYPE"
-    assert caught.value.message == "the file is not a complete PNG, JPEG or WebP image"
+    assert (caught.value.reason, caught.value.message) == ("CONTENT_MISMATCH", message)
 
 
-def test_inspect_content_refuses_text() -> None:
+@pytest.mark.parametrize(
+    ("declared", "data", "message"),
+    [
+        ("image/png", b"hello, this is not an image\n" * 50, "not a PNG, JPEG or WebP image"),
+        ("image/png", b"GIF89a" + bytes(100), "not a PNG, JPEG or WebP image"),
+        ("audio/wav", b"hello, this is not audio\n" * 50, "not WAV, MP3, FLAC or OGG audio"),
+    ],
+)
+def test_inspect_content_refuses_what_is_no_supported_type(
+    declared: str, data: bytes, message: str
+) -> None:
     with pytest.raises(FailedPrecondition) as caught:
-        domain.inspect_content(_plan(), io.BytesIO(b"hello, this is not an image\n" * 50))
+        domain.inspect_content(_plan(content_type=declared), io.BytesIO(data))
 
-    assert caught.value.reason == "UNSUPPORTED_MEDIA_TYPE"
-
-
-def test_probe_image_refuses_more_than_40_megapixels_before_decoding() -> None:
-    with pytest.raises(InvalidArgument) as caught:
-        domain.probe_image(io.BytesIO(_png_header(7000, 6000)))
-
-    assert caught.value.reason == "PAYLOAD_TOO_LARGE"
-    assert caught.value.message == "the image exceeds 40 megapixels"
+    assert (caught.value.reason, caught.value.message) == (
+        "UNSUPPORTED_MEDIA_TYPE",
+        f"the file is {message}",
+    )
 
 
-def test_generated_audio_is_recorded_as_declared_without_probing() -> None:
-    plan = _plan(content_type="audio/wav", origin=Origin.GENERATED, job_id="job_1")
+def test_generated_video_is_probed_for_its_size_and_length(encode_video: Any) -> None:
+    plan = _plan(content_type="video/mp4", origin=Origin.GENERATED, job_id="job_1")
 
-    assert domain.inspect_content(plan, io.BytesIO(b"RIFF....WAVE")) == Content("audio/wav")
+    content = domain.inspect_content(plan, io.BytesIO(encode_video(seconds=2, size=(64, 48))))
+
+    assert content == Content("video/mp4", width=64, height=48, duration_seconds=2.0)
 
 
 def test_new_asset_records_the_plan_the_content_and_the_blob() -> None:

@@ -1,7 +1,6 @@
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import grpc
@@ -13,10 +12,10 @@ from magicpixels.core.service import Mesh
 from magicpixels.core.settings import AssetsSettings, load_or_create_secret
 from magicpixels.services.assets import domain
 from magicpixels.services.assets.server import AssetsService
+from tests.assets.stores import StoreUnderTest, on_every_store
 from tests.conftest import channel_to, serving
 
 Stub = assets_pb2_grpc.AssetsServiceStub
-Files = Callable[[Path], list[Path]]
 Failure = tuple[grpc.StatusCode, str, dict[str, str]]
 ACCOUNT = "acct_owner"
 OTHER = "acct_other"
@@ -24,17 +23,12 @@ NOT_FOUND: Failure = (grpc.StatusCode.NOT_FOUND, "ASSET_NOT_FOUND", {})
 
 
 @pytest.fixture
-async def stub(database: Any, mesh: Mesh) -> AsyncIterator[Stub]:
-    service = AssetsService(mesh, database.settings(AssetsSettings))
+async def stub(database: Any, mesh: Mesh, blob_store: StoreUnderTest) -> AsyncIterator[Stub]:
+    service = AssetsService(mesh, database.settings(AssetsSettings, **blob_store.settings()))
     async with serving(service, mesh) as server:
         channel = channel_to(server, mesh)
         yield assets_pb2_grpc.AssetsServiceStub(channel)
         await channel.close()
-
-
-@pytest.fixture
-def blob_dir(mesh: Mesh) -> Path:
-    return mesh.settings.data_dir / "blobs"
 
 
 async def _requests(
@@ -92,6 +86,7 @@ async def _failure(call: Awaitable[Any]) -> Failure:
     return error.code, error.reason, error.metadata
 
 
+@on_every_store
 @pytest.mark.parametrize(
     ("image_format", "content_type"),
     [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp")],
@@ -128,6 +123,7 @@ async def test_an_image_uploaded_in_small_chunks_is_recorded_and_read_back(
     assert part == data[1000 : 1000 + len(data) // 2]
 
 
+@on_every_store
 async def test_a_read_past_the_end_is_clipped_and_one_outside_is_refused(
     stub: Stub, encode_image: Any
 ) -> None:
@@ -144,15 +140,16 @@ async def test_a_read_past_the_end_is_clipped_and_one_outside_is_refused(
     )
 
 
+@on_every_store
 async def test_a_truncated_png_is_refused_and_leaves_nothing_behind(
-    stub: Stub, encode_image: Any, blob_dir: Path, files_under: Files
+    stub: Stub, encode_image: Any, blob_store: StoreUnderTest
 ) -> None:
     data = encode_image("PNG")
 
     failure = await _failure(_upload(stub, data[: len(data) - 100]))
 
     assert failure == (grpc.StatusCode.FAILED_PRECONDITION, "UNSUPPORTED_MEDIA_TYPE", {})
-    assert files_under(blob_dir) == []
+    assert blob_store.leftovers() == []
     assert await _list_ids(stub) == []
 
 
@@ -167,8 +164,7 @@ async def test_a_truncated_png_is_refused_and_leaves_nothing_behind(
 async def test_content_that_is_not_what_was_declared_is_refused(
     stub: Stub,
     encode_image: Any,
-    blob_dir: Path,
-    files_under: Files,
+    blob_store: StoreUnderTest,
     content_type: str,
     payload: str,
     reason: str,
@@ -178,7 +174,7 @@ async def test_content_that_is_not_what_was_declared_is_refused(
     failure = await _failure(_upload(stub, data, content_type=content_type))
 
     assert failure == (grpc.StatusCode.FAILED_PRECONDITION, reason, {})
-    assert files_under(blob_dir) == []
+    assert blob_store.leftovers() == []
 
 
 async def test_an_oversized_declared_upload_is_refused_before_reading(stub: Stub) -> None:
@@ -188,7 +184,7 @@ async def test_an_oversized_declared_upload_is_refused_before_reading(stub: Stub
 
 
 async def test_an_upload_must_open_with_its_header_only(
-    stub: Stub, encode_image: Any, blob_dir: Path, files_under: Files
+    stub: Stub, encode_image: Any, blob_store: StoreUnderTest
 ) -> None:
     async def chunk_first() -> AsyncIterator[assets_pb2.UploadAssetRequest]:
         yield assets_pb2.UploadAssetRequest(chunk=b"data")
@@ -208,29 +204,51 @@ async def test_an_upload_must_open_with_its_header_only(
         "PARAMETER_INVALID",
         {"param": "header"},
     )
-    assert files_under(blob_dir) == []
+    assert blob_store.leftovers() == []
 
 
-async def test_generated_audio_is_accepted_and_uploaded_audio_is_not_yet(stub: Stub) -> None:
-    data = b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(2000)
+async def test_audio_is_probed_for_its_length_whether_uploaded_or_generated(
+    stub: Stub, encode_audio: Any
+) -> None:
+    data = encode_audio("audio/flac", seconds=2.25)
     generated = {"origin": assets_pb2.ASSET_ORIGIN_GENERATED, "job_id": "job_1", "livemode": True}
 
-    asset = await _upload(stub, data, content_type="audio/wav", **generated)
-    failure = await _failure(_upload(stub, data, content_type="audio/wav"))
+    uploaded = await _upload(stub, data, content_type="audio/x-flac")
+    result = await _upload(stub, data, content_type="audio/flac", **generated)
 
-    assert (asset.kind, asset.content_type, asset.size_bytes) == (
+    assert (uploaded.kind, uploaded.content_type, uploaded.size_bytes) == (
         assets_pb2.ASSET_KIND_AUDIO,
-        "audio/wav",
+        "audio/flac",
         len(data),
     )
-    assert (asset.origin, asset.job_id, asset.livemode) == (
+    assert (uploaded.duration_seconds, result.duration_seconds) == (2.25, 2.25)
+    assert (result.origin, result.job_id, result.livemode) == (
         assets_pb2.ASSET_ORIGIN_GENERATED,
         "job_1",
         True,
     )
-    assert not asset.HasField("width")
-    assert (await _read(stub, asset.id))[1] == data
+    assert not uploaded.HasField("width")
+    assert (await _read(stub, uploaded.id))[1] == data
+
+
+@on_every_store
+async def test_generated_video_is_recorded_with_its_size_and_length_and_uploaded_video_is_not(
+    stub: Stub, encode_video: Any, blob_store: StoreUnderTest
+) -> None:
+    data = encode_video(seconds=1.5, size=(80, 48))
+    generated = {"origin": assets_pb2.ASSET_ORIGIN_GENERATED, "job_id": "job_1"}
+
+    video = await _upload(stub, data, content_type="video/mp4", **generated)
+    failure = await _failure(_upload(stub, data, content_type="video/mp4"))
+
+    assert (video.kind, video.width, video.height, video.duration_seconds) == (
+        assets_pb2.ASSET_KIND_VIDEO,
+        80,
+        48,
+        1.5,
+    )
     assert failure == (grpc.StatusCode.FAILED_PRECONDITION, "UNSUPPORTED_MEDIA_TYPE", {})
+    assert blob_store.blobs() == [video.sha256]
 
 
 async def test_another_account_cannot_see_or_touch_an_asset(stub: Stub, encode_image: Any) -> None:
@@ -265,8 +283,9 @@ async def test_list_pages_through_live_assets_of_one_mode_newest_first(
     assert await _list_ids(stub, livemode=True) == [test_mode.id]
 
 
+@on_every_store
 async def test_delete_hides_the_asset_removes_its_blob_and_is_not_repeated(
-    stub: Stub, encode_image: Any, blob_dir: Path, files_under: Files
+    stub: Stub, encode_image: Any, blob_store: StoreUnderTest
 ) -> None:
     asset = await _upload(stub, encode_image("PNG"))
 
@@ -275,7 +294,7 @@ async def test_delete_hides_the_asset_removes_its_blob_and_is_not_repeated(
     assert await _failure(_delete(stub, asset.id)) == NOT_FOUND
     assert await _failure(_get(stub, asset.id)) == NOT_FOUND
     assert await _failure(_read(stub, asset.id)) == NOT_FOUND
-    assert files_under(blob_dir) == []
+    assert blob_store.leftovers() == []
 
 
 async def test_concurrent_deletes_of_one_asset_succeed_once(stub: Stub, encode_image: Any) -> None:
@@ -290,8 +309,9 @@ async def test_concurrent_deletes_of_one_asset_succeed_once(stub: Stub, encode_i
     assert {remote_error(failure).reason for failure in failures} == {"ASSET_NOT_FOUND"}
 
 
+@on_every_store
 async def test_concurrent_uploads_of_the_same_bytes_share_one_blob_until_the_last_delete(
-    stub: Stub, encode_image: Any, blob_dir: Path, files_under: Files
+    stub: Stub, encode_image: Any, blob_store: StoreUnderTest
 ) -> None:
     data = encode_image("PNG")
     sha256 = hashlib.sha256(data).hexdigest()
@@ -299,14 +319,14 @@ async def test_concurrent_uploads_of_the_same_bytes_share_one_blob_until_the_las
     assets = await asyncio.gather(*(_upload(stub, data, chunk_size=999) for _ in range(5)))
 
     assert len({asset.id for asset in assets}) == 5
-    assert files_under(blob_dir) == [blob_dir / sha256[:2] / sha256]
+    assert (blob_store.blobs(), blob_store.drafts()) == ([sha256], [])
     for deleted, asset in enumerate(assets[:-1], start=1):
         await _delete(stub, asset.id)
         assert [(await _read(stub, kept.id))[1] for kept in assets[deleted:]] == [data] * (
             len(assets) - deleted
         )
     await _delete(stub, assets[-1].id)
-    assert files_under(blob_dir) == []
+    assert blob_store.leftovers() == []
 
 
 async def test_a_signed_url_verifies_to_its_asset_for_anyone(stub: Stub, encode_image: Any) -> None:

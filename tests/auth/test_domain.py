@@ -1,12 +1,15 @@
 import base64
 import string
+import zlib
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
-from magicpixels.core.errors import InvalidArgument, Unauthenticated
+from magicpixels.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from magicpixels.core.ids import new_id
 from magicpixels.services.auth import domain
 from magicpixels.services.auth.domain import ApiKey, Peppers
@@ -14,7 +17,8 @@ from magicpixels.services.auth.domain import ApiKey, Peppers
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 KEY_ID = "key_01KB3DW2Q5M8ZV7HC6T1XN4R9P0A2B"
 SECRET = "a" * 43
-S = "a" * 35  # a well-formed secret
+TOKEN = domain.format_token("live", KEY_ID, SECRET)
+BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
 
 
 def issued(peppers: Peppers, **changes: Any) -> tuple[ApiKey, str]:
@@ -22,12 +26,52 @@ def issued(peppers: Peppers, **changes: Any) -> tuple[ApiKey, str]:
     return replace(key, **changes), token
 
 
+def from_base62(text: str) -> int:
+    value = 0
+    for char in text:
+        value = value * 62 + BASE62.index(char)
+    return value
+
+
 @pytest.mark.parametrize("mode", ["live", "test"])
 def test_a_formatted_token_parses_back_to_its_parts(mode: domain.Mode) -> None:
     token = domain.format_token(mode, KEY_ID, SECRET)
 
-    assert token == f"mp_{mode}_01KB3DW2Q5M8ZV7HC6T1XN4R9P0A2B.{SECRET}"
+    body = f"mp_{mode}_01KB3DW2Q5M8ZV7HC6T1XN4R9P0A2B.{SECRET}"
+    assert token.startswith(body)
+    assert len(token) == len(body) + 6
     assert domain.parse_token(token) == (mode, KEY_ID, SECRET)
+
+
+def test_the_checksum_is_the_crc32_of_the_body_in_six_base62_characters() -> None:
+    body, check = TOKEN[:-6], TOKEN[-6:]
+
+    assert set(check) <= set(BASE62)
+    assert from_base62(check) == zlib.crc32(body.encode())
+    assert domain.checksum("") == "000000"
+
+
+@given(position=st.integers(0, len(TOKEN) - 1), replacement=st.sampled_from(BASE62 + "._"))
+def test_every_single_character_typo_is_refused_before_any_lookup(
+    position: int, replacement: str
+) -> None:
+    assume(TOKEN[position] != replacement)
+    typo = TOKEN[:position] + replacement + TOKEN[position + 1 :]
+
+    with pytest.raises(Unauthenticated) as caught:
+        domain.parse_token(typo)
+
+    assert caught.value.reason == "API_KEY_INVALID"
+
+
+def test_leaked_tokens_are_recognised_in_text_offline() -> None:
+    _, token = issued(Peppers({1: "pepper"}))
+    leak = f"export MAGICPIXELS_KEY={token}\n# and a lookalike: mp_live_ABC.{SECRET}"
+
+    found = [match[0] for match in domain.TOKEN_PATTERN.finditer(leak)]
+
+    assert found == [token]
+    assert domain.checksum(found[0][:-6]) == found[0][-6:]
 
 
 @pytest.mark.parametrize(
@@ -37,17 +81,23 @@ def test_a_formatted_token_parses_back_to_its_parts(mode: domain.Mode) -> None:
         "mp_live_",
         "mp_live_ABC",
         "mp_live_ABC.",
-        f"mp_live_.{S}",
-        f"mp_prod_ABC.{S}",
-        f"MP_LIVE_ABC.{S}",
-        "mp_live_ABC." + "a" * 31,
-        f"mp_live_ABC.{S}-a",
-        f"mp_live_ABC.{S}.aaa",
-        f"mp_live_A.C.{S}",
-        f"Bearer mp_live_ABC.{S}",
-        f"mp_live_ABC.{S}\n",
-        f"mp_live_ABC.{S}\u0661",  # a non-ASCII digit
-        f"mp_live_key_ABC.{S}",
+        f"mp_live_.{SECRET}",
+        TOKEN.replace("mp_live_", "mp_prod_"),
+        TOKEN.replace("mp_live_", "MP_LIVE_"),
+        TOKEN.replace("mp_live_", "sk_live_"),
+        TOKEN[:-1],
+        TOKEN + "a",
+        TOKEN[:-6],
+        TOKEN[:-6] + "000000",
+        TOKEN.replace("mp_live_", "mp_test_"),
+        TOKEN.replace("mp_live_01", "mp_live_0I"),
+        TOKEN.replace(".", ".-"),
+        TOKEN + "\n",
+        " " + TOKEN,
+        f"Bearer {TOKEN}",
+        TOKEN[:-1] + "\u0661",  # a non-ASCII digit
+        TOKEN.replace("mp_live_", "mp_live_key_"),
+        TOKEN * 100,
     ],
 )
 def test_parse_token_rejects_anything_but_the_token_format(token: str) -> None:
@@ -94,6 +144,28 @@ def test_keys_hashed_with_an_older_pepper_still_match_after_a_new_one_is_added()
     assert peppers.matches("secret", 1, old_hash)
     assert not peppers.matches("secret", 2, old_hash)
     assert not peppers.matches("secret", 3, old_hash)
+
+
+def test_the_current_pepper_can_be_an_older_version_while_a_new_one_rolls_out() -> None:
+    peppers = Peppers({1: "old", 2: "new"}, current=1)
+
+    assert peppers.hash("secret") == domain.hash_secret("old", "secret")
+    with pytest.raises(ValueError, match="pepper version 3 is not configured"):
+        Peppers({1: "old", 2: "new"}, current=3)
+
+
+def test_a_key_verified_under_an_older_pepper_is_rehashed_under_the_current_one() -> None:
+    key, token = issued(Peppers({1: "old"}))
+    peppers = Peppers({1: "old", 2: "new"})
+    parsed = domain.parse_token(token)
+
+    upgraded = domain.rehashed(key, parsed, peppers)
+
+    assert upgraded is not None
+    assert (upgraded.pepper_version, upgraded.id) == (2, key.id)
+    assert upgraded.secret_hash == domain.hash_secret("new", parsed.secret)
+    assert domain.authenticate(upgraded, parsed, peppers, NOW) == upgraded
+    assert domain.rehashed(upgraded, parsed, peppers) is None
 
 
 def test_an_issued_key_stores_only_the_hash_of_its_tokens_secret() -> None:
@@ -249,3 +321,68 @@ def test_a_new_account_is_on_the_free_plan_with_a_webhook_secret() -> None:
     assert (account.email, account.name, account.plan) == ("ada@example.com", "Ada", "free")
     assert account.webhook_secret.startswith("whsec_")
     assert len(base64.b64decode(account.webhook_secret.removeprefix("whsec_"))) == 32
+
+
+def issuer(mode: domain.Mode = "live", scopes: tuple[str, ...] = domain.SCOPES) -> ApiKey:
+    key, _ = domain.issue_key("acct_1", "issuer", mode, scopes, Peppers({1: "p"}), NOW)
+    return key
+
+
+def test_a_key_without_an_issuer_gets_what_it_asks_for() -> None:
+    assert domain.grantable_scopes(None, "live", []) == domain.SCOPES
+    assert domain.grantable_scopes(None, "live", ["jobs:read"]) == ("jobs:read",)
+
+
+def test_a_key_made_by_a_key_gets_at_most_the_issuers_scopes() -> None:
+    narrow = issuer(scopes=("jobs:read", "keys:write"))
+
+    assert domain.grantable_scopes(narrow, "live", []) == ("jobs:read", "keys:write")
+    assert domain.grantable_scopes(narrow, "test", ["jobs:read"]) == ("jobs:read",)
+    with pytest.raises(PermissionDenied) as caught:
+        domain.grantable_scopes(narrow, "live", ["jobs:read", "jobs:write", "assets:read"])
+
+    assert (caught.value.reason, caught.value.param) == ("SCOPE_MISSING", "scopes")
+    assert "jobs:write, assets:read" in caught.value.message
+
+
+def test_a_test_mode_key_makes_only_test_mode_keys() -> None:
+    test_key = issuer(mode="test")
+
+    assert domain.grantable_scopes(test_key, "test", []) == domain.SCOPES
+    with pytest.raises(PermissionDenied) as caught:
+        domain.grantable_scopes(test_key, "live", [])
+
+    assert caught.value.reason == "TEST_KEY_NOT_ALLOWED"
+
+
+def test_a_replaced_webhook_secret_is_valid_only_during_its_grace_period() -> None:
+    account = replace(
+        domain.new_account("ada@example.com", "Ada", NOW),
+        previous_webhook_secret="whsec_old",
+        previous_webhook_secret_expires_at=NOW + timedelta(hours=1),
+    )
+
+    assert account.webhook_secrets(NOW) == (account.webhook_secret, "whsec_old")
+    assert account.webhook_secrets(NOW + timedelta(hours=1)) == (account.webhook_secret, None)
+
+
+@pytest.mark.parametrize(
+    ("grace", "expected"),
+    [
+        (None, timedelta(hours=24)),
+        (timedelta(0), timedelta(0)),
+        (timedelta(days=7), timedelta(days=7)),
+    ],
+)
+def test_grace_periods_default_to_a_day_and_reach_a_week(
+    grace: timedelta | None, expected: timedelta
+) -> None:
+    assert domain.checked_grace_period(grace) == expected
+
+
+@pytest.mark.parametrize("grace", [timedelta(seconds=-1), timedelta(days=7, seconds=1)])
+def test_grace_periods_outside_a_week_are_refused(grace: timedelta) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        domain.checked_grace_period(grace)
+
+    assert caught.value.param == "grace_period_seconds"

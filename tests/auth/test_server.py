@@ -1,10 +1,12 @@
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from sqlalchemy import select
 
 from magicpixels.auth.v1 import auth_pb2, auth_pb2_grpc
@@ -12,10 +14,11 @@ from magicpixels.core.db import create_engine
 from magicpixels.core.errors import RemoteError, remote_error
 from magicpixels.core.service import Mesh
 from magicpixels.core.settings import AuthSettings, load_or_create_secret
-from magicpixels.core.timestamps import to_timestamp, utcnow
+from magicpixels.core.timestamps import from_timestamp, to_timestamp, utcnow
 from magicpixels.services.auth import domain, server, store
 from magicpixels.services.auth.server import AuthService
 from tests.conftest import Database, channel_to, serving
+from tests.support import eventually
 
 Stub = auth_pb2_grpc.AuthServiceStub
 
@@ -194,8 +197,8 @@ async def test_another_accounts_key_cannot_be_revoked(auth: Any) -> None:
 
 async def test_an_unknown_key_and_a_wrong_secret_are_refused_alike(auth: Any) -> None:
     created = await new_account(auth)
-    secret = created.token.partition(".")[2]
-    wrong_secret = created.token.replace(secret, secret[::-1])
+    secret = domain.parse_token(created.token).secret
+    wrong_secret = domain.format_token("live", created.api_key.id, secret[::-1])
     unknown_key = domain.format_token("live", "key_" + "Z" * 30, secret)
 
     errors = [
@@ -210,7 +213,10 @@ async def test_an_unknown_key_and_a_wrong_secret_are_refused_alike(auth: Any) ->
 async def test_a_live_token_presented_as_test_mode_is_refused(auth: Any) -> None:
     created = await new_account(auth)
 
-    error = await refused(verify(auth, created.token.replace("mp_live_", "mp_test_")))
+    parsed = domain.parse_token(created.token)
+    as_test = domain.format_token("test", parsed.key_id, parsed.secret)
+
+    error = await refused(verify(auth, as_test))
 
     assert error.reason == "API_KEY_INVALID"
 
@@ -250,7 +256,7 @@ async def test_secrets_are_stored_only_as_keyed_hashes(
     auth: Any, database: Database, mesh: Mesh
 ) -> None:
     created = await new_account(auth)
-    secret = created.token.partition(".")[2]
+    secret = domain.parse_token(created.token).secret
     pepper = load_or_create_secret(mesh.settings.data_dir, "auth_pepper")
 
     engine = create_engine(database.url, schema=database.schema)
@@ -264,3 +270,253 @@ async def test_secrets_are_stored_only_as_keyed_hashes(
     assert not any(secret in str(value) for value in rows[0])
     assert rows[0].secret_hash == domain.hash_secret(pepper, secret)
     assert rows[0].pepper_version == 1
+
+
+async def stored_key(database: Database, key_id: str) -> Any:
+    engine = create_engine(database.url, schema=database.schema)
+    try:
+        async with engine.connect() as connection:
+            query = select(store.api_keys).where(store.api_keys.c.id == key_id)
+            return (await connection.execute(query)).one()
+    finally:
+        await engine.dispose()
+
+
+@asynccontextmanager
+async def auth_with(database: Database, mesh: Mesh, **settings: Any) -> AsyncIterator[Any]:
+    service = AuthService(mesh, database.settings(AuthSettings, **settings))
+    async with serving(service, mesh) as running:
+        channel = channel_to(running, mesh)
+        try:
+            yield Stub(channel)
+        finally:
+            await channel.close()
+
+
+async def test_a_new_pepper_hashes_new_keys_and_old_keys_still_verify(
+    database: Database, mesh: Mesh
+) -> None:
+    async with auth_with(database, mesh, pepper="first") as first:
+        old = await new_account(first)
+    rotated = {"pepper": "first", "peppers": {2: "second"}}
+
+    async with auth_with(database, mesh, **rotated) as auth:
+        made = await auth.CreateApiKey(auth_pb2.CreateApiKeyRequest(account_id=old.account.id))
+        stored_before = await stored_key(database, old.api_key.id)
+        assert (await verify(auth, old.token)).api_key_id == old.api_key.id
+        assert (await verify(auth, made.token)).api_key_id == made.api_key.id
+
+    new_row = await stored_key(database, made.api_key.id)
+    upgraded = await stored_key(database, old.api_key.id)
+    new_secret = domain.parse_token(made.token).secret
+    old_secret = domain.parse_token(old.token).secret
+    assert stored_before.pepper_version == 1
+    assert (new_row.pepper_version, new_row.secret_hash) == (
+        2,
+        domain.hash_secret("second", new_secret),
+    )
+    assert (upgraded.pepper_version, upgraded.secret_hash) == (
+        2,
+        domain.hash_secret("second", old_secret),
+    )
+
+
+async def test_a_new_pepper_can_be_known_before_it_becomes_current(
+    database: Database, mesh: Mesh
+) -> None:
+    staged = {"pepper": "first", "peppers": {2: "second"}, "pepper_version": 1}
+    async with auth_with(database, mesh, **staged) as auth:
+        created = await new_account(auth)
+        await verify(auth, created.token)
+
+    assert (await stored_key(database, created.api_key.id)).pepper_version == 1
+
+
+async def test_a_pepper_version_that_is_not_configured_stops_the_start(
+    database: Database, mesh: Mesh
+) -> None:
+    service = AuthService(mesh, database.settings(AuthSettings, pepper_version=2))
+
+    with pytest.raises(ValueError, match="pepper version 2 is not configured"):
+        await service.start()
+
+
+async def test_a_revocation_is_announced_on_the_bus(auth: Any, mesh: Mesh) -> None:
+    created = await new_account(auth)
+    request = auth_pb2.RevokeApiKeyRequest(account_id=created.account.id, id=created.api_key.id)
+
+    async with mesh.bus.subscribe(domain.REVOKED_KEYS_CHANNEL) as announced:
+        await auth.RevokeApiKey(request)
+        async with asyncio.timeout(10):
+            message = await anext(announced)
+
+    assert message == created.api_key.id.encode()
+
+
+async def test_keys_are_listed_and_revoked_within_one_mode(auth: Any) -> None:
+    created = await new_account(auth)
+    account_id = created.account.id
+    test_key = await auth.CreateApiKey(
+        auth_pb2.CreateApiKeyRequest(account_id=account_id, mode=auth_pb2.KEY_MODE_TEST)
+    )
+
+    modes = (auth_pb2.KEY_MODE_TEST, auth_pb2.KEY_MODE_LIVE, auth_pb2.KEY_MODE_UNSPECIFIED)
+    requests = [auth_pb2.ListApiKeysRequest(account_id=account_id, mode=mode) for mode in modes]
+    listed = {
+        request.mode: [key.id for key in (await auth.ListApiKeys(request)).api_keys]
+        for request in requests
+    }
+    live_from_test = await refused(
+        auth.RevokeApiKey(
+            auth_pb2.RevokeApiKeyRequest(
+                account_id=account_id, id=created.api_key.id, mode=auth_pb2.KEY_MODE_TEST
+            )
+        )
+    )
+
+    assert listed == {
+        auth_pb2.KEY_MODE_TEST: [test_key.api_key.id],
+        auth_pb2.KEY_MODE_LIVE: [created.api_key.id],
+        auth_pb2.KEY_MODE_UNSPECIFIED: [test_key.api_key.id, created.api_key.id],
+    }
+    assert (live_from_test.code, live_from_test.reason) == (
+        grpc.StatusCode.NOT_FOUND,
+        "API_KEY_NOT_FOUND",
+    )
+    assert (await verify(auth, created.token)).api_key_id == created.api_key.id
+
+
+async def create_key(auth: Any, account_id: str, issuer: str, **fields: Any) -> Any:
+    return await auth.CreateApiKey(
+        auth_pb2.CreateApiKeyRequest(account_id=account_id, issuer_api_key_id=issuer, **fields)
+    )
+
+
+async def test_a_key_issued_by_a_key_holds_at_most_its_scopes(auth: Any) -> None:
+    created = await new_account(auth)
+    account_id = created.account.id
+    narrow = await create_key(auth, account_id, created.api_key.id, scopes=["keys:write"])
+
+    inherited = await create_key(auth, account_id, narrow.api_key.id)
+    wider = await refused(create_key(auth, account_id, narrow.api_key.id, scopes=["jobs:write"]))
+
+    assert list(inherited.api_key.scopes) == ["keys:write"]
+    assert (wider.code, wider.reason) == (grpc.StatusCode.PERMISSION_DENIED, "SCOPE_MISSING")
+
+
+async def test_a_test_mode_issuer_cannot_make_a_live_key(auth: Any) -> None:
+    created = await new_account(auth)
+    account_id = created.account.id
+    test_key = await create_key(auth, account_id, "", mode=auth_pb2.KEY_MODE_TEST)
+
+    error = await refused(create_key(auth, account_id, test_key.api_key.id))
+    made = await create_key(auth, account_id, test_key.api_key.id, mode=auth_pb2.KEY_MODE_TEST)
+
+    assert (error.code, error.reason) == (grpc.StatusCode.PERMISSION_DENIED, "TEST_KEY_NOT_ALLOWED")
+    assert made.token.startswith("mp_test_")
+
+
+async def test_an_issuer_must_be_a_usable_key_of_the_account(auth: Any) -> None:
+    ada = await new_account(auth, "ada@example.com")
+    bob = await new_account(auth, "bob@example.com")
+    await auth.RevokeApiKey(
+        auth_pb2.RevokeApiKeyRequest(account_id=bob.account.id, id=bob.api_key.id)
+    )
+
+    foreign = await refused(create_key(auth, ada.account.id, bob.api_key.id))
+    revoked = await refused(create_key(auth, bob.account.id, bob.api_key.id))
+
+    assert (foreign.code, foreign.reason) == (grpc.StatusCode.NOT_FOUND, "API_KEY_NOT_FOUND")
+    assert (revoked.code, revoked.reason) == (grpc.StatusCode.UNAUTHENTICATED, "API_KEY_REVOKED")
+
+
+async def webhook_secret(auth: Any, account_id: str) -> auth_pb2.WebhookSecret:
+    return await auth.GetWebhookSecret(auth_pb2.GetWebhookSecretRequest(account_id=account_id))
+
+
+async def test_a_rotated_webhook_secret_keeps_the_old_one_valid_for_the_grace_period(
+    auth: Any,
+) -> None:
+    created = await new_account(auth)
+    before = utcnow()
+
+    rotated = await auth.RotateWebhookSecret(
+        auth_pb2.RotateWebhookSecretRequest(account_id=created.account.id)
+    )
+
+    assert rotated.secret.startswith("whsec_")
+    assert rotated.secret != created.webhook_secret
+    assert rotated.previous_secret == created.webhook_secret
+    grace = from_timestamp(rotated.previous_expire_time) - before
+    assert timedelta(hours=24) <= grace < timedelta(hours=24, minutes=1)
+    assert await webhook_secret(auth, created.account.id) == rotated
+
+
+async def test_a_rotation_without_grace_drops_the_old_secret_at_once(auth: Any) -> None:
+    created = await new_account(auth)
+    request = auth_pb2.RotateWebhookSecretRequest(
+        account_id=created.account.id, grace_period=Duration(seconds=0)
+    )
+
+    rotated = await auth.RotateWebhookSecret(request)
+    found = await webhook_secret(auth, created.account.id)
+
+    assert (found.secret, found.previous_secret) == (rotated.secret, "")
+    assert not found.HasField("previous_expire_time")
+
+
+async def test_rotation_refuses_a_grace_period_over_a_week_and_an_unknown_account(
+    auth: Any,
+) -> None:
+    created = await new_account(auth)
+
+    too_long = await refused(
+        auth.RotateWebhookSecret(
+            auth_pb2.RotateWebhookSecretRequest(
+                account_id=created.account.id, grace_period=Duration(seconds=7 * 86400 + 1)
+            )
+        )
+    )
+    unknown = await refused(
+        auth.RotateWebhookSecret(auth_pb2.RotateWebhookSecretRequest(account_id="acct_x"))
+    )
+
+    assert (too_long.reason, too_long.metadata) == (
+        "PARAMETER_INVALID",
+        {"param": "grace_period_seconds"},
+    )
+    assert (unknown.code, unknown.reason) == (grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND")
+    assert (await webhook_secret(auth, created.account.id)).secret == created.webhook_secret
+
+
+async def test_concurrent_rotations_each_replace_a_different_secret(auth: Any) -> None:
+    created = await new_account(auth)
+    request = auth_pb2.RotateWebhookSecretRequest(account_id=created.account.id)
+
+    rotations = await asyncio.gather(*(auth.RotateWebhookSecret(request) for _ in range(8)))
+
+    made = {rotation.secret for rotation in rotations}
+    replaced = [rotation.previous_secret for rotation in rotations]
+    assert len(made) == 8
+    assert len(set(replaced)) == 8  # no two rotations read the same secret as current
+    assert set(replaced) - made == {created.webhook_secret}
+
+
+async def test_verified_keys_get_their_last_use_time_written_in_the_background(
+    database: Database, mesh: Mesh
+) -> None:
+    async with auth_with(database, mesh, last_used_flush_seconds=0.05) as auth:
+        created = await new_account(auth)
+        before = utcnow()
+        await verify(auth, created.token)
+
+        async def written() -> bool:
+            listed = await auth.ListApiKeys(
+                auth_pb2.ListApiKeysRequest(account_id=created.account.id)
+            )
+            return listed.api_keys[0].HasField("last_use_time")
+
+        await eventually(written)
+        listed = await auth.ListApiKeys(auth_pb2.ListApiKeysRequest(account_id=created.account.id))
+
+    assert from_timestamp(listed.api_keys[0].last_use_time) >= before.replace(microsecond=0)

@@ -1,22 +1,29 @@
 """The billing service over a real channel, and a check of the ledger's invariants."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+import grpc
 import pytest
 from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from magicpixels.billing.v1 import billing_pb2_grpc
-from magicpixels.core.db import create_engine
+from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
+from magicpixels.core.db import create_engine, migrate
+from magicpixels.core.errors import RemoteError, remote_error
 from magicpixels.core.service import Mesh
-from magicpixels.core.settings import BillingSettings
+from magicpixels.core.settings import DEFAULT_PLANS, BillingSettings
 from magicpixels.services.billing import store
-from magicpixels.services.billing.domain import EntryKind, HoldState
-from magicpixels.services.billing.server import BillingService
+from magicpixels.services.billing.domain import EntryKind, HoldState, Plan, PlanCatalog
+from magicpixels.services.billing.server import MIGRATIONS, BillingService
+from magicpixels.services.billing.store import BillingStore
 from tests.conftest import Database, channel_to, serving
 
-_GRANTS = {EntryKind.GRANT, EntryKind.SUBSCRIPTION_REFILL}
+ACCOUNT = "acct_ada"
+PLANS = PlanCatalog(Plan(**plan.model_dump()) for plan in DEFAULT_PLANS)
+# Entries that add credits from outside the account, or take them away.
+_GRANTS = {EntryKind.GRANT, EntryKind.SUBSCRIPTION_REFILL, EntryKind.ADJUSTMENT}
 _RESOLUTION_KINDS = {
     HoldState.HELD: [],
     HoldState.CAPTURED: [EntryKind.CAPTURE],
@@ -31,8 +38,9 @@ class Books:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def check(self) -> None:
-        balances, entries, holds = await self._read()
+    async def check(self, account_ids: Collection[str] | None = None) -> None:
+        """Checks every account's books, or those of `account_ids`."""
+        balances, entries, holds = await self._read(account_ids)
         for balance in balances:
             mine = [entry for entry in entries if entry.account_id == balance.account_id]
             live_holds = [
@@ -42,12 +50,19 @@ class Books:
         for hold in holds:
             _check_hold(hold, [entry for entry in entries if _belongs(entry, hold)])
 
-    async def _read(self) -> tuple[list[Row[Any]], list[Row[Any]], list[Row[Any]]]:
+    async def _read(
+        self, account_ids: Collection[str] | None
+    ) -> tuple[list[Row[Any]], list[Row[Any]], list[Row[Any]]]:
         async with self.engine.connect() as connection:
             if connection.dialect.name == "postgresql":  # SQLite serialises every transaction
                 await connection.execution_options(isolation_level="REPEATABLE READ")
-            tables = [store.balances, store.ledger_entries, store.holds]
-            balances, entries, holds = [(await connection.execute(select(t))).all() for t in tables]
+            read = []
+            for table in (store.balances, store.ledger_entries, store.holds):
+                query = select(table)
+                if account_ids is not None:
+                    query = query.where(table.c.account_id.in_(account_ids))
+                read.append((await connection.execute(query)).all())
+        balances, entries, holds = read
         return balances, entries, holds
 
 
@@ -98,21 +113,62 @@ class CheckedBilling:
         return checked
 
 
+async def refused(call: Awaitable[object]) -> RemoteError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return remote_error(caught.value)
+
+
+async def balance(billing: Any, account_id: str = ACCOUNT) -> tuple[int, int]:
+    found = await billing.GetBalance(billing_pb2.GetBalanceRequest(account_id=account_id))
+    return found.available, found.reserved
+
+
+async def entries(billing: Any, account_id: str = ACCOUNT) -> list[tuple[str, int, int, str]]:
+    """The account's ledger, oldest first, as (kind, amount, balance_after, reference)."""
+    listed = await billing.ListLedgerEntries(
+        billing_pb2.ListLedgerEntriesRequest(account_id=account_id, page_size=100)
+    )
+    return [
+        (
+            billing_pb2.LedgerEntryKind.Name(e.kind).removeprefix("LEDGER_ENTRY_KIND_"),
+            e.amount,
+            e.balance_after,
+            e.reference,
+        )
+        for e in reversed(listed.ledger_entries)
+    ]
+
+
+ServeBilling = Callable[..., AbstractAsyncContextManager[CheckedBilling]]
+
+
 @pytest.fixture
 def billing_settings(database: Database) -> BillingSettings:
     return database.settings(BillingSettings)  # type: ignore[return-value]
 
 
 @pytest.fixture
-async def billing(
-    billing_settings: BillingSettings, mesh: Mesh, books: Books
-) -> AsyncIterator[Any]:
-    async with serving(BillingService(mesh, billing_settings), mesh) as running:
-        channel = channel_to(running, mesh)
-        try:
-            yield CheckedBilling(billing_pb2_grpc.BillingServiceStub(channel), books)
-        finally:
-            await channel.close()
+def serve_billing(database: Database, mesh: Mesh, books: Books) -> ServeBilling:
+    """Serves billing with settings changed as the call says, over a checked stub."""
+
+    @asynccontextmanager
+    async def serve(**overrides: Any) -> AsyncIterator[CheckedBilling]:
+        settings = database.settings(BillingSettings, **overrides)
+        async with serving(BillingService(mesh, settings), mesh) as running:
+            channel = channel_to(running, mesh)
+            try:
+                yield CheckedBilling(billing_pb2_grpc.BillingServiceStub(channel), books)
+            finally:
+                await channel.close()
+
+    return serve
+
+
+@pytest.fixture
+async def billing(serve_billing: ServeBilling) -> AsyncIterator[CheckedBilling]:
+    async with serve_billing() as served:
+        yield served
 
 
 @pytest.fixture
@@ -122,3 +178,10 @@ async def books(database: Database) -> AsyncIterator[Books]:
         yield Books(engine)
     finally:
         await engine.dispose()
+
+
+@pytest.fixture
+async def ledger(books: Books, database: Database) -> BillingStore:
+    """The store on the billing database, migrated, as the service's own."""
+    await migrate(books.engine, MIGRATIONS, schema=database.schema)
+    return BillingStore(books.engine)

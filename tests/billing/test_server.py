@@ -1,7 +1,6 @@
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any
 
@@ -9,23 +8,17 @@ import grpc
 import pytest
 
 from magicpixels.billing.v1 import billing_pb2
-from magicpixels.core.errors import RemoteError, remote_error
+from magicpixels.core.errors import remote_error
 from magicpixels.core.settings import BillingSettings
 from magicpixels.core.timestamps import utcnow
 from magicpixels.services.billing import domain, server, store
 from magicpixels.services.billing.domain import HoldState
-from tests.billing.conftest import Books
+from magicpixels.services.billing.store import BillingStore
+from tests.billing.conftest import ACCOUNT, Books, balance, entries, refused
 
-ACCOUNT = "acct_ada"
 HELD = billing_pb2.HOLD_STATE_HELD
 CAPTURED = billing_pb2.HOLD_STATE_CAPTURED
 RELEASED = billing_pb2.HOLD_STATE_RELEASED
-
-
-async def refused(call: Awaitable[object]) -> RemoteError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return remote_error(caught.value)
 
 
 async def grant(billing: Any, amount: int, account_id: str = ACCOUNT, reference: str = "") -> Any:
@@ -57,27 +50,6 @@ async def capture(billing: Any, reference: str, amount: int | None = None) -> An
 
 async def release(billing: Any, reference: str) -> Any:
     return await billing.Release(billing_pb2.ReleaseRequest(reference=reference))
-
-
-async def balance(billing: Any, account_id: str = ACCOUNT) -> tuple[int, int]:
-    found = await billing.GetBalance(billing_pb2.GetBalanceRequest(account_id=account_id))
-    return found.available, found.reserved
-
-
-async def entries(billing: Any, account_id: str = ACCOUNT) -> list[tuple[str, int, int, str]]:
-    """The account's ledger, oldest first, as (kind, amount, balance_after, reference)."""
-    listed = await billing.ListLedgerEntries(
-        billing_pb2.ListLedgerEntriesRequest(account_id=account_id, page_size=100)
-    )
-    return [
-        (
-            billing_pb2.LedgerEntryKind.Name(e.kind).removeprefix("LEDGER_ENTRY_KIND_"),
-            e.amount,
-            e.balance_after,
-            e.reference,
-        )
-        for e in reversed(listed.ledger_entries)
-    ]
 
 
 async def quote(billing: Any, mode: str, duration: float = 0, livemode: bool = True) -> Any:
@@ -205,6 +177,25 @@ async def test_another_account_cannot_reserve_under_a_taken_reference(billing: A
     assert (error.code, error.reason) == (grpc.StatusCode.ALREADY_EXISTS, "HOLD_REFERENCE_CONFLICT")
 
 
+@pytest.mark.parametrize(
+    ("mode", "duration", "livemode"),
+    [("image_to_video", 2, True), ("image_to_image", 0, True), ("image_to_video", 1, False)],
+    ids=["another_amount", "another_mode", "test_mode"],
+)
+async def test_a_reference_replayed_with_another_request_is_refused_and_changes_nothing(
+    billing: Any, mode: str, duration: float, livemode: bool
+) -> None:
+    await grant(billing, 50)
+    first = await reserve(billing, "job_1", "image_to_video", 1)
+
+    error = await refused(reserve(billing, "job_1", mode, duration, livemode=livemode))
+
+    assert (error.code, error.reason) == (grpc.StatusCode.ALREADY_EXISTS, "HOLD_REFERENCE_CONFLICT")
+    assert await reserve(billing, "job_1", "image_to_video", 1) == first
+    assert await balance(billing) == (28, 22)
+    assert [kind for kind, *_ in await entries(billing)] == ["GRANT", "HOLD"]
+
+
 async def test_insufficient_credits_leave_the_balance_untouched(billing: Any) -> None:
     await grant(billing, 5)
 
@@ -286,17 +277,34 @@ async def test_release_returns_the_hold_once(billing: Any) -> None:
 
     released = await release(billing, "job_1")
     again = await release(billing, "job_1")
-    error = await refused(capture(billing, "job_1"))
 
     assert (released.state, released.captured_amount) == (RELEASED, 0)
     assert again == released
-    assert error.reason == "HOLD_ALREADY_RESOLVED"
     assert await balance(billing) == (5, 0)
     assert await entries(billing) == [
         ("GRANT", 5, 5, ""),
         ("HOLD", -3, 2, "job_1"),
         ("RELEASE", 3, 5, "job_1"),
     ]
+
+
+async def test_a_capture_after_a_release_is_refused_and_changes_nothing(billing: Any) -> None:
+    await grant(billing, 5)
+    await reserve(billing, "job_1", "audio", 25)
+    released = await release(billing, "job_1")
+    before = (await balance(billing), await entries(billing))
+
+    whole = await refused(capture(billing, "job_1"))
+    part = await refused(capture(billing, "job_1", 1))
+
+    assert (whole.code, whole.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "HOLD_ALREADY_RESOLVED",
+    )
+    assert whole.message == "the hold job_1 is already released"
+    assert part.reason == "HOLD_ALREADY_RESOLVED"
+    assert (await balance(billing), await entries(billing)) == before
+    assert await release(billing, "job_1") == released
 
 
 @pytest.mark.parametrize("resolve", [capture, release])
@@ -306,20 +314,27 @@ async def test_resolving_an_unknown_reference_is_not_found(billing: Any, resolve
     assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "HOLD_NOT_FOUND")
 
 
-async def test_of_20_concurrent_reserves_only_those_the_credits_cover_succeed(billing: Any) -> None:
-    await grant(billing, 5)
+async def test_a_spend_race_of_200_reserves_against_50_credits_holds_exactly_50(
+    billing: Any,
+) -> None:
+    """Every call is followed by the books' check, so available never went below zero."""
+    await grant(billing, 50)
 
     outcomes = await asyncio.gather(
-        *(reserve(billing, f"job_{n}") for n in range(20)), return_exceptions=True
+        *(reserve(billing, f"job_{n}") for n in range(200)), return_exceptions=True
     )
 
     holds = [outcome for outcome in outcomes if isinstance(outcome, billing_pb2.Hold)]
     refusals = Counter(
         remote_error(o).reason for o in outcomes if not isinstance(o, billing_pb2.Hold)
     )
-    assert len(holds) == 5
-    assert refusals == {"INSUFFICIENT_CREDITS": 15}
-    assert await balance(billing) == (0, 5)
+    assert len(holds) == 50
+    assert refusals == {"INSUFFICIENT_CREDITS": 150}
+    assert await balance(billing) == (0, 50)
+    ledger = await entries(billing)
+    assert Counter(kind for kind, *_ in ledger) == {"GRANT": 1, "HOLD": 50}
+    assert {reference for _, _, _, reference in ledger} - {""} == {h.reference for h in holds}
+    assert min(balance_after for _, _, balance_after, _ in ledger) == 0
 
 
 async def test_concurrent_captures_and_releases_of_one_hold_resolve_it_once(billing: Any) -> None:
@@ -361,11 +376,11 @@ async def test_the_ledger_is_listed_newest_first_in_pages(billing: Any) -> None:
 async def test_list_prices_publishes_the_price_table(billing: Any) -> None:
     prices = (await billing.ListPrices(billing_pb2.ListPricesRequest())).prices
 
-    assert [(p.mode, p.credits, p.unit, p.unit_block) for p in prices] == [
-        ("text_to_image", 1, billing_pb2.PRICE_UNIT_JOB, 1),
-        ("image_to_image", 1, billing_pb2.PRICE_UNIT_JOB, 1),
-        ("text_to_audio", 1, billing_pb2.PRICE_UNIT_SECOND, 10),
-        ("image_to_video", 22, billing_pb2.PRICE_UNIT_SECOND, 1),
+    assert [(p.mode, p.credits, p.unit, p.unit_block, list(p.aliases)) for p in prices] == [
+        ("text_to_image", 1, billing_pb2.PRICE_UNIT_JOB, 1, []),
+        ("image_to_image", 1, billing_pb2.PRICE_UNIT_JOB, 1, []),
+        ("text_to_audio", 1, billing_pb2.PRICE_UNIT_SECOND, 10, ["audio"]),
+        ("image_to_video", 22, billing_pb2.PRICE_UNIT_SECOND, 1, []),
     ]
     assert all(price.description for price in prices)
 
@@ -378,59 +393,6 @@ async def test_list_plans(billing: Any) -> None:
         ("starter", 500, 900, "USD"),
         ("pro", 2500, 3900, "USD"),
     ]
-
-
-async def test_subscribing_refills_the_plans_credits_once_per_period(billing: Any) -> None:
-    request = billing_pb2.SubscribeRequest(account_id=ACCOUNT, plan_id="starter")
-
-    subscribed = await billing.Subscribe(request)
-    again = await billing.Subscribe(request)
-    upgraded = await billing.Subscribe(
-        billing_pb2.SubscribeRequest(account_id=ACCOUNT, plan_id="pro")
-    )
-
-    assert again == subscribed
-    period = (
-        subscribed.current_period_end_time.ToDatetime()
-        - subscribed.current_period_start_time.ToDatetime()
-    )
-    assert period.days == 30
-    assert upgraded.plan_id == "pro"
-    assert [(kind, amount) for kind, amount, *_ in await entries(billing)] == [
-        ("SUBSCRIPTION_REFILL", 500),
-        ("SUBSCRIPTION_REFILL", 2500),
-    ]
-    assert await balance(billing) == (3000, 0)
-
-
-async def test_concurrent_subscriptions_to_one_plan_refill_once(billing: Any) -> None:
-    request = billing_pb2.SubscribeRequest(account_id=ACCOUNT, plan_id="pro")
-
-    periods = await asyncio.gather(*(billing.Subscribe(request) for _ in range(5)))
-
-    assert all(period == periods[0] for period in periods)
-    assert await balance(billing) == (2500, 0)
-
-
-async def test_the_free_plan_grants_nothing(billing: Any) -> None:
-    subscribed = await billing.Subscribe(
-        billing_pb2.SubscribeRequest(account_id=ACCOUNT, plan_id="free")
-    )
-
-    assert subscribed.plan_id == "free"
-    assert await entries(billing) == []
-
-
-async def test_an_unknown_plan_is_refused(billing: Any) -> None:
-    error = await refused(
-        billing.Subscribe(billing_pb2.SubscribeRequest(account_id=ACCOUNT, plan_id="gold"))
-    )
-
-    assert (error.code, error.reason, error.metadata) == (
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "PLAN_UNKNOWN",
-        {"param": "plan_id"},
-    )
 
 
 async def test_an_account_id_is_required(billing: Any) -> None:
@@ -448,20 +410,94 @@ async def test_the_books_check_detects_a_broken_invariant(billing: Any, books: B
         await books.check()
 
 
-async def test_the_sweeper_expires_overdue_holds(billing: Any, books: Books) -> None:
+async def test_the_sweeper_expires_overdue_holds(billing: Any, ledger: BillingStore) -> None:
     await grant(billing, 1)
-    overdue = domain.new_hold(ACCOUNT, "job_1", 1, True, utcnow(), timedelta(0))
-    await store.reserve(books.engine, overdue)
+    overdue = domain.new_hold(
+        ACCOUNT, "job_1", "text_to_image", 0, livemode=True, now=utcnow(), timeout=timedelta(0)
+    )
+    await ledger.reserve(overdue)
 
-    sweeper = asyncio.create_task(server.sweep_holds(books.engine, interval_seconds=0.01))
+    sweeper = asyncio.create_task(server.sweep([ledger.expire_holds], interval=0.01))
     try:
-        while (await store.get_hold(books.engine, "job_1")).state is HoldState.HELD:
+        while (await ledger.get_hold("job_1")).state is HoldState.HELD:
             await asyncio.sleep(0.01)
     finally:
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
 
-    assert (await store.get_hold(books.engine, "job_1")).state is HoldState.EXPIRED
+    assert (await ledger.get_hold("job_1")).state is HoldState.EXPIRED
     assert await balance(billing) == (1, 0)
     assert (await entries(billing))[-1] == ("EXPIRY", 1, 1, "job_1")
+
+
+async def test_a_failing_sweep_task_is_logged_and_the_others_still_run(
+    ledger: BillingStore,
+) -> None:
+    ran: list[str] = []
+
+    async def broken(_now: object) -> None:
+        ran.append("broken")
+        raise RuntimeError("the database went away")
+
+    async def working(_now: object) -> None:
+        ran.append("working")
+
+    sweeper = asyncio.create_task(server.sweep([broken, working], interval=0.01))
+    try:
+        while ran.count("working") < 2:
+            await asyncio.sleep(0.01)
+    finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+
+    assert ran[:4] == ["broken", "working", "broken", "working"]
+
+
+async def test_an_adjustment_corrects_the_balance_either_way_once(billing: Any) -> None:
+    await grant(billing, 10)
+
+    taken = await billing.AdjustCredits(
+        billing_pb2.AdjustCreditsRequest(
+            account_id=ACCOUNT, amount=-4, description="duplicate grant", reference="fix-1"
+        )
+    )
+    again = await billing.AdjustCredits(
+        billing_pb2.AdjustCreditsRequest(
+            account_id=ACCOUNT, amount=-4, description="duplicate grant", reference="fix-1"
+        )
+    )
+    given = await billing.AdjustCredits(
+        billing_pb2.AdjustCreditsRequest(account_id=ACCOUNT, amount=2, description="goodwill")
+    )
+
+    assert again == taken
+    assert (taken.kind, taken.amount, taken.balance_after, taken.description) == (
+        billing_pb2.LEDGER_ENTRY_KIND_ADJUSTMENT,
+        -4,
+        6,
+        "duplicate grant",
+    )
+    assert given.balance_after == 8
+    assert await balance(billing) == (8, 0)
+
+
+async def test_an_adjustment_cannot_take_credits_below_zero(billing: Any) -> None:
+    await grant(billing, 3)
+
+    error = await refused(
+        billing.AdjustCredits(
+            billing_pb2.AdjustCreditsRequest(account_id=ACCOUNT, amount=-4, description="x")
+        )
+    )
+    missing = await refused(
+        billing.AdjustCredits(billing_pb2.AdjustCreditsRequest(account_id=ACCOUNT, amount=1))
+    )
+
+    assert (error.code, error.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "INSUFFICIENT_CREDITS",
+    )
+    assert (missing.reason, missing.metadata) == ("PARAMETER_MISSING", {"param": "description"})
+    assert await balance(billing) == (3, 0)

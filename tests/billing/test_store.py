@@ -1,4 +1,5 @@
-from datetime import timedelta
+import asyncio
+from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
@@ -7,44 +8,59 @@ import pytest
 from magicpixels.billing.v1 import billing_pb2
 from magicpixels.core.errors import remote_error
 from magicpixels.core.timestamps import utcnow
-from magicpixels.services.billing import domain, store
-from magicpixels.services.billing.domain import HoldState
-from tests.billing.conftest import Books
+from magicpixels.services.billing import domain
+from magicpixels.services.billing.domain import Balance, EntryKind, HoldState
+from magicpixels.services.billing.store import BillingStore
+from tests.billing.conftest import Books, ServeBilling
+from tests.support import eventually
+
+
+def overdue_hold(reference: str, now: datetime) -> domain.Hold:
+    return domain.new_hold(
+        "acct_ada", reference, "text_to_image", 0, livemode=True, now=now, timeout=timedelta(0)
+    )
+
+
+async def reserve(billing: Any, reference: str) -> Any:
+    usage = billing_pb2.Usage(mode="text_to_image")
+    request = billing_pb2.ReserveRequest(
+        account_id="acct_ada", reference=reference, usage=usage, livemode=True
+    )
+    return await billing.Reserve(request)
+
+
+async def entry_kinds(ledger: BillingStore, reference: str) -> list[EntryKind]:
+    """The kinds of the reference's entries, oldest first."""
+    entries = await ledger.list_ledger_entries("acct_ada", 100, "")
+    return [entry.kind for entry in reversed(entries) if entry.reference == reference]
 
 
 async def test_expire_holds_returns_the_credits_of_overdue_holds(
-    billing: Any, books: Books
+    billing: Any, books: Books, ledger: BillingStore
 ) -> None:
     await billing.Grant(billing_pb2.GrantRequest(account_id="acct_ada", amount=5))
     for reference in ("job_old", "job_kept"):
-        usage = billing_pb2.Usage(mode="text_to_image")
-        await billing.Reserve(
-            billing_pb2.ReserveRequest(
-                account_id="acct_ada", reference=reference, usage=usage, livemode=True
-            )
-        )
+        await reserve(billing, reference)
     await billing.Capture(billing_pb2.CaptureRequest(reference="job_kept"))
     overdue_at = utcnow() + timedelta(days=8)
 
-    expired = await store.expire_holds(books.engine, overdue_at)
+    expired = await ledger.expire_holds(overdue_at)
     await books.check()
 
     assert [(hold.reference, hold.state, hold.resolved_at) for hold in expired] == [
         ("job_old", HoldState.EXPIRED, overdue_at)
     ]
-    assert await store.expire_holds(books.engine, overdue_at) == []
-    assert await store.get_balance(books.engine, "acct_ada") == domain.Balance("acct_ada", 4, 0)
+    assert await ledger.expire_holds(overdue_at) == []
+    assert await ledger.get_balance("acct_ada") == Balance("acct_ada", 4, 0)
 
 
 async def test_an_expired_hold_counts_as_released_but_cannot_be_captured(
-    billing: Any, books: Books
+    billing: Any, ledger: BillingStore
 ) -> None:
     now = utcnow()
-    await store.grant(books.engine, domain.grant_movement("acct_ada", 1, "welcome", None), now)
-    await store.reserve(
-        books.engine, domain.new_hold("acct_ada", "job_1", 1, True, now, timedelta(0))
-    )
-    await store.expire_holds(books.engine, now)
+    await ledger.grant(domain.grant_movement("acct_ada", 1, "welcome", None), now)
+    await ledger.reserve(overdue_hold("job_1", now))
+    await ledger.expire_holds(now)
 
     released = await billing.Release(billing_pb2.ReleaseRequest(reference="job_1"))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -52,4 +68,84 @@ async def test_an_expired_hold_counts_as_released_but_cannot_be_captured(
 
     assert released.state == billing_pb2.HOLD_STATE_EXPIRED
     assert remote_error(caught.value).reason == "HOLD_ALREADY_RESOLVED"
-    assert await store.get_balance(books.engine, "acct_ada") == domain.Balance("acct_ada", 1, 0)
+    assert await ledger.get_balance("acct_ada") == Balance("acct_ada", 1, 0)
+    assert await entry_kinds(ledger, "job_1") == [EntryKind.HOLD, EntryKind.EXPIRY]
+
+
+async def test_a_crash_between_reserve_and_capture_gives_the_credits_back_once(
+    serve_billing: ServeBilling, books: Books, ledger: BillingStore
+) -> None:
+    async with serve_billing(hold_timeout_seconds=1) as before_the_crash:
+        await before_the_crash.Grant(billing_pb2.GrantRequest(account_id="acct_ada", amount=3))
+        await reserve(before_the_crash, "job_1")
+    # The caller never captures. Billing restarts as two replicas, each sweeping.
+    async with (
+        serve_billing(sweep_interval_seconds=0.05) as replica,
+        serve_billing(sweep_interval_seconds=0.05),
+    ):
+
+        async def expired() -> bool:
+            return (await ledger.get_hold("job_1")).state is HoldState.EXPIRED
+
+        await eventually(expired)
+        late = utcnow() + timedelta(days=30)
+        again = await asyncio.gather(*(ledger.expire_holds(late) for _ in range(3)))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await replica.Capture(billing_pb2.CaptureRequest(reference="job_1"))
+
+    await books.check()
+    assert again == [[], [], []]
+    assert remote_error(caught.value).reason == "HOLD_ALREADY_RESOLVED"
+    assert await ledger.get_balance("acct_ada") == Balance("acct_ada", 3, 0)
+    assert await entry_kinds(ledger, "job_1") == [EntryKind.HOLD, EntryKind.EXPIRY]
+
+
+async def test_an_expiry_racing_a_capture_and_a_release_resolves_the_hold_once(
+    billing: Any, books: Books, ledger: BillingStore
+) -> None:
+    await billing.Grant(billing_pb2.GrantRequest(account_id="acct_ada", amount=2))
+    await reserve(billing, "job_1")
+    overdue_at = utcnow() + timedelta(days=8)
+
+    outcomes = await asyncio.gather(
+        ledger.expire_holds(overdue_at),
+        billing.Capture(billing_pb2.CaptureRequest(reference="job_1")),
+        billing.Release(billing_pb2.ReleaseRequest(reference="job_1")),
+        return_exceptions=True,
+    )
+
+    await books.check()
+    state = (await ledger.get_hold("job_1")).state
+    kinds = await entry_kinds(ledger, "job_1")
+    assert len(kinds) == 2
+    assert kinds[0] == EntryKind.HOLD
+    assert {HoldState.CAPTURED: EntryKind.CAPTURE, HoldState.RELEASED: EntryKind.RELEASE}.get(
+        state, EntryKind.EXPIRY
+    ) == kinds[1]
+    refused = [remote_error(o).reason for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert set(refused) <= {"HOLD_ALREADY_RESOLVED"}
+    spent = 1 if state is HoldState.CAPTURED else 0
+    assert await ledger.get_balance("acct_ada") == Balance("acct_ada", 2 - spent, 0)
+
+
+async def test_a_test_mode_hold_is_recorded_once_and_resolved_without_credits(
+    ledger: BillingStore, books: Books
+) -> None:
+    free = domain.new_hold(
+        "acct_ada",
+        "job_1",
+        "image_to_video",
+        30,
+        livemode=False,
+        now=utcnow(),
+        timeout=timedelta(hours=1),
+    )
+
+    made = await asyncio.gather(*(ledger.reserve(free) for _ in range(5)))
+    released = await ledger.resolve_hold("job_1", lambda _: domain.RELEASE, utcnow())
+
+    await books.check()
+    assert made == [free] * 5
+    assert (released.state, released.amount) == (HoldState.RELEASED, 0)
+    assert await ledger.list_ledger_entries("acct_ada", 100, "") == []
+    assert await ledger.get_balance("acct_ada") == Balance("acct_ada", 0, 0)

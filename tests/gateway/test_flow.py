@@ -138,10 +138,10 @@ async def test_idempotency_key_replays_the_job_and_charges_once(
 
 async def test_a_field_without_its_feature_yet_is_refused(client: httpx.AsyncClient) -> None:
     _, token = await sign_up(client)
-    body = {**API_EXAMPLE, "webhook_url": "https://example.com/hook"}
+    body = {**API_EXAMPLE, "deadline_seconds": 600}
     response = await client.post(
         "/v1/jobs", json=body, headers={"Authorization": f"Bearer {token}"}
     )
     assert response.status_code == 400
     error = response.json()["error"]
-    assert (error["code"], error["param"]) == ("parameter_unsupported", "webhook_url")
+    assert (error["code"], error["param"]) == ("parameter_unsupported", "deadline_seconds")

@@ -1,5 +1,6 @@
-"""The worker against real billing, assets and jobs services: what happens to a job, its
-result and its credits when it is canceled mid-run or the worker stops mid-run."""
+"""The worker against real billing, assets and jobs services: jobs that read input assets
+and report their result's size or length, and what happens to a job, its result and its
+credits when it is canceled mid-run, the worker stops mid-run or an input is gone."""
 
 import asyncio
 import threading
@@ -14,9 +15,13 @@ from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
 from magicpixels.core.settings import MeshSettings
 from magicpixels.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from magicpixels.mesh import RunningMesh, start_mesh
-from magicpixels.services.inference.backends import BuiltinBackend, ProgressCallback
-from magicpixels.services.inference.builtin_image import EncodedMedia
+from magicpixels.services.inference.backends import MODES, BuiltinBackend, ProgressCallback
+from magicpixels.services.inference.builtin_image import generate_image
+from magicpixels.services.inference.inputs import Inputs
+from magicpixels.services.inference.media import EncodedMedia
 from magicpixels.services.inference.worker import Worker
+from tests.inference.probe import decode_audio, image_pixels
+from tests.inference.uploads import upload
 from tests.support import Database, eventually, mesh_databases
 
 ACCOUNT = "acct_worker_test"
@@ -29,13 +34,15 @@ class GatedBackend(BuiltinBackend):
     gate: threading.Event = field(default_factory=threading.Event)
     started: threading.Event = field(default_factory=threading.Event)
 
-    def generate(self, spec: jobs_pb2.JobSpec, on_progress: ProgressCallback) -> EncodedMedia:
+    def generate(
+        self, spec: jobs_pb2.JobSpec, inputs: Inputs, on_progress: ProgressCallback
+    ) -> EncodedMedia:
         def held(fraction: float) -> None:
             on_progress(fraction)
             self.started.set()
             self.gate.wait(timeout=30)
 
-        return super().generate(spec, held)
+        return super().generate(spec, inputs, held)
 
 
 @pytest.fixture
@@ -58,14 +65,14 @@ def worker_for(running: RunningMesh, backend: GatedBackend) -> Worker:
         "wrk_test",
         jobs_pb2_grpc.JobsServiceStub(running.mesh.channel("jobs")),
         assets_pb2_grpc.AssetsServiceStub(running.mesh.channel("assets")),
-        [backend],
+        dict.fromkeys(MODES.values(), backend),
         lease_wait_seconds=5,
     )
 
 
-async def create_job(running: RunningMesh) -> jobs_pb2.Job:
+async def create_job(running: RunningMesh, spec: jobs_pb2.JobSpec | None = None) -> jobs_pb2.Job:
     jobs = jobs_pb2_grpc.JobsServiceStub(running.mesh.channel("jobs"))
-    spec = jobs_pb2.JobSpec(
+    spec = spec or jobs_pb2.JobSpec(
         mode=jobs_pb2.JOB_MODE_TEXT_TO_IMAGE, prompt="a quiet harbour", width=64, height=64
     )
     return await jobs.CreateJob(
@@ -152,3 +159,88 @@ async def test_an_idle_worker_stops_at_once(services: RunningMesh) -> None:
     await asyncio.wait_for(loop, 5)
     assert loop.done()
     assert loop.exception() is None
+
+
+def assets_of(running: RunningMesh) -> assets_pb2_grpc.AssetsServiceStub:
+    return assets_pb2_grpc.AssetsServiceStub(running.mesh.channel("assets"))
+
+
+async def run_one(running: RunningMesh) -> None:
+    backend = GatedBackend()
+    backend.gate.set()
+    worker = worker_for(running, backend)
+    await worker.process(await worker.lease())  # type: ignore[arg-type]
+
+
+async def read_result(running: RunningMesh, job: jobs_pb2.Job) -> bytes:
+    request = assets_pb2.ReadAssetRequest(id=job.result.asset_id, account_id=ACCOUNT)
+    replies = [reply async for reply in assets_of(running).ReadAsset(request)]
+    return b"".join(reply.chunk for reply in replies[1:])
+
+
+async def test_an_image_to_image_job_restyles_its_uploaded_input(services: RunningMesh) -> None:
+    picture = generate_image(prompt="a quiet harbour", width=120, height=80, seed=1)
+    source = await upload(assets_of(services), picture.data, "image/png", ACCOUNT)
+    spec = jobs_pb2.JobSpec(
+        mode=jobs_pb2.JOB_MODE_IMAGE_TO_IMAGE,
+        prompt="violet dusk",
+        input_asset_id=source.id,
+        strength=0.0,
+    )
+    job = await create_job(services, spec)
+
+    await run_one(services)
+
+    done = await job_now(services, job.id)
+    assert done.state == jobs_pb2.JOB_STATE_COMPLETED
+    # The size defaults to the input's: strength 0 gives the input back.
+    assert (done.result.width, done.result.height) == (120, 80)
+    assert not done.result.HasField("duration_seconds")
+    restyled = image_pixels(await read_result(services, done))
+    assert (restyled == image_pixels(picture.data)).all()
+
+
+async def test_an_audio_job_reports_its_duration(services: RunningMesh) -> None:
+    spec = jobs_pb2.JobSpec(
+        mode=jobs_pb2.JOB_MODE_TEXT_TO_AUDIO,
+        prompt="soft bells",
+        duration_seconds=1.5,
+        output_format="mp3",
+    )
+    job = await create_job(services, spec)
+
+    await run_one(services)
+
+    done = await job_now(services, job.id)
+    assert (done.state, done.result.content_type, done.result.duration_seconds) == (
+        jobs_pb2.JOB_STATE_COMPLETED,
+        "audio/mpeg",
+        1.5,
+    )
+    assert not done.result.HasField("width")
+    audio = decode_audio(await read_result(services, done))
+    assert (audio.codec, audio.seconds) == ("mp3float", 1.5)
+
+
+async def test_an_input_deleted_before_the_run_fails_the_job_for_good(
+    services: RunningMesh,
+) -> None:
+    picture = generate_image(prompt="a quiet harbour", width=64, height=64, seed=1)
+    source = await upload(assets_of(services), picture.data, "image/png", ACCOUNT)
+    spec = jobs_pb2.JobSpec(
+        mode=jobs_pb2.JOB_MODE_IMAGE_TO_IMAGE, prompt="violet dusk", input_asset_id=source.id
+    )
+    job = await create_job(services, spec)
+    await assets_of(services).DeleteAsset(
+        assets_pb2.DeleteAssetRequest(id=source.id, account_id=ACCOUNT)
+    )
+
+    await run_one(services)
+
+    failed = await job_now(services, job.id)
+    assert (failed.state, failed.error.code, failed.attempts) == (
+        jobs_pb2.JOB_STATE_FAILED,
+        "asset_not_found",
+        1,
+    )
+    await eventually(lambda: settled_at(services, (5, 0)))

@@ -89,7 +89,6 @@ def test_limits_are_accepted(fields: dict[str, Any]) -> None:
         ({"output_format": "gif"}, "PARAMETER_INVALID", "output_format"),
         ({"output_format": "mp4"}, "PARAMETER_INVALID", "output_format"),
         ({"deadline_seconds": 600}, "PARAMETER_UNSUPPORTED", "deadline_seconds"),
-        ({"webhook_url": "https://example.com/hooks"}, "PARAMETER_UNSUPPORTED", "webhook_url"),
         ({"metadata": {f"k{i}": "v" for i in range(17)}}, "PARAMETER_INVALID", "metadata"),
         ({"metadata": {"k" * 41: "v"}}, "PARAMETER_INVALID", "metadata"),
         ({"metadata": {"": "v"}}, "PARAMETER_INVALID", "metadata"),
@@ -116,9 +115,6 @@ def rule_for(field: str) -> domain.Rule:
     [
         {"deadline_seconds": 1},
         {"deadline_seconds": 86400},
-        {"webhook_url": "https://example.com/hooks"},
-        {"webhook_url": "http://localhost:9000/hooks"},
-        {"webhook_url": "http://127.0.0.1/hooks"},
     ],
 )
 def test_the_rules_of_fields_not_supported_yet_accept_their_limits(
@@ -134,10 +130,6 @@ def test_the_rules_of_fields_not_supported_yet_accept_their_limits(
     [
         {"deadline_seconds": 0},
         {"deadline_seconds": 86401},
-        {"webhook_url": "http://example.com/hooks"},
-        {"webhook_url": "ftp://example.com"},
-        {"webhook_url": "https://"},
-        {"webhook_url": "https://[::1"},
     ],
 )
 def test_the_rules_of_fields_not_supported_yet_refuse_the_rest(fields: dict[str, Any]) -> None:

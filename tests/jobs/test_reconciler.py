@@ -22,7 +22,7 @@ from magicpixels.core.service import Mesh
 from magicpixels.core.settings import BillingSettings, MeshSettings
 from magicpixels.core.timestamps import utcnow
 from magicpixels.jobs.v1 import jobs_pb2, jobs_pb2_grpc
-from magicpixels.services.billing import store as billing_store
+from magicpixels.services.billing.store import BillingStore
 from magicpixels.services.jobs import domain, store
 from magicpixels.services.jobs.domain import HoldStatus, State
 from magicpixels.services.jobs.reconciler import Reconciler
@@ -224,7 +224,7 @@ async def expire_billing_holds(settings: BillingSettings, mesh: Mesh) -> None:
     )
     try:
         later = utcnow() + timedelta(seconds=settings.hold_timeout_seconds + 1)
-        await billing_store.expire_holds(engine, later)
+        await BillingStore(engine).expire_holds(later)
     finally:
         await engine.dispose()
 

@@ -41,8 +41,12 @@ async def test_every_waiter_is_woken_by_a_hint_on_the_bus() -> None:
 
 async def test_announce_tells_watchers_and_wakes_workers_only_for_queued_jobs() -> None:
     bus = LocalBus()
-    queued = SimpleNamespace(id="job_1", state="queued", mode="text_to_image")
-    running = SimpleNamespace(id="job_2", state="running", mode="image_to_video")
+    queued = SimpleNamespace(
+        id="job_1", state="queued", mode="text_to_image", attempts=0, queued_at=None
+    )
+    running = SimpleNamespace(
+        id="job_2", state="running", mode="image_to_video", attempts=1, queued_at=None
+    )
     async with (
         bus.subscribe(QUEUED_CHANNEL) as wake_ups,
         bus.subscribe(changed_channel("job_1")) as first,

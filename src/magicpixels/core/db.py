@@ -32,7 +32,9 @@ def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
     connect_args: dict[str, Any] = {}
     if schema:
         connect_args["server_settings"] = {"search_path": schema}
-    return create_async_engine(url, pool_size=10, max_overflow=20, connect_args=connect_args)
+    # Up to 30 connections, all kept once opened: a connection beyond pool_size (overflow) is
+    # closed when returned, so bursts of short statements would reconnect again and again.
+    return create_async_engine(url, pool_size=30, max_overflow=0, connect_args=connect_args)
 
 
 def _sqlite_engine(url: str) -> AsyncEngine:

@@ -4,12 +4,14 @@ Every default serves the embedded mode: SQLite files, local blobs and generated 
 one data folder, and an in-process event bus instead of Redis. docs/CONFIGURATION.md lists them.
 """
 
+import ipaddress
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICES = ("auth", "billing", "assets", "jobs", "inference")
@@ -78,22 +80,82 @@ class DatabaseServiceSettings(ServiceSettings):
 class AuthSettings(DatabaseServiceSettings):
     model_config = SettingsConfigDict(env_prefix="MP_AUTH_", extra="ignore")
 
-    # The HMAC key of stored API key secrets; unset: generated once into the data folder.
+    # The HMAC key of stored API key secrets (pepper version 1); unset: generated once into the
+    # data folder.
     pepper: SecretStr | None = None
+    # Later pepper versions, JSON {"2": "..."}: a key verifies under the version it was made with.
+    peppers: dict[int, SecretStr] = {}
+    # The version new keys are hashed with (and older ones rehashed to); unset: the highest.
+    pepper_version: int | None = None
+    # How often the times keys were last used are written, in one statement.
+    last_used_flush_seconds: float = 5.0
+
+    @field_validator("peppers")
+    @classmethod
+    def _later_versions_only(cls, peppers: dict[int, SecretStr]) -> dict[int, SecretStr]:
+        if any(version < 2 for version in peppers):
+            raise ValueError("MP_AUTH_PEPPERS names versions 2 and up; version 1 is MP_AUTH_PEPPER")
+        return peppers
+
+
+class PlanSettings(BaseModel):
+    """One plan of MP_BILLING_PLANS: the credits it refills each period, for a price."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")
+    name: str = Field(min_length=1, max_length=100)
+    credits_per_period: int = Field(ge=0)
+    period_days: int = Field(ge=1, le=366)
+    price_cents: int = Field(ge=0)
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+
+
+DEFAULT_PLANS = (
+    PlanSettings(id="free", name="Free", credits_per_period=0, period_days=30, price_cents=0),
+    PlanSettings(
+        id="starter", name="Starter", credits_per_period=500, period_days=30, price_cents=900
+    ),
+    PlanSettings(id="pro", name="Pro", credits_per_period=2500, period_days=30, price_cents=3900),
+)
 
 
 class BillingSettings(DatabaseServiceSettings):
     model_config = SettingsConfigDict(env_prefix="MP_BILLING_", extra="ignore")
 
     # A hold left unresolved this long is released by the sweeper.
-    hold_timeout_seconds: int = 7 * 24 * 3600
+    hold_timeout_seconds: int = Field(default=7 * 24 * 3600, ge=1)
+    # The plans on offer, as a JSON list of PlanSettings.
+    plans: tuple[PlanSettings, ...] = DEFAULT_PLANS
+    # Approve paid subscriptions at once instead of waiting for the operator's
+    # `magicpixels admin approve-subscription`: for development (`magicpixels up`).
+    auto_approve_subscriptions: bool = False
+    # How often the sweeper releases overdue holds and renews or ends due subscriptions.
+    sweep_interval_seconds: float = Field(default=60.0, gt=0)
+
+    @field_validator("plans")
+    @classmethod
+    def _distinct_plan_ids(cls, plans: tuple[PlanSettings, ...]) -> tuple[PlanSettings, ...]:
+        ids = [plan.id for plan in plans]
+        if len(set(ids)) != len(ids):
+            raise ValueError("MP_BILLING_PLANS names a plan id twice")
+        return plans
 
 
 class AssetsSettings(DatabaseServiceSettings):
     model_config = SettingsConfigDict(env_prefix="MP_ASSETS_", extra="ignore")
 
-    # Unset: a "blobs" folder in the data folder.
+    # Where blobs live: files under blob_dir, or objects in the S3-compatible bucket below.
+    blob_store: Literal["local", "s3"] = "local"
+    # Unset: a "blobs" folder in the data folder. Uploads are staged in its "tmp" folder.
     blob_dir: Path | None = None
+    s3_bucket: str | None = None
+    # Unset: AWS itself; set it for MinIO, Ceph, R2 and other S3-compatible stores.
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    # Unset: boto3's own chain (environment, shared credentials file, instance role).
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
     # The HMAC key of signed URLs; unset: generated once into the data folder.
     url_signing_key: SecretStr | None = None
 
@@ -105,6 +167,48 @@ class JobsSettings(DatabaseServiceSettings):
     max_attempts: int = 3
     # How often the reconciler looks for expired leases and unsettled holds.
     reconcile_interval_seconds: float = 1.0
+    # How long a webhook receiver has to answer one delivery.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    # The delay before each attempt of a webhook delivery, the first included; once the last
+    # attempt fails the delivery is given up. The default, Standard Webhooks', spans 27.6 hours.
+    webhook_retry_schedule_seconds: tuple[float, ...] = Field(
+        default=(0, 5, 300, 1800, 7200, 18000, 36000, 36000), min_length=1
+    )
+    # Hosts (names, IP addresses or networks) webhooks may reach although their addresses are
+    # private, loopback or link-local, and over plain http. JSON: ["127.0.0.1", "10.0.0.0/8"].
+    webhook_allowed_hosts: tuple[str, ...] = ()
+    # Webhook deliveries in flight at once, each to a different job's receiver.
+    webhook_concurrency: int = Field(default=16, ge=1)
+    # The gateway's public origin, for the signed result URL in webhooks; unset: the gateway's
+    # own setting (MP_GATEWAY_PUBLIC_URL, or its host and port).
+    public_url: str | None = None
+
+    @field_validator("webhook_retry_schedule_seconds")
+    @classmethod
+    def _no_negative_delay(cls, schedule: tuple[float, ...]) -> tuple[float, ...]:
+        if any(delay < 0 for delay in schedule):
+            raise ValueError("MP_JOBS_WEBHOOK_RETRY_SCHEDULE_SECONDS holds a negative delay")
+        return schedule
+
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _hosts_or_networks(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
+        for host in hosts:
+            if not (_HOST_NAME.fullmatch(host) or _is_network(host)):
+                raise ValueError(f"MP_JOBS_WEBHOOK_ALLOWED_HOSTS: {host!r} is no host or network")
+        return hosts
+
+
+# A DNS name of letters, digits and hyphens, not all digits (that would be an IPv4 address).
+_HOST_NAME = re.compile(r"(?=.*[a-z-])[a-z0-9-]+(\.[a-z0-9-]+)*\.?", re.IGNORECASE)
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 class InferenceSettings(ServiceSettings):
@@ -114,6 +218,8 @@ class InferenceSettings(ServiceSettings):
     workers: int = 1
     # How long one LeaseJob call waits for work before asking again.
     lease_wait_seconds: float = 20.0
+    # The backend of each mode, by mode name (JSON in the environment); the others: builtin.
+    backends: dict[str, str] = Field(default_factory=dict)
 
 
 class GatewaySettings(BaseSettings):
@@ -123,8 +229,16 @@ class GatewaySettings(BaseSettings):
     port: int = 8080
     # The public origin that signed URLs point at; unset: http://<host>:<port>.
     public_url: str | None = None
-    # Verified API keys are served from memory this long.
+    # Verified API keys are served from memory this long (a revocation drops them at once).
     key_cache_seconds: float = 5.0
+    # Requests one API key may make per window, all at once at most (GCRA).
+    rate_limit_per_key: int = Field(default=100, gt=0)
+    rate_limit_per_key_seconds: float = Field(default=1.0, gt=0)
+    # Requests without a valid key (signup, signed URLs) one client IP may make per window.
+    rate_limit_per_ip: int = Field(default=300, gt=0)
+    rate_limit_per_ip_seconds: float = Field(default=60.0, gt=0)
+    # Redis unreachable: "open" limits each gateway on its own, "closed" answers 503.
+    rate_limit_redis_failure: Literal["open", "closed"] = "open"
     # Lifetime of the signed result URL in a completed job.
     result_url_seconds: int = 3600
 

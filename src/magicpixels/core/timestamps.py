@@ -2,6 +2,7 @@
 
 from datetime import UTC, datetime
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 
@@ -28,3 +29,10 @@ def from_timestamp(stamp: Timestamp) -> datetime:
 
 def rfc3339(value: datetime) -> str:
     return as_utc(value).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def rfc3339_field(message: Message, field: str) -> str | None:
+    """A message's Timestamp field as the API writes it; None when unset."""
+    if not message.HasField(field):
+        return None
+    return rfc3339(from_timestamp(getattr(message, field)))

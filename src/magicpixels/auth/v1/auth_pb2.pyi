@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -164,18 +165,30 @@ class WebhookSecret(_message.Message):
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     SECRET_FIELD_NUMBER: _builtins.int
+    PREVIOUS_SECRET_FIELD_NUMBER: _builtins.int
+    PREVIOUS_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     secret: _builtins.str
     """"whsec_" followed by the base64 key, as Standard Webhooks writes it."""
+    previous_secret: _builtins.str
+    """The secret a rotation replaced, while its grace period lasts: deliveries are signed with
+    both, so receivers that still hold it keep verifying them.
+    """
+    @_builtins.property
+    def previous_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When `previous_secret` stops being valid; unset when there is none."""
+
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
         secret: _builtins.str = ...,
+        previous_secret: _builtins.str = ...,
+        previous_expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["previous_expire_time", b"previous_expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "secret", b"secret"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "previous_expire_time", b"previous_expire_time", "previous_secret", b"previous_secret", "secret", b"secret"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -261,9 +274,14 @@ class CreateApiKeyRequest(_message.Message):
     MODE_FIELD_NUMBER: _builtins.int
     SCOPES_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    ISSUER_API_KEY_ID_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     name: _builtins.str
     mode: Global___KeyMode.ValueType
+    issuer_api_key_id: _builtins.str
+    """The key asking for this one, when a key asks: the new key gets no scope the issuer lacks
+    (no scopes requested means the issuer's), and a test-mode issuer makes only test-mode keys.
+    """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Empty means every scope."""
@@ -278,10 +296,11 @@ class CreateApiKeyRequest(_message.Message):
         mode: Global___KeyMode.ValueType = ...,
         scopes: _abc.Iterable[_builtins.str] | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        issuer_api_key_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "expire_time", b"expire_time", "mode", b"mode", "name", b"name", "scopes", b"scopes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "expire_time", b"expire_time", "issuer_api_key_id", b"issuer_api_key_id", "mode", b"mode", "name", b"name", "scopes", b"scopes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -317,19 +336,23 @@ class ListApiKeysRequest(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     page_size: _builtins.int
     page_token: _builtins.str
+    mode: Global___KeyMode.ValueType
+    """Only keys of this mode; unspecified: every key."""
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        mode: Global___KeyMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "mode", b"mode", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -364,17 +387,21 @@ class RevokeApiKeyRequest(_message.Message):
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     id: _builtins.str
+    mode: Global___KeyMode.ValueType
+    """The key must be of this mode (a key of another mode is NOT_FOUND); unspecified: any mode."""
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
         id: _builtins.str = ...,
+        mode: Global___KeyMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "id", b"id", "mode", b"mode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -417,3 +444,28 @@ class GetWebhookSecretRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetWebhookSecretRequest: _TypeAlias = GetWebhookSecretRequest  # noqa: Y015
+
+@_typing.final
+class RotateWebhookSecretRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    GRACE_PERIOD_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    @_builtins.property
+    def grace_period(self) -> _duration_pb2.Duration:
+        """How long the replaced secret stays valid (0 to 7 days); unset: 24 hours."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        grace_period: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "grace_period", b"grace_period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateWebhookSecretRequest: _TypeAlias = RotateWebhookSecretRequest  # noqa: Y015

@@ -71,6 +71,11 @@ class AuthServiceStub:
                 request_serializer=magicpixels_dot_auth_dot_v1_dot_auth__pb2.GetWebhookSecretRequest.SerializeToString,
                 response_deserializer=magicpixels_dot_auth_dot_v1_dot_auth__pb2.WebhookSecret.FromString,
                 _registered_method=True)
+        self.RotateWebhookSecret = channel.unary_unary(
+                '/magicpixels.auth.v1.AuthService/RotateWebhookSecret',
+                request_serializer=magicpixels_dot_auth_dot_v1_dot_auth__pb2.RotateWebhookSecretRequest.SerializeToString,
+                response_deserializer=magicpixels_dot_auth_dot_v1_dot_auth__pb2.WebhookSecret.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -123,6 +128,13 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateWebhookSecret(self, request, context):
+        """A new webhook signing secret; the one it replaces stays valid for the grace period.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -159,6 +171,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
             'GetWebhookSecret': grpc.unary_unary_rpc_method_handler(
                     servicer.GetWebhookSecret,
                     request_deserializer=magicpixels_dot_auth_dot_v1_dot_auth__pb2.GetWebhookSecretRequest.FromString,
+                    response_serializer=magicpixels_dot_auth_dot_v1_dot_auth__pb2.WebhookSecret.SerializeToString,
+            ),
+            'RotateWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateWebhookSecret,
+                    request_deserializer=magicpixels_dot_auth_dot_v1_dot_auth__pb2.RotateWebhookSecretRequest.FromString,
                     response_serializer=magicpixels_dot_auth_dot_v1_dot_auth__pb2.WebhookSecret.SerializeToString,
             ),
     }
@@ -352,6 +369,33 @@ class AuthService:
             target,
             '/magicpixels.auth.v1.AuthService/GetWebhookSecret',
             magicpixels_dot_auth_dot_v1_dot_auth__pb2.GetWebhookSecretRequest.SerializeToString,
+            magicpixels_dot_auth_dot_v1_dot_auth__pb2.WebhookSecret.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/magicpixels.auth.v1.AuthService/RotateWebhookSecret',
+            magicpixels_dot_auth_dot_v1_dot_auth__pb2.RotateWebhookSecretRequest.SerializeToString,
             magicpixels_dot_auth_dot_v1_dot_auth__pb2.WebhookSecret.FromString,
             options,
             channel_credentials,

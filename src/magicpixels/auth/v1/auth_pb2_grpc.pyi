@@ -45,6 +45,8 @@ class AuthServiceStub:
     """The hot path: every public request resolves its bearer token here (the gateway caches it)."""
     GetWebhookSecret: _grpc.UnaryUnaryMultiCallable[_auth_pb2.GetWebhookSecretRequest, _auth_pb2.WebhookSecret]
     """The secret that signs the account's webhook deliveries (for the jobs service's dispatcher)."""
+    RotateWebhookSecret: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RotateWebhookSecretRequest, _auth_pb2.WebhookSecret]
+    """A new webhook signing secret; the one it replaces stays valid for the grace period."""
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
@@ -63,6 +65,8 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """The hot path: every public request resolves its bearer token here (the gateway caches it)."""
     GetWebhookSecret: _aio.UnaryUnaryMultiCallable[_auth_pb2.GetWebhookSecretRequest, _auth_pb2.WebhookSecret]  # type: ignore[assignment]
     """The secret that signs the account's webhook deliveries (for the jobs service's dispatcher)."""
+    RotateWebhookSecret: _aio.UnaryUnaryMultiCallable[_auth_pb2.RotateWebhookSecretRequest, _auth_pb2.WebhookSecret]  # type: ignore[assignment]
+    """A new webhook signing secret; the one it replaces stays valid for the grace period."""
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     """Accounts, API keys and the principal behind a bearer token. Secrets are stored only as keyed
@@ -120,5 +124,13 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.WebhookSecret, _abc.Awaitable[_auth_pb2.WebhookSecret]]:
         """The secret that signs the account's webhook deliveries (for the jobs service's dispatcher)."""
+
+    @_abc_1.abstractmethod
+    def RotateWebhookSecret(
+        self,
+        request: _auth_pb2.RotateWebhookSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.WebhookSecret, _abc.Awaitable[_auth_pb2.WebhookSecret]]:
+        """A new webhook signing secret; the one it replaces stays valid for the grace period."""
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -68,6 +68,29 @@ LEDGER_ENTRY_KIND_EXPIRY: LedgerEntryKind.ValueType  # 6
 LEDGER_ENTRY_KIND_ADJUSTMENT: LedgerEntryKind.ValueType  # 7
 Global___LedgerEntryKind: _TypeAlias = LedgerEntryKind  # noqa: Y015
 
+class _SubscriptionStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SubscriptionStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SubscriptionStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SUBSCRIPTION_STATUS_UNSPECIFIED: _SubscriptionStatus.ValueType  # 0
+    SUBSCRIPTION_STATUS_PENDING: _SubscriptionStatus.ValueType  # 1
+    """Waiting for its payment to be approved; no credits yet."""
+    SUBSCRIPTION_STATUS_ACTIVE: _SubscriptionStatus.ValueType  # 2
+    SUBSCRIPTION_STATUS_CANCELED: _SubscriptionStatus.ValueType  # 3
+    """Ended: canceled, at the end of its period or at once while pending."""
+
+class SubscriptionStatus(_SubscriptionStatus, metaclass=_SubscriptionStatusEnumTypeWrapper): ...
+
+SUBSCRIPTION_STATUS_UNSPECIFIED: SubscriptionStatus.ValueType  # 0
+SUBSCRIPTION_STATUS_PENDING: SubscriptionStatus.ValueType  # 1
+"""Waiting for its payment to be approved; no credits yet."""
+SUBSCRIPTION_STATUS_ACTIVE: SubscriptionStatus.ValueType  # 2
+SUBSCRIPTION_STATUS_CANCELED: SubscriptionStatus.ValueType  # 3
+"""Ended: canceled, at the end of its period or at once while pending."""
+Global___SubscriptionStatus: _TypeAlias = SubscriptionStatus  # noqa: Y015
+
 class _PriceUnit:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -119,12 +142,17 @@ class Price(_message.Message):
     UNIT_FIELD_NUMBER: _builtins.int
     UNIT_BLOCK_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
     mode: _builtins.str
     credits: _builtins.int
     unit: Global___PriceUnit.ValueType
     unit_block: _builtins.int
     """Units are counted per started block of this many units (10 seconds for audio)."""
     description: _builtins.str
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Other names of the mode that the API accepts (text_to_audio: audio)."""
+
     def __init__(
         self,
         *,
@@ -133,10 +161,11 @@ class Price(_message.Message):
         unit: Global___PriceUnit.ValueType = ...,
         unit_block: _builtins.int = ...,
         description: _builtins.str = ...,
+        aliases: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credits", b"credits", "description", b"description", "mode", b"mode", "unit", b"unit", "unit_block", b"unit_block"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "credits", b"credits", "description", b"description", "mode", b"mode", "unit", b"unit", "unit_block", b"unit_block"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -297,12 +326,34 @@ class Subscription(_message.Message):
     PLAN_ID_FIELD_NUMBER: _builtins.int
     CURRENT_PERIOD_START_TIME_FIELD_NUMBER: _builtins.int
     CURRENT_PERIOD_END_TIME_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    CANCEL_AT_PERIOD_END_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    CANCEL_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     plan_id: _builtins.str
+    id: _builtins.str
+    status: Global___SubscriptionStatus.ValueType
+    cancel_at_period_end: _builtins.bool
+    """Canceled: it ends with its current period, without a refill."""
     @_builtins.property
-    def current_period_start_time(self) -> _timestamp_pb2.Timestamp: ...
+    def current_period_start_time(self) -> _timestamp_pb2.Timestamp:
+        """The paid period running (or the last one); absent before the first is paid."""
+
     @_builtins.property
     def current_period_end_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def cancel_time(self) -> _timestamp_pb2.Timestamp:
+        """When the cancellation was asked for."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When it stopped (status CANCELED)."""
+
     def __init__(
         self,
         *,
@@ -310,10 +361,16 @@ class Subscription(_message.Message):
         plan_id: _builtins.str = ...,
         current_period_start_time: _timestamp_pb2.Timestamp | None = ...,
         current_period_end_time: _timestamp_pb2.Timestamp | None = ...,
+        id: _builtins.str = ...,
+        status: Global___SubscriptionStatus.ValueType = ...,
+        cancel_at_period_end: _builtins.bool = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        cancel_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["current_period_end_time", b"current_period_end_time", "current_period_start_time", b"current_period_start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_time", b"cancel_time", "create_time", b"create_time", "current_period_end_time", b"current_period_end_time", "current_period_start_time", b"current_period_start_time", "end_time", b"end_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "current_period_end_time", b"current_period_end_time", "current_period_start_time", b"current_period_start_time", "plan_id", b"plan_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "cancel_at_period_end", b"cancel_at_period_end", "cancel_time", b"cancel_time", "create_time", b"create_time", "current_period_end_time", b"current_period_end_time", "current_period_start_time", b"current_period_start_time", "end_time", b"end_time", "id", b"id", "plan_id", b"plan_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -631,3 +688,91 @@ class SubscribeRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubscribeRequest: _TypeAlias = SubscribeRequest  # noqa: Y015
+
+@_typing.final
+class GetSubscriptionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSubscriptionRequest: _TypeAlias = GetSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class ApproveSubscriptionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveSubscriptionRequest: _TypeAlias = ApproveSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class CancelSubscriptionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelSubscriptionRequest: _TypeAlias = CancelSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class AdjustCreditsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    amount: _builtins.int
+    """Signed change of available credits; not zero."""
+    description: _builtins.str
+    """Why: shown in the account's ledger. Required."""
+    reference: _builtins.str
+    """Makes the adjustment idempotent, as a grant's reference does."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        description: _builtins.str = ...,
+        reference: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "description", b"description", "reference", b"reference"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdjustCreditsRequest: _TypeAlias = AdjustCreditsRequest  # noqa: Y015

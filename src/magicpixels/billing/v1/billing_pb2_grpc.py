@@ -88,6 +88,26 @@ class BillingServiceStub:
                 request_serializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.Subscription.FromString,
                 _registered_method=True)
+        self.GetSubscription = channel.unary_unary(
+                '/magicpixels.billing.v1.BillingService/GetSubscription',
+                request_serializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.GetSubscriptionRequest.SerializeToString,
+                response_deserializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.Subscription.FromString,
+                _registered_method=True)
+        self.ApproveSubscription = channel.unary_unary(
+                '/magicpixels.billing.v1.BillingService/ApproveSubscription',
+                request_serializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.ApproveSubscriptionRequest.SerializeToString,
+                response_deserializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.Subscription.FromString,
+                _registered_method=True)
+        self.CancelSubscription = channel.unary_unary(
+                '/magicpixels.billing.v1.BillingService/CancelSubscription',
+                request_serializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.CancelSubscriptionRequest.SerializeToString,
+                response_deserializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.Subscription.FromString,
+                _registered_method=True)
+        self.AdjustCredits = channel.unary_unary(
+                '/magicpixels.billing.v1.BillingService/AdjustCredits',
+                request_serializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.AdjustCreditsRequest.SerializeToString,
+                response_deserializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.LedgerEntry.FromString,
+                _registered_method=True)
 
 
 class BillingServiceServicer:
@@ -153,7 +173,40 @@ class BillingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Subscribe(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Subscribes the account to a plan. A plan with a price waits, pending, until its payment is
+        approved (ApproveSubscription: the operator, or a payment provider); a paid period starts
+        with its plan's credits. Subscribing again to the running plan changes nothing, and undoes
+        a cancellation at period end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSubscription(self, request, context):
+        """The account's subscription, ended ones included; NOT_FOUND when it never subscribed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveSubscription(self, request, context):
+        """Approves the pending payment: the period starts now, with its credits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelSubscription(self, request, context):
+        """Cancels at the end of the running period: no refill follows it. A pending subscription,
+        which has no paid period, ends at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdjustCredits(self, request, context):
+        """An operator's correction of an account's available credits, up or down (never below zero).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -210,6 +263,26 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.Subscribe,
                     request_deserializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.SubscribeRequest.FromString,
                     response_serializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.Subscription.SerializeToString,
+            ),
+            'GetSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSubscription,
+                    request_deserializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.GetSubscriptionRequest.FromString,
+                    response_serializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.Subscription.SerializeToString,
+            ),
+            'ApproveSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveSubscription,
+                    request_deserializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.ApproveSubscriptionRequest.FromString,
+                    response_serializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.Subscription.SerializeToString,
+            ),
+            'CancelSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelSubscription,
+                    request_deserializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.CancelSubscriptionRequest.FromString,
+                    response_serializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.Subscription.SerializeToString,
+            ),
+            'AdjustCredits': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdjustCredits,
+                    request_deserializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.AdjustCreditsRequest.FromString,
+                    response_serializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.LedgerEntry.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -486,6 +559,114 @@ class BillingService:
             '/magicpixels.billing.v1.BillingService/Subscribe',
             magicpixels_dot_billing_dot_v1_dot_billing__pb2.SubscribeRequest.SerializeToString,
             magicpixels_dot_billing_dot_v1_dot_billing__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/magicpixels.billing.v1.BillingService/GetSubscription',
+            magicpixels_dot_billing_dot_v1_dot_billing__pb2.GetSubscriptionRequest.SerializeToString,
+            magicpixels_dot_billing_dot_v1_dot_billing__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/magicpixels.billing.v1.BillingService/ApproveSubscription',
+            magicpixels_dot_billing_dot_v1_dot_billing__pb2.ApproveSubscriptionRequest.SerializeToString,
+            magicpixels_dot_billing_dot_v1_dot_billing__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/magicpixels.billing.v1.BillingService/CancelSubscription',
+            magicpixels_dot_billing_dot_v1_dot_billing__pb2.CancelSubscriptionRequest.SerializeToString,
+            magicpixels_dot_billing_dot_v1_dot_billing__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdjustCredits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/magicpixels.billing.v1.BillingService/AdjustCredits',
+            magicpixels_dot_billing_dot_v1_dot_billing__pb2.AdjustCreditsRequest.SerializeToString,
+            magicpixels_dot_billing_dot_v1_dot_billing__pb2.LedgerEntry.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,21 @@ class BillingServiceStub:
     ListPrices: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListPricesRequest, _billing_pb2.ListPricesResponse]
     ListPlans: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListPlansRequest, _billing_pb2.ListPlansResponse]
     Subscribe: _grpc.UnaryUnaryMultiCallable[_billing_pb2.SubscribeRequest, _billing_pb2.Subscription]
+    """Subscribes the account to a plan. A plan with a price waits, pending, until its payment is
+    approved (ApproveSubscription: the operator, or a payment provider); a paid period starts
+    with its plan's credits. Subscribing again to the running plan changes nothing, and undoes
+    a cancellation at period end.
+    """
+    GetSubscription: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GetSubscriptionRequest, _billing_pb2.Subscription]
+    """The account's subscription, ended ones included; NOT_FOUND when it never subscribed."""
+    ApproveSubscription: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ApproveSubscriptionRequest, _billing_pb2.Subscription]
+    """Approves the pending payment: the period starts now, with its credits."""
+    CancelSubscription: _grpc.UnaryUnaryMultiCallable[_billing_pb2.CancelSubscriptionRequest, _billing_pb2.Subscription]
+    """Cancels at the end of the running period: no refill follows it. A pending subscription,
+    which has no paid period, ends at once.
+    """
+    AdjustCredits: _grpc.UnaryUnaryMultiCallable[_billing_pb2.AdjustCreditsRequest, _billing_pb2.LedgerEntry]
+    """An operator's correction of an account's available credits, up or down (never below zero)."""
 
 @_typing.type_check_only
 class BillingServiceAsyncStub(BillingServiceStub):
@@ -69,6 +84,21 @@ class BillingServiceAsyncStub(BillingServiceStub):
     ListPrices: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListPricesRequest, _billing_pb2.ListPricesResponse]  # type: ignore[assignment]
     ListPlans: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListPlansRequest, _billing_pb2.ListPlansResponse]  # type: ignore[assignment]
     Subscribe: _aio.UnaryUnaryMultiCallable[_billing_pb2.SubscribeRequest, _billing_pb2.Subscription]  # type: ignore[assignment]
+    """Subscribes the account to a plan. A plan with a price waits, pending, until its payment is
+    approved (ApproveSubscription: the operator, or a payment provider); a paid period starts
+    with its plan's credits. Subscribing again to the running plan changes nothing, and undoes
+    a cancellation at period end.
+    """
+    GetSubscription: _aio.UnaryUnaryMultiCallable[_billing_pb2.GetSubscriptionRequest, _billing_pb2.Subscription]  # type: ignore[assignment]
+    """The account's subscription, ended ones included; NOT_FOUND when it never subscribed."""
+    ApproveSubscription: _aio.UnaryUnaryMultiCallable[_billing_pb2.ApproveSubscriptionRequest, _billing_pb2.Subscription]  # type: ignore[assignment]
+    """Approves the pending payment: the period starts now, with its credits."""
+    CancelSubscription: _aio.UnaryUnaryMultiCallable[_billing_pb2.CancelSubscriptionRequest, _billing_pb2.Subscription]  # type: ignore[assignment]
+    """Cancels at the end of the running period: no refill follows it. A pending subscription,
+    which has no paid period, ends at once.
+    """
+    AdjustCredits: _aio.UnaryUnaryMultiCallable[_billing_pb2.AdjustCreditsRequest, _billing_pb2.LedgerEntry]  # type: ignore[assignment]
+    """An operator's correction of an account's available credits, up or down (never below zero)."""
 
 class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
     """The credit ledger. Every change of credits is an append-only entry; jobs pay through two-phase
@@ -146,6 +176,45 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _billing_pb2.SubscribeRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_billing_pb2.Subscription, _abc.Awaitable[_billing_pb2.Subscription]]: ...
+    ) -> _typing.Union[_billing_pb2.Subscription, _abc.Awaitable[_billing_pb2.Subscription]]:
+        """Subscribes the account to a plan. A plan with a price waits, pending, until its payment is
+        approved (ApproveSubscription: the operator, or a payment provider); a paid period starts
+        with its plan's credits. Subscribing again to the running plan changes nothing, and undoes
+        a cancellation at period end.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSubscription(
+        self,
+        request: _billing_pb2.GetSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.Subscription, _abc.Awaitable[_billing_pb2.Subscription]]:
+        """The account's subscription, ended ones included; NOT_FOUND when it never subscribed."""
+
+    @_abc_1.abstractmethod
+    def ApproveSubscription(
+        self,
+        request: _billing_pb2.ApproveSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.Subscription, _abc.Awaitable[_billing_pb2.Subscription]]:
+        """Approves the pending payment: the period starts now, with its credits."""
+
+    @_abc_1.abstractmethod
+    def CancelSubscription(
+        self,
+        request: _billing_pb2.CancelSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.Subscription, _abc.Awaitable[_billing_pb2.Subscription]]:
+        """Cancels at the end of the running period: no refill follows it. A pending subscription,
+        which has no paid period, ends at once.
+        """
+
+    @_abc_1.abstractmethod
+    def AdjustCredits(
+        self,
+        request: _billing_pb2.AdjustCreditsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.LedgerEntry, _abc.Awaitable[_billing_pb2.LedgerEntry]]:
+        """An operator's correction of an account's available credits, up or down (never below zero)."""
 
 def add_BillingServiceServicer_to_server(servicer: BillingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

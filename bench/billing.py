@@ -1,0 +1,208 @@
+"""Reserve + capture pairs per second through the real BillingService over gRPC.
+
+Runs `magicpixels serve billing` as its own process on PostgreSQL (a fresh schema) and on
+SQLite (a fresh file) and drives pairs of Reserve(1 credit) + Capture from this process:
+
+- sequential: one caller, one account;
+- N callers, N accounts: the usual load, many accounts paying for jobs at once;
+- N callers, 1 account: every pair contends for one balance row, whose lock each
+  statement holds until its commit is durable, so this measures commits in a row.
+
+After each database's runs it reads every account's ledger back over gRPC and checks that each
+pair left exactly one HOLD and one CAPTURE entry, that the entries sum to the balance and that
+nothing is still reserved: zero lost or duplicated entries.
+
+    .venv/bin/python bench/billing.py [--pairs 4000] [--callers 32] [--only postgres|sqlite]
+"""
+
+import argparse
+import asyncio
+import itertools
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
+from magicpixels.core.clients import open_channel
+from magicpixels.core.settings import MeshSettings
+
+POSTGRES_URL = os.environ.get(
+    "MP_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+USAGE = billing_pb2.Usage(mode="text_to_image")
+WARM_UP_PAIRS = 200
+PAIR_KINDS = (billing_pb2.LEDGER_ENTRY_KIND_HOLD, billing_pb2.LEDGER_ENTRY_KIND_CAPTURE)
+
+
+@contextmanager
+def billing_process(data_dir: Path, database: dict[str, str]) -> Iterator[str]:
+    """Runs the billing service on its own; yields its address once it listens."""
+    env = {**os.environ, "MP_DATA_DIR": str(data_dir), "MP_LOG_LEVEL": "warning", **database}
+    command = [sys.executable, "-m", "magicpixels.cli", "serve", "billing"]
+    process = subprocess.Popen(command, env=env)
+    marker = data_dir / "run" / "billing.address"
+    try:
+        for _ in range(600):
+            if marker.exists():
+                break
+            if process.poll() is not None:
+                raise SystemExit(f"billing exited with {process.returncode}")
+            time.sleep(0.05)
+        else:
+            raise SystemExit("billing did not start")
+        yield marker.read_text().strip()
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+class Bench:
+    """Makes pairs and remembers, per account, the references it made."""
+
+    def __init__(self, stub: billing_pb2_grpc.BillingServiceStub, credits: int) -> None:
+        self.stub = stub
+        self.credits = credits
+        self.made: dict[str, list[str]] = {}
+        self._numbers = itertools.count()
+
+    async def fund(self, account_id: str) -> None:
+        if account_id not in self.made:
+            self.made[account_id] = []
+            request = billing_pb2.GrantRequest(account_id=account_id, amount=self.credits)
+            await self.stub.Grant(request)
+
+    async def pair(self, account_id: str) -> None:
+        reference = f"job_bench_{next(self._numbers):08d}"
+        self.made[account_id].append(reference)
+        await self.stub.Reserve(
+            billing_pb2.ReserveRequest(
+                account_id=account_id, reference=reference, usage=USAGE, livemode=True
+            )
+        )
+        await self.stub.Capture(billing_pb2.CaptureRequest(reference=reference))
+
+    async def run(self, pairs: int, callers: int, accounts: int) -> float:
+        """Pairs per second of `pairs` pairs made by `callers` concurrent callers, caller k
+        paying from account k modulo `accounts`."""
+        names = [f"acct_bench_{n}" for n in range(accounts)]
+        for name in names:
+            await self.fund(name)
+        left = pairs
+
+        async def caller(account_id: str) -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                await self.pair(account_id)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller(names[k % accounts]) for k in range(callers)))
+        return pairs / (time.perf_counter() - started)
+
+    async def check_books(self) -> None:
+        """Every pair made one HOLD and one CAPTURE entry; the entries sum to the balance."""
+        for account_id, references in self.made.items():
+            kinds, total = await self._ledger(account_id)
+            expected = Counter({(kind, ref): 1 for ref in references for kind in PAIR_KINDS})
+            expected[(billing_pb2.LEDGER_ENTRY_KIND_GRANT, "")] = 1
+            balance = await self.stub.GetBalance(
+                billing_pb2.GetBalanceRequest(account_id=account_id)
+            )
+            problems = []
+            if kinds != expected:
+                problems.append(
+                    f"not one HOLD and one CAPTURE per pair: {kinds - expected} duplicated, "
+                    f"{expected - kinds} lost"
+                )
+            if (balance.available, balance.reserved) != (self.credits - len(references), 0):
+                problems.append(
+                    f"{balance.available} available and {balance.reserved} reserved, expected "
+                    f"{self.credits - len(references)} and 0"
+                )
+            if total != balance.available:
+                problems.append(f"entries sum to {total}, the balance says {balance.available}")
+            if problems:
+                raise SystemExit(f"{account_id}: {'; '.join(problems)}")
+
+    async def _ledger(self, account_id: str) -> tuple[Counter[tuple[int, str]], int]:
+        kinds: Counter[tuple[int, str]] = Counter()
+        total = 0
+        token = ""
+        while True:
+            page = await self.stub.ListLedgerEntries(
+                billing_pb2.ListLedgerEntriesRequest(
+                    account_id=account_id, page_size=100, page_token=token
+                )
+            )
+            for entry in page.ledger_entries:
+                kinds[(entry.kind, entry.reference)] += 1
+                total += entry.amount
+            token = page.next_page_token
+            if not token:
+                return kinds, total
+
+
+async def measure(address: str, data_dir: Path, pairs: int, callers: int) -> dict[str, float]:
+    token = MeshSettings(data_dir=data_dir).internal_token()
+    channel = open_channel(address, service_token=token, timeout=30.0)
+    try:
+        bench = Bench(billing_pb2_grpc.BillingServiceStub(channel), WARM_UP_PAIRS + 3 * pairs)
+        await bench.run(WARM_UP_PAIRS, callers, callers)
+        figures = {
+            "sequential": await bench.run(pairs, 1, 1),
+            f"{callers} callers, {callers} accounts": await bench.run(pairs, callers, callers),
+            f"{callers} callers, 1 account": await bench.run(pairs, callers, 1),
+        }
+        await bench.check_books()
+        return figures
+    finally:
+        await channel.close()
+
+
+async def drop_schema(schema: str) -> None:
+    dsn = make_url(POSTGRES_URL).set(drivername="postgresql")
+    connection = await asyncpg.connect(dsn.render_as_string(hide_password=False))
+    try:
+        await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await connection.close()
+
+
+def bench_database(name: str, pairs: int, callers: int) -> dict[str, float]:
+    schema = f"bench_{secrets.token_hex(4)}"
+    database = {}
+    if name == "postgres":
+        database = {"MP_BILLING_DATABASE_URL": POSTGRES_URL, "MP_BILLING_DATABASE_SCHEMA": schema}
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            with billing_process(Path(folder), database) as address:
+                return asyncio.run(measure(address, Path(folder), pairs, callers))
+        finally:
+            if name == "postgres":
+                asyncio.run(drop_schema(schema))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=4000, help="pairs per run")
+    parser.add_argument("--callers", type=int, default=32)
+    parser.add_argument("--only", choices=("postgres", "sqlite"))
+    args = parser.parse_args()
+    for name in (args.only,) if args.only else ("postgres", "sqlite"):
+        for run, pairs_per_second in bench_database(name, args.pairs, args.callers).items():
+            print(f"{name:<8} {run:<24} {pairs_per_second:7.0f} reserve+capture pairs/s")
+        print(f"{name:<8} ledgers checked: no lost or duplicated entries")
+
+
+if __name__ == "__main__":
+    main()
