@@ -198,7 +198,9 @@ async def get_asset(
     principal: Annotated[Principal, Depends(require("assets:read"))],
 ) -> dict[str, Any]:
     found = await gateway(request).assets.GetAsset(
-        assets_pb2.GetAssetRequest(id=asset_id, account_id=principal.account_id)
+        assets_pb2.GetAssetRequest(
+            id=asset_id, account_id=principal.account_id, livemode=principal.livemode
+        )
     )
     return render.asset(found)
 
@@ -211,7 +213,9 @@ async def delete_asset(
 ) -> dict[str, Any]:
     """Deletes the asset: its content and signed URLs stop working at once."""
     await gateway(request).assets.DeleteAsset(
-        assets_pb2.DeleteAssetRequest(id=asset_id, account_id=principal.account_id)
+        assets_pb2.DeleteAssetRequest(
+            id=asset_id, account_id=principal.account_id, livemode=principal.livemode
+        )
     )
     return {"object": "asset", "id": asset_id, "deleted": True}
 
@@ -226,19 +230,21 @@ async def sign_asset_url(
     """A URL of the content that anyone holding it may fetch until it expires."""
     expires_in = (body or UrlCreate()).expires_in
     url, expires_at = await gateway(request).signed_content_url(
-        asset_id, principal.account_id, expires_in
+        asset_id, principal.account_id, expires_in, livemode=principal.livemode
     )
     return {"url": url, "expires_at": expires_at}
 
 
-async def _owner(request: Request, asset_id: str) -> str:
-    """The account whose asset this request may read: by signed URL, else by bearer key."""
+async def _owner(request: Request, asset_id: str) -> tuple[str, bool | None]:
+    """Whose asset this request may read, and of which mode: a signed URL names the asset
+    itself (any mode); a bearer key, its account's assets of its own mode."""
     if "signature" in request.query_params:
         asset = await gateway(request).assets.VerifyUrl(
             assets_pb2.VerifyUrlRequest(id=asset_id, query=request.url.query)
         )
-        return asset.account_id
-    return (await authorize(request, "assets:read")).account_id
+        return asset.account_id, None
+    principal = await authorize(request, "assets:read")
+    return principal.account_id, principal.livemode
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -279,9 +285,11 @@ def _media_type(asset: assets_pb2.Asset) -> str:
 @router.api_route("/assets/{asset_id}/content", methods=["GET", "HEAD"], response_class=Response)
 async def asset_content(asset_id: str, request: Request) -> Response:
     """The bytes, for the owner's key or a signed URL. `Range` gives 206; `If-None-Match` 304."""
-    account_id = await _owner(request, asset_id)
+    account_id, livemode = await _owner(request, asset_id)
     assets = gateway(request).assets
-    asset = await assets.GetAsset(assets_pb2.GetAssetRequest(id=asset_id, account_id=account_id))
+    asset = await assets.GetAsset(
+        assets_pb2.GetAssetRequest(id=asset_id, account_id=account_id, livemode=livemode)
+    )
     headers = _headers(asset)
     if request.headers.get("if-none-match") == headers["ETag"]:
         return Response(status_code=304, headers=headers)
@@ -295,7 +303,7 @@ async def asset_content(asset_id: str, request: Request) -> Response:
         return Response(status_code=status, headers=headers, media_type=_media_type(asset))
     stream = assets.ReadAsset(
         assets_pb2.ReadAssetRequest(
-            id=asset_id, account_id=account_id, offset=offset, length=length
+            id=asset_id, account_id=account_id, offset=offset, length=length, livemode=livemode
         ),
         timeout=DOWNLOAD_SECONDS,
     )

@@ -81,10 +81,10 @@ class Gateway:
         return await self.content_urls.of_result(job, self.settings.result_url_seconds)
 
     async def signed_content_url(
-        self, asset_id: str, account_id: str, expires_in: int
+        self, asset_id: str, account_id: str, expires_in: int, livemode: bool | None = None
     ) -> tuple[str, str]:
         """A URL of the asset's content that works without a key until it expires."""
-        return await self.content_urls.signed(asset_id, account_id, expires_in)
+        return await self.content_urls.signed(asset_id, account_id, expires_in, livemode)
 
 
 def gateway(request: Request) -> Gateway:

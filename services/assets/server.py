@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from magicpixels.assets.v1 import assets_pb2, assets_pb2_grpc
 from magicpixels.core import paging
-from magicpixels.core.errors import InvalidArgument
+from magicpixels.core.errors import InvalidArgument, NotFound
 from magicpixels.core.server import ServiceBinding
 from magicpixels.core.service import Mesh, open_database
 from magicpixels.core.settings import AssetsSettings, secret_value
@@ -38,10 +38,25 @@ _DECLARED_ORIGINS = {
 }
 
 
+_ByOwner = (
+    assets_pb2.GetAssetRequest
+    | assets_pb2.ReadAssetRequest
+    | assets_pb2.DeleteAssetRequest
+    | assets_pb2.SignUrlRequest
+)
+
+
 class AssetsServicer(assets_pb2_grpc.AssetsServiceServicer):
     def __init__(self, catalog: Catalog, signing_key: bytes) -> None:
         self._catalog = catalog
         self._signing_key = signing_key
+
+    async def _owned(self, request: _ByOwner) -> AssetRecord:
+        """The account's asset the request names; of the mode it names, when it names one."""
+        record = await self._catalog.get(request.id, request.account_id)
+        if request.HasField("livemode") and record.livemode != request.livemode:
+            raise NotFound("ASSET_NOT_FOUND", f"no asset {request.id}")
+        return record
 
     async def UploadAsset(
         self,
@@ -63,7 +78,7 @@ class AssetsServicer(assets_pb2_grpc.AssetsServiceServicer):
     async def ReadAsset(
         self, request: assets_pb2.ReadAssetRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[assets_pb2.ReadAssetResponse]:
-        record = await self._catalog.get(request.id, request.account_id)
+        record = await self._owned(request)
         offset, length = domain.byte_range(record.size_bytes, request.offset, request.length)
         yield assets_pb2.ReadAssetResponse(asset=_asset(record))
         async for chunk in self._catalog.read(record, offset, length):
@@ -72,7 +87,7 @@ class AssetsServicer(assets_pb2_grpc.AssetsServiceServicer):
     async def GetAsset(
         self, request: assets_pb2.GetAssetRequest, context: grpc.aio.ServicerContext
     ) -> assets_pb2.Asset:
-        return _asset(await self._catalog.get(request.id, request.account_id))
+        return _asset(await self._owned(request))
 
     async def ListAssets(
         self, request: assets_pb2.ListAssetsRequest, context: grpc.aio.ServicerContext
@@ -89,6 +104,7 @@ class AssetsServicer(assets_pb2_grpc.AssetsServiceServicer):
     async def DeleteAsset(
         self, request: assets_pb2.DeleteAssetRequest, context: grpc.aio.ServicerContext
     ) -> assets_pb2.DeleteAssetResponse:
+        await self._owned(request)
         await self._catalog.delete(request.id, request.account_id)
         return assets_pb2.DeleteAssetResponse()
 
@@ -96,7 +112,7 @@ class AssetsServicer(assets_pb2_grpc.AssetsServiceServicer):
         self, request: assets_pb2.SignUrlRequest, context: grpc.aio.ServicerContext
     ) -> assets_pb2.SignUrlResponse:
         expires = domain.url_expiry(utcnow(), request.expires_in_seconds)
-        record = await self._catalog.get(request.id, request.account_id)
+        record = await self._owned(request)
         return assets_pb2.SignUrlResponse(
             query=domain.signed_query(self._signing_key, record.id, expires),
             expire_time=Timestamp(seconds=expires),

@@ -97,10 +97,12 @@ class ContentUrls:
         self._assets = assets
         self._public_url = public_url.rstrip("/")
 
-    async def signed(self, asset_id: str, account_id: str, expires_in: int) -> tuple[str, str]:
-        """The URL and when it expires."""
+    async def signed(
+        self, asset_id: str, account_id: str, expires_in: int, livemode: bool | None = None
+    ) -> tuple[str, str]:
+        """The URL and when it expires; with `livemode`, only for an asset of that mode."""
         request = assets_pb2.SignUrlRequest(
-            id=asset_id, account_id=account_id, expires_in_seconds=expires_in
+            id=asset_id, account_id=account_id, expires_in_seconds=expires_in, livemode=livemode
         )
         signed = await self._assets.SignUrl(request)
         url = f"{self._public_url}/v1/assets/{asset_id}/content?{signed.query}"

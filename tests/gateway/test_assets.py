@@ -256,6 +256,14 @@ async def test_a_test_mode_key_sees_only_test_mode_assets(
     assert test_asset["livemode"] is False
     assert [asset["id"] for asset in seen_by_test] == [test_asset["id"]]
     assert test_asset["id"] not in [asset["id"] for asset in seen_by_live]
+    for key, asset_id in ((test_key, owned.path.split("/")[3]), (owned.auth, test_asset["id"])):
+        responses = [
+            await client.get(f"/v1/assets/{asset_id}", headers=key),
+            await client.get(f"/v1/assets/{asset_id}/content", headers=key),
+            await client.post(f"/v1/assets/{asset_id}/url", headers=key),
+            await client.delete(f"/v1/assets/{asset_id}", headers=key),
+        ]
+        assert [_error(response) for response in responses] == [(404, "asset_not_found", None)] * 4
 
 
 async def test_a_read_only_key_lists_and_signs_but_cannot_delete(

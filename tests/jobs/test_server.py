@@ -545,3 +545,42 @@ async def test_a_key_longer_than_255_characters_is_refused(jobs: Stub, billing: 
     assert (refused.code, refused.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PARAMETER_INVALID")
     assert refused.metadata == {"param": "idempotency_key"}
     assert await billing.held() == []
+
+
+async def test_cancel_racing_completion_ends_each_job_one_way(jobs: Stub, billing: Billing) -> None:
+    """Twenty running jobs, each completed and canceled at the same moment: each ends either
+    completed and charged or canceled and refunded, never both, and no hold is left."""
+    await billing.grant(20)
+    created = [await create(jobs) for _ in range(20)]
+    leases = [(await lease(jobs)).lease for _ in created]
+
+    async def race(held: jobs_pb2.Lease) -> None:
+        outcomes = await asyncio.gather(
+            complete(jobs, held.job.id, held.token),
+            cancel(jobs, held.job.id),
+            return_exceptions=True,
+        )
+        assert sum(not isinstance(outcome, Exception) for outcome in outcomes) == 1, outcomes
+
+    await asyncio.gather(*(race(held) for held in leases))
+
+    ended = {job.id: (await get(jobs, job.id)).state for job in created}
+    done = [job_id for job_id, state in ended.items() if state == jobs_pb2.JOB_STATE_COMPLETED]
+    undone = [job_id for job_id, state in ended.items() if state == jobs_pb2.JOB_STATE_CANCELED]
+    assert len(done) + len(undone) == 20
+    await billing.settle_to(done, undone)
+    assert await billing.balance() == (20 - len(done), 0)
+
+
+async def test_a_failed_job_is_not_cancelable(jobs: Stub, billing: Billing) -> None:
+    await billing.grant(1)
+    job = await create(jobs)
+    held = (await lease(jobs)).lease
+    await fail(jobs, job.id, held.token, retryable=False)
+
+    assert await refusal(cancel(jobs, job.id)) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "JOB_NOT_CANCELABLE",
+    )
+    await billing.settle_to([], [job.id])
+    assert await billing.balance() == (1, 0)

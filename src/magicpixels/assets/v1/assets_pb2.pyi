@@ -196,11 +196,16 @@ class ReadAssetRequest(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     LENGTH_FIELD_NUMBER: _builtins.int
+    LIVEMODE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     account_id: _builtins.str
     offset: _builtins.int
     """The byte range to read: from offset, length bytes (0 means to the end)."""
     length: _builtins.int
+    livemode: _builtins.bool
+    """When set, an asset of the other mode (test or live) is not found, as a test key sees only
+    test assets and a live key only live ones.
+    """
     def __init__(
         self,
         *,
@@ -208,12 +213,15 @@ class ReadAssetRequest(_message.Message):
         account_id: _builtins.str = ...,
         offset: _builtins.int = ...,
         length: _builtins.int = ...,
+        livemode: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_livemode", b"_livemode", "livemode", b"livemode"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "id", b"id", "length", b"length", "offset", b"offset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_livemode", b"_livemode", "account_id", b"account_id", "id", b"id", "length", b"length", "livemode", b"livemode", "offset", b"offset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__livemode: _TypeAlias = _typing.Literal["livemode"]  # noqa: Y015
+    _WhichOneofArgType__livemode: _TypeAlias = _typing.Literal["_livemode", b"_livemode"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__livemode) -> _WhichOneofReturnType__livemode | None: ...
 
 Global___ReadAssetRequest: _TypeAlias = ReadAssetRequest  # noqa: Y015
 
@@ -248,19 +256,27 @@ class GetAssetRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    LIVEMODE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     account_id: _builtins.str
+    livemode: _builtins.bool
+    """When set, an asset of the other mode (test or live) is not found, as a test key sees only
+    test assets and a live key only live ones.
+    """
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         account_id: _builtins.str = ...,
+        livemode: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_livemode", b"_livemode", "livemode", b"livemode"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_livemode", b"_livemode", "account_id", b"account_id", "id", b"id", "livemode", b"livemode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__livemode: _TypeAlias = _typing.Literal["livemode"]  # noqa: Y015
+    _WhichOneofArgType__livemode: _TypeAlias = _typing.Literal["_livemode", b"_livemode"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__livemode) -> _WhichOneofReturnType__livemode | None: ...
 
 Global___GetAssetRequest: _TypeAlias = GetAssetRequest  # noqa: Y015
 
@@ -321,19 +337,27 @@ class DeleteAssetRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    LIVEMODE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     account_id: _builtins.str
+    livemode: _builtins.bool
+    """When set, an asset of the other mode (test or live) is not found, as a test key sees only
+    test assets and a live key only live ones.
+    """
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         account_id: _builtins.str = ...,
+        livemode: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_livemode", b"_livemode", "livemode", b"livemode"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_livemode", b"_livemode", "account_id", b"account_id", "id", b"id", "livemode", b"livemode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__livemode: _TypeAlias = _typing.Literal["livemode"]  # noqa: Y015
+    _WhichOneofArgType__livemode: _TypeAlias = _typing.Literal["_livemode", b"_livemode"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__livemode) -> _WhichOneofReturnType__livemode | None: ...
 
 Global___DeleteAssetRequest: _TypeAlias = DeleteAssetRequest  # noqa: Y015
 
@@ -359,21 +383,29 @@ class SignUrlRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     EXPIRES_IN_SECONDS_FIELD_NUMBER: _builtins.int
+    LIVEMODE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     account_id: _builtins.str
     expires_in_seconds: _builtins.int
+    livemode: _builtins.bool
+    """When set, an asset of the other mode (test or live) is not found, as a test key sees only
+    test assets and a live key only live ones.
+    """
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         account_id: _builtins.str = ...,
         expires_in_seconds: _builtins.int = ...,
+        livemode: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_livemode", b"_livemode", "livemode", b"livemode"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "expires_in_seconds", b"expires_in_seconds", "id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_livemode", b"_livemode", "account_id", b"account_id", "expires_in_seconds", b"expires_in_seconds", "id", b"id", "livemode", b"livemode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__livemode: _TypeAlias = _typing.Literal["livemode"]  # noqa: Y015
+    _WhichOneofArgType__livemode: _TypeAlias = _typing.Literal["_livemode", b"_livemode"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__livemode) -> _WhichOneofReturnType__livemode | None: ...
 
 Global___SignUrlRequest: _TypeAlias = SignUrlRequest  # noqa: Y015
 
