@@ -14,6 +14,7 @@ from magicpixels.core.clients import open_channel
 from magicpixels.core.server import RunningServer
 from magicpixels.core.service import Mesh, Service, start_service, stop_service
 from magicpixels.core.settings import DatabaseServiceSettings, ServiceSettings
+from magicpixels.mesh import RunningMesh
 
 POSTGRES_URL = os.environ.get(
     "MP_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -74,3 +75,28 @@ def mesh_databases(database: Database, data_dir: Path) -> dict[str, ServiceSetti
                 settings_class, database_schema=f"{database.schema}_{name}"
             )
     return settings
+
+
+@asynccontextmanager
+async def services_of(
+    database: Database, data_dir: Path, names: tuple[str, ...], funded: dict[str, int]
+) -> AsyncIterator[RunningMesh]:
+    """The named services in this process, each on its own database, with accounts granted
+    credits (`funded`: account id -> credits)."""
+    from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
+    from magicpixels.core.settings import MeshSettings
+    from magicpixels.mesh import start_mesh
+
+    running = await start_mesh(
+        MeshSettings(data_dir=data_dir, grace_seconds=0.2),
+        None,
+        only=names,
+        service_settings=mesh_databases(database, data_dir),
+    )
+    try:
+        billing = billing_pb2_grpc.BillingServiceStub(running.mesh.channel("billing"))
+        for account_id, credits in funded.items():
+            await billing.Grant(billing_pb2.GrantRequest(account_id=account_id, amount=credits))
+        yield running
+    finally:
+        await running.stop()

@@ -12,9 +12,8 @@ import pytest
 
 from magicpixels.assets.v1 import assets_pb2, assets_pb2_grpc
 from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
-from magicpixels.core.settings import MeshSettings
 from magicpixels.jobs.v1 import jobs_pb2, jobs_pb2_grpc
-from magicpixels.mesh import RunningMesh, start_mesh
+from magicpixels.mesh import RunningMesh
 from magicpixels.services.inference.backends import MODES, BuiltinBackend, ProgressCallback
 from magicpixels.services.inference.builtin_image import generate_image
 from magicpixels.services.inference.inputs import Inputs
@@ -22,7 +21,7 @@ from magicpixels.services.inference.media import EncodedMedia
 from magicpixels.services.inference.worker import Worker
 from tests.inference.probe import decode_audio, image_pixels
 from tests.inference.uploads import upload
-from tests.support import Database, eventually, mesh_databases
+from tests.support import Database, eventually, services_of
 
 ACCOUNT = "acct_worker_test"
 
@@ -47,17 +46,9 @@ class GatedBackend(BuiltinBackend):
 
 @pytest.fixture
 async def services(database: Database, tmp_path: Path) -> AsyncIterator[RunningMesh]:
-    data_dir = tmp_path / "mesh"
-    running = await start_mesh(
-        MeshSettings(data_dir=data_dir, grace_seconds=0.2),
-        None,
-        only=("billing", "assets", "jobs"),
-        service_settings=mesh_databases(database, data_dir),
-    )
-    billing = billing_pb2_grpc.BillingServiceStub(running.mesh.channel("billing"))
-    await billing.Grant(billing_pb2.GrantRequest(account_id=ACCOUNT, amount=5))
-    yield running
-    await running.stop()
+    names = ("billing", "assets", "jobs")
+    async with services_of(database, tmp_path / "mesh", names, {ACCOUNT: 5}) as running:
+        yield running
 
 
 def worker_for(running: RunningMesh, backend: GatedBackend) -> Worker:

@@ -14,27 +14,18 @@ from PIL import Image
 from magicpixels.assets.v1 import assets_pb2, assets_pb2_grpc
 from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
 from magicpixels.core.errors import remote_error
-from magicpixels.core.settings import MeshSettings
 from magicpixels.jobs.v1 import jobs_pb2, jobs_pb2_grpc
-from magicpixels.mesh import RunningMesh, start_mesh
-from tests.support import Database, mesh_databases
+from magicpixels.mesh import RunningMesh
+from tests.support import Database, services_of
 
 OWNER = "acct_owner"
 
 
 @pytest.fixture
 async def services(database: Database, tmp_path: Path) -> AsyncIterator[RunningMesh]:
-    data_dir = tmp_path / "mesh"
-    running = await start_mesh(
-        MeshSettings(data_dir=data_dir, grace_seconds=0.2),
-        None,
-        only=("billing", "assets", "jobs"),
-        service_settings=mesh_databases(database, data_dir),
-    )
-    billing = billing_pb2_grpc.BillingServiceStub(running.mesh.channel("billing"))
-    await billing.Grant(billing_pb2.GrantRequest(account_id=OWNER, amount=500))
-    yield running
-    await running.stop()
+    names = ("billing", "assets", "jobs")
+    async with services_of(database, tmp_path / "mesh", names, {OWNER: 500}) as running:
+        yield running
 
 
 async def upload_png(
