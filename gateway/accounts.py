@@ -1,7 +1,9 @@
 """Accounts: signup, the account of the calling key, its webhook signing secret."""
 
+import asyncio
 from typing import Annotated, Any
 
+import grpc
 from fastapi import APIRouter, Depends, Request
 from google.protobuf.duration_pb2 import Duration
 from pydantic import BaseModel, ConfigDict
@@ -44,11 +46,25 @@ async def get_account(
     request: Request, principal: Annotated[Principal, Depends(require("account:read"))]
 ) -> dict[str, Any]:
     mesh = gateway(request)
-    found = await mesh.auth.GetAccount(auth_pb2.GetAccountRequest(id=principal.account_id))
-    balance = await mesh.billing.GetBalance(
-        billing_pb2.GetBalanceRequest(account_id=principal.account_id)
+    found, balance, plan = await asyncio.gather(
+        mesh.auth.GetAccount(auth_pb2.GetAccountRequest(id=principal.account_id)),
+        mesh.billing.GetBalance(billing_pb2.GetBalanceRequest(account_id=principal.account_id)),
+        _subscribed_plan(request, principal.account_id),
     )
-    return render.account(found, balance)
+    return render.account(found, balance, plan)
+
+
+async def _subscribed_plan(request: Request, account_id: str) -> str | None:
+    """The plan of the account's active subscription (billing owns plans); None without one."""
+    try:
+        found = await gateway(request).billing.GetSubscription(
+            billing_pb2.GetSubscriptionRequest(account_id=account_id)
+        )
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            return None
+        raise
+    return found.plan_id if found.status == billing_pb2.SUBSCRIPTION_STATUS_ACTIVE else None
 
 
 class WebhookSecretRotate(BaseModel):

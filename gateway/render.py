@@ -11,13 +11,16 @@ from magicpixels.billing.v1 import billing_pb2
 from magicpixels.core.timestamps import rfc3339_field as timestamp
 
 
-def account(found: auth_pb2.Account, balance: billing_pb2.Balance) -> dict[str, Any]:
+def account(
+    found: auth_pb2.Account, balance: billing_pb2.Balance, plan: str | None = None
+) -> dict[str, Any]:
+    """`plan`: the active subscription's, when there is one; else the account's own (free)."""
     return {
         "object": "account",
         "id": found.id,
         "email": found.email,
         "name": found.name or None,
-        "plan": found.plan,
+        "plan": plan or found.plan,
         "credits": {"available": balance.available, "reserved": balance.reserved},
         "created_at": timestamp(found, "create_time"),
     }

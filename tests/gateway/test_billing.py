@@ -214,8 +214,10 @@ async def test_a_subscription_waits_for_the_operator_then_refills(
     }
     assert (await client.get("/v1/subscription", headers=auth)).json() == pending
     assert await credits(client, auth) == {"available": 0, "reserved": 0}
+    assert (await client.get("/v1/account", headers=auth)).json()["plan"] == "free"
 
     await admin(running_mesh, "approve-subscription", account_id)
+    assert (await client.get("/v1/account", headers=auth)).json()["plan"] == "starter"
 
     active = (await client.get("/v1/subscription", headers=auth)).json()
     assert (active["id"], active["status"], active["cancel_at_period_end"]) == (
