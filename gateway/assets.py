@@ -235,16 +235,22 @@ async def sign_asset_url(
     return {"url": url, "expires_at": expires_at}
 
 
-async def _owner(request: Request, asset_id: str) -> tuple[str, bool | None]:
-    """Whose asset this request may read, and of which mode: a signed URL names the asset
-    itself (any mode); a bearer key, its account's assets of its own mode."""
+async def _readable(request: Request, asset_id: str) -> tuple[assets_pb2.Asset, bool | None]:
+    """The asset this request may read, and the mode to read it in: a signed URL names the
+    asset itself (any mode); a bearer key, its account's assets of its own mode."""
+    assets = gateway(request).assets
     if "signature" in request.query_params:
-        asset = await gateway(request).assets.VerifyUrl(
+        verified = await assets.VerifyUrl(
             assets_pb2.VerifyUrlRequest(id=asset_id, query=request.url.query)
         )
-        return asset.account_id, None
+        return verified, None
     principal = await authorize(request, "assets:read")
-    return principal.account_id, principal.livemode
+    found = await assets.GetAsset(
+        assets_pb2.GetAssetRequest(
+            id=asset_id, account_id=principal.account_id, livemode=principal.livemode
+        )
+    )
+    return found, principal.livemode
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -285,11 +291,9 @@ def _media_type(asset: assets_pb2.Asset) -> str:
 @router.api_route("/assets/{asset_id}/content", methods=["GET", "HEAD"], response_class=Response)
 async def asset_content(asset_id: str, request: Request) -> Response:
     """The bytes, for the owner's key or a signed URL. `Range` gives 206; `If-None-Match` 304."""
-    account_id, livemode = await _owner(request, asset_id)
+    asset, livemode = await _readable(request, asset_id)
+    account_id = asset.account_id
     assets = gateway(request).assets
-    asset = await assets.GetAsset(
-        assets_pb2.GetAssetRequest(id=asset_id, account_id=account_id, livemode=livemode)
-    )
     headers = _headers(asset)
     if request.headers.get("if-none-match") == headers["ETag"]:
         return Response(status_code=304, headers=headers)

@@ -15,7 +15,7 @@ from magicpixels.billing.v1 import billing_pb2
 from magicpixels.core.errors import RemoteError, remote_error
 from magicpixels.gateway.errors import ApiError, from_remote
 from magicpixels.gateway.listing import Page, list_object, page
-from magicpixels.gateway.principal import Principal, require
+from magicpixels.gateway.principal import Principal, require, require_live
 from magicpixels.gateway.render import timestamp
 from magicpixels.gateway.state import gateway
 
@@ -96,17 +96,6 @@ def subscription(found: billing_pb2.Subscription) -> dict[str, Any]:
     }
 
 
-def _live(principal: Principal) -> Principal:
-    if not principal.livemode:
-        raise ApiError(
-            403,
-            "permission_error",
-            "test_key_not_allowed",
-            "A test-mode key cannot change the subscription; use a live key.",
-        )
-    return principal
-
-
 @router.get("/pricing")
 async def get_pricing(request: Request) -> dict[str, Any]:
     """What each mode costs in credits: `credits` per job, or per started `unit_block`
@@ -157,8 +146,9 @@ async def subscribe(
     """Subscribes to a plan, or changes to it. A plan with a price stays `pending` until its
     payment is approved; its credits come when its period starts. Subscribing again to the
     running plan changes nothing (and undoes a cancellation at period end)."""
+    require_live(principal, "change the subscription")
     call = gateway(request).billing.Subscribe(
-        billing_pb2.SubscribeRequest(account_id=_live(principal).account_id, plan_id=body.plan)
+        billing_pb2.SubscribeRequest(account_id=principal.account_id, plan_id=body.plan)
     )
     try:
         return subscription(await call)
@@ -175,8 +165,9 @@ async def cancel_subscription(
 ) -> dict[str, Any]:
     """Cancels at the end of the running period, which is not refilled again; a pending
     subscription ends at once."""
+    require_live(principal, "change the subscription")
     found = await gateway(request).billing.CancelSubscription(
-        billing_pb2.CancelSubscriptionRequest(account_id=_live(principal).account_id)
+        billing_pb2.CancelSubscriptionRequest(account_id=principal.account_id)
     )
     return subscription(found)
 

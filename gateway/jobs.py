@@ -169,7 +169,7 @@ async def list_jobs(
             **listing.rpc,
         )
     )
-    data = [await job_json(request, job) for job in found.jobs]
+    data = list(await asyncio.gather(*(job_json(request, job) for job in found.jobs)))
     return JSONResponse(list_object(data, found.next_page_token))
 
 

@@ -28,7 +28,7 @@ class InputLookup:
         named = named_assets(spec)
         if not named:
             return {}
-        assets = assets_pb2_grpc.AssetsServiceStub(self._mesh.channel("assets"))
+        assets = self._mesh.stub("assets", assets_pb2_grpc.AssetsServiceStub)
         found = await asyncio.gather(
             *(
                 assets.GetAsset(assets_pb2.GetAssetRequest(id=asset_id, account_id=account_id))

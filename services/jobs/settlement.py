@@ -56,7 +56,7 @@ class Settlement:
 
     def _billing(self) -> billing_pb2_grpc.BillingServiceStub:
         # Resolved on use: billing may start after jobs.
-        return billing_pb2_grpc.BillingServiceStub(self._mesh.channel("billing"))
+        return self._mesh.stub("billing", billing_pb2_grpc.BillingServiceStub)
 
     async def quote(
         self, account_id: str, livemode: bool, spec: jobs_pb2.JobSpec

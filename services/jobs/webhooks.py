@@ -219,14 +219,14 @@ class WebhookDispatcher:
 
     async def _secrets(self, account_id: str) -> list[str]:
         """The account's signing secret, and the one it replaced while that is still valid."""
-        auth = auth_pb2_grpc.AuthServiceStub(self._mesh.channel("auth"))
+        auth = self._mesh.stub("auth", auth_pb2_grpc.AuthServiceStub)
         request = auth_pb2.GetWebhookSecretRequest(account_id=account_id)
         found = await auth.GetWebhookSecret(request)
         return [found.secret, *([found.previous_secret] if found.previous_secret else [])]
 
     async def _job_json(self, delivery: DeliveryRow) -> dict[str, Any]:
         job = json_format.Parse(delivery.job, jobs_pb2.Job())
-        assets = assets_pb2_grpc.AssetsServiceStub(self._mesh.channel("assets"))
+        assets = self._mesh.stub("assets", assets_pb2_grpc.AssetsServiceStub)
         urls = public.ContentUrls(assets, self._public_url)
         return public.job(job, await urls.of_result(job, self._result_url_seconds))
 

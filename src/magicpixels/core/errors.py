@@ -64,10 +64,6 @@ class PermissionDenied(DomainError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
-class ResourceExhausted(DomainError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
 class Unavailable(DomainError):
     code = grpc.StatusCode.UNAVAILABLE
 

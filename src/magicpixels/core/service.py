@@ -1,8 +1,8 @@
 """What every service is built from and how one is started on its own port."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -19,6 +19,8 @@ from magicpixels.core.settings import (
     remove_address,
     write_address,
 )
+
+StubT = TypeVar("StubT")
 
 
 class Service(Protocol):
@@ -39,6 +41,7 @@ class Mesh:
     settings: MeshSettings
     bus: EventBus
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+    _stubs: dict[tuple[str, object], Any] = field(default_factory=dict)
 
     def channel(self, service: str) -> grpc.aio.Channel:
         if service not in self._channels:
@@ -53,7 +56,16 @@ class Mesh:
             )
         return self._channels[service]
 
+    def stub(self, service: str, stub_class: Callable[[grpc.aio.Channel], StubT]) -> StubT:
+        """A stub of the service, made once: building one builds a callable per method."""
+        key = (service, stub_class)
+        if key not in self._stubs:
+            self._stubs[key] = stub_class(self.channel(service))
+        stub: StubT = self._stubs[key]
+        return stub
+
     async def close(self) -> None:
+        self._stubs.clear()
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
