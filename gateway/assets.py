@@ -65,8 +65,13 @@ class _Upload:
             self._call.cancel()
 
     async def start(self, header: assets_pb2.UploadHeader) -> None:
+        """Opens the call and waits for the service to accept the header: a refusal (a declared
+        size over the limit) then arrives as the service's own answer, not as a failed write."""
         self._call = self._stub.UploadAsset(timeout=UPLOAD_SECONDS)
         await self._send(assets_pb2.UploadAssetRequest(header=header))
+        accepted = await self._call.initial_metadata()
+        if accepted is None or accepted.get("upload") != "accepted":
+            await self._call  # the service refused the header: this raises its answer
 
     async def send(self, chunk: bytes) -> None:
         """Sends the body's bytes in messages of about UPLOAD_MESSAGE_BYTES."""

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from magicpixels.assets.v1 import assets_pb2, assets_pb2_grpc
 from magicpixels.core import paging
-from magicpixels.core.errors import InvalidArgument, NotFound
+from magicpixels.core.errors import DomainError, InvalidArgument, NotFound
 from magicpixels.core.server import ServiceBinding
 from magicpixels.core.service import Mesh, open_database
 from magicpixels.core.settings import AssetsSettings, secret_value
@@ -20,6 +20,8 @@ from magicpixels.services.assets.catalog import Catalog
 from magicpixels.services.assets.domain import AssetRecord, Kind, Origin
 from magicpixels.services.assets.s3 import S3BlobStore
 
+# Initial metadata of an UploadAsset whose header was accepted (see UploadAsset).
+UPLOAD_ACCEPTED = (("upload", "accepted"),)
 SERVICE_NAME = assets_pb2.DESCRIPTOR.services_by_name["AssetsService"].full_name
 
 _KINDS = {
@@ -73,7 +75,15 @@ class AssetsServicer(assets_pb2_grpc.AssetsServiceServicer):
             job_id=header.job_id,
             declared_size=header.size_bytes if header.HasField("size_bytes") else None,
         )
-        return _asset(await self._catalog.upload(plan, _chunks(messages)))
+        # Says the header was accepted: a client waits for this before sending the bytes, so
+        # a refused header (a declared size over the limit) is answered before any write races
+        # the refusal.
+        await context.send_initial_metadata(UPLOAD_ACCEPTED)
+        try:
+            return _asset(await self._catalog.upload(plan, _chunks(messages)))
+        except DomainError:
+            await _drain(messages)
+            raise
 
     async def ReadAsset(
         self, request: assets_pb2.ReadAssetRequest, context: grpc.aio.ServicerContext
@@ -134,6 +144,19 @@ async def _header(
             "PARAMETER_MISSING", "the first message must carry the upload header", param="header"
         )
     return first.header
+
+
+# A refused upload's remaining bytes are read (and dropped) up to this much, so the client gets
+# the refusal as the answer: gRPC turns a write racing an early answer into INTERNAL.
+_DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
+
+
+async def _drain(requests: AsyncIterator[assets_pb2.UploadAssetRequest]) -> None:
+    drained = 0
+    async for request in requests:
+        drained += len(request.chunk)
+        if drained > _DRAIN_LIMIT_BYTES:
+            return
 
 
 async def _chunks(requests: AsyncIterator[assets_pb2.UploadAssetRequest]) -> AsyncIterator[bytes]:
