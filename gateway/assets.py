@@ -243,14 +243,13 @@ async def sign_asset_url(
 async def _readable(request: Request, asset_id: str) -> tuple[assets_pb2.Asset, bool | None]:
     """The asset this request may read, and the mode to read it in: a signed URL names the
     asset itself (any mode); a bearer key, its account's assets of its own mode."""
-    assets = gateway(request).assets
     if "signature" in request.query_params:
-        verified = await assets.VerifyUrl(
+        verified = await gateway(request).assets.VerifyUrl(
             assets_pb2.VerifyUrlRequest(id=asset_id, query=request.url.query)
         )
         return verified, None
     principal = await authorize(request, "assets:read")
-    found = await assets.GetAsset(
+    found = await gateway(request).assets.GetAsset(
         assets_pb2.GetAssetRequest(
             id=asset_id, account_id=principal.account_id, livemode=principal.livemode
         )
