@@ -28,9 +28,6 @@ MODES = ("text_to_image", "image_to_image", "text_to_audio", "image_to_video")
 MAX_SEED = 2**32 - 1
 MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 64, 2048, 8
 _MAX_URL_LENGTH = 2048
-# Fields the rules check whose feature does not exist yet (no deadline enforced): refused rather
-# than accepted and ignored.
-NOT_YET_SUPPORTED = frozenset({"deadline_seconds"})
 
 # An Idempotency-Key answers the same request again for this long; after that it is free.
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -420,12 +417,9 @@ def _rules_of(mode: int) -> tuple[Rule, ...]:
 
 
 def _refuse_unused_fields(spec: jobs_pb2.JobSpec, rules: tuple[Rule, ...]) -> None:
-    """Refuses the fields the mode has no use for, and those not supported yet."""
+    """Refuses the fields the mode has no use for."""
     accepted = {"mode", *(rule.field for rule in rules)}
     for descriptor, _ in spec.ListFields():
-        if descriptor.name in NOT_YET_SUPPORTED:
-            message = f"{descriptor.name} is not supported yet"
-            raise InvalidArgument("PARAMETER_UNSUPPORTED", message, param=descriptor.name)
         if descriptor.name not in accepted:
             raise _invalid(descriptor.name, f"absent in {mode_name(spec.mode)} jobs")
 

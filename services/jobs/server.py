@@ -3,7 +3,7 @@
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,17 +18,21 @@ from magicpixels.core.settings import JobsSettings
 from magicpixels.core.timestamps import to_timestamp, utcnow
 from magicpixels.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from magicpixels.services.jobs import domain, store
+from magicpixels.services.jobs.deadlines import DeadlineTimer
 from magicpixels.services.jobs.domain import State
 from magicpixels.services.jobs.inputs import InputLookup
 from magicpixels.services.jobs.reconciler import Reconciler
 from magicpixels.services.jobs.settlement import Settlement
 from magicpixels.services.jobs.signals import (
+    DEADLINES_CHANNEL,
     QUEUED_CHANNEL,
     WEBHOOKS_CHANNEL,
+    Hints,
     QueueSignal,
     announce,
     announce_progress,
     changed_channel,
+    queue_channel,
 )
 from magicpixels.services.jobs.store import JobRow
 from magicpixels.services.jobs.webhooks import WebhookDispatcher
@@ -155,16 +159,28 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
     async def WatchJob(
         self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[jobs_pb2.JobEvent]:
-        # Subscribed before the first read, so no change after it goes unseen.
-        async with self._bus.subscribe(changed_channel(request.id)) as hints:
-            job = await self._visible(request)
-            yield await self._event(job, jobs_pb2.JOB_EVENT_TYPE_STATUS)
-            while not domain.is_terminal(job.state):
-                await anext(hints)
-                previous, job = job, await self._visible(request)
+        """The job, then each change of its status, progress or queue position."""
+        async with AsyncExitStack() as stack:
+            hints = Hints(stack, self._bus)
+            # Followed before the reads, so no change after them goes unseen.
+            await hints.follow(changed_channel(request.id))
+            row = await self._visible(request)
+            await hints.follow(queue_channel(row.mode))
+            row = await self._visible(request)
+            job = await self._encode(row)
+            yield _event(job, jobs_pb2.JOB_EVENT_TYPE_STATUS, row.updated_at)
+            while not domain.is_terminal(row.state):
+                hinted = await hints.next()
+                if row.state != State.QUEUED and hinted == {queue_channel(row.mode)}:
+                    continue  # the queue moved, but this job is not in it
+                previous, row = job, await self._visible(request)
+                job = await self._encode(row)
                 change = _change(previous, job)
-                if change:
-                    yield await self._event(job, change)
+                if change == jobs_pb2.JOB_EVENT_TYPE_QUEUE_POSITION:
+                    # Another job moved: this one was not updated.
+                    yield _event(job, change, utcnow())
+                elif change:
+                    yield _event(job, change, row.updated_at)
 
     async def LeaseJob(
         self, request: jobs_pb2.LeaseJobRequest, context: grpc.aio.ServicerContext
@@ -268,24 +284,29 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
             raise NotFound("JOB_NOT_FOUND", f"no job {request.id}")
         return job
 
-    async def _event(self, job: JobRow, kind: int) -> jobs_pb2.JobEvent:
-        return jobs_pb2.JobEvent(
-            type=kind, job=await self._encode(job), event_time=to_timestamp(job.updated_at)
-        )
-
     async def _encode(self, job: JobRow) -> jobs_pb2.Job:
         if job.state != State.QUEUED:
             return store.job_message(job)
         return store.job_message(job, await store.queue_position(self._engine, job))
 
 
-def _change(previous: JobRow, current: JobRow) -> int | None:
+def _event(job: jobs_pb2.Job, kind: int, at: datetime) -> jobs_pb2.JobEvent:
+    return jobs_pb2.JobEvent(type=kind, job=job, event_time=to_timestamp(at))
+
+
+def _change(previous: jobs_pb2.Job, current: jobs_pb2.Job) -> int | None:
     """The kind of change a watcher is told about, if any."""
     if current.state != previous.state:
         return jobs_pb2.JOB_EVENT_TYPE_STATUS
     if current.progress != previous.progress:
         return jobs_pb2.JOB_EVENT_TYPE_PROGRESS
+    if _position(current) != _position(previous):
+        return jobs_pb2.JOB_EVENT_TYPE_QUEUE_POSITION
     return None
+
+
+def _position(job: jobs_pb2.Job) -> int | None:
+    return job.queue_position if job.HasField("queue_position") else None
 
 
 def _lease_wait(requested: float) -> float:
@@ -351,11 +372,18 @@ class JobsService:
         )
         dispatcher = WebhookDispatcher(engine, self._mesh, self.settings)
         self._dispatcher = dispatcher
+        deadline_hints = await self._subscriptions.enter_async_context(
+            self._mesh.bus.subscribe(DEADLINES_CHANNEL)
+        )
+        deadlines = DeadlineTimer(engine, settlement, self._mesh.bus)
         self._tasks = [
             asyncio.create_task(signal.follow(queued_hints)),
             asyncio.create_task(reconciler.run()),
             asyncio.create_task(dispatcher.follow(webhook_hints)),
             asyncio.create_task(dispatcher.run()),
+            asyncio.create_task(deadlines.follow(deadline_hints)),
+            # Reads the pending deadlines first: those set before a restart fire too.
+            asyncio.create_task(deadlines.run()),
         ]
         servicer = JobsServicer(
             engine, settlement, InputLookup(self._mesh), self._mesh.bus, signal, self.settings

@@ -81,7 +81,7 @@ class Settlement:
             if error.code() not in _OUTCOME_UNKNOWN:
                 await store.fail_pending(self._engine, job.id, _refusal(error), utcnow())
             raise
-        queued = await store.mark_queued(self._engine, job.id, hold.amount, utcnow())
+        queued = await store.mark_queued(self._engine, job, hold.amount, utcnow())
         if queued is None:
             await self._give_back(job.id)
             raise Unavailable("JOB_ABANDONED", "the job took too long to create; create it again")

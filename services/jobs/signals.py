@@ -1,5 +1,6 @@
-"""Hints on the event bus: a job changed (for its watchers), a job was queued (for idle workers),
-a job's move enqueued a webhook delivery (for the webhook dispatchers).
+"""Hints on the event bus: a job changed (for its watchers), a job was queued (for idle workers
+and, with a deadline, for the deadline timers), a job's move enqueued a webhook delivery (for
+the webhook dispatchers), the jobs ahead in a queue changed (for the watchers of queued jobs).
 
 Hints are lossy by design: the database holds the truth, a watcher reads the job again on
 every hint, and a waiting worker looks for work again when its wait ends.
@@ -8,16 +9,20 @@ every hint, and a waiting worker looks for work again when its wait ends.
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 
 import structlog
 from redis.exceptions import RedisError
 
 from magicpixels.core.bus import EventBus
+from magicpixels.core.timestamps import as_utc
 from magicpixels.services.jobs.domain import State
 from magicpixels.services.jobs.store import JobRow, webhook_event_of
 
 QUEUED_CHANNEL = "jobs.queued"
 WEBHOOKS_CHANNEL = "jobs.webhooks"
+# The deadline of a job just queued, ISO 8601.
+DEADLINES_CHANNEL = "jobs.deadlines"
 
 log = structlog.get_logger("magicpixels.jobs")
 
@@ -26,15 +31,35 @@ def changed_channel(job_id: str) -> str:
     return f"jobs.changed.{job_id}"
 
 
+def queue_channel(mode: str) -> str:
+    """Where a mode's queue tells that the jobs ahead of some of its jobs changed."""
+    return f"jobs.queue.{mode}"
+
+
 async def announce(bus: EventBus, *jobs: JobRow) -> None:
-    """Tells watchers that these jobs moved, idle workers about the queued ones, and webhook
-    dispatchers about the deliveries the moves enqueued."""
+    """Tells watchers that these jobs moved, idle workers about the queued ones, the deadline
+    timers about their deadlines, the watchers of the jobs behind about moves in and out of the
+    queue, and webhook dispatchers about the deliveries the moves enqueued."""
     for job in jobs:
         await _publish(bus, changed_channel(job.id), job.state.encode())
         if job.state == State.QUEUED:
             await _publish(bus, QUEUED_CHANNEL, job.mode.encode())
+            if job.deadline_at is not None:
+                deadline = as_utc(job.deadline_at).isoformat()
+                await _publish(bus, DEADLINES_CHANNEL, deadline.encode())
+        if _moves_others_in_queue(job):
+            await _publish(bus, queue_channel(job.mode), job.id.encode())
         if webhook_event_of(job):
             await _publish(bus, WEBHOOKS_CHANNEL, job.id.encode())
+
+
+def _moves_others_in_queue(job: JobRow) -> bool:
+    """Whether the move changed how many jobs are ahead of others: the job left the queue
+    (leased or canceled; a cancel of a running job is told too, harmlessly), or came back to
+    its place in it (a retry). A new job joins at the back, ahead of none."""
+    if job.state == State.QUEUED:
+        return job.attempts > 0
+    return job.state in (State.RUNNING, State.CANCELED)
 
 
 async def announce_progress(bus: EventBus, job: JobRow) -> None:
@@ -49,6 +74,42 @@ async def _publish(bus: EventBus, channel: str, message: bytes) -> None:
     except RedisError:
         # The change is committed; failing the call now would only make its caller repeat it.
         log.warning("hint_not_published", channel=channel, exc_info=True)
+
+
+class Hints:
+    """The hints of several channels as one stream: which channels hinted since the last read.
+
+    Hints that arrive while the reader is busy are merged, so a reader is never further behind
+    than one read."""
+
+    def __init__(self, stack: AsyncExitStack, bus: EventBus) -> None:
+        self._stack = stack
+        self._bus = bus
+        self._hinted: set[str] = set()
+        self._arrived = asyncio.Event()
+
+    async def follow(self, channel: str) -> None:
+        """Follows the channel from now on, until the stack closes."""
+        messages = await self._stack.enter_async_context(self._bus.subscribe(channel))
+        forwarding = asyncio.create_task(self._forward(channel, messages))
+        self._stack.push_async_callback(_stopped, forwarding)
+
+    async def _forward(self, channel: str, messages: AsyncIterator[bytes]) -> None:
+        async for _ in messages:
+            self._hinted.add(channel)
+            self._arrived.set()
+
+    async def next(self) -> set[str]:
+        await self._arrived.wait()
+        self._arrived.clear()
+        hinted, self._hinted = self._hinted, set()
+        return hinted
+
+
+async def _stopped(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 class QueueSignal:

@@ -34,13 +34,13 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    case,
     delete,
     exists,
     func,
     insert,
     or_,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -95,11 +95,29 @@ jobs = Table(
     Column("completed_at", DateTime(timezone=True)),
     Column("deadline_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # The job's place in its mode's queue, taken when first queued and kept through retries:
+    # each mode numbers its jobs 1, 2, 3... without a gap (see `queue_position`).
+    Column("queue_seq", BigInteger),
     Index("ix_jobs_state_mode_queued_at", "state", "mode", "queued_at"),
+    Index("ix_jobs_state_mode_queue_seq", "state", "mode", "queue_seq"),
+    # The scheduler finds the next deadline of the jobs not ended, one index seek per state.
+    Index("ix_jobs_state_deadline_at", "state", "deadline_at"),
     # Ids sort by creation time, so the newest-first history pages on (account_id, id).
     Index("ix_jobs_account_id_id", "account_id", "id"),
     # Few jobs stay held once ended: the reconciler finds them without reading the rest.
     Index("ix_jobs_billing_state", "billing", "state"),
+)
+
+# One row per mode: the last queue_seq it handed out, and the queued_at given with it. Taking the
+# next number locks the row until the transaction that queues the job commits, so numbers are
+# committed in order and every snapshot sees each mode's numbers from 1 without a gap.
+job_queues = Table(
+    "job_queues",
+    metadata,
+    Column("mode", String(32), primary_key=True),
+    Column("last_seq", BigInteger, nullable=False),
+    # Never earlier than the previous job's, so queued_at follows queue_seq within a mode.
+    Column("last_queued_at", DateTime(timezone=True)),
 )
 
 job_events = Table(
@@ -325,34 +343,80 @@ def _visible_to(account_id: str) -> tuple[ColumnElement[bool], ...]:
     return jobs.c.account_id == account_id, jobs.c.queued_at.is_not(None)
 
 
-async def queue_position(engine: AsyncEngine, job: JobRow) -> int:
-    """How many queued jobs of the same mode will be leased before this one."""
-    ahead = (
+# The states of a job that was queued once and is out of the queue now.
+_OUT_OF_QUEUE = sorted(TERMINAL | {State.RUNNING})
+
+
+async def queue_position(engine: AsyncEngine, job: JobRow) -> int | None:
+    """How many queued jobs of the job's mode are ahead of it; None once it left the queue.
+
+    Not a count of the jobs ahead, which would read as many index entries as there are: a
+    mode's numbers have no gap, so the jobs ahead are the numbers from the head of the queue
+    (its lowest queued number) to the job's, less those of them out of the queue already, the
+    few that left it out of order (canceled, past their deadline, or leased while the head
+    waited out a retry's backoff). One statement, so one snapshot: two index seeks and a range
+    as long as the jobs that left out of order.
+    """
+    mode = jobs.c.mode == job.mode
+    head = select(func.min(jobs.c.queue_seq)).where(jobs.c.state == State.QUEUED, mode)
+    left_early = (
         select(func.count())
         .select_from(jobs)
         .where(
-            jobs.c.state == State.QUEUED,
-            jobs.c.mode == job.mode,
-            tuple_(jobs.c.queued_at, jobs.c.id) < tuple_(job.queued_at, job.id),
+            jobs.c.state.in_(_OUT_OF_QUEUE),
+            mode,
+            jobs.c.queue_seq > head.scalar_subquery(),
+            jobs.c.queue_seq < job.queue_seq,
         )
     )
+    query = select(head.scalar_subquery(), left_early.scalar_subquery())
     async with engine.connect() as connection:
-        return (await connection.execute(ahead)).scalar_one()
+        first, out = (await connection.execute(query)).one()
+    if first is None or first > job.queue_seq:
+        return None
+    return int(job.queue_seq - first - out)
 
 
 async def mark_queued(
-    engine: AsyncEngine, job_id: str, cost_credits: int, now: datetime
+    engine: AsyncEngine, job: JobRow, cost_credits: int, now: datetime
 ) -> JobRow | None:
-    return await _move_one(
-        engine,
-        State.QUEUED,
-        jobs.c.id == job_id,
-        jobs.c.state == State.PENDING,
-        now=now,
-        cost_credits=cost_credits,
-        billing=HoldStatus.HELD,
-        queued_at=now,
+    """Queues a pending job behind the others of its mode, with the next number of its queue."""
+    async with engine.connect() as connection, connection.begin() as transaction:
+        seq, queued_at = await _next_in_queue(connection, job.mode, now)
+        queued = await _move(
+            connection,
+            State.QUEUED,
+            jobs.c.id == job.id,
+            jobs.c.state == State.PENDING,
+            now=now,
+            cost_credits=cost_credits,
+            billing=HoldStatus.HELD,
+            queued_at=queued_at,
+            queue_seq=seq,
+        )
+        if not queued:  # hands the number back, so that the mode's numbers keep no gap
+            await transaction.rollback()
+            return None
+    return queued[0]
+
+
+async def _next_in_queue(
+    connection: AsyncConnection, mode: str, now: datetime
+) -> tuple[int, datetime]:
+    """The mode's next queue number, and the queued_at that goes with it: `now`, or the last
+    one given when that is later (clocks of several processes differ)."""
+    last_queued_at = job_queues.c.last_queued_at
+    statement = (
+        update(job_queues)
+        .where(job_queues.c.mode == mode)
+        .values(
+            last_seq=job_queues.c.last_seq + 1,
+            last_queued_at=case((last_queued_at > now, last_queued_at), else_=now),
+        )
+        .returning(job_queues.c.last_seq, last_queued_at)
     )
+    taken = (await connection.execute(statement)).one()
+    return taken.last_seq, as_utc(taken.last_queued_at)
 
 
 async def fail_pending(
@@ -413,7 +477,8 @@ async def lease_next(
             jobs.c.mode.in_(modes),
             or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now),
         )
-        .order_by(jobs.c.queued_at, jobs.c.id)
+        # queued_at follows queue_seq within a mode, and queue_seq breaks its ties.
+        .order_by(jobs.c.queued_at, jobs.c.queue_seq)
         .limit(1)
         .with_for_update(skip_locked=True)
         .scalar_subquery()
@@ -511,6 +576,39 @@ async def cancel(engine: AsyncEngine, job_id: str, account_id: str, now: datetim
     )
 
 
+# The states a job may be canceled from when its deadline passes.
+_DEADLINE_STATES = sorted(sources_of(State.CANCELED))
+
+
+async def cancel_overdue(
+    engine: AsyncEngine, error: jobs_pb2.JobError, now: datetime
+) -> list[JobRow]:
+    """Cancels the queued and running jobs whose deadline has passed, with `error`; as a cancel,
+    the lease token stays so that a running job's worker learns of it at its next heartbeat."""
+    return await _move_many(
+        engine,
+        State.CANCELED,
+        jobs.c.deadline_at <= now,
+        now=now,
+        completed_at=now,
+        lease_expires_at=None,
+        **_error_values(error),
+    )
+
+
+async def next_deadline(engine: AsyncEngine) -> datetime | None:
+    """The earliest deadline of a queued or running job: one index seek per state."""
+    earliest = [
+        select(func.min(jobs.c.deadline_at))
+        .where(jobs.c.state == state, jobs.c.deadline_at.is_not(None))
+        .scalar_subquery()
+        for state in _DEADLINE_STATES
+    ]
+    async with engine.connect() as connection:
+        found = (await connection.execute(select(*earliest))).one()
+    return min((as_utc(deadline) for deadline in found if deadline is not None), default=None)
+
+
 async def set_billing(
     engine: AsyncEngine, job_id: str, billing: HoldStatus, now: datetime
 ) -> JobRow:
@@ -578,9 +676,15 @@ def _error_values(error: jobs_pb2.JobError) -> dict[str, str]:
 async def _move_one(
     engine: AsyncEngine, target: State, *guards: ColumnElement[bool], now: datetime, **values: Any
 ) -> JobRow | None:
-    async with engine.begin() as connection:
-        moved = await _move(connection, target, *guards, now=now, **values)
+    moved = await _move_many(engine, target, *guards, now=now, **values)
     return moved[0] if moved else None
+
+
+async def _move_many(
+    engine: AsyncEngine, target: State, *guards: ColumnElement[bool], now: datetime, **values: Any
+) -> list[JobRow]:
+    async with engine.begin() as connection:
+        return await _move(connection, target, *guards, now=now, **values)
 
 
 async def _move(

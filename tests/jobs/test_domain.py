@@ -88,7 +88,8 @@ def test_limits_are_accepted(fields: dict[str, Any]) -> None:
         ({"guidance_scale": float("nan")}, "PARAMETER_INVALID", "guidance_scale"),
         ({"output_format": "gif"}, "PARAMETER_INVALID", "output_format"),
         ({"output_format": "mp4"}, "PARAMETER_INVALID", "output_format"),
-        ({"deadline_seconds": 600}, "PARAMETER_UNSUPPORTED", "deadline_seconds"),
+        ({"deadline_seconds": 0}, "PARAMETER_INVALID", "deadline_seconds"),
+        ({"deadline_seconds": 86401}, "PARAMETER_INVALID", "deadline_seconds"),
         ({"metadata": {f"k{i}": "v" for i in range(17)}}, "PARAMETER_INVALID", "metadata"),
         ({"metadata": {"k" * 41: "v"}}, "PARAMETER_INVALID", "metadata"),
         ({"metadata": {"": "v"}}, "PARAMETER_INVALID", "metadata"),
@@ -105,40 +106,11 @@ def test_each_rule_refuses_with_its_param(fields: dict[str, Any], reason: str, p
     assert refusal(spec) == (reason, param)
 
 
-def rule_for(field: str) -> domain.Rule:
-    [rule] = [rule for rule in domain.RULES["text_to_image"] if rule.field == field]
-    return rule
+@pytest.mark.parametrize("seconds", [1, 600, 86400])
+def test_a_deadline_within_its_limits_is_kept(seconds: int) -> None:
+    resolved = domain.resolve_spec(text_to_image(deadline_seconds=seconds))
 
-
-@pytest.mark.parametrize(
-    "fields",
-    [
-        {"deadline_seconds": 1},
-        {"deadline_seconds": 86400},
-    ],
-)
-def test_the_rules_of_fields_not_supported_yet_accept_their_limits(
-    fields: dict[str, Any],
-) -> None:
-    [(field, _)] = fields.items()
-
-    rule_for(field).apply(text_to_image(**fields))
-
-
-@pytest.mark.parametrize(
-    "fields",
-    [
-        {"deadline_seconds": 0},
-        {"deadline_seconds": 86401},
-    ],
-)
-def test_the_rules_of_fields_not_supported_yet_refuse_the_rest(fields: dict[str, Any]) -> None:
-    [(field, _)] = fields.items()
-
-    with pytest.raises(InvalidArgument) as caught:
-        rule_for(field).apply(text_to_image(**fields))
-
-    assert (caught.value.reason, caught.value.param) == ("PARAMETER_INVALID", field)
+    assert resolved.deadline_seconds == seconds
 
 
 @pytest.mark.parametrize(

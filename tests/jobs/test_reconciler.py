@@ -306,7 +306,7 @@ async def test_a_job_abandoned_as_its_create_queues_it_is_not_run_without_a_hold
 
     async def create_job_queues_it() -> None:
         # The late CreateJob's Reserve returned: it queues the job while it is being abandoned.
-        queued.append(await store.mark_queued(world.engine, job.id, 1, utcnow()))
+        queued.append(await store.mark_queued(world.engine, job, 1, utcnow()))
 
     billing = _QueuesBeforeRelease(world.settlement._billing(), create_job_queues_it)
     monkeypatch.setattr(world.settlement, "_billing", lambda: billing)

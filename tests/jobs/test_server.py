@@ -176,21 +176,14 @@ async def test_an_invalid_spec_holds_nothing(jobs: Stub, billing: Billing) -> No
     assert await billing.balance() == (5, 0)
 
 
-async def test_fields_without_their_feature_yet_are_refused(jobs: Stub, billing: Billing) -> None:
-    await billing.grant(5)
-    request = jobs_pb2.CreateJobRequest(
-        account_id=ACCOUNT, livemode=True, spec=text_to_image(deadline_seconds=600)
-    )
+async def test_a_deadline_is_set_from_the_creation_time(jobs: Stub, billing: Billing) -> None:
+    await billing.grant(1)
 
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await jobs.CreateJob(request)
+    job = await create(jobs, deadline_seconds=600)
 
-    assert (caught.value.code(), reason_of(caught.value)) == (
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "PARAMETER_UNSUPPORTED",
-    )
-    assert caught.value.details() == "deadline_seconds is not supported yet"
-    assert await billing.held() == []
+    assert job.spec.deadline_seconds == 600
+    lasts = job.deadline_time.ToDatetime() - job.create_time.ToDatetime()
+    assert lasts == timedelta(seconds=600)
 
 
 async def test_quote_validates_and_prices_without_holding(jobs: Stub, billing: Billing) -> None:

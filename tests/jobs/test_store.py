@@ -86,7 +86,7 @@ async def test_a_job_that_left_pending_is_not_abandoned(engine: AsyncEngine) -> 
     created = utcnow()
     job = await insert(engine, created)
     assert job is not None
-    await store.mark_queued(engine, job.id, 1, created)
+    await store.mark_queued(engine, job, 1, created)
 
     abandoned = await store.abandon_pending(
         engine, created + timedelta(seconds=1), REFUSED, created
