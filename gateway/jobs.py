@@ -1,4 +1,5 @@
-"""Jobs: create, read, list, cancel, and follow them live (long polls and Server-Sent Events)."""
+"""Jobs: create, quote, read, list, cancel, and follow them live (long polls and Server-Sent
+Events)."""
 
 import asyncio
 import json
@@ -151,6 +152,30 @@ async def create_job(
     return JSONResponse(await job_json(request, created), status_code=status, headers=headers)
 
 
+@router.post("/jobs/quote")
+async def quote_job(
+    body: JobCreate,
+    request: Request,
+    principal: Annotated[Principal, Depends(require("jobs:write"))],
+) -> JSONResponse:
+    """Prices a job without creating it: the body and its checks are those of `POST /v1/jobs`
+    (input assets included), and nothing is created, held or written to the ledger."""
+    quote = await gateway(request).jobs.QuoteJob(
+        jobs_pb2.QuoteJobRequest(
+            account_id=principal.account_id, livemode=principal.livemode, spec=body.to_spec()
+        )
+    )
+    return JSONResponse(
+        {
+            "object": "quote",
+            "mode": public.MODE_NAMES[quote.mode],
+            "cost_credits": quote.cost_credits,
+            "available_credits": quote.available_credits,
+            "sufficient": quote.sufficient,
+        }
+    )
+
+
 @router.get("/jobs")
 async def list_jobs(
     request: Request,
@@ -220,7 +245,8 @@ async def job_events(
     request: Request,
     principal: Annotated[Principal, Depends(require("jobs:read"))],
 ) -> StreamingResponse:
-    """Server-Sent Events: `status` and `progress` as they happen; ends after the last status."""
+    """Server-Sent Events: `status`, `progress` and `queue_position` as they change; ends after
+    the last status."""
     events = EventPump(_watch(request, job_id, principal, STREAM_SECONDS))
     first = await events.first()  # a job this key may not see is a 404, before streaming
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

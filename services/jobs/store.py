@@ -30,15 +30,18 @@ from sqlalchemy import (
     MetaData,
     PrimaryKeyConstraint,
     Row,
+    Select,
     String,
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     case,
     delete,
     exists,
     func,
     insert,
+    literal,
     or_,
     select,
     update,
@@ -348,33 +351,52 @@ _OUT_OF_QUEUE = sorted(TERMINAL | {State.RUNNING})
 
 
 async def queue_position(engine: AsyncEngine, job: JobRow) -> int | None:
-    """How many queued jobs of the job's mode are ahead of it; None once it left the queue.
+    """How many queued jobs of the job's mode are ahead of it; None once it left the queue."""
+    async with engine.connect() as connection:
+        found = await connection.execute(QUEUE_POSITION, queue_position_params(job))
+        head, left_early = found.one()
+    if head is None or head > job.queue_seq:
+        return None
+    return int(job.queue_seq - head - left_early)
+
+
+def queue_position_params(job: JobRow) -> dict[str, Any]:
+    return {"mode": job.mode, "queue_seq": job.queue_seq}
+
+
+def _queue_position() -> Select[tuple[int | None, int]]:
+    """The head of a job's queue (its lowest queued number) and how many jobs between the head
+    and the job have left the queue already.
 
     Not a count of the jobs ahead, which would read as many index entries as there are: a
-    mode's numbers have no gap, so the jobs ahead are the numbers from the head of the queue
-    (its lowest queued number) to the job's, less those of them out of the queue already, the
-    few that left it out of order (canceled, past their deadline, or leased while the head
-    waited out a retry's backoff). One statement, so one snapshot: two index seeks and a range
-    as long as the jobs that left out of order.
+    mode's numbers have no gap, so the jobs ahead are the numbers from the head to the job's,
+    less those out of the queue already, the few that left it out of order (canceled, past
+    their deadline, or leased while the head waited out a retry's backoff). One statement, so
+    one snapshot: two index seeks and a range as long as the jobs that left out of order. Its
+    states are literals, so that PostgreSQL may plan it once.
     """
-    mode = jobs.c.mode == job.mode
-    head = select(func.min(jobs.c.queue_seq)).where(jobs.c.state == State.QUEUED, mode)
+    mode = jobs.c.mode == bindparam("mode")
+    head = (
+        select(func.min(jobs.c.queue_seq))
+        .where(jobs.c.state == literal(State.QUEUED.value, literal_execute=True), mode)
+        .scalar_subquery()
+    )
+    out_of_queue = [literal(state.value, literal_execute=True) for state in _OUT_OF_QUEUE]
     left_early = (
         select(func.count())
         .select_from(jobs)
         .where(
-            jobs.c.state.in_(_OUT_OF_QUEUE),
+            jobs.c.state.in_(out_of_queue),
             mode,
-            jobs.c.queue_seq > head.scalar_subquery(),
-            jobs.c.queue_seq < job.queue_seq,
+            jobs.c.queue_seq > head,
+            jobs.c.queue_seq < bindparam("queue_seq"),
         )
+        .scalar_subquery()
     )
-    query = select(head.scalar_subquery(), left_early.scalar_subquery())
-    async with engine.connect() as connection:
-        first, out = (await connection.execute(query)).one()
-    if first is None or first > job.queue_seq:
-        return None
-    return int(job.queue_seq - first - out)
+    return select(head, left_early)
+
+
+QUEUE_POSITION = _queue_position()
 
 
 async def mark_queued(

@@ -134,14 +134,3 @@ async def test_idempotency_key_replays_the_job_and_charges_once(
     assert (reused.status_code, reused.json()["error"]["code"]) == (409, "idempotency_key_reused")
     await wait_until_done(client, first.json()["id"], token)
     assert await settled_credits(client, token) == {"available": 4, "reserved": 0}
-
-
-async def test_a_field_without_its_feature_yet_is_refused(client: httpx.AsyncClient) -> None:
-    _, token = await sign_up(client)
-    body = {**API_EXAMPLE, "deadline_seconds": 600}
-    response = await client.post(
-        "/v1/jobs", json=body, headers={"Authorization": f"Bearer {token}"}
-    )
-    assert response.status_code == 400
-    error = response.json()["error"]
-    assert (error["code"], error["param"]) == ("parameter_unsupported", "deadline_seconds")

@@ -577,3 +577,54 @@ async def test_a_failed_job_is_not_cancelable(jobs: Stub, billing: Billing) -> N
     )
     await billing.settle_to([], [job.id])
     assert await billing.balance() == (1, 0)
+
+
+async def positions_of(jobs: Stub, created: list[jobs_pb2.Job]) -> list[int | None]:
+    found = [await get(jobs, job.id) for job in created]
+    return [job.queue_position if job.HasField("queue_position") else None for job in found]
+
+
+async def test_jobs_created_at_once_take_each_place_once_and_move_up_as_workers_lease(
+    jobs: Stub, billing: Billing
+) -> None:
+    await billing.grant(30)
+    created = list(await asyncio.gather(*(create(jobs) for _ in range(30))))
+
+    first = await positions_of(jobs, created)
+    in_line = sorted(created, key=lambda job: first[created.index(job)] or 0)
+    seen = [first]
+    for _ in created:
+        await lease(jobs)
+        seen.append(await positions_of(jobs, in_line))
+
+    assert sorted(first) == list(range(30))  # type: ignore[type-var]
+    assert sorted(job.queue_position for job in created) == list(range(30))
+    for leased, positions in enumerate(seen[1:], start=1):
+        assert positions == [None] * leased + list(range(30 - leased))
+
+
+async def test_positions_close_up_behind_a_job_that_leaves_out_of_order_or_comes_back(
+    mesh: Mesh, database: Database, billing: Billing
+) -> None:
+    await billing.grant(5)
+    async with jobs_server(mesh, jobs_settings(database)) as jobs:
+        retried, middle, last = [await create(jobs) for _ in range(3)]
+        audio = await jobs.CreateJob(
+            jobs_pb2.CreateJobRequest(
+                account_id=ACCOUNT,
+                livemode=True,
+                spec=jobs_pb2.JobSpec(mode=jobs_pb2.JOB_MODE_TEXT_TO_AUDIO, prompt="rain"),
+            )
+        )
+        held = (await lease(jobs)).lease
+        after_lease = await positions_of(jobs, [retried, middle, last, audio])
+        await cancel(jobs, middle.id)
+        after_cancel = await positions_of(jobs, [retried, middle, last])
+        # A retry goes back to its place at the head of the queue.
+        await fail(jobs, retried.id, held.token, retryable=True)
+        after_retry = await positions_of(jobs, [retried, middle, last])
+
+    assert held.job.id == retried.id
+    assert after_lease == [None, 0, 1, 0]
+    assert after_cancel == [None, None, 0]
+    assert after_retry == [0, None, 1]

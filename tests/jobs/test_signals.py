@@ -1,8 +1,18 @@
 import asyncio
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 from magicpixels.core.bus import LocalBus
-from magicpixels.services.jobs.signals import QUEUED_CHANNEL, QueueSignal, announce, changed_channel
+from magicpixels.services.jobs.signals import (
+    DEADLINES_CHANNEL,
+    QUEUED_CHANNEL,
+    Hints,
+    QueueSignal,
+    announce,
+    changed_channel,
+    queue_channel,
+)
 
 
 async def test_a_ticket_taken_before_a_notify_is_woken_by_it() -> None:
@@ -42,10 +52,20 @@ async def test_every_waiter_is_woken_by_a_hint_on_the_bus() -> None:
 async def test_announce_tells_watchers_and_wakes_workers_only_for_queued_jobs() -> None:
     bus = LocalBus()
     queued = SimpleNamespace(
-        id="job_1", state="queued", mode="text_to_image", attempts=0, queued_at=None
+        id="job_1",
+        state="queued",
+        mode="text_to_image",
+        attempts=0,
+        queued_at=None,
+        deadline_at=None,
     )
     running = SimpleNamespace(
-        id="job_2", state="running", mode="image_to_video", attempts=1, queued_at=None
+        id="job_2",
+        state="running",
+        mode="image_to_video",
+        attempts=1,
+        queued_at=None,
+        deadline_at=None,
     )
     async with (
         bus.subscribe(QUEUED_CHANNEL) as wake_ups,
@@ -57,3 +77,49 @@ async def test_announce_tells_watchers_and_wakes_workers_only_for_queued_jobs() 
         assert (await anext(first), await anext(second)) == (b"queued", b"running")
         # Announced first, the running job would have woken workers for its own mode.
         assert await anext(wake_ups) == b"text_to_image"
+
+
+def job(state: str, attempts: int, deadline_at: datetime | None = None) -> SimpleNamespace:
+    return SimpleNamespace(
+        id=f"job_{state}_{attempts}",
+        state=state,
+        mode="text_to_image",
+        attempts=attempts,
+        queued_at=None,
+        deadline_at=deadline_at,
+    )
+
+
+async def test_moves_in_and_out_of_the_queue_tell_its_watchers_and_deadlines_their_timers() -> None:
+    bus = LocalBus()
+    deadline = datetime(2026, 11, 26, 1, 2, 3, 456000, tzinfo=UTC)
+    async with (
+        bus.subscribe(queue_channel("text_to_image")) as queue_moves,
+        bus.subscribe(DEADLINES_CHANNEL) as deadlines,
+    ):
+        new = job("queued", 0, deadline)
+        leased, retried, canceled = job("running", 1), job("queued", 1), job("canceled", 1)
+        await announce(bus, new, leased, retried, canceled)  # type: ignore[arg-type]
+
+        # Announced first, the new job would come first: it joined the back, moving nobody.
+        moved = [await anext(queue_moves) for _ in range(3)]
+        assert moved == [leased.id.encode(), retried.id.encode(), canceled.id.encode()]
+        assert datetime.fromisoformat((await anext(deadlines)).decode()) == deadline
+
+
+async def test_hints_merge_the_channels_that_spoke_since_the_last_read() -> None:
+    bus = LocalBus()
+    async with AsyncExitStack() as stack:
+        hints = Hints(stack, bus)
+        await hints.follow("a")
+        await hints.follow("b")
+
+        await bus.publish("a", b"1")
+        await bus.publish("b", b"2")
+        await bus.publish("a", b"3")
+        await asyncio.sleep(0.01)
+        first = await hints.next()
+        await bus.publish("b", b"4")
+        second = await hints.next()
+
+    assert (first, second) == ({"a", "b"}, {"b"})
