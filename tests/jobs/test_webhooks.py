@@ -738,3 +738,17 @@ async def test_two_dispatchers_deliver_each_event_once_in_order(
         for request, event in zip(receiver.requests, events, strict=True):
             by_path.setdefault(request.path, []).append(event["type"])
         assert by_path == {f"/{n}": ["job.running", "job.completed"] for n in range(8)}
+
+
+async def test_a_job_past_its_deadline_sends_job_canceled_saying_so(
+    database: Database, tmp_path: Path, receiver: Receiver
+) -> None:
+    async with world(database, tmp_path) as w:
+        job = await w.create(receiver.url(), deadline_seconds=1)
+        await received(receiver, 1)
+        [delivery] = await w.settled(job.id, 1)
+
+    [event] = receiver.events(w.secret)
+    assert (event["type"], event["data"]["id"]) == ("job.canceled", job.id)
+    assert event["data"]["error"]["code"] == "deadline_exceeded"
+    assert delivery.state == DeliveryState.DELIVERED
