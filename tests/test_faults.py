@@ -190,3 +190,26 @@ def test_jobs_restarted_with_work_in_flight_loses_and_repeats_nothing(cluster: C
 
     wait_for(lambda: cluster.credits(auth) == {"available": 4, "reserved": 0}, "the captures")
     assert cluster.completions() == dict.fromkeys(job_ids, 1)
+
+
+def test_deadlines_outlive_a_killed_jobs_service(cluster: Cluster) -> None:
+    processes = {service: cluster.start(service) for service in (*STORES, "gateway")}
+    auth = cluster.account(credits=3)
+    body = {"mode": "text_to_image", "prompt": "a harbour", "deadline_seconds": 3}
+    job_ids = [
+        cluster.http.post("/v1/jobs", json=body, headers=auth).json()["id"] for _ in range(2)
+    ]
+    assert cluster.credits(auth) == {"available": 1, "reserved": 2}
+
+    processes["jobs"].send_signal(signal.SIGKILL)
+    processes["jobs"].wait()
+    cluster.start("jobs")
+    wait_for(
+        lambda: all(cluster.job(job_id, auth).get("status") == "canceled" for job_id in job_ids),
+        "the deadlines",
+    )
+
+    assert {cluster.job(job_id, auth)["error"]["code"] for job_id in job_ids} == {
+        "deadline_exceeded"
+    }
+    wait_for(lambda: cluster.credits(auth) == {"available": 3, "reserved": 0}, "the releases")

@@ -79,6 +79,7 @@ class _JobEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobEvent
     JOB_EVENT_TYPE_STATUS: _JobEventType.ValueType  # 1
     JOB_EVENT_TYPE_PROGRESS: _JobEventType.ValueType  # 2
     JOB_EVENT_TYPE_QUEUE_POSITION: _JobEventType.ValueType  # 3
+    """The number of jobs ahead of a queued job changed."""
 
 class JobEventType(_JobEventType, metaclass=_JobEventTypeEnumTypeWrapper): ...
 
@@ -86,6 +87,7 @@ JOB_EVENT_TYPE_UNSPECIFIED: JobEventType.ValueType  # 0
 JOB_EVENT_TYPE_STATUS: JobEventType.ValueType  # 1
 JOB_EVENT_TYPE_PROGRESS: JobEventType.ValueType  # 2
 JOB_EVENT_TYPE_QUEUE_POSITION: JobEventType.ValueType  # 3
+"""The number of jobs ahead of a queued job changed."""
 Global___JobEventType: _TypeAlias = JobEventType  # noqa: Y015
 
 @_typing.final
@@ -149,6 +151,9 @@ class JobSpec(_message.Message):
     output_format: _builtins.str
     webhook_url: _builtins.str
     deadline_seconds: _builtins.int
+    """1..86400: the job is canceled (error code `deadline_exceeded`, hold released) if it has
+    not ended this long after its creation.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -306,7 +311,9 @@ class Job(_message.Message):
     cost_credits: _builtins.int
     attempts: _builtins.int
     queue_position: _builtins.int
-    """Jobs ahead of this one in its queue while it is queued."""
+    """Jobs ahead of this one in its mode's queue while it is queued (0: leased next); absent
+    otherwise.
+    """
     @_builtins.property
     def spec(self) -> Global___JobSpec:
         """The request with every default resolved (size, seed, format...)."""
@@ -322,7 +329,9 @@ class Job(_message.Message):
     @_builtins.property
     def complete_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def deadline_time(self) -> _timestamp_pb2.Timestamp: ...
+    def deadline_time(self) -> _timestamp_pb2.Timestamp:
+        """When a job with `spec.deadline_seconds` is canceled unless it ended before."""
+
     def __init__(
         self,
         *,
