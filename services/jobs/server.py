@@ -25,14 +25,15 @@ from magicpixels.services.jobs.reconciler import Reconciler
 from magicpixels.services.jobs.settlement import Settlement
 from magicpixels.services.jobs.signals import (
     DEADLINES_CHANNEL,
+    QUEUE_MOVED_CHANNEL,
     QUEUED_CHANNEL,
     WEBHOOKS_CHANNEL,
     Hints,
+    QueueMoves,
     QueueSignal,
     announce,
     announce_progress,
     changed_channel,
-    queue_channel,
 )
 from magicpixels.services.jobs.store import JobRow
 from magicpixels.services.jobs.webhooks import WebhookDispatcher
@@ -54,6 +55,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         bus: EventBus,
         signal: QueueSignal,
         settings: JobsSettings,
+        queue_moves: QueueMoves,
     ) -> None:
         self._engine = engine
         self._settlement = settlement
@@ -61,6 +63,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         self._bus = bus
         self._signal = signal
         self._settings = settings
+        self._queue_moves = queue_moves
         self._webhook_policy = domain.WebhookPolicy.allowing(settings.webhook_allowed_hosts)
 
     async def CreateJob(
@@ -161,17 +164,18 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
     ) -> AsyncIterator[jobs_pb2.JobEvent]:
         """The job, then each change of its status, progress or queue position."""
         async with AsyncExitStack() as stack:
-            hints = Hints(stack, self._bus)
+            hints = Hints(stack)
             # Followed before the reads, so no change after them goes unseen.
-            await hints.follow(changed_channel(request.id))
+            changes = self._bus.subscribe(changed_channel(request.id))
+            hints.follow("job", await stack.enter_async_context(changes))
             row = await self._visible(request)
-            await hints.follow(queue_channel(row.mode))
+            hints.follow("queue", self._queue_moves.of(row.mode))
             row = await self._visible(request)
             job = await self._encode(row)
             yield _event(job, jobs_pb2.JOB_EVENT_TYPE_STATUS, row.updated_at)
             while not domain.is_terminal(row.state):
                 hinted = await hints.next()
-                if row.state != State.QUEUED and hinted == {queue_channel(row.mode)}:
+                if row.state != State.QUEUED and hinted == {"queue"}:
                     continue  # the queue moved, but this job is not in it
                 previous, row = job, await self._visible(request)
                 job = await self._encode(row)
@@ -376,6 +380,10 @@ class JobsService:
             self._mesh.bus.subscribe(DEADLINES_CHANNEL)
         )
         deadlines = DeadlineTimer(engine, settlement, self._mesh.bus)
+        queue_moves = QueueMoves()
+        queue_hints = await self._subscriptions.enter_async_context(
+            self._mesh.bus.subscribe(QUEUE_MOVED_CHANNEL)
+        )
         self._tasks = [
             asyncio.create_task(signal.follow(queued_hints)),
             asyncio.create_task(reconciler.run()),
@@ -384,9 +392,16 @@ class JobsService:
             asyncio.create_task(deadlines.follow(deadline_hints)),
             # Reads the pending deadlines first: those set before a restart fire too.
             asyncio.create_task(deadlines.run()),
+            asyncio.create_task(queue_moves.follow(queue_hints)),
         ]
         servicer = JobsServicer(
-            engine, settlement, InputLookup(self._mesh), self._mesh.bus, signal, self.settings
+            engine,
+            settlement,
+            InputLookup(self._mesh),
+            self._mesh.bus,
+            signal,
+            self.settings,
+            queue_moves,
         )
         add = jobs_pb2_grpc.add_JobsServiceServicer_to_server
         return [ServiceBinding(SERVICE_NAME, servicer, add)]

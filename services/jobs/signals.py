@@ -8,6 +8,7 @@ every hint, and a waiting worker looks for work again when its wait ends.
 
 import asyncio
 import contextlib
+from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
@@ -23,17 +24,14 @@ QUEUED_CHANNEL = "jobs.queued"
 WEBHOOKS_CHANNEL = "jobs.webhooks"
 # The deadline of a job just queued, ISO 8601.
 DEADLINES_CHANNEL = "jobs.deadlines"
+# The mode of a queue whose jobs ahead of others changed.
+QUEUE_MOVED_CHANNEL = "jobs.queue_moved"
 
 log = structlog.get_logger("magicpixels.jobs")
 
 
 def changed_channel(job_id: str) -> str:
     return f"jobs.changed.{job_id}"
-
-
-def queue_channel(mode: str) -> str:
-    """Where a mode's queue tells that the jobs ahead of some of its jobs changed."""
-    return f"jobs.queue.{mode}"
 
 
 async def announce(bus: EventBus, *jobs: JobRow) -> None:
@@ -48,7 +46,7 @@ async def announce(bus: EventBus, *jobs: JobRow) -> None:
                 deadline = as_utc(job.deadline_at).isoformat()
                 await _publish(bus, DEADLINES_CHANNEL, deadline.encode())
         if _moves_others_in_queue(job):
-            await _publish(bus, queue_channel(job.mode), job.id.encode())
+            await _publish(bus, QUEUE_MOVED_CHANNEL, job.mode.encode())
         if webhook_event_of(job):
             await _publish(bus, WEBHOOKS_CHANNEL, job.id.encode())
 
@@ -77,26 +75,24 @@ async def _publish(bus: EventBus, channel: str, message: bytes) -> None:
 
 
 class Hints:
-    """The hints of several channels as one stream: which channels hinted since the last read.
+    """Several streams of hints as one: which streams hinted since the last read.
 
     Hints that arrive while the reader is busy are merged, so a reader is never further behind
     than one read."""
 
-    def __init__(self, stack: AsyncExitStack, bus: EventBus) -> None:
+    def __init__(self, stack: AsyncExitStack) -> None:
         self._stack = stack
-        self._bus = bus
         self._hinted: set[str] = set()
         self._arrived = asyncio.Event()
 
-    async def follow(self, channel: str) -> None:
-        """Follows the channel from now on, until the stack closes."""
-        messages = await self._stack.enter_async_context(self._bus.subscribe(channel))
-        forwarding = asyncio.create_task(self._forward(channel, messages))
+    def follow(self, name: str, hints: AsyncIterator[object]) -> None:
+        """Follows the stream under this name until the stack closes."""
+        forwarding = asyncio.create_task(self._forward(name, hints))
         self._stack.push_async_callback(_stopped, forwarding)
 
-    async def _forward(self, channel: str, messages: AsyncIterator[bytes]) -> None:
-        async for _ in messages:
-            self._hinted.add(channel)
+    async def _forward(self, name: str, hints: AsyncIterator[object]) -> None:
+        async for _ in hints:
+            self._hinted.add(name)
             self._arrived.set()
 
     async def next(self) -> set[str]:
@@ -140,3 +136,29 @@ class QueueSignal:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await ticket.wait()
+
+
+class QueueMoves:
+    """Wakes the watchers of queued jobs in this process when the jobs ahead in their mode's
+    queue changed, in this process or any other: one bus subscription for the process, not
+    one per watcher."""
+
+    def __init__(self) -> None:
+        self._signals: dict[str, QueueSignal] = defaultdict(QueueSignal)
+
+    async def follow(self, hints: AsyncIterator[bytes]) -> None:
+        async for mode in hints:
+            self._signals[mode.decode()].notify()
+
+    def of(self, mode: str) -> AsyncIterator[None]:
+        """Each move of the mode's queue from now on."""
+        signal = self._signals[mode]
+        return _each_notify(signal, signal.ticket())
+
+
+async def _each_notify(signal: QueueSignal, ticket: asyncio.Event) -> AsyncIterator[None]:
+    while True:
+        await ticket.wait()
+        # Taken before the reader is told, so no notify after its next read goes unseen.
+        ticket = signal.ticket()
+        yield None

@@ -6,12 +6,13 @@ from types import SimpleNamespace
 from magicpixels.core.bus import LocalBus
 from magicpixels.services.jobs.signals import (
     DEADLINES_CHANNEL,
+    QUEUE_MOVED_CHANNEL,
     QUEUED_CHANNEL,
     Hints,
+    QueueMoves,
     QueueSignal,
     announce,
     changed_channel,
-    queue_channel,
 )
 
 
@@ -94,32 +95,34 @@ async def test_moves_in_and_out_of_the_queue_tell_its_watchers_and_deadlines_the
     bus = LocalBus()
     deadline = datetime(2026, 11, 26, 1, 2, 3, 456000, tzinfo=UTC)
     async with (
-        bus.subscribe(queue_channel("text_to_image")) as queue_moves,
+        bus.subscribe(QUEUE_MOVED_CHANNEL) as queue_moves,
         bus.subscribe(DEADLINES_CHANNEL) as deadlines,
     ):
         new = job("queued", 0, deadline)
         leased, retried, canceled = job("running", 1), job("queued", 1), job("canceled", 1)
         await announce(bus, new, leased, retried, canceled)  # type: ignore[arg-type]
 
-        # Announced first, the new job would come first: it joined the back, moving nobody.
+        # The new job joined the back, moving nobody: only the three others are told.
         moved = [await anext(queue_moves) for _ in range(3)]
-        assert moved == [leased.id.encode(), retried.id.encode(), canceled.id.encode()]
+        assert moved == [b"text_to_image"] * 3
         assert datetime.fromisoformat((await anext(deadlines)).decode()) == deadline
 
 
-async def test_hints_merge_the_channels_that_spoke_since_the_last_read() -> None:
-    bus = LocalBus()
-    async with AsyncExitStack() as stack:
-        hints = Hints(stack, bus)
-        await hints.follow("a")
-        await hints.follow("b")
+async def test_hints_merge_the_streams_that_spoke_since_the_last_read() -> None:
+    bus, moves = LocalBus(), QueueMoves()
+    async with bus.subscribe(QUEUE_MOVED_CHANNEL) as moved, AsyncExitStack() as stack:
+        following = asyncio.create_task(moves.follow(moved))
+        hints = Hints(stack)
+        hints.follow("job", await stack.enter_async_context(bus.subscribe("job_1")))
+        hints.follow("queue", moves.of("text_to_image"))
 
-        await bus.publish("a", b"1")
-        await bus.publish("b", b"2")
-        await bus.publish("a", b"3")
+        await bus.publish("job_1", b"running")
+        await bus.publish(QUEUE_MOVED_CHANNEL, b"text_to_image")
+        await bus.publish(QUEUE_MOVED_CHANNEL, b"text_to_audio")  # another queue
         await asyncio.sleep(0.01)
         first = await hints.next()
-        await bus.publish("b", b"4")
+        await bus.publish(QUEUE_MOVED_CHANNEL, b"text_to_image")
         second = await hints.next()
+        following.cancel()
 
-    assert (first, second) == ({"a", "b"}, {"b"})
+    assert (first, second) == ({"job", "queue"}, {"queue"})
