@@ -50,24 +50,28 @@ async def test_every_waiter_is_woken_by_a_hint_on_the_bus() -> None:
     assert all(ticket.is_set() for ticket in tickets)
 
 
+def job(
+    state: str,
+    attempts: int,
+    deadline_at: datetime | None = None,
+    job_id: str = "",
+    mode: str = "text_to_image",
+) -> SimpleNamespace:
+    """What announce reads of a job row."""
+    return SimpleNamespace(
+        id=job_id or f"job_{state}_{attempts}",
+        state=state,
+        mode=mode,
+        attempts=attempts,
+        queued_at=None,
+        deadline_at=deadline_at,
+    )
+
+
 async def test_announce_tells_watchers_and_wakes_workers_only_for_queued_jobs() -> None:
     bus = LocalBus()
-    queued = SimpleNamespace(
-        id="job_1",
-        state="queued",
-        mode="text_to_image",
-        attempts=0,
-        queued_at=None,
-        deadline_at=None,
-    )
-    running = SimpleNamespace(
-        id="job_2",
-        state="running",
-        mode="image_to_video",
-        attempts=1,
-        queued_at=None,
-        deadline_at=None,
-    )
+    queued = job("queued", 0, job_id="job_1")
+    running = job("running", 1, job_id="job_2", mode="image_to_video")
     async with (
         bus.subscribe(QUEUED_CHANNEL) as wake_ups,
         bus.subscribe(changed_channel("job_1")) as first,
@@ -78,17 +82,6 @@ async def test_announce_tells_watchers_and_wakes_workers_only_for_queued_jobs() 
         assert (await anext(first), await anext(second)) == (b"queued", b"running")
         # Announced first, the running job would have woken workers for its own mode.
         assert await anext(wake_ups) == b"text_to_image"
-
-
-def job(state: str, attempts: int, deadline_at: datetime | None = None) -> SimpleNamespace:
-    return SimpleNamespace(
-        id=f"job_{state}_{attempts}",
-        state=state,
-        mode="text_to_image",
-        attempts=attempts,
-        queued_at=None,
-        deadline_at=deadline_at,
-    )
 
 
 async def test_moves_in_and_out_of_the_queue_tell_its_watchers_and_deadlines_their_timers() -> None:

@@ -1,10 +1,13 @@
-"""The store's idempotency keys: claimed with the job they create, freed when it fails early."""
+"""The store: idempotency keys, claimed with the job they create and freed when it fails early;
+queue positions, which agree with the order of the leases through any sequence of moves."""
 
+import random
 from datetime import datetime, timedelta
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from magicpixels.core.timestamps import utcnow
+from magicpixels.core.timestamps import as_utc, utcnow
 from magicpixels.jobs.v1 import jobs_pb2
 from magicpixels.services.jobs import domain, store
 from magicpixels.services.jobs.domain import HoldStatus, State
@@ -96,3 +99,59 @@ async def test_a_job_that_left_pending_is_not_abandoned(engine: AsyncEngine) -> 
     current = await store.get_job(engine, job.id)
     assert current is not None
     assert (current.state, current.billing) == (State.QUEUED, HoldStatus.HELD)
+
+
+async def test_queue_positions_agree_with_the_lease_order_through_any_moves(
+    engine: AsyncEngine,
+) -> None:
+    """Random creates, leases, cancels, retries and completions in two modes; after each, every
+    queued job's position is its rank in the order leases take them (queued_at, then number),
+    and a lease takes the job at position 0 of its mode."""
+    moves = random.Random(12)
+    now = utcnow()
+    leased: dict[str, JobRow] = {}
+    for _ in range(120):
+        now += timedelta(milliseconds=1)
+        mode = moves.choice(["text_to_image", "text_to_audio"])
+        move = moves.choice(["create", "create", "create", "lease", "lease", "cancel", "end"])
+        queued = await _queued(engine)
+        if move == "create":
+            spec = jobs_pb2.JobSpec(mode=jobs_pb2.JobMode.Value(f"JOB_MODE_{mode.upper()}"))
+            job = await store.insert_pending(engine, ACCOUNT, True, spec, None, now)
+            assert job is not None
+            await store.mark_queued(engine, job, 1, now)
+        elif move == "lease":
+            head = [job.id for job in queued if job.mode == mode][:1]
+            job = await store.lease_next(engine, [mode], "worker", timedelta(seconds=30), now)
+            assert ([job.id] if job else []) == head
+            if job:
+                leased[job.id] = job
+        elif move == "cancel" and queued + list(leased.values()):
+            job = moves.choice(queued + list(leased.values()))
+            await store.cancel(engine, job.id, ACCOUNT, now)
+            leased.pop(job.id, None)
+        elif move == "end" and leased:
+            job = leased.pop(moves.choice(sorted(leased)))
+            if moves.random() < 0.5:  # a retry goes back to its place, due at once
+                await store.requeue(engine, job.id, job.lease_token, now, now)
+            else:
+                await store.complete(engine, job.id, job.lease_token, _RESULT, now)
+        await _positions_agree(engine)
+
+
+_RESULT = jobs_pb2.JobResult(asset_id="asset_1", content_type="image/png")
+
+
+async def _queued(engine: AsyncEngine) -> list[JobRow]:
+    """The queued jobs in the order leases take them."""
+    query = select(store.jobs).where(store.jobs.c.state == State.QUEUED)
+    async with engine.connect() as connection:
+        found = list((await connection.execute(query)).all())
+    return sorted(found, key=lambda job: (as_utc(job.queued_at), job.queue_seq))
+
+
+async def _positions_agree(engine: AsyncEngine) -> None:
+    queued = await _queued(engine)
+    for job in queued:
+        same_mode = [other.id for other in queued if other.mode == job.mode]
+        assert await store.queue_position(engine, job) == same_mode.index(job.id)
