@@ -195,11 +195,13 @@ def test_jobs_restarted_with_work_in_flight_loses_and_repeats_nothing(cluster: C
 def test_deadlines_outlive_a_killed_jobs_service(cluster: Cluster) -> None:
     processes = {service: cluster.start(service) for service in (*STORES, "gateway")}
     auth = cluster.account(credits=3)
-    body = {"mode": "text_to_image", "prompt": "a harbour", "deadline_seconds": 3}
+    body = {"mode": "text_to_image", "prompt": "a harbour", "deadline_seconds": 5}
     job_ids = [
         cluster.http.post("/v1/jobs", json=body, headers=auth).json()["id"] for _ in range(2)
     ]
     assert cluster.credits(auth) == {"available": 1, "reserved": 2}
+    # Killed before the deadlines: only the next jobs process can fire them.
+    assert {cluster.job(job_id, auth)["status"] for job_id in job_ids} == {"queued"}
 
     processes["jobs"].send_signal(signal.SIGKILL)
     processes["jobs"].wait()

@@ -91,9 +91,9 @@ async def test_deadlines_fire_after_a_restart_of_the_jobs_service(
     await billing.grant(2)
     settings = jobs_settings(database)
     async with jobs_server(mesh, settings) as jobs:
-        running = await create(jobs, deadline_seconds=2)
+        running = await create(jobs, deadline_seconds=4)
         held = (await lease(jobs)).lease
-        queued = await create(jobs, deadline_seconds=2)
+        queued = await create(jobs, deadline_seconds=4)
     # Stopped before the deadline; the next start learns of it only from the database.
     assert utcnow() < queued.deadline_time.ToDatetime().replace(tzinfo=utcnow().tzinfo)
 
@@ -113,13 +113,16 @@ async def test_a_completion_racing_the_deadline_ends_each_job_one_way(
 ) -> None:
     """Jobs each completed within 30 ms of its deadline, before or after, in two rounds: each
     job ends completed and charged or canceled and refunded, never both, and each worker's
-    answer agrees with the job."""
+    answer agrees with the job. (A job whose deadline passed before a worker leased it, on a
+    slow machine, is canceled while queued: also refunded.)"""
     rounds, per_round = 2, 24
     await billing.grant(rounds * per_round)
     states: dict[str, int] = {}
     for _ in range(rounds):
-        created = [await create(jobs, deadline_seconds=1) for _ in range(per_round)]
-        leases = [(await lease(jobs)).lease for _ in created]
+        created = [await create(jobs, deadline_seconds=2) for _ in range(per_round)]
+        leases = []
+        while (leased := await lease(jobs)).HasField("lease"):
+            leases.append(leased.lease)
 
         async def complete_near(index: int, held: jobs_pb2.Lease) -> bool:
             deadline = held.job.deadline_time.ToDatetime().replace(tzinfo=UTC)
@@ -135,13 +138,15 @@ async def test_a_completion_racing_the_deadline_ends_each_job_one_way(
         answers = await asyncio.gather(
             *(complete_near(index, held) for index, held in enumerate(leases))
         )
-        for held, completed in zip(leases, answers, strict=True):
-            job = await ended(jobs, held.job.id)
-            expected = jobs_pb2.JOB_STATE_COMPLETED if completed else jobs_pb2.JOB_STATE_CANCELED
-            assert job.state == expected
-            if not completed:
-                assert job.error.code == "deadline_exceeded"
-            states[job.id] = job.state
+        completed = {held.job.id for held, done in zip(leases, answers, strict=True) if done}
+        for job in created:
+            found = await ended(jobs, job.id)
+            if job.id in completed:
+                assert found.state == jobs_pb2.JOB_STATE_COMPLETED
+            else:
+                assert found.state == jobs_pb2.JOB_STATE_CANCELED
+                assert found.error.code == "deadline_exceeded"
+            states[job.id] = found.state
 
     done = [job_id for job_id, state in states.items() if state == jobs_pb2.JOB_STATE_COMPLETED]
     undone = [job_id for job_id, state in states.items() if state == jobs_pb2.JOB_STATE_CANCELED]
