@@ -13,7 +13,17 @@ from starlette.types import ASGIApp
 from magicpixels.core.errors import DomainError
 from magicpixels.core.service import Mesh
 from magicpixels.core.settings import GatewaySettings
-from magicpixels.gateway import accounts, agents, assets, billing, jobs, keys, openai_images, ops
+from magicpixels.gateway import (
+    accounts,
+    agents,
+    assets,
+    billing,
+    jobs,
+    keys,
+    openai_images,
+    openapi,
+    ops,
+)
 from magicpixels.gateway.errors import ApiError, from_domain_error, from_rpc_error, internal_error
 from magicpixels.gateway.middleware import RequestContextMiddleware
 from magicpixels.gateway.ratelimit import Quota, RateLimitMiddleware
@@ -40,6 +50,7 @@ def create_app(mesh: Mesh, settings: GatewaySettings) -> ASGIApp:
     for module in (accounts, keys, billing, jobs, assets, openai_images, ops):
         app.include_router(module.router)
     app.state.mcp = agents.mount(app, shared)
+    openapi.install(app)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(grpc.aio.AioRpcError, _rpc_error)
     app.add_exception_handler(DomainError, _domain_error)
