@@ -21,7 +21,6 @@ import grpc
 import httpx
 import mcp_types
 from fastapi import FastAPI
-from magicpixels_sdk import AsyncMagicPixels, MagicPixelsError
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -34,6 +33,7 @@ from magicpixels.gateway.errors import ApiError, from_domain_error, from_rpc_err
 from magicpixels.gateway.principal import presented_token
 from magicpixels.gateway.state import Gateway
 from magicpixels.services.jobs.domain import WebhookPolicy, webhook_target
+from magicpixels_sdk import AsyncMagicPixels, MagicPixelsError
 
 # Inputs fetched from a URL: the largest the API accepts (audio, 50 MiB), and how long to try.
 MAX_FETCH_BYTES = 50 * 1024 * 1024

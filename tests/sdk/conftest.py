@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from magicpixels_sdk import AsyncMagicPixels
 
 from magicpixels import cli
 from magicpixels.mesh import RunningMesh
+from magicpixels_sdk import AsyncMagicPixels
 from tests.gateway.conftest import client, running_mesh, sign_up
 
 __all__ = ["client", "running_mesh"]  # the gateway tests' fixtures, used here too

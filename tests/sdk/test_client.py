@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from magicpixels_sdk import (
     AsyncMagicPixels,
     AuthenticationError,
@@ -18,7 +19,6 @@ from magicpixels_sdk import (
     NotFoundError,
     WaitTimeoutError,
 )
-
 from tests.assets.samples import encode_audio, encode_image
 from tests.sdk.conftest import Account
 

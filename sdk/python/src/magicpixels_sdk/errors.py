@@ -111,11 +111,23 @@ _BY_TYPE: dict[str, type[APIError]] = {
 }
 
 
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    429: "rate_limit_error",
+}
+
+
 def error_from_response(status: int, body: Any, headers: Mapping[str, str]) -> APIError:
     """The exception of an error answer, whatever its body (a proxy's HTML page included)."""
     found = body.get("error") if isinstance(body, dict) else None
     if not isinstance(found, dict):
-        found = {"type": "api_error", "code": f"http_{status}", "message": f"HTTP {status}"}
+        error_type = _TYPE_BY_STATUS.get(status, "api_error")
+        found = {"type": error_type, "code": f"http_{status}", "message": f"HTTP {status}"}
     error_type = str(found.get("type", "api_error"))
     cls = _BY_TYPE.get(error_type, ServerError if status >= 500 else APIError)
     return cls(
