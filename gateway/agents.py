@@ -12,8 +12,9 @@ import asyncio
 import base64
 import contextlib
 import inspect
+import logging
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from ipaddress import ip_address
 from typing import IO, Any
 
@@ -94,10 +95,24 @@ class McpEndpoint:
 
 
 def build_server(shared: Gateway) -> MCPServer:
-    server = MCPServer(name="magicpixels", instructions=INSTRUCTIONS, version="1")
+    with _logging_left_alone():
+        server = MCPServer(name="magicpixels", instructions=INSTRUCTIONS, version="1")
     for tool in TOOLS:
         server.add_tool(_as_tool(shared, tool))
     return server
+
+
+@contextlib.contextmanager
+def _logging_left_alone() -> Iterator[None]:
+    """MCPServer configures the root logger (logging.basicConfig) when it has no handler yet;
+    this process's logging is magicpixels.core.logging's to configure."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def _as_tool(shared: Gateway, tool: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:

@@ -413,6 +413,8 @@ def document(app: FastAPI) -> dict[str, Any]:
     found["security"] = [{"bearer": []}]
     found["paths"][MCP_PATH] = MCP
     for path, operations in found["paths"].items():
+        # A route of several methods keeps them in a set: sorted, the document is stable.
+        found["paths"][path] = operations = dict(sorted(operations.items()))
         for method, operation in operations.items():
             _complete(f"{method.upper()} {path}", operation)
     _add_examples(found["paths"])

@@ -69,6 +69,8 @@ async def test_wait_long_polls_and_stream_follows_to_the_end(sdk: AsyncMagicPixe
     assert events[-1].event == "status"
     assert events[-1].job.status == "completed"
     assert {event.event for event in events} <= {"status", "progress", "queue_position"}
+    ended = await sdk.jobs.create("text_to_image", "a pier", wait=30, **SMALL)
+    assert ended.status == "completed"  # Prefer: wait answered once it ended
     waited = await sdk.jobs.wait(created.id, timeout=30)
     assert waited.status == "completed"
     assert waited.result is not None

@@ -2,6 +2,8 @@
 Server-Sent Events decoder; errors of answers that are not the API's."""
 
 import email.utils
+import subprocess
+import sys
 import time
 
 import pytest
@@ -63,3 +65,13 @@ def test_the_event_decoder_reads_events_and_skips_keepalives() -> None:
     lines = [": keep-alive", "", "event: status", 'data: {"a":', "data: 1}", "", "data: x", ""]
     events = [found for line in lines if (found := decoder.feed(line)) is not None]
     assert events == [("status", '{"a":\n1}'), ("message", "x")]
+
+
+def test_the_sdk_imports_nothing_of_the_server() -> None:
+    check = (
+        "import sys, magicpixels_sdk; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('magicpixels', 'grpc', 'sqlalchemy', 'fastapi', 'google')))"
+    )
+    found = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert found.stdout.strip() == "[]", found.stderr
