@@ -25,13 +25,13 @@ from fastapi import FastAPI
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from magicpixels.core.errors import DomainError
 from magicpixels.gateway.errors import ApiError, from_domain_error, from_rpc_error
-from magicpixels.gateway.principal import presented_token
+from magicpixels.gateway.principal import bearer_token
 from magicpixels.gateway.state import Gateway
 from magicpixels.services.jobs.domain import WebhookPolicy, webhook_target
 from magicpixels_sdk import AsyncMagicPixels, MagicPixelsError
@@ -75,23 +75,18 @@ class McpEndpoint:
     async def _refusal(self, scope: Scope) -> ApiError | None:
         """Why the request's key may not use the tools; None when it may."""
         try:
-            token = presented_token(Headers(scope=scope).get("authorization", ""))
-            if token is None:
-                raise ApiError(
-                    401,
-                    "authentication_error",
-                    "api_key_missing",
-                    "Send your API key as 'Authorization: Bearer <token>'.",
-                    headers={"WWW-Authenticate": 'Bearer realm="magicpixels"'},
-                )
-            await self._shared.principal(token)
+            await self._shared.principal(bearer_token(Request(scope)))
         except ApiError as error:
-            return error
+            refused = error
         except DomainError as error:
-            return from_domain_error(error)
+            refused = from_domain_error(error)
         except grpc.aio.AioRpcError as error:
-            return from_rpc_error(error)
-        return None
+            refused = from_rpc_error(error)
+        else:
+            return None
+        if refused.status == 401:  # RFC 6750: say which scheme to use
+            refused.headers.setdefault("WWW-Authenticate", 'Bearer realm="magicpixels"')
+        return refused
 
 
 def build_server(shared: Gateway) -> MCPServer:

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from magicpixels.gateway.agents import MCP_PATH
+from magicpixels.services.auth.domain import SCOPES
 
 Schema = dict[str, Any]
 
@@ -139,20 +140,7 @@ SCHEMAS: dict[str, Schema] = {
             "id": {"type": "string", "example": "key_01JDQ3Z8T6X4C2V9N5M7K1H3G0"},
             "name": _STR,
             "mode": {"type": "string", "enum": ["live", "test"]},
-            "scopes": {
-                "type": "array",
-                "items": {
-                    "type": "string",
-                    "enum": [
-                        "jobs:read",
-                        "jobs:write",
-                        "assets:read",
-                        "assets:write",
-                        "account:read",
-                        "keys:write",
-                    ],
-                },
-            },
+            "scopes": {"type": "array", "items": {"type": "string", "enum": list(SCOPES)}},
             "prefix": {"type": "string", "example": "mp_live_01JDQ3Z8T6X4C2..."},
             "token": {"type": "string", "description": "only in the answer that created it"},
             "created_at": _TIME,

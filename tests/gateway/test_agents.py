@@ -117,6 +117,7 @@ async def test_tool_errors_carry_the_api_code_and_a_bad_key_is_refused(
     )
     assert answer.status_code == 401
     assert answer.json()["error"]["type"] == "authentication_error"
+    assert answer.headers["www-authenticate"].startswith("Bearer")
     missing = await client.post("/mcp", json={})
     assert missing.status_code == 401
     assert missing.headers["www-authenticate"].startswith("Bearer")
