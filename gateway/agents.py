@@ -55,14 +55,16 @@ class McpEndpoint:
 
     def __init__(self, shared: Gateway) -> None:
         self._shared = shared
-        self.server = build_server(shared)
+        # One connection pool for every tool call's requests to the API, whatever their key.
+        self.http = httpx.AsyncClient(timeout=MAX_WAIT_SECONDS + 30)
+        self.server = build_server(shared, self.http)
         self._manager = StreamableHTTPSessionManager(
             app=self.server._lowlevel_server, stateless=True, json_response=True
         )
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        async with self._manager.run():
+        async with self._manager.run(), self.http:
             yield
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -89,11 +91,11 @@ class McpEndpoint:
         return refused
 
 
-def build_server(shared: Gateway) -> MCPServer:
+def build_server(shared: Gateway, http: httpx.AsyncClient) -> MCPServer:
     with _logging_left_alone():
         server = MCPServer(name="magicpixels", instructions=INSTRUCTIONS, version="1")
     for tool in TOOLS:
-        server.add_tool(_as_tool(shared, tool))
+        server.add_tool(_as_tool(shared, http, tool))
     return server
 
 
@@ -110,12 +112,14 @@ def _logging_left_alone() -> Iterator[None]:
         root.setLevel(level)
 
 
-def _as_tool(shared: Gateway, tool: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+def _as_tool(
+    shared: Gateway, http: httpx.AsyncClient, tool: Callable[..., Awaitable[Any]]
+) -> Callable[..., Any]:
     """The tool with an API client of the caller's key, and the API's errors as tool errors
     the agent reads (code, message, param)."""
 
     async def call(ctx: Context, **arguments: Any) -> Any:
-        async with _client(shared, ctx) as client:
+        async with _client(shared, http, ctx) as client:
             try:
                 return await tool(client, shared, **arguments)
             except MagicPixelsError as error:  # the API's code, message, param, request id
@@ -138,10 +142,13 @@ def _as_tool(shared: Gateway, tool: Callable[..., Awaitable[Any]]) -> Callable[.
 
 
 @contextlib.asynccontextmanager
-async def _client(shared: Gateway, ctx: Context) -> AsyncIterator[AsyncMagicPixels]:
+async def _client(
+    shared: Gateway, http: httpx.AsyncClient, ctx: Context
+) -> AsyncIterator[AsyncMagicPixels]:
     headers = ctx.headers or {}
     token = (headers.get("authorization") or "").partition(" ")[2].strip()
-    async with AsyncMagicPixels(token, base_url=_loopback_url(shared), max_retries=1) as client:
+    url = _loopback_url(shared)
+    async with AsyncMagicPixels(token, base_url=url, max_retries=1, http_client=http) as client:
         yield client
 
 

@@ -87,12 +87,13 @@ def retry_delay(attempt: int, response: httpx.Response | None) -> float:
 
 
 def _request_args(call: Call, settings: Settings) -> dict[str, Any]:
+    """The request, complete in itself: a shared HTTP client is never changed."""
     return {
         "method": call.method,
-        "url": call.path,
+        "url": settings.base_url + call.path,
         "params": {k: v for k, v in (call.params or {}).items() if v is not None},
         "json": call.json,
-        "headers": call.headers,
+        "headers": {**settings.headers(), **call.headers},
         "content": call.content() if call.content else None,
         "timeout": settings.timeout + call.extra_timeout,
     }
@@ -121,8 +122,6 @@ class SyncTransport:
         self.settings = settings
         self._http = http or httpx.Client()
         self._owned = http is None
-        self._http.base_url = httpx.URL(settings.base_url)
-        self._http.headers.update(settings.headers())
 
     def close(self) -> None:
         if self._owned:
@@ -176,8 +175,6 @@ class AsyncTransport:
         self.settings = settings
         self._http = http or httpx.AsyncClient()
         self._owned = http is None
-        self._http.base_url = httpx.URL(settings.base_url)
-        self._http.headers.update(settings.headers())
 
     async def close(self) -> None:
         if self._owned:

@@ -170,7 +170,8 @@ class AccountResource:
 class MagicPixels:
     """The API, synchronously. Without arguments: MAGICPIXELS_API_KEY and MAGICPIXELS_BASE_URL
     (default http://localhost:8080). 429 and 503 answers are retried `max_retries` times,
-    after their Retry-After or an exponential backoff."""
+    after their Retry-After or an exponential backoff. An `http_client` of the caller's is
+    used as it is (clients of several keys may share one) and left open."""
 
     def __init__(
         self,
