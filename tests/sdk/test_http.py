@@ -2,6 +2,7 @@
 Server-Sent Events decoder; errors of answers that are not the API's."""
 
 import email.utils
+import io
 import subprocess
 import sys
 import time
@@ -9,6 +10,7 @@ import time
 import pytest
 
 from magicpixels_sdk import AsyncMagicPixels, InvalidRequestError, RateLimitError, ServerError
+from magicpixels_sdk._calls import upload_asset
 from magicpixels_sdk._http import EventDecoder, retry_delay
 from tests.jobs.test_webhooks import Receiver
 
@@ -43,6 +45,27 @@ async def test_retries_stop_after_max_retries(server: Receiver) -> None:
         with pytest.raises(RateLimitError) as limited:
             await client.jobs.get("job_1")
     assert limited.value.retry_after == 0
+
+
+class _OneWay(io.BytesIO):
+    """A stream that cannot be rewound, as a pipe."""
+
+    def seekable(self) -> bool:
+        return False
+
+
+async def test_an_upload_is_retried_only_when_its_stream_can_be_read_again(
+    server: Receiver,
+) -> None:
+    server.plan.extend([(503, {"retry-after": "0"}), (400, {})])
+    stream = io.BytesIO(b"ignored\x89PNG...")
+    stream.seek(7)  # from where the caller stands
+    async with AsyncMagicPixels("k", base_url=server.url("")) as client:
+        with pytest.raises(InvalidRequestError):
+            await client.assets.upload(stream, content_type="image/png")
+    assert [r.body for r in server.requests] == [b"\x89PNG..."] * 2
+    assert server.requests[0].headers["content-length"] == "7"
+    assert not upload_asset(_OneWay(b"\x89PNG"), "image/png", True).replayable
 
 
 class _Answer:

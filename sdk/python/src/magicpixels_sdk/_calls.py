@@ -66,19 +66,28 @@ def upload_asset(file: Upload, content_type: str | None, asynchronous: bool) -> 
     file's name, else from its first bytes (the API verifies them either way)."""
     if isinstance(file, bytes):
         kind = content_type or sniff(file)
-        return _upload(lambda: file, kind)
+        return _upload(lambda: file, kind, None)
     if isinstance(file, str | os.PathLike):
         path = Path(file)
         kind = content_type or _by_name(path.name) or _sniff_file(path)
         stream = _read_path_async if asynchronous else _read_path
-        return _upload(lambda: stream(path), kind)
+        return _upload(lambda: stream(path), kind, path.stat().st_size)
     kind = content_type or _by_name(str(getattr(file, "name", ""))) or "application/octet-stream"
-    start = file.tell() if file.seekable() else None
-    return _upload(lambda: _read_file(file, start, asynchronous), kind)
+    if not file.seekable():  # its size is unknown, and it can be sent only once
+        call = _upload(lambda: _read_file(file, None, asynchronous), kind, None)
+        call.replayable = False
+        return call
+    start = file.tell()
+    size = file.seek(0, os.SEEK_END) - start
+    return _upload(lambda: _read_file(file, start, asynchronous), kind, size)
 
 
-def _upload(content: Any, content_type: str) -> Call:
-    return Call("POST", "/v1/assets", headers={"Content-Type": content_type}, content=content)
+def _upload(content: Any, content_type: str, size: int | None) -> Call:
+    """A declared size lets the API refuse a file over its limits before it is sent."""
+    headers = {"Content-Type": content_type}
+    if size is not None:
+        headers["Content-Length"] = str(size)
+    return Call("POST", "/v1/assets", headers=headers, content=content)
 
 
 def _by_name(name: str) -> str | None:

@@ -41,6 +41,8 @@ class Call:
     headers: dict[str, str] = field(default_factory=dict)
     content: Callable[[], Any] | None = None
     extra_timeout: float = 0.0
+    # False for a body read from a stream that cannot be rewound: it can be sent only once.
+    replayable: bool = True
 
     @property
     def retry_safe(self) -> bool:
@@ -99,8 +101,9 @@ def _request_args(call: Call, settings: Settings) -> dict[str, Any]:
     }
 
 
-def _should_retry(response: httpx.Response, attempt: int, settings: Settings) -> bool:
-    return response.status_code in RETRY_STATUSES and attempt < settings.max_retries
+def _should_retry(response: httpx.Response, call: Call, attempt: int, settings: Settings) -> bool:
+    retryable = response.status_code in RETRY_STATUSES and call.replayable
+    return retryable and attempt < settings.max_retries
 
 
 def _raise_for_error(response: httpx.Response) -> None:
@@ -146,7 +149,7 @@ class SyncTransport:
                 time.sleep(retry_delay(attempt, None))
                 attempt += 1
                 continue
-            if _should_retry(response, attempt, self.settings):
+            if _should_retry(response, call, attempt, self.settings):
                 response.close()
                 time.sleep(retry_delay(attempt, response))
                 attempt += 1
@@ -199,7 +202,7 @@ class AsyncTransport:
                 await anyio.sleep(retry_delay(attempt, None))
                 attempt += 1
                 continue
-            if _should_retry(response, attempt, self.settings):
+            if _should_retry(response, call, attempt, self.settings):
                 await response.aclose()
                 await anyio.sleep(retry_delay(attempt, response))
                 attempt += 1
@@ -229,7 +232,8 @@ def _may_retry_failure(
     """A connection never made is safe to retry; a request that may have been received is
     retried only when repeating it cannot do anything twice."""
     sent_nothing = isinstance(error, httpx.ConnectError | httpx.ConnectTimeout)
-    return attempt < settings.max_retries and (sent_nothing or call.retry_safe)
+    may = sent_nothing or (call.retry_safe and call.replayable)
+    return attempt < settings.max_retries and may
 
 
 class EventDecoder:
