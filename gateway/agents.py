@@ -24,7 +24,7 @@ import mcp_types
 from fastapi import FastAPI
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
 from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -58,9 +58,15 @@ class McpEndpoint:
         # One connection pool for every tool call's requests to the API, whatever their key.
         self.http = httpx.AsyncClient(timeout=MAX_WAIT_SECONDS + 30)
         self.server = build_server(shared, self.http)
-        self._manager = StreamableHTTPSessionManager(
-            app=self.server._lowlevel_server, stateless=True, json_response=True
+        # Builds the server's session manager, which this endpoint serves at its own route.
+        # Host and Origin checks (against DNS rebinding) are left out: they protect ambient
+        # credentials, and these requests carry a bearer key, whatever host the gateway has.
+        self.server.streamable_http_app(
+            stateless_http=True,
+            json_response=True,
+            transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         )
+        self._manager = self.server.session_manager
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
