@@ -16,5 +16,6 @@ setup(
         *packages_under("magicpixels", "src/magicpixels"),
         *packages_under("magicpixels.services", "services"),
         *packages_under("magicpixels.gateway", "gateway"),
+        "magicpixels_sdk",
     ]
 )

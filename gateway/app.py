@@ -13,7 +13,17 @@ from starlette.types import ASGIApp
 from magicpixels.core.errors import DomainError
 from magicpixels.core.service import Mesh
 from magicpixels.core.settings import GatewaySettings
-from magicpixels.gateway import accounts, assets, billing, jobs, keys, ops
+from magicpixels.gateway import (
+    accounts,
+    agents,
+    assets,
+    billing,
+    jobs,
+    keys,
+    openai_images,
+    openapi,
+    ops,
+)
 from magicpixels.gateway.errors import ApiError, from_domain_error, from_rpc_error, internal_error
 from magicpixels.gateway.middleware import RequestContextMiddleware
 from magicpixels.gateway.ratelimit import Quota, RateLimitMiddleware
@@ -37,8 +47,10 @@ def create_app(mesh: Mesh, settings: GatewaySettings) -> ASGIApp:
         lifespan=_lifespan,
     )
     app.state.gateway = shared = Gateway(mesh, settings)
-    for module in (accounts, keys, billing, jobs, assets, ops):
+    for module in (accounts, keys, billing, jobs, assets, openai_images, ops):
         app.include_router(module.router)
+    app.state.mcp = agents.mount(app, shared)
+    openapi.install(app)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(grpc.aio.AioRpcError, _rpc_error)
     app.add_exception_handler(DomainError, _domain_error)
@@ -57,7 +69,7 @@ def create_app(mesh: Mesh, settings: GatewaySettings) -> ASGIApp:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    async with app.state.gateway.running():
+    async with app.state.gateway.running(), app.state.mcp.running():
         yield
 
 

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from magicpixels import client_commands
 from magicpixels.core import settings as config
 from magicpixels.core.logging import configure_logging
 
@@ -67,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     approve.add_argument("account_id")
     _data_dir_option(approve)
     approve.set_defaults(run=_approve_subscription)
+    client_commands.add_commands(commands)
     return parser
 
 

@@ -241,6 +241,9 @@ class GatewaySettings(BaseSettings):
     rate_limit_redis_failure: Literal["open", "closed"] = "open"
     # Lifetime of the signed result URL in a completed job.
     result_url_seconds: int = 3600
+    # Hosts (names, IP addresses or networks) the MCP upload_asset tool may fetch from although
+    # private, loopback or link-local, and over plain http. JSON: ["127.0.0.1"].
+    mcp_fetch_allowed_hosts: tuple[str, ...] = ()
 
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")

@@ -1,0 +1,407 @@
+"""The Model Context Protocol server at `/mcp` (streamable HTTP, the official `mcp` package):
+an agent with an API key creates each mode's job, waits for it, uploads inputs and reads
+results, on the same account and credits as the REST API.
+
+Each request is authenticated here with the same bearer keys as the API; each tool then calls
+the public REST API itself, through the Python SDK, with the caller's own key, so its scopes,
+rate limits, idempotency and errors are exactly the API's. The server is stateless (every
+request stands alone), so any gateway replica answers any request.
+"""
+
+import asyncio
+import base64
+import contextlib
+import inspect
+import logging
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from ipaddress import ip_address
+from typing import IO, Any
+
+import grpc
+import httpx
+import mcp_types
+from fastapi import FastAPI
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.requests import Request
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from magicpixels.core.errors import DomainError
+from magicpixels.gateway.errors import ApiError, from_domain_error, from_rpc_error
+from magicpixels.gateway.principal import bearer_token
+from magicpixels.gateway.state import Gateway
+from magicpixels.services.jobs.domain import WebhookPolicy, webhook_target
+from magicpixels_sdk import AsyncMagicPixels, MagicPixelsError
+
+# Inputs fetched from a URL: the largest the API accepts (audio, 50 MiB), and how long to try.
+MAX_FETCH_BYTES = 50 * 1024 * 1024
+FETCH_SECONDS = 60.0
+# A wait_for_job call waits at most this long; an agent calls it again for longer jobs.
+MAX_WAIT_SECONDS = 300
+_IMAGE = "image/"
+MCP_PATH = "/mcp"
+
+INSTRUCTIONS = """MagicPixels generates images, audio and video as jobs paid with credits.
+Create a job with a create_* tool, then call wait_for_job until its status is completed,
+failed or canceled, then get_job_result. Inputs (images, audio) are assets: upload_asset from
+a URL or base64 first and pass its id. check_credits tells what the account can spend."""
+
+
+class McpEndpoint:
+    """The ASGI app of `/mcp`: a valid bearer key, then the MCP transport."""
+
+    def __init__(self, shared: Gateway) -> None:
+        self._shared = shared
+        # One connection pool for every tool call's requests to the API, whatever their key.
+        self.http = httpx.AsyncClient(timeout=MAX_WAIT_SECONDS + 30)
+        self.server = build_server(shared, self.http)
+        # Builds the server's session manager, which this endpoint serves at its own route.
+        # Host and Origin checks (against DNS rebinding) are left out: they protect ambient
+        # credentials, and these requests carry a bearer key, whatever host the gateway has.
+        self.server.streamable_http_app(
+            stateless_http=True,
+            json_response=True,
+            transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+        )
+        self._manager = self.server.session_manager
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        async with self._manager.run(), self.http:
+            yield
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refused = await self._refusal(scope)
+        if refused is not None:
+            await refused.response()(scope, receive, send)
+            return
+        await self._manager.handle_request(scope, receive, send)
+
+    async def _refusal(self, scope: Scope) -> ApiError | None:
+        """Why the request's key may not use the tools; None when it may."""
+        try:
+            await self._shared.principal(bearer_token(Request(scope)))
+        except ApiError as error:
+            refused = error
+        except DomainError as error:
+            refused = from_domain_error(error)
+        except grpc.aio.AioRpcError as error:
+            refused = from_rpc_error(error)
+        else:
+            return None
+        if refused.status == 401:  # RFC 6750: say which scheme to use
+            refused.headers.setdefault("WWW-Authenticate", 'Bearer realm="magicpixels"')
+        return refused
+
+
+def build_server(shared: Gateway, http: httpx.AsyncClient) -> MCPServer:
+    with _logging_left_alone():
+        server = MCPServer(name="magicpixels", instructions=INSTRUCTIONS, version="1")
+    for tool in TOOLS:
+        server.add_tool(_as_tool(shared, http, tool))
+    return server
+
+
+@contextlib.contextmanager
+def _logging_left_alone() -> Iterator[None]:
+    """MCPServer configures the root logger (logging.basicConfig) when it has no handler yet;
+    this process's logging is magicpixels.core.logging's to configure."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def _as_tool(
+    shared: Gateway, http: httpx.AsyncClient, tool: Callable[..., Awaitable[Any]]
+) -> Callable[..., Any]:
+    """The tool with an API client of the caller's key, and the API's errors as tool errors
+    the agent reads (code, message, param)."""
+
+    async def call(ctx: Context, **arguments: Any) -> Any:
+        async with _client(shared, http, ctx) as client:
+            try:
+                return await tool(client, shared, **arguments)
+            except MagicPixelsError as error:  # the API's code, message, param, request id
+                raise ToolError(str(error)) from None
+
+    # What MCPServer reads to describe the tool: its own parameters (after the client and
+    # the gateway), and the context it injects.
+    signature = inspect.signature(tool)
+    parameters = list(signature.parameters.values())[2:]
+    context = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)
+    call.__name__ = tool.__name__
+    call.__doc__ = tool.__doc__
+    call.__signature__ = signature.replace(parameters=[*parameters, context])  # type: ignore[attr-defined]
+    call.__annotations__ = {
+        **{p.name: p.annotation for p in parameters},
+        "ctx": Context,
+        "return": signature.return_annotation,
+    }
+    return call
+
+
+@contextlib.asynccontextmanager
+async def _client(
+    shared: Gateway, http: httpx.AsyncClient, ctx: Context
+) -> AsyncIterator[AsyncMagicPixels]:
+    headers = ctx.headers or {}
+    token = (headers.get("authorization") or "").partition(" ")[2].strip()
+    url = _loopback_url(shared)
+    async with AsyncMagicPixels(token, base_url=url, max_retries=1, http_client=http) as client:
+        yield client
+
+
+def _loopback_url(shared: Gateway) -> str:
+    """This gateway's own listening address, as its tools reach the API."""
+    host = shared.settings.host
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{shared.settings.port}"
+
+
+async def create_text_to_image_job(
+    client: AsyncMagicPixels,
+    _shared: Gateway,
+    prompt: str,
+    width: int | None = None,
+    height: int | None = None,
+    negative_prompt: str | None = None,
+    seed: int | None = None,
+    output_format: str | None = None,
+) -> dict[str, Any]:
+    """Creates a text_to_image job (1 credit): an image of the prompt, 1024x1024 unless width
+    and height (multiples of 8, 64..2048) say otherwise; output_format png, jpeg or webp."""
+    params = _given(
+        width=width,
+        height=height,
+        negative_prompt=negative_prompt,
+        seed=seed,
+        output_format=output_format,
+    )
+    return (await client.jobs.create("text_to_image", prompt, **params)).raw
+
+
+async def create_image_to_image_job(
+    client: AsyncMagicPixels,
+    _shared: Gateway,
+    prompt: str,
+    input_asset_id: str,
+    strength: float | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    seed: int | None = None,
+    output_format: str | None = None,
+) -> dict[str, Any]:
+    """Creates an image_to_image job (1 credit): the input image asset restyled after the
+    prompt; strength 0..1 (default 0.6) says how far."""
+    params = _given(
+        input_asset_id=input_asset_id,
+        strength=strength,
+        width=width,
+        height=height,
+        seed=seed,
+        output_format=output_format,
+    )
+    return (await client.jobs.create("image_to_image", prompt, **params)).raw
+
+
+async def create_text_to_audio_job(
+    client: AsyncMagicPixels,
+    _shared: Gateway,
+    prompt: str,
+    duration_seconds: float | None = None,
+    seed: int | None = None,
+    output_format: str | None = None,
+) -> dict[str, Any]:
+    """Creates a text_to_audio job (1 credit per started 10 s): a piece after the prompt,
+    duration_seconds 1..300 (default 10); output_format wav, mp3, flac or ogg."""
+    params = _given(duration_seconds=duration_seconds, seed=seed, output_format=output_format)
+    return (await client.jobs.create("text_to_audio", prompt, **params)).raw
+
+
+async def create_image_to_video_job(
+    client: AsyncMagicPixels,
+    _shared: Gateway,
+    input_asset_id: str,
+    prompt: str | None = None,
+    audio_asset_id: str | None = None,
+    duration_seconds: float | None = None,
+    fps: int | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """Creates an image_to_video job (22 credits per started second): the input image asset
+    animated (camera words in the prompt: zoom, left, right, up, down, still), with an
+    optional audio asset as its soundtrack; duration_seconds 1..30 (default 4), fps 8..60."""
+    params = _given(
+        input_asset_id=input_asset_id,
+        audio_asset_id=audio_asset_id,
+        duration_seconds=duration_seconds,
+        fps=fps,
+        seed=seed,
+    )
+    return (await client.jobs.create("image_to_video", prompt, **params)).raw
+
+
+async def wait_for_job(
+    client: AsyncMagicPixels, _shared: Gateway, job_id: str, timeout_seconds: int = 60
+) -> dict[str, Any]:
+    """Waits until the job ends (completed, failed, canceled) or timeout_seconds (at most
+    300) pass, and answers the job as it is then."""
+    seconds = max(1, min(timeout_seconds, MAX_WAIT_SECONDS))
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            return (await client.jobs.wait(job_id)).raw
+    return (await client.jobs.get(job_id)).raw
+
+
+async def get_job(client: AsyncMagicPixels, _shared: Gateway, job_id: str) -> dict[str, Any]:
+    """The job: status, progress, queue_position, result or error."""
+    return (await client.jobs.get(job_id)).raw
+
+
+async def cancel_job(client: AsyncMagicPixels, _shared: Gateway, job_id: str) -> dict[str, Any]:
+    """Cancels a queued or running job; its credits are released."""
+    return (await client.jobs.cancel(job_id)).raw
+
+
+async def get_job_result(
+    client: AsyncMagicPixels, _shared: Gateway, job_id: str
+) -> list[mcp_types.ContentBlock]:
+    """A completed job's result: an image as image content; audio and video as a link to a
+    signed URL (valid an hour) of the file."""
+    job = await client.jobs.get(job_id)
+    if job.result is None:
+        raise ToolError(f"job {job.id} is {job.status}, with no result (yet)")
+    result = job.result
+    summary = mcp_types.TextContent(
+        text=f"job {job.id} {job.mode}: asset {result.asset_id} ({result.content_type})"
+    )
+    if result.content_type.startswith(_IMAGE):
+        data = await client.assets.content(result.asset_id)
+        image = mcp_types.ImageContent(
+            data=base64.b64encode(data).decode(), mime_type=result.content_type
+        )
+        return [image, summary]
+    signed = await client.assets.url(result.asset_id)
+    link = mcp_types.ResourceLink(
+        uri=signed.url,
+        name=result.asset_id,
+        mime_type=result.content_type,
+        description=f"the result of {job.id}; the link expires at {signed.expires_at}",
+    )
+    return [link, summary]
+
+
+async def upload_asset(
+    client: AsyncMagicPixels,
+    shared: Gateway,
+    url: str | None = None,
+    base64_data: str | None = None,
+    content_type: str | None = None,
+) -> dict[str, Any]:
+    """Uploads an input (PNG, JPEG, WebP image; WAV, MP3, FLAC, OGG audio) from a public URL
+    or from base64 data, and answers the asset, whose id the create_* tools take."""
+    if (url is None) == (base64_data is None):
+        raise ToolError("give either url or base64_data")
+    if base64_data is not None:
+        try:
+            data = base64.b64decode(base64_data, validate=True)
+        except ValueError:
+            raise ToolError("base64_data is not base64") from None
+        return (await client.assets.upload(data, content_type=content_type)).raw
+    assert url is not None
+    with tempfile.SpooledTemporaryFile(max_size=1 << 20) as spool:
+        fetched_type = await _fetch(shared, url, spool)
+        spool.seek(0)
+        kind = content_type or fetched_type
+        return (await client.assets.upload(spool, content_type=kind)).raw  # type: ignore[arg-type]
+
+
+async def check_credits(client: AsyncMagicPixels, _shared: Gateway) -> dict[str, Any]:
+    """The account's plan and credits: available to spend, and reserved by running jobs."""
+    account = await client.account.get()
+    return {
+        "plan": account.plan,
+        "available": account.credits.available,
+        "reserved": account.credits.reserved,
+    }
+
+
+TOOLS = (
+    create_text_to_image_job,
+    create_image_to_image_job,
+    create_text_to_audio_job,
+    create_image_to_video_job,
+    wait_for_job,
+    get_job,
+    cancel_job,
+    get_job_result,
+    upload_asset,
+    check_credits,
+)
+
+
+def _given(**params: Any) -> dict[str, Any]:
+    return {name: value for name, value in params.items() if value is not None}
+
+
+async def _fetch(shared: Gateway, url: str, into: IO[bytes]) -> str | None:
+    """Downloads a URL as webhooks reach theirs: https to a public address (the operator's
+    MP_GATEWAY_MCP_FETCH_ALLOWED_HOSTS may allow others), connecting to the address that was
+    checked, at most MAX_FETCH_BYTES. Answers the Content-Type it was served with."""
+    policy = WebhookPolicy.allowing(shared.settings.mcp_fetch_allowed_hosts)
+    target = webhook_target(url)
+    if target is None or (target.scheme == "http" and not policy.allow_listed(target.host)):
+        raise ToolError("url must be an https URL of a public host")
+    address = await _reachable(policy, target.host, target.port)
+    request_url = httpx.URL(url)
+    async with (
+        httpx.AsyncClient(timeout=FETCH_SECONDS) as http,
+        http.stream(
+            "GET",
+            request_url.copy_with(host=address),
+            headers={"host": request_url.netloc.decode()},
+            extensions={"sni_hostname": target.host},
+        ) as response,
+    ):
+        if response.status_code != 200:
+            raise ToolError(f"fetching the url answered HTTP {response.status_code}")
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > MAX_FETCH_BYTES:
+                raise ToolError(f"the file at url is larger than {MAX_FETCH_BYTES} bytes")
+            into.write(chunk)
+        content_type = response.headers.get("content-type")
+    return content_type.split(";")[0].strip() if content_type else None
+
+
+async def _reachable(policy: WebhookPolicy, host: str, port: int) -> str:
+    loop = asyncio.get_running_loop()
+    try:
+        found = await loop.getaddrinfo(host, port, type=0, proto=6)
+    except OSError:
+        raise ToolError(f"the host {host} was not found") from None
+    for *_, sockaddr in found:
+        address = ip_address(sockaddr[0])
+        if policy.may_reach(host, address):
+            return str(address)
+    raise ToolError("url must point at a public address")
+
+
+def mount(app: FastAPI, shared: Gateway) -> McpEndpoint:
+    """Serves the MCP endpoint at /mcp (its `running()` belongs in the app's lifespan)."""
+    endpoint = McpEndpoint(shared)
+    app.router.routes.append(Route(MCP_PATH, endpoint, methods=["GET", "POST", "DELETE"]))
+    return endpoint

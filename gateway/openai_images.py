@@ -1,0 +1,366 @@
+"""The OpenAI Images API on our jobs: `POST /v1/images/generations` and `/v1/images/edits`, so
+the OpenAI SDK, its `base_url` pointed here and a MagicPixels key as its `api_key`, generates
+images on the account's credits.
+
+Each image is an ordinary job (text_to_image, or image_to_image for an edit), created,
+charged and listed like any other; the route answers once they all ended, as OpenAI's does.
+Errors keep the API's shape, which is OpenAI's (`message`, `type`, `param`, `code`) plus
+`request_id`; here `param` is always present, null when no parameter is at fault.
+"""
+
+import asyncio
+import base64
+import io
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from magicpixels.assets.v1 import assets_pb2
+from magicpixels.gateway import multipart
+from magicpixels.gateway.assets import DOWNLOAD_SECONDS, _Upload
+from magicpixels.gateway.errors import ApiError
+from magicpixels.gateway.jobs import TERMINAL, _settled
+from magicpixels.gateway.principal import Principal, require
+from magicpixels.gateway.responses import JSONResponse
+from magicpixels.gateway.state import gateway
+from magicpixels.jobs.v1 import jobs_pb2
+from magicpixels.services.assets import media
+
+# An OpenAI client waits up to 10 minutes by default; so may the jobs of one request.
+FINISH_SECONDS = 600
+MAX_IMAGES = 10
+# The form fields of an edit other than the image: short text, held in memory.
+_MAX_FIELD_BYTES = 16 * 1024
+_SIZE = re.compile(r"(\d{1,5})x(\d{1,5})")
+_FORMATS = ("png", "jpeg", "webp")
+
+
+class OpenAIShapedRoute(APIRoute):
+    """A route whose errors, answered by the app's own handlers, always carry `param`."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handle = super().get_route_handler()
+
+        async def shaped(request: Request) -> Response:
+            try:
+                return await handle(request)
+            except Exception as error:
+                answered = await _answer_as_the_app_does(request, error)
+                return _with_param(answered)
+
+        return shaped
+
+
+async def _answer_as_the_app_does(request: Request, error: Exception) -> Response:
+    handlers = request.app.exception_handlers
+    for cls in type(error).__mro__:
+        if cls in handlers:
+            answered: Response = await handlers[cls](request, error)
+            return answered
+    raise error
+
+
+def _with_param(response: Response) -> Response:
+    body = json.loads(bytes(response.body))
+    body["error"].setdefault("param", None)
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+    return JSONResponse(body, status_code=response.status_code, headers=headers)
+
+
+router = APIRouter(prefix="/v1", tags=["openai compatibility"], route_class=OpenAIShapedRoute)
+
+
+class ImageGenerationRequest(BaseModel):
+    """OpenAI's fields; `model`, `quality`, `style`, `user` and `moderation` are accepted and
+    ignored (the operator's configuration chooses the model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str
+    n: int = Field(default=1, ge=1, le=MAX_IMAGES)
+    size: str | None = Field(default=None, examples=["1024x1024", "512x512", "auto"])
+    response_format: Literal["url", "b64_json"] = "url"
+    output_format: Literal["png", "jpeg", "webp"] | None = None
+    model: str | None = None
+    quality: str | None = None
+    style: str | None = None
+    user: str | None = None
+    moderation: str | None = None
+
+
+class ImageData(BaseModel):
+    url: str | None = None
+    b64_json: str | None = None
+    revised_prompt: str | None = None
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+    output_format: str
+    size: str
+
+
+@router.post("/images/generations", response_model=ImagesResponse)
+async def create_images(
+    body: ImageGenerationRequest,
+    request: Request,
+    principal: Annotated[Principal, Depends(require("jobs:write"))],
+) -> JSONResponse:
+    """OpenAI's image generation: `n` text_to_image jobs of the prompt, answered once they end,
+    as signed URLs (`response_format: url`, an hour) or base64 (`b64_json`)."""
+    spec = jobs_pb2.JobSpec(
+        mode=jobs_pb2.JOB_MODE_TEXT_TO_IMAGE,
+        prompt=body.prompt,
+        output_format=body.output_format or "",
+        **_size(body.size),
+    )
+    jobs = await _run_jobs(request, principal, spec, body.n)
+    return await _images(request, principal, jobs, body.response_format)
+
+
+@router.post(
+    "/images/edits",
+    response_model=ImagesResponse,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["image", "prompt"],
+                        "properties": {
+                            "image": {"type": "string", "format": "binary"},
+                            "prompt": {"type": "string"},
+                            "n": {"type": "integer", "minimum": 1, "maximum": MAX_IMAGES},
+                            "size": {"type": "string"},
+                            "response_format": {"type": "string", "enum": ["url", "b64_json"]},
+                            "output_format": {"type": "string", "enum": list(_FORMATS)},
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
+async def edit_images(
+    request: Request, principal: Annotated[Principal, Depends(require("jobs:write"))]
+) -> JSONResponse:
+    """OpenAI's image edit: the `image` part is uploaded as an asset, then `n` image_to_image
+    jobs restyle it after the prompt (`mask` is not supported: 400 parameter_unsupported)."""
+    await _require_scope(request, "assets:write")
+    fields, asset = await _read_edit_form(request, principal)
+    try:
+        form = ImageEditForm.model_validate(fields)
+    except ValidationError as error:  # located as FastAPI locates a body's faults
+        raise RequestValidationError(
+            [{**fault, "loc": ("body", *fault["loc"])} for fault in error.errors()]
+        ) from None
+    spec = jobs_pb2.JobSpec(
+        mode=jobs_pb2.JOB_MODE_IMAGE_TO_IMAGE,
+        prompt=form.prompt,
+        input_asset_id=asset.id,
+        output_format=form.output_format or "",
+        **_size(form.size),
+    )
+    jobs = await _run_jobs(request, principal, spec, form.n)
+    return await _images(request, principal, jobs, form.response_format)
+
+
+class ImageEditForm(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str
+    n: int = Field(default=1, ge=1, le=MAX_IMAGES)
+    size: str | None = None
+    response_format: Literal["url", "b64_json"] = "url"
+    output_format: Literal["png", "jpeg", "webp"] | None = None
+    model: str | None = None
+    quality: str | None = None
+    user: str | None = None
+
+
+async def _require_scope(request: Request, scope: str) -> None:
+    await require(scope)(request)
+
+
+def _size(size: str | None) -> dict[str, int]:
+    """`WxH` as width and height (the jobs service checks their bounds); `auto` or none: the
+    mode's default."""
+    if size in (None, "", "auto"):
+        return {}
+    found = _SIZE.fullmatch(size)
+    if found is None:
+        raise ApiError(
+            400,
+            "invalid_request_error",
+            "parameter_invalid",
+            "size must be 'auto' or WIDTHxHEIGHT, e.g. 1024x1024",
+            param="size",
+        )
+    return {"width": int(found.group(1)), "height": int(found.group(2))}
+
+
+async def _read_edit_form(
+    request: Request, principal: Principal
+) -> tuple[dict[str, str], assets_pb2.Asset]:
+    """The form's text fields, and its `image` part streamed into a new asset."""
+    fields: dict[str, str] = {}
+    header = assets_pb2.UploadHeader(account_id=principal.account_id, livemode=principal.livemode)
+    async with _Upload(gateway(request).assets) as upload:
+        image = _ImagePart(upload, header)
+        current: multipart.Part | None = None
+        try:
+            boundary = multipart.boundary_of(request.headers.get("content-type", ""))
+            async for event in multipart.parse(boundary, request.stream()):
+                if isinstance(event, multipart.Part):
+                    current = _open_part(event, image, fields)
+                elif current is not None and current.name in _IMAGE_PARTS:
+                    await image.send(event)
+                elif current is not None and current.name:
+                    _add_field(fields, current.name, event)
+        except multipart.MultipartError as error:
+            raise _invalid("multipart_invalid", f"The multipart body: {error}.", None) from None
+        if not upload.started:
+            raise _invalid("parameter_missing", "Send the image as an 'image' part.", "image")
+        asset = await upload.finish()
+    return fields, asset
+
+
+_IMAGE_PARTS = ("image", "image[]")
+_GENERIC_TYPES = ("", "application/octet-stream")
+
+
+class _ImagePart:
+    """The upload of the image part, started at its first bytes: a part sent without a type
+    (the OpenAI SDK sends bytes as application/octet-stream) is typed by what it holds."""
+
+    def __init__(self, upload: _Upload, header: assets_pb2.UploadHeader) -> None:
+        self.upload = upload
+        self.header = header
+        self.seen = False
+
+    def open(self, part: multipart.Part) -> None:
+        if self.seen:
+            raise _invalid("parameter_invalid", "Send one image.", "image")
+        self.seen = True
+        self.header.content_type = (part.content_type or "").split(";")[0].strip().lower()
+
+    async def send(self, chunk: bytes) -> None:
+        if not self.upload.started:
+            if self.header.content_type in _GENERIC_TYPES:
+                found = media.sniff(io.BytesIO(chunk))
+                self.header.content_type = found or "application/octet-stream"
+            await self.upload.start(self.header)
+        await self.upload.send(chunk)
+
+
+def _open_part(part: multipart.Part, image: _ImagePart, fields: dict[str, str]) -> multipart.Part:
+    if part.name == "mask":
+        raise _invalid("parameter_unsupported", "Masks are not supported.", "mask")
+    if part.name in _IMAGE_PARTS:
+        image.open(part)
+    elif part.name:
+        fields[part.name] = ""
+    return part
+
+
+def _add_field(fields: dict[str, str], name: str, data: bytes) -> None:
+    value = fields.get(name, "") + data.decode("utf-8", errors="replace")
+    if len(value) > _MAX_FIELD_BYTES:
+        raise _invalid("parameter_invalid", f"{name} is too long.", name)
+    fields[name] = value
+
+
+def _invalid(code: str, message: str, param: str | None) -> ApiError:
+    return ApiError(400, "invalid_request_error", code, message, param=param)
+
+
+async def _run_jobs(
+    request: Request, principal: Principal, spec: jobs_pb2.JobSpec, n: int
+) -> list[jobs_pb2.Job]:
+    """`n` jobs of the spec, each with its own seed, once they all ended; a repeated
+    Idempotency-Key gives the same jobs back."""
+    key = request.headers.get("idempotency-key", "")
+    created = await asyncio.gather(
+        *(_create(request, principal, spec, f"{key}#{i}" if key else "") for i in range(n))
+    )
+    ended = await asyncio.gather(
+        *(_settled(request, principal, job, FINISH_SECONDS, until="end") for job in created)
+    )
+    for job in ended:
+        _raise_unless_completed(job)
+    return list(ended)
+
+
+async def _create(
+    request: Request, principal: Principal, spec: jobs_pb2.JobSpec, idempotency_key: str
+) -> jobs_pb2.Job:
+    created: jobs_pb2.Job = await gateway(request).jobs.CreateJob(
+        jobs_pb2.CreateJobRequest(
+            account_id=principal.account_id,
+            livemode=principal.livemode,
+            spec=spec,
+            idempotency_key=idempotency_key,
+        )
+    )
+    return created
+
+
+def _raise_unless_completed(job: jobs_pb2.Job) -> None:
+    if job.state == jobs_pb2.JOB_STATE_COMPLETED:
+        return
+    if job.state not in TERMINAL:
+        raise ApiError(
+            503,
+            "api_error",
+            "service_unavailable",
+            f"Job {job.id} did not finish within {FINISH_SECONDS} s; follow it at /v1/jobs.",
+            headers={"Retry-After": "1"},
+        )
+    code = job.error.code if job.HasField("error") else "job_canceled"
+    message = job.error.message if job.HasField("error") else "the job was canceled"
+    raise ApiError(500, "api_error", code, f"Job {job.id} did not complete: {message}")
+
+
+async def _images(
+    request: Request, principal: Principal, jobs: list[jobs_pb2.Job], response_format: str
+) -> JSONResponse:
+    render = _as_base64 if response_format == "b64_json" else _as_url
+    data = await asyncio.gather(*(render(request, principal, job) for job in jobs))
+    first = jobs[0]
+    return JSONResponse(
+        {
+            "created": int(time.time()),
+            "data": list(data),
+            "output_format": first.spec.output_format or "png",
+            "size": f"{first.result.width}x{first.result.height}",
+        }
+    )
+
+
+async def _as_url(request: Request, _principal: Principal, job: jobs_pb2.Job) -> dict[str, Any]:
+    signed = await gateway(request).result_url(job)
+    return {"url": signed[0] if signed else None, "revised_prompt": None}
+
+
+async def _as_base64(request: Request, principal: Principal, job: jobs_pb2.Job) -> dict[str, Any]:
+    stream = gateway(request).assets.ReadAsset(
+        assets_pb2.ReadAssetRequest(
+            id=job.result.asset_id, account_id=principal.account_id, livemode=principal.livemode
+        ),
+        timeout=DOWNLOAD_SECONDS,
+    )
+    content = bytearray()
+    async for message in stream:
+        if message.WhichOneof("payload") == "chunk":
+            content += message.chunk
+    return {"b64_json": base64.b64encode(bytes(content)).decode(), "revised_prompt": None}

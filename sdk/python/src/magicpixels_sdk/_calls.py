@@ -1,0 +1,148 @@
+"""What each method of the clients asks of the API, shared by the sync and async clients."""
+
+import mimetypes
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+
+from magicpixels_sdk._http import Call
+
+# The most one long poll asks the API to wait (API.md: ?wait=0..60).
+MAX_POLL_SECONDS = 60
+_CHUNK = 1 << 20
+
+Upload = str | os.PathLike[str] | bytes | IO[bytes]
+
+
+def create_job(
+    mode: str,
+    prompt: str | None,
+    params: dict[str, Any],
+    idempotency_key: str | None,
+    wait: int | None,
+) -> Call:
+    """`params` pass through as they are, so a field the API gains works without a new SDK;
+    a key is generated when none is given, so a retried create never makes two jobs."""
+    body = {"mode": mode, **({"prompt": prompt} if prompt is not None else {}), **params}
+    headers = {"Idempotency-Key": idempotency_key or f"mpsdk_{uuid.uuid4().hex}"}
+    extra = 0.0
+    if wait is not None:
+        headers["Prefer"] = f"wait={wait}"
+        extra = float(wait)
+    return Call("POST", "/v1/jobs", json=body, headers=headers, extra_timeout=extra)
+
+
+def get_job(job_id: str, wait: int | None = None) -> Call:
+    params = {"wait": wait} if wait else None
+    return Call("GET", f"/v1/jobs/{job_id}", params=params, extra_timeout=float(wait or 0))
+
+
+def list_page(path: str, limit: int, starting_after: str | None, **filters: Any) -> Call:
+    return Call("GET", path, params={"limit": limit, "starting_after": starting_after, **filters})
+
+
+def cancel_job(job_id: str) -> Call:
+    return Call("POST", f"/v1/jobs/{job_id}/cancel")
+
+
+def job_events(job_id: str) -> Call:
+    # An event stream has no end to wait for; its own keep-alives arrive every 15 s.
+    return Call("GET", f"/v1/jobs/{job_id}/events", headers={"Accept": "text/event-stream"})
+
+
+def poll_seconds(remaining: float | None) -> int:
+    """The next long poll's `?wait`: at most 60 s, at least 1, within what remains."""
+    if remaining is None:
+        return MAX_POLL_SECONDS
+    return max(1, min(MAX_POLL_SECONDS, int(remaining + 0.999)))
+
+
+def upload_asset(file: Upload, content_type: str | None, asynchronous: bool) -> Call:
+    """The raw bytes as the body with their type: named by the caller, else guessed from the
+    file's name, else from its first bytes (the API verifies them either way)."""
+    if isinstance(file, bytes):
+        kind = content_type or sniff(file)
+        return _upload(lambda: file, kind, None)
+    if isinstance(file, str | os.PathLike):
+        path = Path(file)
+        kind = content_type or _by_name(path.name) or _sniff_file(path)
+        stream = _read_path_async if asynchronous else _read_path
+        return _upload(lambda: stream(path), kind, path.stat().st_size)
+    kind = content_type or _by_name(str(getattr(file, "name", ""))) or "application/octet-stream"
+    if not file.seekable():  # its size is unknown, and it can be sent only once
+        call = _upload(lambda: _read_file(file, None, asynchronous), kind, None)
+        call.replayable = False
+        return call
+    start = file.tell()
+    size = file.seek(0, os.SEEK_END) - start
+    return _upload(lambda: _read_file(file, start, asynchronous), kind, size)
+
+
+def _upload(content: Any, content_type: str, size: int | None) -> Call:
+    """A declared size lets the API refuse a file over its limits before it is sent."""
+    headers = {"Content-Type": content_type}
+    if size is not None:
+        headers["Content-Length"] = str(size)
+    return Call("POST", "/v1/assets", headers=headers, content=content)
+
+
+def _by_name(name: str) -> str | None:
+    return mimetypes.guess_type(name)[0] if name else None
+
+
+_SIGNATURES = (
+    (b"\x89PNG", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"fLaC", "audio/flac"),
+    (b"OggS", "audio/ogg"),
+    (b"ID3", "audio/mpeg"),
+)
+
+
+def sniff(head: bytes) -> str:
+    """The type of the formats the API accepts, from their first bytes."""
+    if head[:4] == b"RIFF" and head[8:12] in (b"WEBP", b"WAVE"):
+        return "image/webp" if head[8:12] == b"WEBP" else "audio/wav"
+    for signature, kind in _SIGNATURES:
+        if head.startswith(signature):
+            return kind
+    if head[:1] == b"\xff" and len(head) > 1 and head[1] & 0xE0 == 0xE0:
+        return "audio/mpeg"
+    return "application/octet-stream"
+
+
+def _sniff_file(path: Path) -> str:
+    with path.open("rb") as f:
+        return sniff(f.read(16))
+
+
+def _read_path(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            yield chunk
+
+
+async def _read_path_async(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := await anyio.to_thread.run_sync(f.read, _CHUNK):
+            yield chunk
+
+
+def _read_file(file: IO[bytes], start: int | None, asynchronous: bool) -> Any:
+    """A caller's file from where it stood (again on a retry, when it can seek)."""
+    if start is not None:
+        file.seek(start)
+
+    def chunks() -> Iterator[bytes]:
+        while chunk := file.read(_CHUNK):
+            yield chunk
+
+    async def async_chunks() -> AsyncIterator[bytes]:
+        while chunk := await anyio.to_thread.run_sync(file.read, _CHUNK):
+            yield chunk
+
+    return async_chunks() if asynchronous else chunks()

@@ -1,0 +1,263 @@
+"""Sending calls to the API: authentication, retries with backoff, errors as exceptions,
+Server-Sent Events. One sync and one async transport over the same call descriptions."""
+
+import contextlib
+import email.utils
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+
+from magicpixels_sdk import __version__
+from magicpixels_sdk.errors import APIConnectionError, error_from_response
+
+DEFAULT_BASE_URL = "http://localhost:8080"
+# Seconds one request may take; a long poll adds the seconds it asked to wait.
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_MAX_RETRIES = 3
+# Answers worth another try after a pause: rate limited, a service briefly unavailable.
+RETRY_STATUSES = frozenset({429, 503})
+_BACKOFF_BASE = 0.5
+_BACKOFF_CAP = 8.0
+# The longest a Retry-After is honoured; a longer one is the caller's decision.
+_RETRY_AFTER_CAP = 60.0
+
+
+@dataclass
+class Call:
+    """One request. `content` makes the body afresh for each attempt (a stream cannot be
+    replayed); `retry_safe` says whether a failed connection may be tried again (the request
+    is a read, or carries an idempotency key)."""
+
+    method: str
+    path: str
+    params: dict[str, Any] | None = None
+    json: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    content: Callable[[], Any] | None = None
+    extra_timeout: float = 0.0
+    # False for a body read from a stream that cannot be rewound: it can be sent only once.
+    replayable: bool = True
+
+    @property
+    def retry_safe(self) -> bool:
+        return self.method in ("GET", "HEAD", "DELETE") or "Idempotency-Key" in self.headers
+
+
+@dataclass(frozen=True)
+class Settings:
+    base_url: str
+    api_key: str | None
+    timeout: float
+    max_retries: int
+
+    @classmethod
+    def resolve(
+        cls, api_key: str | None, base_url: str | None, timeout: float, max_retries: int
+    ) -> "Settings":
+        """Arguments first, then MAGICPIXELS_API_KEY and MAGICPIXELS_BASE_URL."""
+        return cls(
+            (base_url or os.environ.get("MAGICPIXELS_BASE_URL") or DEFAULT_BASE_URL).rstrip("/"),
+            api_key or os.environ.get("MAGICPIXELS_API_KEY") or None,
+            timeout,
+            max_retries,
+        )
+
+    def headers(self) -> dict[str, str]:
+        headers = {"User-Agent": f"magicpixels-python/{__version__}"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+
+def retry_delay(attempt: int, response: httpx.Response | None) -> float:
+    """How long to pause before attempt `attempt + 1`: the answer's Retry-After (seconds or an
+    HTTP date) when it has one, else exponential backoff with jitter."""
+    header = response.headers.get("retry-after") if response is not None else None
+    if header:
+        if header.strip().isdigit():
+            return min(float(header), _RETRY_AFTER_CAP)
+        with contextlib.suppress(TypeError, ValueError):
+            when = email.utils.parsedate_to_datetime(header).timestamp()
+            return min(max(when - time.time(), 0.0), _RETRY_AFTER_CAP)
+    return min(_BACKOFF_BASE * 2**attempt, _BACKOFF_CAP) * random.uniform(0.5, 1.0)
+
+
+def _request_args(call: Call, settings: Settings) -> dict[str, Any]:
+    """The request, complete in itself: a shared HTTP client is never changed."""
+    return {
+        "method": call.method,
+        "url": settings.base_url + call.path,
+        "params": {k: v for k, v in (call.params or {}).items() if v is not None},
+        "json": call.json,
+        "headers": {**settings.headers(), **call.headers},
+        "content": call.content() if call.content else None,
+        "timeout": settings.timeout + call.extra_timeout,
+    }
+
+
+def _should_retry(response: httpx.Response, call: Call, attempt: int, settings: Settings) -> bool:
+    retryable = response.status_code in RETRY_STATUSES and call.replayable
+    return retryable and attempt < settings.max_retries
+
+
+def _raise_for_error(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    raise error_from_response(response.status_code, body, response.headers)
+
+
+def json_of(response: httpx.Response) -> Any:
+    return response.json() if response.content else None
+
+
+class SyncTransport:
+    def __init__(self, settings: Settings, http: httpx.Client | None = None) -> None:
+        self.settings = settings
+        self._http = http or httpx.Client()
+        self._owned = http is None
+
+    def close(self) -> None:
+        if self._owned:
+            self._http.close()
+
+    def json(self, call: Call) -> Any:
+        with self.stream(call) as response:
+            response.read()
+            return json_of(response)
+
+    @contextlib.contextmanager
+    def stream(self, call: Call) -> Iterator[httpx.Response]:
+        """The answer, its body not yet read; an error answer raises its exception."""
+        attempt = 0
+        while True:
+            try:
+                request = self._http.build_request(**_request_args(call, self.settings))
+                response = self._http.send(request, stream=True)
+            except httpx.TransportError as error:
+                if not _may_retry_failure(error, call, attempt, self.settings):
+                    raise APIConnectionError(f"{type(error).__name__}: {error}") from error
+                time.sleep(retry_delay(attempt, None))
+                attempt += 1
+                continue
+            if _should_retry(response, call, attempt, self.settings):
+                response.close()
+                time.sleep(retry_delay(attempt, response))
+                attempt += 1
+                continue
+            try:
+                if not response.is_success:
+                    response.read()
+                    _raise_for_error(response)
+                yield response
+            finally:
+                response.close()
+            return
+
+    def events(self, call: Call) -> Iterator[tuple[str, str]]:
+        """The (event, data) pairs of a Server-Sent Events answer, until it ends."""
+        with self.stream(call) as response:
+            decoder = EventDecoder()
+            for line in response.iter_lines():
+                event = decoder.feed(line)
+                if event is not None:
+                    yield event
+
+
+class AsyncTransport:
+    def __init__(self, settings: Settings, http: httpx.AsyncClient | None = None) -> None:
+        self.settings = settings
+        self._http = http or httpx.AsyncClient()
+        self._owned = http is None
+
+    async def close(self) -> None:
+        if self._owned:
+            await self._http.aclose()
+
+    async def json(self, call: Call) -> Any:
+        async with self.stream(call) as response:
+            await response.aread()
+            return json_of(response)
+
+    @contextlib.asynccontextmanager
+    async def stream(self, call: Call) -> AsyncIterator[httpx.Response]:
+        """The answer, its body not yet read; an error answer raises its exception."""
+        attempt = 0
+        while True:
+            try:
+                request = self._http.build_request(**_request_args(call, self.settings))
+                response = await self._http.send(request, stream=True)
+            except httpx.TransportError as error:
+                if not _may_retry_failure(error, call, attempt, self.settings):
+                    raise APIConnectionError(f"{type(error).__name__}: {error}") from error
+                await anyio.sleep(retry_delay(attempt, None))
+                attempt += 1
+                continue
+            if _should_retry(response, call, attempt, self.settings):
+                await response.aclose()
+                await anyio.sleep(retry_delay(attempt, response))
+                attempt += 1
+                continue
+            try:
+                if not response.is_success:
+                    await response.aread()
+                    _raise_for_error(response)
+                yield response
+            finally:
+                await response.aclose()
+            return
+
+    async def events(self, call: Call) -> AsyncIterator[tuple[str, str]]:
+        """The (event, data) pairs of a Server-Sent Events answer, until it ends."""
+        async with self.stream(call) as response:
+            decoder = EventDecoder()
+            async for line in response.aiter_lines():
+                event = decoder.feed(line)
+                if event is not None:
+                    yield event
+
+
+def _may_retry_failure(
+    error: httpx.TransportError, call: Call, attempt: int, settings: Settings
+) -> bool:
+    """A connection never made is safe to retry; a request that may have been received is
+    retried only when repeating it cannot do anything twice."""
+    sent_nothing = isinstance(error, httpx.ConnectError | httpx.ConnectTimeout)
+    may = sent_nothing or (call.retry_safe and call.replayable)
+    return attempt < settings.max_retries and may
+
+
+class EventDecoder:
+    """Server-Sent Events (the WHATWG format), line by line: `feed` answers (event, data)
+    when a blank line ends an event; comments (keep-alives) are skipped."""
+
+    def __init__(self) -> None:
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> tuple[str, str] | None:
+        if not line:
+            if not self._data:
+                self._event = ""
+                return None
+            found = (self._event or "message", "\n".join(self._data))
+            self._event, self._data = "", []
+            return found
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            self._event = value
+        elif name == "data":
+            self._data.append(value)
+        return None

@@ -1,0 +1,368 @@
+"""The clients: `MagicPixels` (sync) and `AsyncMagicPixels`, with `jobs`, `assets`, `account`."""
+
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+import httpx
+
+from magicpixels_sdk import _calls
+from magicpixels_sdk._calls import Upload
+from magicpixels_sdk._http import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    AsyncTransport,
+    Call,
+    Settings,
+    SyncTransport,
+)
+from magicpixels_sdk.errors import JobFailedError, WaitTimeoutError
+from magicpixels_sdk.models import Account, Asset, Job, JobEvent, SignedUrl
+
+Destination = str | Path | IO[bytes]
+
+
+def _job_id(job: "str | Job") -> str:
+    return job if isinstance(job, str) else job.id
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def _finished(job: Job, raise_on_failure: bool) -> Job:
+    if raise_on_failure and job.status in ("failed", "canceled"):
+        raise JobFailedError(job)
+    return job
+
+
+class Jobs:
+    def __init__(self, transport: SyncTransport) -> None:
+        self._t = transport
+
+    def create(
+        self,
+        mode: str,
+        prompt: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+        wait: int | None = None,
+        **params: Any,
+    ) -> Job:
+        """Creates a job of `mode`; any other field of the API's job body goes in `params`
+        (input_asset_id, width, duration_seconds, deadline_seconds, ...). `wait` (0..60 s)
+        answers when the job ended, if it does within that time."""
+        return Job.parse(
+            self._t.json(_calls.create_job(mode, prompt, params, idempotency_key, wait))
+        )
+
+    def get(self, job: "str | Job", *, wait: int | None = None) -> Job:
+        """The job; with `wait` (1..60 s), as soon as its status changes."""
+        return Job.parse(self._t.json(_calls.get_job(_job_id(job), wait)))
+
+    def list(
+        self, *, status: str | None = None, mode: str | None = None, page_size: int = 20
+    ) -> Iterator[Job]:
+        """Every job of the key, newest first, fetched a page at a time as it is iterated."""
+        after = None
+        while True:
+            call = _calls.list_page("/v1/jobs", page_size, after, status=status, mode=mode)
+            page = self._t.json(call)
+            yield from (Job.parse(item) for item in page["data"])
+            if not page["has_more"]:
+                return
+            after = page["next_cursor"]
+
+    def cancel(self, job: "str | Job") -> Job:
+        return Job.parse(self._t.json(_calls.cancel_job(_job_id(job))))
+
+    def wait(
+        self, job: "str | Job", timeout: float | None = None, *, raise_on_failure: bool = False
+    ) -> Job:
+        """The job once it ended, long-polling (no busy loop); WaitTimeoutError after
+        `timeout` seconds. `raise_on_failure`: a failed or canceled job raises JobFailedError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        found = job if isinstance(job, Job) else self.get(job)
+        while not found.done:
+            remaining = _remaining(deadline)
+            if remaining is not None and remaining <= 0:
+                raise WaitTimeoutError(found, timeout or 0)
+            found = self.get(found.id, wait=_calls.poll_seconds(remaining))
+        return _finished(found, raise_on_failure)
+
+    def stream(self, job: "str | Job") -> Iterator[JobEvent]:
+        """The job's events as they happen, until it ends (reconnecting if a stream is cut)."""
+        job_id = _job_id(job)
+        while True:
+            for name, data in self._t.events(_calls.job_events(job_id)):
+                event = JobEvent(name, Job.parse(json.loads(data)))
+                yield event
+                if event.event == "status" and event.job.done:
+                    return
+
+    def run(
+        self, mode: str, prompt: str | None = None, *, timeout: float | None = None, **params: Any
+    ) -> Job:
+        """Creates the job and waits for it to end; a failed one raises JobFailedError."""
+        created = self.create(mode, prompt, **params)
+        return self.wait(created, timeout, raise_on_failure=True)
+
+
+class Assets:
+    def __init__(self, transport: SyncTransport) -> None:
+        self._t = transport
+
+    def upload(self, file: Upload, *, content_type: str | None = None) -> Asset:
+        """Uploads a path, bytes or a binary file, streamed."""
+        return Asset.parse(self._t.json(_calls.upload_asset(file, content_type, False)))
+
+    def get(self, asset_id: str) -> Asset:
+        return Asset.parse(self._t.json(Call("GET", f"/v1/assets/{asset_id}")))
+
+    def list(self, *, page_size: int = 20) -> Iterator[Asset]:
+        after = None
+        while True:
+            page = self._t.json(_calls.list_page("/v1/assets", page_size, after))
+            yield from (Asset.parse(item) for item in page["data"])
+            if not page["has_more"]:
+                return
+            after = page["next_cursor"]
+
+    def delete(self, asset_id: str) -> None:
+        self._t.json(Call("DELETE", f"/v1/assets/{asset_id}"))
+
+    def url(self, asset_id: str, expires_in: int = 3600) -> SignedUrl:
+        call = Call("POST", f"/v1/assets/{asset_id}/url", json={"expires_in": expires_in})
+        return SignedUrl.parse(self._t.json(call))
+
+    def download(self, asset_id: str, destination: Destination) -> int:
+        """Streams the asset's content to a path or a binary file; answers its size."""
+        with self._t.stream(Call("GET", f"/v1/assets/{asset_id}/content")) as response:
+            if isinstance(destination, str | Path):
+                with Path(destination).open("wb") as f:
+                    return _copy(response.iter_bytes(), f)
+            return _copy(response.iter_bytes(), destination)
+
+    def content(self, asset_id: str) -> bytes:
+        with self._t.stream(Call("GET", f"/v1/assets/{asset_id}/content")) as response:
+            return response.read()
+
+
+def _copy(chunks: Iterator[bytes], f: IO[bytes]) -> int:
+    size = 0
+    for chunk in chunks:
+        f.write(chunk)
+        size += len(chunk)
+    return size
+
+
+class AccountResource:
+    def __init__(self, transport: SyncTransport) -> None:
+        self._t = transport
+
+    def get(self) -> Account:
+        return Account.parse(self._t.json(Call("GET", "/v1/account")))
+
+
+class MagicPixels:
+    """The API, synchronously. Without arguments: MAGICPIXELS_API_KEY and MAGICPIXELS_BASE_URL
+    (default http://localhost:8080). 429 and 503 answers are retried `max_retries` times,
+    after their Retry-After or an exponential backoff. An `http_client` of the caller's is
+    used as it is (clients of several keys may share one) and left open."""
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        settings = Settings.resolve(api_key, base_url, timeout, max_retries)
+        self._transport = SyncTransport(settings, http_client)
+        self.jobs = Jobs(self._transport)
+        self.assets = Assets(self._transport)
+        self.account = AccountResource(self._transport)
+
+    @property
+    def base_url(self) -> str:
+        return self._transport.settings.base_url
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def __enter__(self) -> "MagicPixels":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class AsyncJobs:
+    def __init__(self, transport: AsyncTransport) -> None:
+        self._t = transport
+
+    async def create(
+        self,
+        mode: str,
+        prompt: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+        wait: int | None = None,
+        **params: Any,
+    ) -> Job:
+        """As `Jobs.create`."""
+        call = _calls.create_job(mode, prompt, params, idempotency_key, wait)
+        return Job.parse(await self._t.json(call))
+
+    async def get(self, job: "str | Job", *, wait: int | None = None) -> Job:
+        return Job.parse(await self._t.json(_calls.get_job(_job_id(job), wait)))
+
+    async def list(
+        self, *, status: str | None = None, mode: str | None = None, page_size: int = 20
+    ) -> AsyncIterator[Job]:
+        after = None
+        while True:
+            call = _calls.list_page("/v1/jobs", page_size, after, status=status, mode=mode)
+            page = await self._t.json(call)
+            for item in page["data"]:
+                yield Job.parse(item)
+            if not page["has_more"]:
+                return
+            after = page["next_cursor"]
+
+    async def cancel(self, job: "str | Job") -> Job:
+        return Job.parse(await self._t.json(_calls.cancel_job(_job_id(job))))
+
+    async def wait(
+        self,
+        job: "str | Job",
+        timeout: float | None = None,  # noqa: ASYNC109 (as the sync client's, long polls)
+        *,
+        raise_on_failure: bool = False,
+    ) -> Job:
+        """As `Jobs.wait`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        found = job if isinstance(job, Job) else await self.get(job)
+        while not found.done:
+            remaining = _remaining(deadline)
+            if remaining is not None and remaining <= 0:
+                raise WaitTimeoutError(found, timeout or 0)
+            found = await self.get(found.id, wait=_calls.poll_seconds(remaining))
+        return _finished(found, raise_on_failure)
+
+    async def stream(self, job: "str | Job") -> AsyncIterator[JobEvent]:
+        job_id = _job_id(job)
+        while True:
+            async for name, data in self._t.events(_calls.job_events(job_id)):
+                event = JobEvent(name, Job.parse(json.loads(data)))
+                yield event
+                if event.event == "status" and event.job.done:
+                    return
+
+    async def run(
+        self,
+        mode: str,
+        prompt: str | None = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (as the sync client's)
+        **params: Any,
+    ) -> Job:
+        created = await self.create(mode, prompt, **params)
+        return await self.wait(created, timeout, raise_on_failure=True)
+
+
+class AsyncAssets:
+    def __init__(self, transport: AsyncTransport) -> None:
+        self._t = transport
+
+    async def upload(self, file: Upload, *, content_type: str | None = None) -> Asset:
+        return Asset.parse(await self._t.json(_calls.upload_asset(file, content_type, True)))
+
+    async def get(self, asset_id: str) -> Asset:
+        return Asset.parse(await self._t.json(Call("GET", f"/v1/assets/{asset_id}")))
+
+    async def list(self, *, page_size: int = 20) -> AsyncIterator[Asset]:
+        after = None
+        while True:
+            page = await self._t.json(_calls.list_page("/v1/assets", page_size, after))
+            for item in page["data"]:
+                yield Asset.parse(item)
+            if not page["has_more"]:
+                return
+            after = page["next_cursor"]
+
+    async def delete(self, asset_id: str) -> None:
+        await self._t.json(Call("DELETE", f"/v1/assets/{asset_id}"))
+
+    async def url(self, asset_id: str, expires_in: int = 3600) -> SignedUrl:
+        call = Call("POST", f"/v1/assets/{asset_id}/url", json={"expires_in": expires_in})
+        return SignedUrl.parse(await self._t.json(call))
+
+    async def download(self, asset_id: str, destination: Destination) -> int:
+        async with self._t.stream(Call("GET", f"/v1/assets/{asset_id}/content")) as response:
+            if isinstance(destination, str | Path):
+                async with await anyio.open_file(destination, "wb") as f:
+                    return await _copy_async(response.aiter_bytes(), f.write)
+            write = destination.write
+            return await _copy_async(
+                response.aiter_bytes(), lambda chunk: anyio.to_thread.run_sync(write, chunk)
+            )
+
+    async def content(self, asset_id: str) -> bytes:
+        async with self._t.stream(Call("GET", f"/v1/assets/{asset_id}/content")) as response:
+            return await response.aread()
+
+
+async def _copy_async(
+    chunks: AsyncIterator[bytes], write: Callable[[bytes], Awaitable[int]]
+) -> int:
+    size = 0
+    async for chunk in chunks:
+        await write(chunk)
+        size += len(chunk)
+    return size
+
+
+class AsyncAccountResource:
+    def __init__(self, transport: AsyncTransport) -> None:
+        self._t = transport
+
+    async def get(self) -> Account:
+        return Account.parse(await self._t.json(Call("GET", "/v1/account")))
+
+
+class AsyncMagicPixels:
+    """The API, with asyncio (or trio): as `MagicPixels`, every call awaited."""
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        settings = Settings.resolve(api_key, base_url, timeout, max_retries)
+        self._transport = AsyncTransport(settings, http_client)
+        self.jobs = AsyncJobs(self._transport)
+        self.assets = AsyncAssets(self._transport)
+        self.account = AsyncAccountResource(self._transport)
+
+    @property
+    def base_url(self) -> str:
+        return self._transport.settings.base_url
+
+    async def close(self) -> None:
+        await self._transport.close()
+
+    async def __aenter__(self) -> "AsyncMagicPixels":
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()

@@ -1,0 +1,180 @@
+"""The API's objects as typed, immutable values.
+
+Each keeps the object as the API sent it in `raw`: the API grows by adding fields, and a field
+this version does not know is still there for the caller.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+MODES = ("text_to_image", "image_to_image", "text_to_audio", "image_to_video")
+TERMINAL_STATUSES = frozenset({"completed", "failed", "canceled"})
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+@dataclass(frozen=True)
+class JobResult:
+    asset_id: str
+    content_type: str
+    url: str | None
+    url_expires_at: datetime | None
+    width: int | None = None
+    height: int | None = None
+    duration_seconds: float | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> "JobResult":
+        return cls(
+            data["asset_id"],
+            data["content_type"],
+            data.get("url"),
+            _time(data.get("url_expires_at")),
+            data.get("width"),
+            data.get("height"),
+            data.get("duration_seconds"),
+        )
+
+
+@dataclass(frozen=True)
+class JobError:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    mode: str
+    status: str
+    progress: float
+    prompt: str | None
+    params: dict[str, Any]
+    cost_credits: int
+    livemode: bool
+    created_at: datetime | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    result: JobResult | None
+    error: JobError | None
+    attempts: int
+    queue_position: int | None
+    deadline_at: datetime | None
+    metadata: dict[str, str]
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def done(self) -> bool:
+        """Whether the job ended: completed, failed or canceled."""
+        return self.status in TERMINAL_STATUSES
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> "Job":
+        result, error = data.get("result"), data.get("error")
+        return cls(
+            id=data["id"],
+            mode=data["mode"],
+            status=data["status"],
+            progress=float(data.get("progress") or 0.0),
+            prompt=data.get("prompt"),
+            params=dict(data.get("params") or {}),
+            cost_credits=int(data.get("cost_credits") or 0),
+            livemode=bool(data.get("livemode")),
+            created_at=_time(data.get("created_at")),
+            started_at=_time(data.get("started_at")),
+            completed_at=_time(data.get("completed_at")),
+            result=JobResult.parse(result) if result else None,
+            error=JobError(error["code"], error["message"]) if error else None,
+            attempts=int(data.get("attempts") or 0),
+            queue_position=data.get("queue_position"),
+            deadline_at=_time(data.get("deadline_at")),
+            metadata=dict(data.get("metadata") or {}),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One Server-Sent Event of a job: `status`, `progress` or `queue_position`, and the job
+    as it was then."""
+
+    event: str
+    job: Job
+
+
+@dataclass(frozen=True)
+class Asset:
+    id: str
+    kind: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+    origin: str
+    livemode: bool
+    created_at: datetime | None
+    width: int | None = None
+    height: int | None = None
+    duration_seconds: float | None = None
+    job_id: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> "Asset":
+        return cls(
+            id=data["id"],
+            kind=data["kind"],
+            content_type=data["content_type"],
+            size_bytes=int(data["size_bytes"]),
+            sha256=data["sha256"],
+            origin=data.get("origin", "upload"),
+            livemode=bool(data.get("livemode", True)),
+            created_at=_time(data.get("created_at")),
+            width=data.get("width"),
+            height=data.get("height"),
+            duration_seconds=data.get("duration_seconds"),
+            job_id=data.get("job_id"),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True)
+class SignedUrl:
+    url: str
+    expires_at: datetime | None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> "SignedUrl":
+        return cls(data["url"], _time(data.get("expires_at")))
+
+
+@dataclass(frozen=True)
+class Credits:
+    available: int
+    reserved: int
+
+
+@dataclass(frozen=True)
+class Account:
+    id: str
+    email: str
+    name: str | None
+    plan: str
+    credits: Credits
+    created_at: datetime | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> "Account":
+        credits = data.get("credits") or {}
+        return cls(
+            id=data["id"],
+            email=data["email"],
+            name=data.get("name"),
+            plan=data.get("plan", ""),
+            credits=Credits(int(credits.get("available", 0)), int(credits.get("reserved", 0))),
+            created_at=_time(data.get("created_at")),
+            raw=data,
+        )

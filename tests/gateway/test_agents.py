@@ -1,0 +1,145 @@
+"""The MCP endpoint driven by the `mcp` package's own client over streamable HTTP."""
+
+import base64
+import io
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import httpx2
+import mcp_types
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from PIL import Image
+
+from magicpixels.mesh import RunningMesh
+from tests.assets.samples import encode_image
+from tests.gateway.test_jobs import funded
+
+
+@asynccontextmanager
+async def mcp_session(base_url: str, headers: dict[str, str]) -> AsyncIterator[Client]:
+    http = httpx2.AsyncClient(headers=headers, timeout=60)
+    async with http, Client(streamable_http_client(f"{base_url}/mcp", http_client=http)) as agent:
+        yield agent
+
+
+def structured(result: mcp_types.CallToolResult) -> Any:
+    assert not result.is_error, result.content
+    return result.structured_content or json.loads(result.content[0].text)  # type: ignore[union-attr]
+
+
+async def test_an_agent_creates_an_image_job_and_receives_the_image(
+    client: httpx.AsyncClient, running_mesh: RunningMesh
+) -> None:
+    auth = await funded(client, running_mesh)
+    async with mcp_session(str(client.base_url), auth) as agent:
+        tools = {tool.name for tool in (await agent.list_tools()).tools}
+        assert {
+            "create_text_to_image_job",
+            "create_image_to_image_job",
+            "create_text_to_audio_job",
+            "create_image_to_video_job",
+            "wait_for_job",
+            "upload_asset",
+            "get_job_result",
+            "check_credits",
+        } <= tools
+        created = structured(
+            await agent.call_tool(
+                "create_text_to_image_job", {"prompt": "a kite", "width": 64, "height": 72}
+            )
+        )
+        assert created["object"] == "job"
+        waited = structured(await agent.call_tool("wait_for_job", {"job_id": created["id"]}))
+        assert waited["status"] == "completed"
+        result = await agent.call_tool("get_job_result", {"job_id": created["id"]})
+        images = [block for block in result.content if isinstance(block, mcp_types.ImageContent)]
+        assert len(images) == 1
+        assert images[0].mime_type == "image/png"
+        picture = Image.open(io.BytesIO(base64.b64decode(images[0].data)))
+        assert picture.size == (64, 72)
+        credits = structured(await agent.call_tool("check_credits", {}))
+        assert credits["available"] == 19
+
+
+async def test_uploads_and_an_audio_result_as_a_resource_link(
+    client: httpx.AsyncClient, running_mesh: RunningMesh
+) -> None:
+    auth = await funded(client, running_mesh)
+    png = base64.b64encode(encode_image("PNG", (64, 64))).decode()
+    async with mcp_session(str(client.base_url), auth) as agent:
+        asset = structured(await agent.call_tool("upload_asset", {"base64_data": png}))
+        assert (asset["kind"], asset["content_type"]) == ("image", "image/png")
+        restyled = structured(
+            await agent.call_tool(
+                "create_image_to_image_job", {"prompt": "in red", "input_asset_id": asset["id"]}
+            )
+        )
+        assert restyled["params"]["input_asset_id"] == asset["id"]
+        job = structured(
+            await agent.call_tool(
+                "create_text_to_audio_job",
+                {"prompt": "rain", "duration_seconds": 1, "output_format": "wav"},
+            )
+        )
+        structured(await agent.call_tool("wait_for_job", {"job_id": job["id"]}))
+        result = await agent.call_tool("get_job_result", {"job_id": job["id"]})
+        links = [b for b in result.content if isinstance(b, mcp_types.ResourceLink)]
+        assert links[0].mime_type == "audio/wav"
+        fetched = await client.get(links[0].uri)
+        assert fetched.status_code == 200
+        assert fetched.content[:4] == b"RIFF"
+
+        # A URL of a loopback address is refused, as a webhook's is.
+        refused = await agent.call_tool("upload_asset", {"url": links[0].uri})
+        assert refused.is_error
+        assert "public" in refused.content[0].text  # type: ignore[union-attr]
+
+
+async def test_tool_errors_carry_the_api_code_and_a_bad_key_is_refused(
+    client: httpx.AsyncClient, running_mesh: RunningMesh
+) -> None:
+    auth = await funded(client, running_mesh)
+    async with mcp_session(str(client.base_url), auth) as agent:
+        failed = await agent.call_tool(
+            "create_text_to_image_job", {"prompt": "x", "width": 65, "height": 64}
+        )
+        assert failed.is_error
+        assert "parameter_invalid" in failed.content[0].text  # type: ignore[union-attr]
+    answer = await client.post(
+        "/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        headers={"Authorization": "Bearer mp_live_not.valid", "Accept": "application/json"},
+    )
+    assert answer.status_code == 401
+    assert answer.json()["error"]["type"] == "authentication_error"
+    assert answer.headers["www-authenticate"].startswith("Bearer")
+    missing = await client.post("/mcp", json={})
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+
+
+@pytest.fixture
+def loopback_fetches_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator lets upload_asset fetch from this machine (the test's own gateway)."""
+    monkeypatch.setenv("MP_GATEWAY_MCP_FETCH_ALLOWED_HOSTS", '["127.0.0.1"]')
+
+
+async def test_an_upload_from_a_url_the_operator_allows(
+    loopback_fetches_allowed: None, client: httpx.AsyncClient, running_mesh: RunningMesh
+) -> None:
+    auth = await funded(client, running_mesh)
+    uploaded = await client.post(
+        "/v1/assets",
+        content=encode_image("PNG", (64, 64)),
+        headers={**auth, "Content-Type": "image/png"},
+    )
+    signed = await client.post(f"/v1/assets/{uploaded.json()['id']}/url", headers=auth)
+    async with mcp_session(str(client.base_url), auth) as agent:
+        copy = structured(await agent.call_tool("upload_asset", {"url": signed.json()["url"]}))
+    assert copy["sha256"] == uploaded.json()["sha256"]
+    assert copy["content_type"] == "image/png"

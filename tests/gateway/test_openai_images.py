@@ -1,0 +1,89 @@
+"""The OpenAI Images routes driven by the official `openai` package, pointed at the gateway."""
+
+import base64
+import io
+
+import httpx
+import openai
+import pytest
+from PIL import Image
+
+from magicpixels.mesh import RunningMesh
+from tests.assets.samples import encode_image
+from tests.gateway.test_jobs import funded
+
+
+async def _openai(client: httpx.AsyncClient, running_mesh: RunningMesh) -> openai.AsyncOpenAI:
+    auth = await funded(client, running_mesh)
+    token = auth["Authorization"].removeprefix("Bearer ")
+    return openai.AsyncOpenAI(api_key=token, base_url=f"{client.base_url}/v1", max_retries=0)
+
+
+async def test_generations_answer_urls_and_base64_as_ordinary_jobs(
+    client: httpx.AsyncClient, running_mesh: RunningMesh
+) -> None:
+    async with await _openai(client, running_mesh) as ai:
+        by_url = await ai.images.generate(prompt="a teapot", n=2, size="64x64")  # type: ignore[arg-type]
+        inline = await ai.images.generate(
+            prompt="a teapot",
+            size="128x64",  # type: ignore[arg-type]
+            response_format="b64_json",
+        )
+        jobs = await ai.get("/jobs", cast_to=object)
+    assert by_url.data is not None
+    assert len(by_url.data) == 2
+    for image in by_url.data:
+        assert image.url is not None
+        fetched = await client.get(image.url)  # a signed URL: no key needed
+        assert Image.open(io.BytesIO(fetched.content)).size == (64, 64)
+    assert inline.data is not None
+    decoded = base64.b64decode(inline.data[0].b64_json or "")
+    assert Image.open(io.BytesIO(decoded)).size == (128, 64)
+    listed = jobs["data"]  # type: ignore[index]
+    assert [job["mode"] for job in listed] == ["text_to_image"] * 3
+    assert all(job["status"] == "completed" for job in listed)
+
+
+async def test_edits_restyle_the_uploaded_image(
+    client: httpx.AsyncClient, running_mesh: RunningMesh
+) -> None:
+    async with await _openai(client, running_mesh) as ai:
+        edited = await ai.images.edit(
+            image=("photo.png", encode_image("PNG", (96, 64)), "image/png"),
+            prompt="as a watercolour",
+            response_format="b64_json",
+        )
+        from_bytes = await ai.images.edit(image=encode_image("PNG", (64, 64)), prompt="in ink")
+    assert edited.data is not None
+    picture = Image.open(io.BytesIO(base64.b64decode(edited.data[0].b64_json or "")))
+    assert picture.size == (96, 64)
+    assert from_bytes.data is not None
+    assert from_bytes.data[0].url is not None
+
+
+async def test_errors_take_the_openai_shape(
+    client: httpx.AsyncClient, running_mesh: RunningMesh
+) -> None:
+    async with await _openai(client, running_mesh) as ai:
+        with pytest.raises(openai.BadRequestError) as bad_size:
+            await ai.images.generate(prompt="x", size="huge")  # type: ignore[arg-type]
+        with pytest.raises(openai.BadRequestError) as too_many:
+            await ai.images.generate(prompt="x", n=11)
+        with pytest.raises(openai.BadRequestError) as masked:
+            await ai.images.edit(
+                image=("a.png", encode_image("PNG", (64, 64)), "image/png"),
+                mask=("m.png", encode_image("PNG", (64, 64)), "image/png"),
+                prompt="x",
+            )
+    assert bad_size.value.code == "parameter_invalid"
+    assert bad_size.value.param == "size"
+    assert (too_many.value.param, masked.value.code) == ("n", "parameter_unsupported")
+    async with openai.AsyncOpenAI(
+        api_key="mp_live_wrong", base_url=f"{client.base_url}/v1", max_retries=0
+    ) as stranger:
+        with pytest.raises(openai.AuthenticationError) as refused:
+            await stranger.images.generate(prompt="x")
+    body = refused.value.body
+    assert isinstance(body, dict)
+    assert set(body) == {"message", "type", "param", "code", "request_id"}
+    assert (body["type"], body["param"]) == ("authentication_error", None)

@@ -1,0 +1,100 @@
+"""Retries, backoff and Retry-After, against a real HTTP server that answers as planned; the
+Server-Sent Events decoder; errors of answers that are not the API's."""
+
+import email.utils
+import io
+import subprocess
+import sys
+import time
+
+import pytest
+
+from magicpixels_sdk import AsyncMagicPixels, InvalidRequestError, RateLimitError, ServerError
+from magicpixels_sdk._calls import upload_asset
+from magicpixels_sdk._http import EventDecoder, retry_delay
+from tests.jobs.test_webhooks import Receiver
+
+
+@pytest.fixture
+async def server() -> "Receiver":
+    async with Receiver().listening() as listening:
+        yield listening
+
+
+async def test_429_and_503_are_retried_with_one_idempotency_key(server: Receiver) -> None:
+    server.plan.extend([(429, {"retry-after": "0"}), (503, {"retry-after": "0"}), (400, {})])
+    async with AsyncMagicPixels("mp_test_k.s", base_url=server.url("")) as client:
+        with pytest.raises(InvalidRequestError) as refused:
+            await client.jobs.create("text_to_image", "x")
+    assert refused.value.status == 400
+    keys = {request.headers["idempotency-key"] for request in server.requests}
+    assert len(server.requests) == 3
+    assert len(keys) == 1
+    assert keys.pop().startswith("mpsdk_")
+    assert server.requests[0].headers["authorization"] == "Bearer mp_test_k.s"
+
+
+async def test_retries_stop_after_max_retries(server: Receiver) -> None:
+    server.plan.extend([(503, {"retry-after": "0"})] * 3 + [(429, {"retry-after": "0"})])
+    async with AsyncMagicPixels("k", base_url=server.url(""), max_retries=2) as client:
+        with pytest.raises(ServerError) as unavailable:
+            await client.jobs.get("job_1")
+    assert len(server.requests) == 3
+    assert unavailable.value.status == 503
+    async with AsyncMagicPixels("k", base_url=server.url(""), max_retries=0) as client:
+        with pytest.raises(RateLimitError) as limited:
+            await client.jobs.get("job_1")
+    assert limited.value.retry_after == 0
+
+
+class _OneWay(io.BytesIO):
+    """A stream that cannot be rewound, as a pipe."""
+
+    def seekable(self) -> bool:
+        return False
+
+
+async def test_an_upload_is_retried_only_when_its_stream_can_be_read_again(
+    server: Receiver,
+) -> None:
+    server.plan.extend([(503, {"retry-after": "0"}), (400, {})])
+    stream = io.BytesIO(b"ignored\x89PNG...")
+    stream.seek(7)  # from where the caller stands
+    async with AsyncMagicPixels("k", base_url=server.url("")) as client:
+        with pytest.raises(InvalidRequestError):
+            await client.assets.upload(stream, content_type="image/png")
+    assert [r.body for r in server.requests] == [b"\x89PNG..."] * 2
+    assert server.requests[0].headers["content-length"] == "7"
+    assert not upload_asset(_OneWay(b"\x89PNG"), "image/png", True).replayable
+
+
+class _Answer:
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers = headers
+
+
+def test_retry_after_is_honoured_in_seconds_or_as_a_date_and_capped() -> None:
+    assert retry_delay(0, _Answer({"retry-after": "2"})) == 2  # type: ignore[arg-type]
+    assert retry_delay(5, _Answer({"retry-after": "3600"})) == 60  # type: ignore[arg-type]
+    soon = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 20 < retry_delay(0, _Answer({"retry-after": soon})) <= 30  # type: ignore[arg-type]
+    backoffs = [retry_delay(attempt, None) for attempt in range(6)]
+    assert all(0.25 <= delay <= 8 for delay in backoffs)
+    assert backoffs[5] >= 4  # exponential, up to its cap
+
+
+def test_the_event_decoder_reads_events_and_skips_keepalives() -> None:
+    decoder = EventDecoder()
+    lines = [": keep-alive", "", "event: status", 'data: {"a":', "data: 1}", "", "data: x", ""]
+    events = [found for line in lines if (found := decoder.feed(line)) is not None]
+    assert events == [("status", '{"a":\n1}'), ("message", "x")]
+
+
+def test_the_sdk_imports_nothing_of_the_server() -> None:
+    check = (
+        "import sys, magicpixels_sdk; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('magicpixels', 'grpc', 'sqlalchemy', 'fastapi', 'google')))"
+    )
+    found = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert found.stdout.strip() == "[]", found.stderr
