@@ -1,16 +1,20 @@
 """Retries, backoff and Retry-After, against a real HTTP server that answers as planned; the
 Server-Sent Events decoder; errors of answers that are not the API's."""
 
+import asyncio
 import email.utils
 import io
+import json
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
 from magicpixels_sdk import AsyncMagicPixels, InvalidRequestError, RateLimitError, ServerError
-from magicpixels_sdk._calls import upload_asset
+from magicpixels_sdk._calls import quote_job, upload_asset
 from magicpixels_sdk._http import EventDecoder, retry_delay
 from tests.jobs.test_webhooks import Receiver
 
@@ -45,6 +49,62 @@ async def test_retries_stop_after_max_retries(server: Receiver) -> None:
         with pytest.raises(RateLimitError) as limited:
             await client.jobs.get("job_1")
     assert limited.value.retry_after == 0
+
+
+async def test_a_quote_is_retried_without_an_idempotency_key(server: Receiver) -> None:
+    server.plan.extend([(503, {"retry-after": "0"}), (400, {})])
+    async with AsyncMagicPixels("k", base_url=server.url("")) as client:
+        with pytest.raises(InvalidRequestError):
+            await client.jobs.quote("text_to_audio", "rain", duration_seconds=20)
+    assert [request.path for request in server.requests] == ["/v1/jobs/quote"] * 2
+    assert all("idempotency-key" not in request.headers for request in server.requests)
+    body = {"mode": "text_to_audio", "prompt": "rain", "duration_seconds": 20}
+    assert json.loads(server.requests[1].body) == body
+    assert quote_job("text_to_image", "x", {}).retry_safe  # a lost connection is retried too
+
+
+def _job(status: str, queue_position: int | None) -> str:
+    job = {"object": "job", "id": "job_1", "mode": "text_to_image", "status": status}
+    return json.dumps({**job, "queue_position": queue_position})
+
+
+@asynccontextmanager
+async def _event_stream(body: str) -> AsyncIterator[str]:
+    """A server whose every answer is this Server-Sent Events body; yields its URL."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close"
+        writer.write(f"{head}\r\n\r\n{body}".encode())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_stream_types_queue_positions_and_skips_events_it_cannot_read() -> None:
+    body = (
+        f"event: status\ndata: {_job('queued', 1)}\n\n"
+        'event: log\ndata: {"object":"log_line","text":"warming up"}\n\n'
+        "event: note\ndata: not json\n\n"
+        f"event: queue_position\ndata: {_job('queued', 0)}\n\n"
+        f"event: estimate\ndata: {_job('queued', 0)}\n\n"  # a newer event, about the job
+        f"event: status\ndata: {_job('completed', None)}\n\n"
+    )
+    async with _event_stream(body) as url, AsyncMagicPixels("k", base_url=url) as client:
+        events = [event async for event in client.jobs.stream("job_1")]
+    assert [(event.event, event.queue_position) for event in events] == [
+        ("status", 1),
+        ("queue_position", 0),
+        ("estimate", 0),
+        ("status", None),
+    ]
+    assert events[-1].job.done
 
 
 class _OneWay(io.BytesIO):

@@ -20,6 +20,7 @@ from magicpixels_sdk.errors import (
     WebhookVerificationError,
 )
 from magicpixels_sdk.models import (
+    DEADLINE_EXCEEDED,
     MODES,
     Account,
     Asset,
@@ -28,11 +29,13 @@ from magicpixels_sdk.models import (
     JobError,
     JobEvent,
     JobResult,
+    Quote,
     SignedUrl,
 )
 from magicpixels_sdk.webhooks import verify_webhook
 
 __all__ = [
+    "DEADLINE_EXCEEDED",
     "MODES",
     "APIConnectionError",
     "APIError",
@@ -53,6 +56,7 @@ __all__ = [
     "MagicPixelsError",
     "NotFoundError",
     "PermissionDeniedError",
+    "Quote",
     "RateLimitError",
     "ServerError",
     "SignedUrl",

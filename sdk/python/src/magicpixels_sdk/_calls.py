@@ -18,6 +18,11 @@ _CHUNK = 1 << 20
 Upload = str | os.PathLike[str] | bytes | IO[bytes]
 
 
+def job_body(mode: str, prompt: str | None, params: dict[str, Any]) -> dict[str, Any]:
+    """`params` pass through as they are, so a field the API gains works without a new SDK."""
+    return {"mode": mode, **({"prompt": prompt} if prompt is not None else {}), **params}
+
+
 def create_job(
     mode: str,
     prompt: str | None,
@@ -25,15 +30,20 @@ def create_job(
     idempotency_key: str | None,
     wait: int | None,
 ) -> Call:
-    """`params` pass through as they are, so a field the API gains works without a new SDK;
-    a key is generated when none is given, so a retried create never makes two jobs."""
-    body = {"mode": mode, **({"prompt": prompt} if prompt is not None else {}), **params}
+    """A key is generated when none is given, so a retried create never makes two jobs."""
+    body = job_body(mode, prompt, params)
     headers = {"Idempotency-Key": idempotency_key or f"mpsdk_{uuid.uuid4().hex}"}
     extra = 0.0
     if wait is not None:
         headers["Prefer"] = f"wait={wait}"
         extra = float(wait)
     return Call("POST", "/v1/jobs", json=body, headers=headers, extra_timeout=extra)
+
+
+def quote_job(mode: str, prompt: str | None, params: dict[str, Any]) -> Call:
+    """The create's body, priced: a quote creates and holds nothing, so it needs no
+    idempotency key and a failed connection may be retried."""
+    return Call("POST", "/v1/jobs/quote", json=job_body(mode, prompt, params), changes_nothing=True)
 
 
 def get_job(job_id: str, wait: int | None = None) -> Call:

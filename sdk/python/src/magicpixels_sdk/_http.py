@@ -32,7 +32,7 @@ _RETRY_AFTER_CAP = 60.0
 class Call:
     """One request. `content` makes the body afresh for each attempt (a stream cannot be
     replayed); `retry_safe` says whether a failed connection may be tried again (the request
-    is a read, or carries an idempotency key)."""
+    is a read, carries an idempotency key, or is a POST that changes nothing)."""
 
     method: str
     path: str
@@ -43,10 +43,13 @@ class Call:
     extra_timeout: float = 0.0
     # False for a body read from a stream that cannot be rewound: it can be sent only once.
     replayable: bool = True
+    # True for a POST that changes nothing (a quote): repeating it is harmless.
+    changes_nothing: bool = False
 
     @property
     def retry_safe(self) -> bool:
-        return self.method in ("GET", "HEAD", "DELETE") or "Idempotency-Key" in self.headers
+        reads = self.method in ("GET", "HEAD", "DELETE") or self.changes_nothing
+        return reads or "Idempotency-Key" in self.headers
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,5 @@
 """The clients: `MagicPixels` (sync) and `AsyncMagicPixels`, with `jobs`, `assets`, `account`."""
 
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from magicpixels_sdk._http import (
     SyncTransport,
 )
 from magicpixels_sdk.errors import JobFailedError, WaitTimeoutError
-from magicpixels_sdk.models import Account, Asset, Job, JobEvent, SignedUrl
+from magicpixels_sdk.models import Account, Asset, Job, JobEvent, Quote, SignedUrl
 
 Destination = str | Path | IO[bytes]
 
@@ -31,6 +30,10 @@ def _job_id(job: "str | Job") -> str:
 
 def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else deadline - time.monotonic()
+
+
+def _ends(event: JobEvent) -> bool:
+    return event.event == "status" and event.job.done
 
 
 def _finished(job: Job, raise_on_failure: bool) -> Job:
@@ -58,6 +61,11 @@ class Jobs:
         return Job.parse(
             self._t.json(_calls.create_job(mode, prompt, params, idempotency_key, wait))
         )
+
+    def quote(self, mode: str, prompt: str | None = None, **params: Any) -> Quote:
+        """What `create` with these arguments would cost, and whether the balance covers it;
+        checked as a create is (the same errors), but creates, holds and charges nothing."""
+        return Quote.parse(self._t.json(_calls.quote_job(mode, prompt, params)))
 
     def get(self, job: "str | Job", *, wait: int | None = None) -> Job:
         """The job; with `wait` (1..60 s), as soon as its status changes."""
@@ -94,13 +102,16 @@ class Jobs:
         return _finished(found, raise_on_failure)
 
     def stream(self, job: "str | Job") -> Iterator[JobEvent]:
-        """The job's events as they happen, until it ends (reconnecting if a stream is cut)."""
+        """The job's events as they happen (`status`, `progress`, `queue_position`), until it
+        ends (reconnecting if a stream is cut); an event whose data is no job is skipped."""
         job_id = _job_id(job)
         while True:
             for name, data in self._t.events(_calls.job_events(job_id)):
-                event = JobEvent(name, Job.parse(json.loads(data)))
+                event = JobEvent.parse(name, data)
+                if event is None:
+                    continue
                 yield event
-                if event.event == "status" and event.job.done:
+                if _ends(event):
                     return
 
     def run(
@@ -219,6 +230,10 @@ class AsyncJobs:
         call = _calls.create_job(mode, prompt, params, idempotency_key, wait)
         return Job.parse(await self._t.json(call))
 
+    async def quote(self, mode: str, prompt: str | None = None, **params: Any) -> Quote:
+        """As `Jobs.quote`."""
+        return Quote.parse(await self._t.json(_calls.quote_job(mode, prompt, params)))
+
     async def get(self, job: "str | Job", *, wait: int | None = None) -> Job:
         return Job.parse(await self._t.json(_calls.get_job(_job_id(job), wait)))
 
@@ -256,12 +271,15 @@ class AsyncJobs:
         return _finished(found, raise_on_failure)
 
     async def stream(self, job: "str | Job") -> AsyncIterator[JobEvent]:
+        """As `Jobs.stream`."""
         job_id = _job_id(job)
         while True:
             async for name, data in self._t.events(_calls.job_events(job_id)):
-                event = JobEvent(name, Job.parse(json.loads(data)))
+                event = JobEvent.parse(name, data)
+                if event is None:
+                    continue
                 yield event
-                if event.event == "status" and event.job.done:
+                if _ends(event):
                     return
 
     async def run(

@@ -78,13 +78,16 @@ class ServerError(APIError):
 
 
 class JobFailedError(MagicPixelsError):
-    """A job the caller waited for ended `failed` or `canceled`."""
+    """A job the caller waited for ended `failed` or `canceled`; `code` is its error's code
+    (`deadline_exceeded`: canceled by its deadline), None when it has none (canceled by a
+    caller)."""
 
     def __init__(self, job: Any) -> None:
         error = job.error
         reason = f"{error.code}: {error.message}" if error else job.status
         super().__init__(f"job {job.id} {job.status} ({reason})")
         self.job = job
+        self.code: str | None = error.code if error else None
 
 
 class WaitTimeoutError(MagicPixelsError):

@@ -4,12 +4,15 @@ Each keeps the object as the API sent it in `raw`: the API grows by adding field
 this version does not know is still there for the caller.
 """
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 MODES = ("text_to_image", "image_to_image", "text_to_audio", "image_to_video")
 TERMINAL_STATUSES = frozenset({"completed", "failed", "canceled"})
+# The error code of a job canceled because its deadline_seconds passed before it completed.
+DEADLINE_EXCEEDED = "deadline_exceeded"
 
 
 def _time(value: str | None) -> datetime | None:
@@ -98,11 +101,53 @@ class Job:
 
 @dataclass(frozen=True)
 class JobEvent:
-    """One Server-Sent Event of a job: `status`, `progress` or `queue_position`, and the job
-    as it was then."""
+    """One Server-Sent Event of a job: its name (`status`, `progress`, `queue_position`, or
+    one a newer API added) and the job as it was then."""
 
     event: str
     job: Job
+
+    @property
+    def queue_position(self) -> int | None:
+        """Jobs ahead of this one while it is queued (0: next); None once it left the queue."""
+        return self.job.queue_position
+
+    @classmethod
+    def parse(cls, event: str, data: str) -> "JobEvent | None":
+        """The event, or None when its data is not a job (an event this version cannot read,
+        which a stream of job events skips rather than fail on)."""
+        try:
+            found = json.loads(data)
+        except ValueError:
+            return None
+        if not isinstance(found, dict) or found.get("object", "job") != "job":
+            return None
+        try:
+            return cls(event, Job.parse(found))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
+class Quote:
+    """What a job would cost, and whether the account's available credits cover it; a quote
+    creates, holds and charges nothing."""
+
+    mode: str
+    cost_credits: int
+    available_credits: int
+    sufficient: bool
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> "Quote":
+        return cls(
+            mode=data["mode"],
+            cost_credits=int(data["cost_credits"]),
+            available_credits=int(data["available_credits"]),
+            sufficient=bool(data["sufficient"]),
+            raw=data,
+        )
 
 
 @dataclass(frozen=True)
