@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from magicpixels_sdk import MODES, Job, MagicPixels, MagicPixelsError
+from magicpixels_sdk import MODES, Job, MagicPixels, MagicPixelsError, Quote
 from magicpixels_sdk._http import DEFAULT_BASE_URL
 
 _EXTENSIONS = {
@@ -77,6 +77,13 @@ def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
     generate.add_argument("--format", dest="output_format", help="png, jpeg, webp, wav, mp4...")
     generate.add_argument("--negative", dest="negative_prompt")
     generate.add_argument(
+        "--deadline",
+        type=int,
+        dest="deadline_seconds",
+        metavar="SECONDS",
+        help="cancel (and refund) the job if it has not completed within SECONDS (1..86400)",
+    )
+    generate.add_argument(
         "--param",
         action="append",
         default=[],
@@ -84,6 +91,12 @@ def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
         help="any other job field, e.g. --param deadline_seconds=600",
     )
     generate.add_argument("--no-wait", action="store_true", help="print the job and exit")
+    generate.add_argument(
+        "--quote",
+        action="store_true",
+        help="print the price and whether your credits cover it, and create no job (exit "
+        "status 1 when they do not; an --input file is still uploaded, to be checked)",
+    )
 
     jobs = commands.add_parser("jobs", help="list, show or cancel jobs").add_subparsers(
         required=True, metavar="ACTION"
@@ -158,6 +171,9 @@ def _ask_token() -> str:
 def _generate(args: argparse.Namespace) -> None:
     with _client(args) as client:
         params = _job_params(client, args)
+        if args.quote:
+            _print_quote(client.jobs.quote(args.mode, args.prompt, **params))
+            return
         job = client.jobs.create(args.mode, args.prompt, **params)
         if args.no_wait:
             print(json.dumps(job.raw, indent=2))
@@ -171,8 +187,19 @@ def _generate(args: argparse.Namespace) -> None:
     print(output)
 
 
+def _print_quote(quote: Quote) -> None:
+    covered = "enough" if quote.sufficient else "NOT enough"
+    print(
+        f"{quote.mode}: {quote.cost_credits} credits; "
+        f"{quote.available_credits} available ({covered})"
+    )
+    if not quote.sufficient:
+        raise SystemExit(1)
+
+
 def _job_params(client: MagicPixels, args: argparse.Namespace) -> dict[str, Any]:
     names = ("seed", "steps", "guidance_scale", "strength", "fps", "output_format")
+    names += ("deadline_seconds",)
     params = {name: getattr(args, name) for name in (*names, "negative_prompt")}
     params["duration_seconds"] = args.duration
     if args.size:
@@ -215,6 +242,13 @@ def _follow(client: MagicPixels, job: Job, out: TextIO) -> Job:
     return job
 
 
+def _state(job: Job) -> str:
+    """The status, with how many jobs are ahead while it is queued: "queued, 3 ahead"."""
+    if job.queue_position is None:
+        return job.status
+    return f"{job.status}, {job.queue_position} ahead"
+
+
 class _Bar:
     def __init__(self, out: TextIO) -> None:
         self.out = out
@@ -222,8 +256,7 @@ class _Bar:
     def show(self, job: Job) -> None:
         done = int(job.progress * _BAR_WIDTH)
         bar = "#" * done + "-" * (_BAR_WIDTH - done)
-        where = f" #{job.queue_position} in queue" if job.queue_position is not None else ""
-        self.out.write(f"\r{job.id} [{bar}] {job.progress:4.0%} {job.status}{where}\x1b[K")
+        self.out.write(f"\r{job.id} [{bar}] {job.progress:4.0%} {_state(job)}\x1b[K")
         self.out.flush()
 
     def close(self) -> None:
@@ -232,17 +265,18 @@ class _Bar:
 
 
 class _Lines:
-    """One line per status, and per tenth of progress: readable in a log."""
+    """One line per status (and queue position), and per tenth of progress: readable in a
+    log."""
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.last: tuple[str, int] | None = None
 
     def show(self, job: Job) -> None:
-        seen = (job.status, int(job.progress * 10))
+        seen = (_state(job), int(job.progress * 10))
         if seen != self.last:
             self.last = seen
-            print(f"{job.id} {job.status} {job.progress:.0%}", file=self.out, flush=True)
+            print(f"{job.id} {seen[0]} {job.progress:.0%}", file=self.out, flush=True)
 
     def close(self) -> None:
         pass

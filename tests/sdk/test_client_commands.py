@@ -9,6 +9,7 @@ import stat
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from tests.assets.samples import encode_image
@@ -144,3 +145,43 @@ async def test_without_a_key_it_says_how_to_get_one(tmp_path: Path) -> None:
     status, _, errors = await run(user_env(tmp_path), "jobs", "list")
     assert status == 1
     assert "run `magicpixels login` or set MAGICPIXELS_API_KEY" in errors
+
+
+async def test_generate_quote_prints_the_price_and_creates_nothing(
+    account: Account, tmp_path: Path
+) -> None:
+    env = user_env(tmp_path, account)
+    source = tmp_path / "in.png"
+    source.write_bytes(encode_image("PNG", (64, 64)))
+
+    covered = await run(env, "generate", "text_to_image", "a boat", "--size", "64x64", "--quote")
+    video = ["image_to_video", "--input", str(source), "--duration", "5", "--deadline", "60"]
+    short = await run(env, "generate", *video, "--quote")
+    _, listed, _ = await run(env, "jobs", "list")
+
+    assert covered == (0, "text_to_image: 1 credits; 100 available (enough)\n", "")
+    assert short[:2] == (1, "image_to_video: 110 credits; 100 available (NOT enough)\n")
+    assert listed == ""
+
+
+@pytest.mark.without_workers
+async def test_generate_with_a_deadline_shows_its_place_in_the_queue_until_canceled(
+    account: Account, tmp_path: Path
+) -> None:
+    env = user_env(tmp_path, account)
+    for _ in range(2):
+        await run(env, "generate", "text_to_image", "ahead", "--size", "64x64", "--no-wait")
+
+    status, printed, lines = await run(
+        env, "generate", "text_to_image", "late", "--size", "64x64", "--deadline", "1"
+    )
+
+    assert (status, printed) == (1, "")
+    shown = lines.splitlines()
+    assert shown[0].endswith(" queued, 2 ahead 0%")
+    assert " canceled (deadline_exceeded: " in shown[-1]
+    status, _, on_terminal = await run_on_terminal(
+        env, "generate", "text_to_image", "later", "--size", "64x64", "--deadline", "1"
+    )
+    assert status == 1
+    assert "queued, 2 ahead" in on_terminal  # the job canceled by its deadline left the queue
