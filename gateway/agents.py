@@ -42,12 +42,19 @@ FETCH_SECONDS = 60.0
 # A wait_for_job call waits at most this long; an agent calls it again for longer jobs.
 MAX_WAIT_SECONDS = 300
 _IMAGE = "image/"
+# Said of every create tool, which all take deadline_seconds.
+DEADLINE_NOTE = (
+    "deadline_seconds (1..86400): if the job has not completed by then it is canceled, its "
+    "error code is deadline_exceeded, and its credits are released."
+)
 MCP_PATH = "/mcp"
 
 INSTRUCTIONS = """MagicPixels generates images, audio and video as jobs paid with credits.
 Create a job with a create_* tool, then call wait_for_job until its status is completed,
 failed or canceled, then get_job_result. Inputs (images, audio) are assets: upload_asset from
-a URL or base64 first and pass its id. check_credits tells what the account can spend."""
+a URL or base64 first and pass its id. check_credits tells what the account can spend;
+quote_job what a job would cost, before creating it. A create_* tool's deadline_seconds
+cancels (and refunds) a job not completed in time."""
 
 
 class McpEndpoint:
@@ -138,6 +145,8 @@ def _as_tool(
     context = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)
     call.__name__ = tool.__name__
     call.__doc__ = tool.__doc__
+    if "deadline_seconds" in signature.parameters:
+        call.__doc__ = f"{tool.__doc__} {DEADLINE_NOTE}"
     call.__signature__ = signature.replace(parameters=[*parameters, context])  # type: ignore[attr-defined]
     call.__annotations__ = {
         **{p.name: p.annotation for p in parameters},
@@ -179,6 +188,7 @@ async def create_text_to_image_job(
     negative_prompt: str | None = None,
     seed: int | None = None,
     output_format: str | None = None,
+    deadline_seconds: int | None = None,
 ) -> dict[str, Any]:
     """Creates a text_to_image job (1 credit): an image of the prompt, 1024x1024 unless width
     and height (multiples of 8, 64..2048) say otherwise; output_format png, jpeg or webp."""
@@ -188,6 +198,7 @@ async def create_text_to_image_job(
         negative_prompt=negative_prompt,
         seed=seed,
         output_format=output_format,
+        deadline_seconds=deadline_seconds,
     )
     return (await client.jobs.create("text_to_image", prompt, **params)).raw
 
@@ -202,6 +213,7 @@ async def create_image_to_image_job(
     height: int | None = None,
     seed: int | None = None,
     output_format: str | None = None,
+    deadline_seconds: int | None = None,
 ) -> dict[str, Any]:
     """Creates an image_to_image job (1 credit): the input image asset restyled after the
     prompt; strength 0..1 (default 0.6) says how far."""
@@ -212,6 +224,7 @@ async def create_image_to_image_job(
         height=height,
         seed=seed,
         output_format=output_format,
+        deadline_seconds=deadline_seconds,
     )
     return (await client.jobs.create("image_to_image", prompt, **params)).raw
 
@@ -223,10 +236,16 @@ async def create_text_to_audio_job(
     duration_seconds: float | None = None,
     seed: int | None = None,
     output_format: str | None = None,
+    deadline_seconds: int | None = None,
 ) -> dict[str, Any]:
     """Creates a text_to_audio job (1 credit per started 10 s): a piece after the prompt,
     duration_seconds 1..300 (default 10); output_format wav, mp3, flac or ogg."""
-    params = _given(duration_seconds=duration_seconds, seed=seed, output_format=output_format)
+    params = _given(
+        duration_seconds=duration_seconds,
+        seed=seed,
+        output_format=output_format,
+        deadline_seconds=deadline_seconds,
+    )
     return (await client.jobs.create("text_to_audio", prompt, **params)).raw
 
 
@@ -239,6 +258,7 @@ async def create_image_to_video_job(
     duration_seconds: float | None = None,
     fps: int | None = None,
     seed: int | None = None,
+    deadline_seconds: int | None = None,
 ) -> dict[str, Any]:
     """Creates an image_to_video job (22 credits per started second): the input image asset
     animated (camera words in the prompt: zoom, left, right, up, down, still), with an
@@ -249,8 +269,34 @@ async def create_image_to_video_job(
         duration_seconds=duration_seconds,
         fps=fps,
         seed=seed,
+        deadline_seconds=deadline_seconds,
     )
     return (await client.jobs.create("image_to_video", prompt, **params)).raw
+
+
+async def quote_job(
+    client: AsyncMagicPixels,
+    _shared: Gateway,
+    mode: str,
+    prompt: str | None = None,
+    input_asset_id: str | None = None,
+    audio_asset_id: str | None = None,
+    duration_seconds: float | None = None,
+    width: int | None = None,
+    height: int | None = None,
+) -> dict[str, Any]:
+    """What a job would cost before creating it: mode (text_to_image, image_to_image,
+    text_to_audio, image_to_video) and the arguments its create_* tool would get; answers
+    cost_credits, available_credits and sufficient (whether the credits cover it). Checked
+    as a create is (the same errors), but creates nothing and spends nothing."""
+    params = _given(
+        input_asset_id=input_asset_id,
+        audio_asset_id=audio_asset_id,
+        duration_seconds=duration_seconds,
+        width=width,
+        height=height,
+    )
+    return (await client.jobs.quote(mode, prompt, **params)).raw
 
 
 async def wait_for_job(
@@ -266,7 +312,8 @@ async def wait_for_job(
 
 
 async def get_job(client: AsyncMagicPixels, _shared: Gateway, job_id: str) -> dict[str, Any]:
-    """The job: status, progress, queue_position, result or error."""
+    """The job: status, progress, queue_position (jobs ahead of it while queued, 0: next),
+    deadline_at, result or error (code deadline_exceeded: canceled by its deadline)."""
     return (await client.jobs.get(job_id)).raw
 
 
@@ -343,6 +390,7 @@ TOOLS = (
     create_image_to_image_job,
     create_text_to_audio_job,
     create_image_to_video_job,
+    quote_job,
     wait_for_job,
     get_job,
     cancel_job,

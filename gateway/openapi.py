@@ -64,6 +64,13 @@ JOB_EXAMPLE = {
     "deadline_at": None,
     "metadata": {},
 }
+QUOTE_EXAMPLE = {
+    "object": "quote",
+    "mode": "text_to_image",
+    "cost_credits": 1,
+    "available_credits": 20,
+    "sufficient": True,
+}
 ERROR_EXAMPLE = {
     "error": {
         "type": "invalid_request_error",
@@ -258,12 +265,37 @@ SCHEMAS: dict[str, Schema] = {
                 "result": _nullable(_ref("JobResult")),
                 "error": _nullable(_ref("JobError")),
                 "attempts": _INT,
-                "queue_position": {**_NULL_INT, "description": "jobs ahead while queued"},
-                "deadline_at": _NULLABLE_TIME,
+                "queue_position": {
+                    **_NULL_INT,
+                    "description": "jobs ahead of it in its queue while queued (0: next); "
+                    "null once it left the queue",
+                },
+                "deadline_at": {
+                    **_NULLABLE_TIME,
+                    "description": "created_at + deadline_seconds: not completed by then, the "
+                    "job is canceled with error code deadline_exceeded and refunded",
+                },
                 "metadata": {"type": "object", "additionalProperties": _STR},
             },
         ),
         "example": JOB_EXAMPLE,
+    },
+    "Quote": {
+        **_object(
+            "quote",
+            {
+                "mode": {
+                    "type": "string",
+                    "enum": ["text_to_image", "image_to_image", "text_to_audio", "image_to_video"],
+                },
+                "cost_credits": {**_INT, "description": "what the job would hold and charge"},
+                "available_credits": {**_INT, "description": "the account's credits now"},
+                "sufficient": {**_BOOL, "description": "cost_credits <= available_credits"},
+            },
+        ),
+        "description": "The price of a job, before it is created; a quote creates, holds and "
+        "charges nothing.",
+        "example": QUOTE_EXAMPLE,
     },
     "Asset": _object(
         "asset",
@@ -316,6 +348,7 @@ ANSWERS: dict[str, Schema] = {
     "POST /v1/subscription": _ref("Subscription"),
     "POST /v1/subscription/cancel": _ref("Subscription"),
     "POST /v1/jobs": _ref("Job"),
+    "POST /v1/jobs/quote": _ref("Quote"),
     "GET /v1/jobs": _list_of("Job"),
     "GET /v1/jobs/{job_id}": _ref("Job"),
     "POST /v1/jobs/{job_id}/cancel": _ref("Job"),
@@ -348,7 +381,8 @@ _PUBLIC = frozenset({"POST /v1/accounts", "GET /v1/pricing", "GET /v1/plans"})
 _OPERATIONS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 _EXTRA_ERRORS: dict[str, tuple[str, ...]] = {
     "POST /v1/accounts": ("409",),
-    "POST /v1/jobs": ("402", "409"),
+    "POST /v1/jobs": ("402", "404", "409"),
+    "POST /v1/jobs/quote": ("404",),
     "POST /v1/images/generations": ("402", "409"),
     "POST /v1/images/edits": ("402", "413", "415"),
     "POST /v1/assets": ("413", "415"),
@@ -395,6 +429,8 @@ def document(app: FastAPI) -> dict[str, Any]:
     schemas.pop("HTTPValidationError", None)  # FastAPI's 422: this API answers 400 instead
     schemas.pop("ValidationError", None)
     schemas.update(copy.deepcopy(SCHEMAS))
+    # The create's (and the quote's) body, derived from JobCreate, says what a deadline does.
+    schemas["JobCreate"]["properties"]["deadline_seconds"]["description"] = DEADLINE_DESCRIPTION
     components["securitySchemes"] = {"bearer": BEARER}
     components["headers"] = HEADERS
     components["responses"] = {status: _error_response(status) for status in ERRORS}
@@ -462,6 +498,9 @@ def _add_examples(paths: dict[str, Any]) -> None:
         "mode": "text_to_image",
         "prompt": "Editorial product photo on brushed steel",
     }
+    quote = paths["/v1/jobs/quote"]["post"]
+    quote["requestBody"]["content"]["application/json"]["example"] = body["example"]
+    quote["responses"]["200"]["content"]["application/json"]["example"] = QUOTE_EXAMPLE
     create["parameters"] = [
         {
             "name": "Idempotency-Key",
@@ -492,6 +531,11 @@ def _add_examples(paths: dict[str, Any]) -> None:
     }
 
 
+DEADLINE_DESCRIPTION = (
+    "1..86400: a job not completed this many seconds after it was created is canceled "
+    "(queued or running), its error code is deadline_exceeded and its hold is released"
+)
+
 DESCRIPTION = """Generation jobs (text to image, image to image, text to audio, image to
 video), input and result assets, and the credits that pay for them.
 
@@ -515,9 +559,10 @@ MCP = {
         "summary": "Model Context Protocol (streamable HTTP)",
         "description": "JSON-RPC messages of the Model Context Protocol, stateless. Tools: "
         "create_text_to_image_job, create_image_to_image_job, create_text_to_audio_job, "
-        "create_image_to_video_job, wait_for_job, get_job, cancel_job, get_job_result (images "
-        "as image content, audio and video as resource links), upload_asset (from a URL or "
-        "base64), check_credits. Each acts with the caller's key and its scopes.",
+        "create_image_to_video_job (each with deadline_seconds), quote_job, wait_for_job, "
+        "get_job, cancel_job, get_job_result (images as image content, audio and video as "
+        "resource links), upload_asset (from a URL or base64), check_credits. Each acts with "
+        "the caller's key and its scopes.",
         "operationId": "post_mcp",
         "requestBody": {
             "required": True,

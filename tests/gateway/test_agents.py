@@ -143,3 +143,45 @@ async def test_an_upload_from_a_url_the_operator_allows(
         copy = structured(await agent.call_tool("upload_asset", {"url": signed.json()["url"]}))
     assert copy["sha256"] == uploaded.json()["sha256"]
     assert copy["content_type"] == "image/png"
+
+
+@pytest.mark.without_workers
+async def test_an_agent_quotes_sets_deadlines_and_sees_queue_positions(
+    client: httpx.AsyncClient, running_mesh: RunningMesh
+) -> None:
+    auth = await funded(client, running_mesh)
+    prices = {price["mode"]: price for price in (await client.get("/v1/pricing")).json()["data"]}
+    async with mcp_session(str(client.base_url), auth) as agent:
+        tools = {tool.name: tool for tool in (await agent.list_tools()).tools}
+        audio = {"mode": "text_to_audio", "prompt": "rain", "duration_seconds": 25}
+        quoted = structured(await agent.call_tool("quote_job", audio))
+        unknown = await agent.call_tool("quote_job", {"mode": "sculpture", "prompt": "a"})
+        credits = structured(await agent.call_tool("check_credits", {}))
+        ahead = structured(
+            await agent.call_tool("create_text_to_image_job", {"prompt": "a", "width": 64})
+        )
+        late = structured(
+            await agent.call_tool(
+                "create_text_to_image_job", {"prompt": "b", "deadline_seconds": 1}
+            )
+        )
+        ended = structured(await agent.call_tool("wait_for_job", {"job_id": late["id"]}))
+        queued = structured(await agent.call_tool("get_job", {"job_id": ahead["id"]}))
+
+    assert quoted == {
+        "object": "quote",
+        "mode": "text_to_audio",
+        "cost_credits": prices["text_to_audio"]["credits"] * 3,
+        "available_credits": 20,
+        "sufficient": True,
+    }
+    assert unknown.is_error
+    assert "mode_unknown" in unknown.content[0].text  # type: ignore[union-attr]
+    assert credits["available"] == 20  # quoting spent nothing
+    for name in ("create_text_to_image_job", "create_image_to_video_job"):
+        assert "deadline_seconds" in tools[name].input_schema["properties"]
+        assert "deadline_exceeded" in (tools[name].description or "")
+    assert late["queue_position"] == 1
+    assert late["deadline_at"] is not None
+    assert (ended["status"], ended["error"]["code"]) == ("canceled", "deadline_exceeded")
+    assert (queued["status"], queued["queue_position"]) == ("queued", 0)
