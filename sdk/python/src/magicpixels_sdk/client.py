@@ -91,7 +91,8 @@ class Jobs:
         self, job: "str | Job", timeout: float | None = None, *, raise_on_failure: bool = False
     ) -> Job:
         """The job once it ended, long-polling (no busy loop); WaitTimeoutError after
-        `timeout` seconds. `raise_on_failure`: a failed or canceled job raises JobFailedError."""
+        `timeout` seconds. `raise_on_failure`: a failed or canceled job raises JobFailedError
+        (its `code` is `deadline_exceeded` when the job's deadline canceled it)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         found = job if isinstance(job, Job) else self.get(job)
         while not found.done:
