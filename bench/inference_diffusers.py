@@ -9,7 +9,9 @@ most the torch allocator held during the mode's runs, on the CPU the process's p
 The models are tiny, so the figures measure the backend's own cost around the model (loading,
 scheduling, per-step callbacks, VAE decoding, encoding), not a real model's.
 
-    .venv/bin/python bench/inference_diffusers.py [--repeat 5] [--size 64 256] [--device auto]
+    PYTHONPATH=. .venv/bin/python bench/inference_diffusers.py [--repeat 5] [--size 64 256]
+
+(PYTHONPATH=. for the tiny pipelines' builder, which lives with the tests.)
 """
 
 import argparse

@@ -129,6 +129,8 @@ class DiffusionModels:
     # ------------------------------------------------------------ loading
 
     def _pipeline(self, mode: str) -> _Loaded:
+        if mode in self._loaded:  # loaded once, never dropped: no lock to wait on
+            return self._loaded[mode]
         with self._loading:
             if mode not in self._loaded:
                 self._loaded[mode] = _Loaded(self._load(mode), threading.Lock())
@@ -158,19 +160,14 @@ class DiffusionModels:
         self, pipeline: Any, spec: jobs_pb2.JobSpec, on_progress: Callable[[float], None]
     ) -> EncodedMedia:
         check_image_request(spec.output_format, spec.width, spec.height)
-        images = pipeline(
-            prompt=spec.prompt,
-            negative_prompt=spec.negative_prompt or None,
+        return _picture(
+            pipeline,
+            spec,
+            on_progress,
             width=spec.width,
             height=spec.height,
             num_inference_steps=spec.steps,
-            guidance_scale=spec.guidance_scale,
-            generator=_generator(spec.seed),
-            callback_on_step_end=_step_callback(on_progress),
-        ).images
-        media = encode_image(np.asarray(images[0].convert("RGB")), spec.output_format)
-        on_progress(1.0)
-        return media
+        )
 
     def _image_to_image(
         self,
@@ -187,21 +184,15 @@ class DiffusionModels:
             media = encode_image(np.asarray(source), spec.output_format)
             on_progress(1.0)
             return media
-        # The pipeline runs steps x strength of them: at least one.
-        steps = max(spec.steps, math.ceil(1 / spec.strength))
-        images = pipeline(
-            prompt=spec.prompt,
-            negative_prompt=spec.negative_prompt or None,
+        return _picture(
+            pipeline,
+            spec,
+            on_progress,
             image=source,
             strength=spec.strength,
-            num_inference_steps=steps,
-            guidance_scale=spec.guidance_scale,
-            generator=_generator(spec.seed),
-            callback_on_step_end=_step_callback(on_progress),
-        ).images
-        media = encode_image(np.asarray(images[0].convert("RGB")), spec.output_format)
-        on_progress(1.0)
-        return media
+            # The pipeline runs steps x strength of them: at least one.
+            num_inference_steps=max(spec.steps, math.ceil(1 / spec.strength)),
+        )
 
     def _image_to_video(
         self,
@@ -258,6 +249,23 @@ class DiffusionModels:
         media = encode_audio([track], total, spec.output_format, _ignore)
         on_progress(1.0)
         return media
+
+
+def _picture(
+    pipeline: Any, spec: jobs_pb2.JobSpec, on_progress: Callable[[float], None], **asked: Any
+) -> EncodedMedia:
+    """Runs an image pipeline on the spec's prompt and guidance, and encodes its picture."""
+    images = pipeline(
+        prompt=spec.prompt,
+        negative_prompt=spec.negative_prompt or None,
+        guidance_scale=spec.guidance_scale,
+        generator=_generator(spec.seed),
+        callback_on_step_end=_step_callback(on_progress),
+        **asked,
+    ).images
+    media = encode_image(np.asarray(images[0].convert("RGB")), spec.output_format)
+    on_progress(1.0)
+    return media
 
 
 def _pick_device(device: str) -> str:
