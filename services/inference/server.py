@@ -63,6 +63,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 )
         finally:  # a caller gone before the end stops the backend at its next step
             hung_up.set()
+            running.add_done_callback(_observe)
         media = await running
         yield inference_pb2.GenerateResponse(
             result=inference_pb2.GenerateResult(
@@ -85,6 +86,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             for mode, backend in sorted(self.backends.items())
         ]
         return inference_pb2.ListModelsResponse(models=models)
+
+
+def _observe(task: "asyncio.Future[object]") -> None:
+    """Takes the outcome of a run nobody awaits any more (its caller hung up), so that asyncio
+    does not report its Canceled as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 class InferenceService:
