@@ -218,7 +218,12 @@ class DiffusersBackend:
         if missing:
             raise ValueError(f"MP_INFERENCE_DIFFUSERS_MODELS names no model folder for {missing}")
         # Imported here: torch and diffusers are an optional extra, loaded only when used.
-        from magicpixels.services.inference.diffusion import DiffusionModels
+        try:
+            from magicpixels.services.inference.diffusion import DiffusionModels
+        except ImportError as error:
+            raise ValueError(
+                f"the diffusers backend needs the magicpixels[diffusers] extra ({error})"
+            ) from error
 
         folders = {mode: settings.diffusers_models[mode] for mode in sorted(used)}
         return cls(DiffusionModels(folders, settings.diffusers_device))

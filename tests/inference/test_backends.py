@@ -1,6 +1,8 @@
 """Backends chosen per mode by configuration, and the built-in backend's answers to specs it
 cannot run: each a clear InvalidArgument naming the field."""
 
+import sys
+
 import pytest
 
 from magicpixels.core.errors import FailedPrecondition, InvalidArgument
@@ -144,3 +146,14 @@ def test_an_unreadable_input_image_is_an_invalid_argument():
     with pytest.raises(InvalidArgument) as raised:
         BuiltinBackend().generate(spec, Inputs(image=b"not an image"), _ignore)
     assert (raised.value.reason, raised.value.param) == ("INPUT_UNREADABLE", "input_asset_id")
+
+
+def test_the_diffusers_backend_without_its_extra_is_refused_at_start(monkeypatch, tmp_path):
+    # As when torch and diffusers are not installed: the module cannot be imported.
+    monkeypatch.setitem(sys.modules, "magicpixels.services.inference.diffusion", None)
+    settings = InferenceSettings(
+        backends={"text_to_image": "diffusers"}, diffusers_models={"text_to_image": tmp_path}
+    )
+
+    with pytest.raises(ValueError, match=r"needs the magicpixels\[diffusers\] extra"):
+        configure_backends(settings)
