@@ -1,14 +1,14 @@
 """Model backends, chosen per mode by configuration. Each turns a resolved job spec and its
-input media into encoded media.
-
-Only the built-in backend exists so far; the diffusers backend plugs in here.
+input media into encoded media: the built-in generators, or diffusion models (diffusers).
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from magicpixels.core.errors import FailedPrecondition, InvalidArgument
+from magicpixels.core.settings import InferenceSettings
 from magicpixels.jobs.v1 import jobs_pb2
 from magicpixels.services.inference.builtin_audio import generate_audio
 from magicpixels.services.inference.builtin_image import generate_image
@@ -16,6 +16,9 @@ from magicpixels.services.inference.builtin_restyle import restyle_image
 from magicpixels.services.inference.builtin_video import animate_image
 from magicpixels.services.inference.inputs import Inputs
 from magicpixels.services.inference.media import EncodedMedia, InvalidRequest
+
+if TYPE_CHECKING:
+    from magicpixels.services.inference.diffusion import DiffusionModels
 
 ProgressCallback = Callable[[float], None]
 Mode = jobs_pb2.JobMode.ValueType
@@ -39,10 +42,15 @@ class Backend(Protocol):
         """Whether the mode's model is in memory and ready to run."""
         ...
 
+    def warm_up(self) -> None:
+        """Loads the models before the first job asks for them (blocking: run it in a thread)."""
+        ...
+
     def generate(
         self, spec: jobs_pb2.JobSpec, inputs: Inputs, on_progress: ProgressCallback
     ) -> EncodedMedia:
-        """Runs in a worker thread; `on_progress` takes fractions in (0, 1]."""
+        """Runs in a worker thread; `on_progress` takes fractions in (0, 1] and may raise
+        `media.Canceled`, which stops the work at the next step and passes through."""
         ...
 
 
@@ -58,24 +66,35 @@ def backend_for(mode: Mode, backends: Backends) -> Backend:
         ) from None
 
 
-def configure_backends(chosen: Mapping[str, str]) -> dict[Mode, Backend]:
-    """The backend of every mode: `chosen` names some (mode name -> backend name), the
-    others run on the default; one instance per backend serves all its modes."""
+def configure_backends(settings: InferenceSettings) -> dict[Mode, Backend]:
+    """The backend of every mode: `settings.backends` names some (mode name -> backend name),
+    the others run on the default; one instance per backend serves all its modes."""
+    chosen = settings.backends
     unknown = sorted(set(chosen) - set(MODES))
     if unknown:
         raise ValueError(f"MP_INFERENCE_BACKENDS names unknown modes {unknown}; use {list(MODES)}")
     names = {mode: chosen.get(name, DEFAULT_BACKEND) for name, mode in MODES.items()}
-    instances = {name: _create_backend(name) for name in sorted(set(names.values()))}
+    instances = {name: _create_backend(name, settings) for name in sorted(set(names.values()))}
     return {mode: instances[name] for mode, name in names.items()}
 
 
-def _create_backend(name: str) -> Backend:
+def _create_backend(name: str, settings: InferenceSettings) -> Backend:
     try:
-        return BACKEND_CLASSES[name]()
+        create = BACKEND_CLASSES[name]
     except KeyError:
         raise ValueError(
             f"MP_INFERENCE_BACKENDS names unknown backend {name!r}; use {list(BACKEND_CLASSES)}"
         ) from None
+    return create(settings)
+
+
+@contextmanager
+def _request_errors() -> Iterator[None]:
+    """A request a generator cannot follow, as the InvalidArgument callers answer with."""
+    try:
+        yield
+    except InvalidRequest as error:
+        raise InvalidArgument(error.reason, str(error), param=error.param) from None
 
 
 # ---------------------------------------------------------------- the built-in backend
@@ -93,13 +112,14 @@ class BuiltinBackend:
     def loaded(self, mode: Mode) -> bool:
         return True  # no weights: nothing to load
 
+    def warm_up(self) -> None:
+        pass
+
     def generate(
         self, spec: jobs_pb2.JobSpec, inputs: Inputs, on_progress: ProgressCallback
     ) -> EncodedMedia:
-        try:
+        with _request_errors():
             return _BUILTIN_GENERATORS[spec.mode](spec, inputs, on_progress)
-        except InvalidRequest as error:
-            raise InvalidArgument(error.reason, str(error), param=error.param) from None
 
 
 def _text_to_image(
@@ -180,4 +200,48 @@ _BUILTIN_GENERATORS: dict[Mode, Generator] = {
     jobs_pb2.JOB_MODE_IMAGE_TO_VIDEO: _image_to_video,
 }
 
-BACKEND_CLASSES: dict[str, Callable[[], Backend]] = {"builtin": BuiltinBackend}
+# ---------------------------------------------------------------- the diffusers backend
+
+
+@dataclass(frozen=True)
+class DiffusersBackend:
+    """Diffusion models from local folders (`MP_INFERENCE_DIFFUSERS_MODELS`), on CUDA when
+    present; needs the `magicpixels[diffusers]` extra."""
+
+    models: "DiffusionModels"
+    name: str = "diffusers"
+
+    @classmethod
+    def from_settings(cls, settings: InferenceSettings) -> "DiffusersBackend":
+        used = {mode for mode, backend in settings.backends.items() if backend == cls.name}
+        missing = sorted(used - set(settings.diffusers_models))
+        if missing:
+            raise ValueError(f"MP_INFERENCE_DIFFUSERS_MODELS names no model folder for {missing}")
+        # Imported here: torch and diffusers are an optional extra, loaded only when used.
+        try:
+            from magicpixels.services.inference.diffusion import DiffusionModels
+        except ImportError as error:
+            raise ValueError(
+                f"the diffusers backend needs the magicpixels[diffusers] extra ({error})"
+            ) from error
+
+        folders = {mode: settings.diffusers_models[mode] for mode in sorted(used)}
+        return cls(DiffusionModels(folders, settings.diffusers_device))
+
+    def loaded(self, mode: Mode) -> bool:
+        return self.models.loaded(mode_name(mode))
+
+    def warm_up(self) -> None:
+        self.models.load_all()
+
+    def generate(
+        self, spec: jobs_pb2.JobSpec, inputs: Inputs, on_progress: ProgressCallback
+    ) -> EncodedMedia:
+        with _request_errors():
+            return self.models.run(spec, inputs.image, inputs.audio, on_progress)
+
+
+BACKEND_CLASSES: dict[str, Callable[[InferenceSettings], Backend]] = {
+    "builtin": lambda settings: BuiltinBackend(),
+    "diffusers": DiffusersBackend.from_settings,
+}

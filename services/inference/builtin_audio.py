@@ -8,7 +8,7 @@ short one, and it lasts exactly the requested number of samples.
 
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 
@@ -237,28 +237,44 @@ def generate_audio(
     output_format: str = "wav",
     on_progress: Callable[[float], None] | None = None,
 ) -> EncodedMedia:
-    _check_request(output_format, duration_seconds)
+    check_audio_request(output_format, duration_seconds)
     total = round(duration_seconds * SAMPLE_RATE)
     progress = Progress(_PROGRESS_TICKS, on_progress)
     music = read_music(prompt)
     rng = np.random.default_rng([music.fingerprint, seed % 2**64])
     piece = Piece(compose(music, rng, total), total)
+    blocks = (
+        piece.render(first, min(first + _BLOCK_SAMPLES, total))
+        for first in range(0, total, _BLOCK_SAMPLES)
+    )
+    media = encode_audio(blocks, total, output_format, progress.part(0.0, 0.95))
+    progress.reach(1.0)
+    return media
+
+
+def encode_audio(
+    blocks: Iterable[np.ndarray],
+    total: int,
+    output_format: str,
+    on_fraction: Callable[[float], None],
+) -> EncodedMedia:
+    """`total` samples, given as (2, n) float32 blocks at SAMPLE_RATE, in the output format."""
     container_format, codec = _ENCODERS[output_format]
     buffer = io.BytesIO()
+    written = 0
     with open_output(buffer, container_format) as container:
         track = AudioTrack(container, codec)
-        for first in range(0, total, _BLOCK_SAMPLES):
-            last = min(first + _BLOCK_SAMPLES, total)
-            track.write(piece.render(first, last))
-            progress.reach(0.95 * last / total)
+        for block in blocks:
+            track.write(block)
+            written += block.shape[1]
+            on_fraction(written / total)
         track.close()
-    progress.reach(1.0)
     return EncodedMedia(
         buffer.getvalue(), AUDIO_FORMATS[output_format], duration_seconds=total / SAMPLE_RATE
     )
 
 
-def _check_request(output_format: str, duration_seconds: float) -> None:
+def check_audio_request(output_format: str, duration_seconds: float) -> None:
     if output_format not in AUDIO_FORMATS:
         raise InvalidRequest(
             "output_format",

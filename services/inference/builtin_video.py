@@ -112,28 +112,43 @@ def animate_image(
     output_format: str = "mp4",
     on_progress: Callable[[float], None] | None = None,
 ) -> EncodedMedia:
-    _check_request(output_format, width, height, duration_seconds, fps)
+    check_video_request(output_format, width, height, duration_seconds, fps)
     frames = max(1, round(duration_seconds * fps))
     progress = Progress(_PROGRESS_TICKS, on_progress)
     rng = np.random.default_rng([hash_text(prompt.strip()), seed % 2**64])
     shots = plan_shots(prompt, rng, frames / fps)
     scene = Scene(open_input_image(image, "input_asset_id"), width, height, rng)
-    soundtrack = None if audio is None else read_audio(audio, _sample_at(frames, fps))
     progress.reach(0.05)
-    with tempfile.TemporaryDirectory(prefix="magicpixels-video-") as folder:
-        # The MP4 index goes first (faststart) so that players start before the download ends;
-        # FFmpeg rewrites the file for that, which it can only do to a named file.
-        path = Path(folder) / "video.mp4"
-        with open_output(str(path), "mp4", movflags="+faststart") as container:
-            _write_clip(container, scene, shots, soundtrack, fps, frames, progress.part(0.05, 0.98))
-        data = path.read_bytes()
+    pictures = _film(scene, shots, fps, frames)
+    data = encode_mp4(pictures, width, height, fps, frames, audio, progress.part(0.05, 0.98))
     progress.reach(1.0)
     return EncodedMedia(
         data, VIDEO_FORMATS[output_format], width, height, duration_seconds=frames / fps
     )
 
 
-def _check_request(
+def encode_mp4(
+    pictures: Iterator[Image.Image],
+    width: int,
+    height: int,
+    fps: int,
+    frames: int,
+    audio: bytes | None,
+    on_fraction: Callable[[float], None],
+) -> bytes:
+    """`frames` pictures as H.264 in MP4, with the audio (any format PyAV reads), cut or padded
+    to the same length, as its AAC track."""
+    soundtrack = None if audio is None else read_audio(audio, _sample_at(frames, fps))
+    with tempfile.TemporaryDirectory(prefix="magicpixels-video-") as folder:
+        # The MP4 index goes first (faststart) so that players start before the download ends;
+        # FFmpeg rewrites the file for that, which it can only do to a named file.
+        path = Path(folder) / "video.mp4"
+        with open_output(str(path), "mp4", movflags="+faststart") as container:
+            _write_clip(container, pictures, width, height, soundtrack, fps, frames, on_fraction)
+        return path.read_bytes()
+
+
+def check_video_request(
     output_format: str, width: int, height: int, duration_seconds: float, fps: int
 ) -> None:
     if output_format not in VIDEO_FORMATS:
@@ -151,21 +166,27 @@ def _check_request(
         )
 
 
+def _film(scene: "Scene", shots: list[Shot], fps: int, frames: int) -> Iterator[Image.Image]:
+    """The clip's pictures, faded in from black and out to it."""
+    fade_frames = max(1, round(min(_FADE_SECONDS, frames / fps / 8) * fps))
+    for index in range(frames):
+        light = min(1.0, (index + 1) / fade_frames, (frames - index) / fade_frames)
+        yield scene.frame(shots, index / fps, light)
+
+
 def _write_clip(
     container: OutputContainer,
-    scene: "Scene",
-    shots: list[Shot],
+    pictures: Iterator[Image.Image],
+    width: int,
+    height: int,
     soundtrack: np.ndarray | None,
     fps: int,
     frames: int,
     on_fraction: Callable[[float], None],
 ) -> None:
-    video = _video_stream(container, scene.width, scene.height, fps)
+    video = _video_stream(container, width, height, fps)
     audio = None if soundtrack is None else AudioTrack(container, "aac")
-    fade_frames = max(1, round(min(_FADE_SECONDS, frames / fps / 8) * fps))
-    for index in range(frames):
-        light = min(1.0, (index + 1) / fade_frames, (frames - index) / fade_frames)
-        picture = scene.frame(shots, index / fps, light)
+    for index, picture in enumerate(pictures):
         frame = av.VideoFrame.from_image(picture).reformat(**_TO_YUV)
         frame.pts = index
         container.mux(video.encode(frame))

@@ -39,3 +39,16 @@ class AudioTrack:
 
     def close(self) -> None:
         self._container.mux(self._stream.encode(None))
+
+
+def to_track(mono: np.ndarray, rate: int) -> np.ndarray:
+    """Mono float samples at `rate` as a (2, n) float32 block at SAMPLE_RATE, n in proportion."""
+    frame = av.AudioFrame.from_ndarray(
+        np.ascontiguousarray(mono, dtype=np.float32)[np.newaxis], format="fltp", layout="mono"
+    )
+    frame.sample_rate = rate
+    resampler = av.AudioResampler(format="fltp", layout="stereo", rate=SAMPLE_RATE)
+    blocks = [
+        block.to_ndarray() for block in [*resampler.resample(frame), *resampler.resample(None)]
+    ]
+    return np.concatenate(blocks, axis=1) if blocks else np.zeros((2, 0), dtype=np.float32)

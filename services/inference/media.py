@@ -1,4 +1,5 @@
-"""What the generators share: the encoded result, request errors, progress ticks, input images."""
+"""What the generators share: the encoded result, request errors, progress ticks and the
+cancellation they carry, input images."""
 
 import io
 from collections.abc import Callable
@@ -38,6 +39,11 @@ class InvalidRequest(ValueError):
         super().__init__(message)
         self.param = param
         self.reason = reason
+
+
+class Canceled(Exception):
+    """Raised by a progress callback to stop the work between two steps: nobody wants the
+    result any more (the job was canceled, its lease lost, or the caller hung up)."""
 
 
 class Progress:

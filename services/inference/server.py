@@ -1,9 +1,11 @@
 """The inference service: Generate and ListModels for internal callers, and the worker loops."""
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 
 import grpc
+import structlog
 
 from magicpixels.assets.v1 import assets_pb2_grpc
 from magicpixels.core.ids import new_id
@@ -19,7 +21,10 @@ from magicpixels.services.inference.backends import (
     mode_name,
 )
 from magicpixels.services.inference.inputs import fetch_inputs
+from magicpixels.services.inference.media import Canceled
 from magicpixels.services.inference.worker import CHUNK_BYTES, Worker
+
+log = structlog.get_logger("magicpixels.inference")
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
@@ -39,20 +44,26 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         inputs = await fetch_inputs(self._assets, request.spec, request.account_id)
         loop = asyncio.get_running_loop()
         progress: asyncio.Queue[float | None] = asyncio.Queue()
+        hung_up = threading.Event()
+
+        def report(fraction: float) -> None:
+            if hung_up.is_set():
+                raise Canceled("the caller hung up")
+            loop.call_soon_threadsafe(progress.put_nowait, fraction)
+
         running = asyncio.ensure_future(
-            asyncio.to_thread(
-                backend.generate,
-                request.spec,
-                inputs,
-                lambda fraction: loop.call_soon_threadsafe(progress.put_nowait, fraction),
-            )
+            asyncio.to_thread(backend.generate, request.spec, inputs, report)
         )
         # Reports from the thread are queued before its end is: the None comes after them all.
         running.add_done_callback(lambda _: progress.put_nowait(None))
-        while (fraction := await progress.get()) is not None:
-            yield inference_pb2.GenerateResponse(
-                progress=inference_pb2.GenerateProgress(fraction=fraction)
-            )
+        try:
+            while (fraction := await progress.get()) is not None:
+                yield inference_pb2.GenerateResponse(
+                    progress=inference_pb2.GenerateProgress(fraction=fraction)
+                )
+        finally:  # a caller gone before the end stops the backend at its next step
+            hung_up.set()
+            running.add_done_callback(_observe)
         media = await running
         yield inference_pb2.GenerateResponse(
             result=inference_pb2.GenerateResult(
@@ -77,17 +88,28 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return inference_pb2.ListModelsResponse(models=models)
 
 
+def _observe(task: "asyncio.Future[object]") -> None:
+    """Takes the outcome of a run nobody awaits any more (its caller hung up), so that asyncio
+    does not report its Canceled as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
 class InferenceService:
     name = "inference"
 
     def __init__(self, mesh: Mesh, settings: InferenceSettings) -> None:
         self.mesh = mesh
         self.settings = settings
-        self.backends = configure_backends(settings.backends)
+        self.backends = configure_backends(settings)
         self._workers: list[Worker] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._warm: asyncio.Task[None] | None = None
 
     async def start(self) -> list[ServiceBinding]:
+        """Serves at once; the workers lease jobs once the backends have loaded their models
+        (ListModels tells when)."""
+        self._warm = asyncio.create_task(self._warm_up())
         for _ in range(self.settings.workers):
             worker = Worker(
                 new_id("wrk"),
@@ -97,7 +119,7 @@ class InferenceService:
                 self.settings.lease_wait_seconds,
             )
             self._workers.append(worker)
-            self._tasks.append(asyncio.create_task(worker.run_forever()))
+            self._tasks.append(asyncio.create_task(self._work(worker)))
         servicer = InferenceServicer(self.mesh, self.backends)
         return [
             ServiceBinding(
@@ -116,3 +138,19 @@ class InferenceService:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._workers.clear()
         self._tasks.clear()
+        if self._warm is not None:
+            self._warm.cancel()  # its thread finishes the load unheard
+            await asyncio.gather(self._warm, return_exceptions=True)
+
+    async def _work(self, worker: Worker) -> None:
+        """Runs the worker once the models are in; a worker stopped meanwhile returns at once."""
+        if self._warm is not None:
+            await asyncio.shield(self._warm)
+        await worker.run_forever()
+
+    async def _warm_up(self) -> None:
+        for backend in {id(backend): backend for backend in self.backends.values()}.values():
+            try:
+                await asyncio.to_thread(backend.warm_up)
+            except Exception:  # each job will try again, and fail with the reason logged
+                log.exception("warm_up_failed", backend=backend.name)

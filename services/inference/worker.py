@@ -19,7 +19,7 @@ from magicpixels.core.timestamps import from_timestamp, utcnow
 from magicpixels.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from magicpixels.services.inference.backends import Backends, backend_for
 from magicpixels.services.inference.inputs import fetch_inputs
-from magicpixels.services.inference.media import EncodedMedia
+from magicpixels.services.inference.media import Canceled, EncodedMedia
 
 log = structlog.get_logger("magicpixels.inference.worker")
 
@@ -43,6 +43,9 @@ class Heartbeat:
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def report_from_thread(self, loop: asyncio.AbstractEventLoop, fraction: float) -> None:
+        """The backend's progress callback: stops the backend once nobody wants its result."""
+        if self.abandoned:
+            raise Canceled("the job is no longer this worker's")
         loop.call_soon_threadsafe(self._set_progress, fraction)
 
     def _set_progress(self, fraction: float) -> None:
@@ -135,6 +138,8 @@ class Worker:
                     self._fail(lease, "worker_stopped", "the worker stopped", retryable=True)
                 )
                 raise
+            except Canceled:  # the heartbeat let the job go: nothing to report
+                return
             except DomainError as error:
                 await self._fail(lease, error.reason.lower(), error.message, retryable=False)
                 return

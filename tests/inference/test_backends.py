@@ -1,6 +1,8 @@
 """Backends chosen per mode by configuration, and the built-in backend's answers to specs it
 cannot run: each a clear InvalidArgument naming the field."""
 
+import sys
+
 import pytest
 
 from magicpixels.core.errors import FailedPrecondition, InvalidArgument
@@ -23,7 +25,7 @@ def _ignore(fraction: float) -> None:
 
 
 def test_every_mode_runs_on_builtin_by_default():
-    backends = configure_backends(InferenceSettings().backends)
+    backends = configure_backends(InferenceSettings())
 
     assert {mode_name(mode): backend.name for mode, backend in backends.items()} == {
         "text_to_image": "builtin",
@@ -40,23 +42,23 @@ def test_the_environment_names_a_backend_per_mode(monkeypatch):
     settings = InferenceSettings()
 
     assert settings.backends == {"text_to_audio": "builtin"}
-    assert set(configure_backends(settings.backends)) == set(MODES.values())
+    assert set(configure_backends(settings)) == set(MODES.values())
 
 
 @pytest.mark.parametrize(
     ("chosen", "message"),
     [
         ({"text_to_music": "builtin"}, "unknown modes \\['text_to_music'\\]"),
-        ({"text_to_image": "diffusers"}, "unknown backend 'diffusers'"),
+        ({"text_to_image": "onnx"}, "unknown backend 'onnx'"),
     ],
 )
 def test_a_configuration_naming_the_unknown_is_refused(chosen, message):
     with pytest.raises(ValueError, match=message):
-        configure_backends(chosen)
+        configure_backends(InferenceSettings(backends=chosen))
 
 
 def test_a_mode_without_a_backend_is_unsupported():
-    backends = configure_backends({})
+    backends = configure_backends(InferenceSettings())
 
     with pytest.raises(FailedPrecondition) as raised:
         backend_for(jobs_pb2.JOB_MODE_UNSPECIFIED, backends)
@@ -144,3 +146,14 @@ def test_an_unreadable_input_image_is_an_invalid_argument():
     with pytest.raises(InvalidArgument) as raised:
         BuiltinBackend().generate(spec, Inputs(image=b"not an image"), _ignore)
     assert (raised.value.reason, raised.value.param) == ("INPUT_UNREADABLE", "input_asset_id")
+
+
+def test_the_diffusers_backend_without_its_extra_is_refused_at_start(monkeypatch, tmp_path):
+    # As when torch and diffusers are not installed: the module cannot be imported.
+    monkeypatch.setitem(sys.modules, "magicpixels.services.inference.diffusion", None)
+    settings = InferenceSettings(
+        backends={"text_to_image": "diffusers"}, diffusers_models={"text_to_image": tmp_path}
+    )
+
+    with pytest.raises(ValueError, match=r"needs the magicpixels\[diffusers\] extra"):
+        configure_backends(settings)

@@ -2,9 +2,12 @@
 reading its inputs from a real assets service for the request's account; ListModels says what
 runs each mode."""
 
+import asyncio
 import io
+import threading
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import pytest
@@ -17,8 +20,11 @@ from magicpixels.core.settings import AssetsSettings, InferenceSettings
 from magicpixels.inference.v1 import inference_pb2, inference_pb2_grpc
 from magicpixels.jobs.v1 import jobs_pb2
 from magicpixels.services.assets.server import AssetsService
+from magicpixels.services.inference.backends import BuiltinBackend, ProgressCallback
 from magicpixels.services.inference.builtin_audio import generate_audio
 from magicpixels.services.inference.builtin_image import generate_image
+from magicpixels.services.inference.inputs import Inputs
+from magicpixels.services.inference.media import Canceled, EncodedMedia
 from magicpixels.services.inference.server import InferenceService
 from tests.inference.probe import decode_audio, decode_video, image_pixels
 from tests.inference.uploads import upload
@@ -228,3 +234,37 @@ async def test_list_models_reports_each_modes_backend(mesh: Mesh) -> None:
         ("builtin/text_to_audio", jobs_pb2.JOB_MODE_TEXT_TO_AUDIO, "builtin", True),
         ("builtin/image_to_video", jobs_pb2.JOB_MODE_IMAGE_TO_VIDEO, "builtin", True),
     ]
+
+
+@dataclass(frozen=True)
+class EndlessBackend(BuiltinBackend):
+    """Reports progress until its progress callback stops it, and notes that it was stopped."""
+
+    stopped: threading.Event = field(default_factory=threading.Event)
+
+    def generate(
+        self, spec: jobs_pb2.JobSpec, inputs: Inputs, on_progress: ProgressCallback
+    ) -> EncodedMedia:
+        try:
+            while True:
+                on_progress(0.5)
+                time.sleep(0.01)
+        except Canceled:
+            self.stopped.set()
+            raise
+
+
+async def test_a_caller_hanging_up_stops_the_backend_at_its_next_report(mesh: Mesh) -> None:
+    service = InferenceService(mesh, InferenceSettings(workers=0))
+    backend = EndlessBackend()
+    service.backends = dict.fromkeys(service.backends, backend)
+    async with serving(service, mesh) as server, channel_to(server, mesh) as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        spec = jobs_pb2.JobSpec(mode=jobs_pb2.JOB_MODE_TEXT_TO_IMAGE, prompt="p")
+        call = stub.Generate(inference_pb2.GenerateRequest(spec=spec, account_id=OWNER))
+        first = await call.read()
+        assert first.progress.fraction == 0.5
+
+        call.cancel()
+
+        assert await asyncio.to_thread(backend.stopped.wait, 10)

@@ -17,8 +17,8 @@ from magicpixels.mesh import RunningMesh
 from magicpixels.services.inference.backends import MODES, BuiltinBackend, ProgressCallback
 from magicpixels.services.inference.builtin_image import generate_image
 from magicpixels.services.inference.inputs import Inputs
-from magicpixels.services.inference.media import EncodedMedia
-from magicpixels.services.inference.worker import Worker
+from magicpixels.services.inference.media import Canceled, EncodedMedia
+from magicpixels.services.inference.worker import Heartbeat, Worker
 from tests.inference.probe import decode_audio, image_pixels
 from tests.inference.uploads import upload
 from tests.support import Database, eventually, services_of
@@ -235,3 +235,16 @@ async def test_an_input_deleted_before_the_run_fails_the_job_for_good(
         1,
     )
     await eventually(lambda: settled_at(services, (5, 0)))
+
+
+async def test_a_heartbeat_that_let_the_job_go_stops_the_backend_at_its_next_report() -> None:
+    heartbeat = Heartbeat(jobs=None, lease=jobs_pb2.Lease())  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    heartbeat.report_from_thread(loop, 0.25)
+
+    heartbeat.abandoned = True
+
+    with pytest.raises(Canceled):
+        heartbeat.report_from_thread(loop, 0.5)
+    await asyncio.sleep(0)
+    assert heartbeat.progress == 0.25

@@ -220,6 +220,10 @@ class InferenceSettings(ServiceSettings):
     lease_wait_seconds: float = 20.0
     # The backend of each mode, by mode name (JSON in the environment); the others: builtin.
     backends: dict[str, str] = Field(default_factory=dict)
+    # The diffusers backend's model folder of each mode it runs, by mode name (JSON).
+    diffusers_models: dict[str, Path] = Field(default_factory=dict)
+    # Where the diffusers backend runs: "auto" (CUDA when present, else the CPU), "cpu", "cuda:1".
+    diffusers_device: str = "auto"
 
 
 class GatewaySettings(BaseSettings):
