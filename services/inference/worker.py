@@ -28,6 +28,8 @@ CHUNK_BYTES = 64 * 1024
 RETRY_SECONDS = 1.0
 # Tries of a CompleteJob whose outcome stays unknown (jobs unreachable or too slow).
 COMPLETE_ATTEMPTS = 5
+# Tries of a result upload while assets is unreachable: 1 + 2 + 4 + 8 s between them.
+UPLOAD_ATTEMPTS = 5
 _TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
@@ -174,10 +176,8 @@ class Worker:
         )
 
     async def _deliver(self, lease: jobs_pb2.Lease, media: EncodedMedia) -> None:
-        try:
-            asset = await self.assets.UploadAsset(_upload_requests(lease.job, media))
-        except grpc.aio.AioRpcError as error:
-            log.warning("result_upload_failed", code=error.code().name)
+        asset = await self._upload(lease.job, media)
+        if asset is None:
             await self._fail(
                 lease, "upload_failed", "the result could not be stored", retryable=True
             )
@@ -189,6 +189,22 @@ class Worker:
             job_id=lease.job.id, lease_token=lease.token, result=result
         )
         await self._complete(request, asset)
+
+    async def _upload(self, job: jobs_pb2.Job, media: EncodedMedia) -> assets_pb2.Asset | None:
+        """Stores the result, asking again while assets is unreachable (a restart, a rollout)
+        rather than failing an attempt of the job for it; None once it cannot be stored."""
+        for attempt in range(UPLOAD_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(RETRY_SECONDS * 2 ** (attempt - 1))
+            try:
+                return await self.assets.UploadAsset(_upload_requests(job, media))
+            except grpc.aio.AioRpcError as error:
+                log.warning("result_upload_failed", code=error.code().name, attempt=attempt + 1)
+                # Only UNAVAILABLE is safe to repeat: the upload did not reach a server that
+                # could have stored it, so no second asset is made.
+                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                    return None
+        return None
 
     async def _complete(
         self, request: jobs_pb2.CompleteJobRequest, asset: assets_pb2.Asset

@@ -29,7 +29,8 @@ from tests.assets.stores import s3_client, store_under_test
 from tests.processes import free_port, magicpixels, stop, wait_for
 from tests.support import POSTGRES_URL, REDIS_URL
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+# Six Python processes start, and start again, on a machine the other tests share.
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(300)]
 
 STORES = DATABASE_SERVICES
 API_EXAMPLE = {"mode": "text_to_image", "prompt": "Editorial product photo on brushed steel"}
@@ -108,9 +109,18 @@ class Topology:
         return {"Authorization": f"Bearer {signup.json()['api_key']['token']}"}
 
     def create(self, body: dict[str, Any], auth: dict[str, str]) -> str:
-        response = self.http.post("/v1/jobs", json=body, headers=auth)
-        assert response.status_code == 201, response.text
-        return str(response.json()["id"])
+        """Creates a job as a careful client does: a 503 (a peer still reconnecting to one
+        that restarted) is asked again with the same Idempotency-Key, so it is made once."""
+        headers = {**auth, "Idempotency-Key": secrets.token_hex(16)}
+        responses: list[httpx.Response] = []
+
+        def answered() -> bool:
+            responses.append(self.http.post("/v1/jobs", json=body, headers=headers))
+            return responses[-1].status_code != 503
+
+        wait_for(answered, "an answer other than 503")
+        assert responses[-1].status_code == 201, responses[-1].text
+        return str(responses[-1].json()["id"])
 
     def job(self, job_id: str, auth: dict[str, str]) -> dict[str, Any]:
         try:
@@ -287,3 +297,15 @@ def test_the_topology_gives_each_process_a_pod_like_environment(tmp_path: Path) 
     again = topology(mesh_settings, gateway, {}, None)
     assert again["auth"]["MP_AUTH_PEPPER"] == environments["auth"]["MP_AUTH_PEPPER"]
     assert "MP_AUTH_DATABASE_URL" not in again["auth"]
+
+
+def test_a_process_that_cannot_start_stops_the_others_and_says_which(tmp_path: Path) -> None:
+    # The S3 store chosen, but no bucket named: the assets service refuses to start.
+    env = {"MP_ASSETS_BLOB_STORE": "s3", "MP_GRACE_SECONDS": "1"}
+    arguments = ("up", "--processes", "--port", str(free_port()))
+    with magicpixels(*arguments, data_dir=tmp_path, env=env) as supervisor:
+        assert supervisor.wait(timeout=120) == 1
+        output = supervisor.stdout.read().decode() if supervisor.stdout else ""
+    assert "magicpixels: the assets process exited while starting" in output
+    assert "MP_ASSETS_S3_BUCKET is required" in output
+    assert not list((tmp_path / "run").glob("*.address"))  # every other process stopped
