@@ -147,7 +147,12 @@ def _migrate(args: argparse.Namespace, mesh_settings: config.MeshSettings) -> No
 
 
 def _serve(args: argparse.Namespace, mesh_settings: config.MeshSettings) -> None:
+    import structlog
+
     from magicpixels.mesh import run_until_stopped, start_mesh
+
+    # Every line says which process wrote it: `up --processes` interleaves them on one output.
+    structlog.contextvars.bind_contextvars(process=args.service)
 
     async def run() -> None:
         if args.service == "gateway":
