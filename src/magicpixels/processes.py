@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 import structlog
@@ -83,7 +83,6 @@ class ServiceProcess:
     process: asyncio.subprocess.Process | None = None
     started_at: float = 0.0
     failures: int = 0
-    stopping: bool = field(default=False, repr=False)
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
@@ -102,14 +101,13 @@ class ServiceProcess:
         self.started_at = time.monotonic()
         log.info("process_started", service=self.name, pid=self.process.pid)
 
-    async def ready(self) -> None:
-        """Returns once the process serves: its gRPC health check, or the gateway's /readyz."""
-        while not await self._serving():
-            if self.process is None or self.process.returncode is not None:
-                raise ProcessFailed(f"the {self.name} process exited while starting")
-            await asyncio.sleep(_READY_POLL_SECONDS)
+    @property
+    def exited(self) -> bool:
+        return self.process is None or self.process.returncode is not None
 
-    async def _serving(self) -> bool:
+    async def serving(self) -> bool:
+        """Whether it serves: its gRPC health check answers SERVING, or the gateway's /readyz
+        answers 200 (which asks every service's)."""
         if self.name == "gateway":
             url = f"http://127.0.0.1:{self.environment['MP_GATEWAY_PORT']}/readyz"
             return await asyncio.to_thread(_http_ok, url)
@@ -124,24 +122,20 @@ class ServiceProcess:
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
     async def supervise(self) -> None:
-        """Restarts the process each time it exits, until `stop`."""
-        while not self.stopping:
+        """Starts the process again each time it exits, until cancelled (then `stop` it)."""
+        while True:
             assert self.process is not None
             code = await self.process.wait()
-            if self.stopping:
-                return
             lived = time.monotonic() - self.started_at
             self.failures = 1 if lived >= _STABLE_SECONDS else self.failures + 1
             delay = min(_MAX_RESTART_DELAY_SECONDS, 2.0 ** (self.failures - 1))
             log.warning("process_exited", service=self.name, code=code, restart_in=delay)
             await asyncio.sleep(delay)
-            if not self.stopping:
-                await self.start()
+            await self.start()
 
     async def stop(self, grace: float) -> None:
         """SIGTERM, then SIGKILL if it outlives its grace (and a margin to close)."""
-        self.stopping = True
-        if self.process is None or self.process.returncode is not None:
+        if self.process is None or self.exited:
             return
         self.process.send_signal(signal.SIGTERM)
         try:
@@ -181,25 +175,34 @@ async def run_processes(
     started = time.monotonic()
     stop = asyncio.create_task(wait_for_stop_signal())
     supervisors: list[asyncio.Task[None]] = []
+    ready = asyncio.create_task(_until_serving(processes))
     try:
         for process in processes:
             await process.start()
-        ready = asyncio.gather(*(process.ready() for process in processes))
         await asyncio.wait({ready, stop}, return_when=asyncio.FIRST_COMPLETED)
         if stop.done():
-            ready.cancel()
             return
-        ready.result()
-        print(
-            f"{announce}  ({len(processes)} processes ready in {time.monotonic() - started:.1f}s)",
-            flush=True,
-        )
+        ready.result()  # raises ProcessFailed
+        seconds = time.monotonic() - started
+        print(f"{announce}  ({len(processes)} processes ready in {seconds:.1f}s)", flush=True)
         supervisors = [asyncio.create_task(process.supervise()) for process in processes]
         await stop
     finally:
-        stop.cancel()
+        for task in (stop, ready, *supervisors):
+            task.cancel()
         log.info("stopping")
         for process in reversed(processes):
             await process.stop(grace)
-        for supervisor in supervisors:
-            await supervisor
+
+
+async def _until_serving(processes: list[ServiceProcess]) -> None:
+    """Returns once every process serves; a process that exits first fails the start."""
+    waiting = list(processes)
+    while waiting:
+        for process in waiting:
+            if process.process is not None and process.exited:
+                raise ProcessFailed(f"the {process.name} process exited while starting")
+        answers = await asyncio.gather(*(process.serving() for process in waiting))
+        waiting = [process for process, ok in zip(waiting, answers, strict=True) if not ok]
+        if waiting:
+            await asyncio.sleep(_READY_POLL_SECONDS)
