@@ -94,9 +94,9 @@ class ServiceProcess:
             env=self.environment,
             stdin=asyncio.subprocess.DEVNULL,
             # Its own process group: a terminal's Ctrl-C reaches the supervisor alone, which
-            # then stops every process in order.
+            # then stops every process in order. (No preexec_fn: the child must run no Python
+            # between fork and exec while gRPC threads run here.)
             process_group=0,
-            preexec_fn=_die_with_parent,
         )
         self.started_at = time.monotonic()
         log.info("process_started", service=self.name, pid=self.process.pid)
@@ -150,15 +150,6 @@ class ProcessFailed(RuntimeError):
     """A process of the topology could not start."""
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: a supervisor killed outright takes its processes along."""
-    if sys.platform == "linux":
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
 def _http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
@@ -175,10 +166,11 @@ async def run_processes(
     started = time.monotonic()
     stop = asyncio.create_task(wait_for_stop_signal())
     supervisors: list[asyncio.Task[None]] = []
-    ready = asyncio.create_task(_until_serving(processes))
+    ready: asyncio.Task[None] | None = None
     try:
         for process in processes:
             await process.start()
+        ready = asyncio.create_task(_until_serving(processes))
         await asyncio.wait({ready, stop}, return_when=asyncio.FIRST_COMPLETED)
         if stop.done():
             return
@@ -189,7 +181,8 @@ async def run_processes(
         await stop
     finally:
         for task in (stop, ready, *supervisors):
-            task.cancel()
+            if task is not None:
+                task.cancel()
         log.info("stopping")
         for process in reversed(processes):
             await process.stop(grace)
@@ -200,7 +193,7 @@ async def _until_serving(processes: list[ServiceProcess]) -> None:
     waiting = list(processes)
     while waiting:
         for process in waiting:
-            if process.process is not None and process.exited:
+            if process.exited:
                 raise ProcessFailed(f"the {process.name} process exited while starting")
         answers = await asyncio.gather(*(process.serving() for process in waiting))
         waiting = [process for process, ok in zip(waiting, answers, strict=True) if not ok]

@@ -71,9 +71,13 @@ class Topology:
     def up(self) -> "subprocess.Popen[bytes]":
         """Starts the topology; the test's end kills it if the test did not stop it."""
         arguments = ("--processes", "--port", str(self.port), "--database-url", POSTGRES_URL)
-        return self.stack.enter_context(
+        supervisor = self.stack.enter_context(
             magicpixels("up", *arguments, data_dir=self.data_dir, env=self.env, log=self.log)
         )
+        # A test that failed half way stops it as an operator would: killed outright, its
+        # processes would outlive it.
+        self.stack.callback(_stopped, supervisor)
+        return supervisor
 
     def wait_until_ready(self, supervisor: "subprocess.Popen[bytes]") -> None:
         def announced() -> bool:
@@ -264,6 +268,11 @@ def test_any_process_killed_is_restarted_and_loses_no_job_and_no_credit(mesh: To
     wait_for(lambda: mesh.credits(auth) == {"available": 20 - spent, "reserved": 0}, "captures")
     assert mesh.completions() == dict.fromkeys(job_ids, 1)
     assert stop(supervisor) == 0
+
+
+def _stopped(supervisor: "subprocess.Popen[bytes]") -> None:
+    if supervisor.poll() is None:
+        stop(supervisor)
 
 
 def _ready(mesh: Topology) -> bool:
