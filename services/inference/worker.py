@@ -6,8 +6,9 @@ when the job was canceled (or its lease lost), in which case the result is throw
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 import structlog
@@ -28,7 +29,10 @@ CHUNK_BYTES = 64 * 1024
 RETRY_SECONDS = 1.0
 # Tries of a CompleteJob whose outcome stays unknown (jobs unreachable or too slow).
 COMPLETE_ATTEMPTS = 5
+# Tries of a call to assets while it is unreachable: 1 + 2 + 4 + 8 s between them.
+ASSETS_ATTEMPTS = 5
 _TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+T = TypeVar("T")
 
 
 @dataclass
@@ -160,7 +164,10 @@ class Worker:
     async def _generate(self, job: jobs_pb2.Job, heartbeat: Heartbeat) -> EncodedMedia:
         loop = asyncio.get_running_loop()
         backend = backend_for(job.spec.mode, self.backends)
-        inputs = await fetch_inputs(lambda: self.assets, job.spec, job.account_id)
+        inputs = await asking_again(
+            lambda: fetch_inputs(lambda: self.assets, job.spec, job.account_id),
+            retry_on=_TRANSIENT,
+        )
         return await asyncio.to_thread(
             backend.generate,
             job.spec,
@@ -179,10 +186,8 @@ class Worker:
         )
 
     async def _deliver(self, lease: jobs_pb2.Lease, media: EncodedMedia) -> None:
-        try:
-            asset = await self.assets.UploadAsset(_upload_requests(lease.job, media))
-        except grpc.aio.AioRpcError as error:
-            log.warning("result_upload_failed", code=error.code().name)
+        asset = await self._upload(lease.job, media)
+        if asset is None:
             await self._fail(
                 lease, "upload_failed", "the result could not be stored", retryable=True
             )
@@ -194,6 +199,18 @@ class Worker:
             job_id=lease.job.id, lease_token=lease.token, result=result
         )
         await self._complete(request, asset)
+
+    async def _upload(self, job: jobs_pb2.Job, media: EncodedMedia) -> assets_pb2.Asset | None:
+        """Stores the result; None once it cannot be. Only UNAVAILABLE is asked again: the
+        upload reached no server that could have stored it, so no second asset is made."""
+        try:
+            return await asking_again(
+                lambda: self.assets.UploadAsset(_upload_requests(job, media)),
+                retry_on=(grpc.StatusCode.UNAVAILABLE,),
+            )
+        except grpc.aio.AioRpcError as error:
+            log.warning("result_upload_failed", code=error.code().name)
+            return None
 
     async def _complete(
         self, request: jobs_pb2.CompleteJobRequest, asset: assets_pb2.Asset
@@ -236,6 +253,22 @@ class Worker:
             await self.assets.DeleteAsset(request)
         except grpc.aio.AioRpcError as error:
             log.warning("orphan_result_left", asset_id=asset.id, code=error.code().name)
+
+
+async def asking_again(
+    call: Callable[[], Awaitable[T]], *, retry_on: tuple[grpc.StatusCode, ...]
+) -> T:
+    """The call's answer, asked again while it fails with one of `retry_on` (assets restarting,
+    a rollout): such a failure says nothing about the job, so it costs none of its attempts."""
+    for attempt in range(ASSETS_ATTEMPTS - 1):
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in retry_on:
+                raise
+            log.warning("assets_unreachable", code=error.code().name, attempt=attempt + 1)
+        await asyncio.sleep(RETRY_SECONDS * 2**attempt)
+    return await call()
 
 
 async def _upload_requests(

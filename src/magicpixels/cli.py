@@ -33,6 +33,16 @@ def _parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="run the whole mesh on this machine (embedded defaults)")
     up.add_argument("--port", type=int, default=None, help="the gateway's HTTP port (8080)")
     up.add_argument("--host", default=None, help="the gateway's address (127.0.0.1)")
+    up.add_argument(
+        "--processes",
+        action="store_true",
+        help="each service in its own process, configured by environment as a pod is",
+    )
+    up.add_argument(
+        "--database-url",
+        default=None,
+        help="with --processes: one PostgreSQL database for all, a schema per service",
+    )
     _data_dir_option(up)
     up.set_defaults(run=_up)
 
@@ -40,6 +50,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("service", choices=[*config.SERVICES, "gateway"])
     _data_dir_option(serve)
     serve.set_defaults(run=_serve)
+
+    migrate = commands.add_parser(
+        "migrate", help="bring services' databases to their newest revision, then exit"
+    )
+    migrate.add_argument(
+        "services", nargs="*", metavar="SERVICE", help=f"of {', '.join(config.DATABASE_SERVICES)}"
+    )
+    _data_dir_option(migrate)
+    migrate.set_defaults(run=_migrate)
 
     admin = commands.add_parser("admin", help="operator commands").add_subparsers(
         required=True, metavar="ACTION"
@@ -86,6 +105,11 @@ def _up(args: argparse.Namespace, mesh_settings: config.MeshSettings) -> None:
 
     overrides = {k: v for k, v in (("port", args.port), ("host", args.host)) if v is not None}
     gateway = config.GatewaySettings(**overrides)
+    if args.processes:
+        _up_processes(args, mesh_settings, gateway)
+        return
+    if args.database_url:
+        raise SystemExit("magicpixels: --database-url goes with --processes")
 
     async def run() -> None:
         running = await start_mesh(mesh_settings, gateway)
@@ -98,8 +122,39 @@ def _up(args: argparse.Namespace, mesh_settings: config.MeshSettings) -> None:
     asyncio.run(run())
 
 
+def _up_processes(
+    args: argparse.Namespace, mesh_settings: config.MeshSettings, gateway: config.GatewaySettings
+) -> None:
+    import os
+
+    from magicpixels.processes import ProcessFailed, run_processes, topology
+
+    environments = topology(mesh_settings, gateway, os.environ, args.database_url)
+    announce = f"MagicPixels mesh on {gateway.base_url()}  (data: {mesh_settings.data_dir})"
+    try:
+        asyncio.run(run_processes(environments, mesh_settings.grace_seconds, announce))
+    except ProcessFailed as failed:
+        raise SystemExit(f"magicpixels: {failed}") from None
+
+
+def _migrate(args: argparse.Namespace, mesh_settings: config.MeshSettings) -> None:
+    from magicpixels.mesh import migrate_database
+
+    unknown = set(args.services) - set(config.DATABASE_SERVICES)
+    if unknown:
+        raise SystemExit(f"magicpixels: no database service {', '.join(sorted(unknown))}")
+    for service in args.services or config.DATABASE_SERVICES:
+        asyncio.run(migrate_database(mesh_settings, service))
+        print(f"migrated {service}", flush=True)
+
+
 def _serve(args: argparse.Namespace, mesh_settings: config.MeshSettings) -> None:
+    import structlog
+
     from magicpixels.mesh import run_until_stopped, start_mesh
+
+    # Every line says which process wrote it: `up --processes` interleaves them on one output.
+    structlog.contextvars.bind_contextvars(process=args.service)
 
     async def run() -> None:
         if args.service == "gateway":

@@ -9,6 +9,7 @@ import structlog
 
 from magicpixels.core import settings as config
 from magicpixels.core.bus import open_bus
+from magicpixels.core.db import create_engine, migrate
 from magicpixels.core.server import RunningServer, wait_for_stop_signal
 from magicpixels.core.service import Mesh, Service, start_service, stop_service
 
@@ -36,6 +37,22 @@ def build_service(name: str, mesh: Mesh, settings: config.ServiceSettings | None
     service_class = getattr(importlib.import_module(module_name), class_name)
     service: Service = service_class(mesh, settings or settings_class())
     return service
+
+
+async def migrate_database(mesh_settings: config.MeshSettings, name: str) -> None:
+    """Brings a service's database to its newest revision, as its settings name it."""
+    settings = SERVICE_CLASSES[name][1]()
+    if not isinstance(settings, config.DatabaseServiceSettings):
+        raise ValueError(f"the {name} service has no database")
+    engine = create_engine(
+        settings.database_url_for(mesh_settings, name), schema=settings.database_schema
+    )
+    try:
+        await migrate(
+            engine, f"magicpixels.services.{name}.migrations", schema=settings.database_schema
+        )
+    finally:
+        await engine.dispose()
 
 
 @dataclass

@@ -7,13 +7,16 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+import structlog.testing
 
 from magicpixels.assets.v1 import assets_pb2, assets_pb2_grpc
 from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
+from magicpixels.core.service import start_service, stop_service
 from magicpixels.jobs.v1 import jobs_pb2, jobs_pb2_grpc
-from magicpixels.mesh import RunningMesh
+from magicpixels.mesh import RunningMesh, build_service
 from magicpixels.services.inference.backends import MODES, BuiltinBackend, ProgressCallback
 from magicpixels.services.inference.builtin_image import generate_image
 from magicpixels.services.inference.inputs import Inputs
@@ -248,3 +251,33 @@ async def test_a_heartbeat_that_let_the_job_go_stops_the_backend_at_its_next_rep
         heartbeat.report_from_thread(loop, 0.5)
     await asyncio.sleep(0)
     assert heartbeat.progress == 0.25
+
+
+async def test_assets_restarted_mid_run_costs_the_job_no_attempt(services: RunningMesh) -> None:
+    """Assets gone when the result is ready (a restart, a rollout): the worker asks again
+    until it is back on its address, and the job completes on its first attempt."""
+    backend = GatedBackend()
+    worker = worker_for(services, backend)
+    job = await create_job(services)
+    running = asyncio.create_task(worker.process(await worker.lease()))  # type: ignore[arg-type]
+    await asyncio.to_thread(backend.started.wait, 10)
+    index = next(i for i, (service, _) in enumerate(services.services) if service.name == "assets")
+    assets, server = services.services[index]
+    await stop_service(assets, server, services.mesh.settings)
+    with structlog.testing.capture_logs() as logged:
+        backend.gate.set()  # the upload now finds nobody there
+        await eventually(lambda: _logged(logged, "assets_unreachable"))
+
+    settings = assets.settings.model_copy(update={"port": server.port})
+    again = build_service("assets", services.mesh, settings)
+    services.services[index] = (again, await start_service(again, services.mesh))
+    await running
+
+    done = await job_now(services, job.id)
+    assert (done.state, done.attempts) == (jobs_pb2.JOB_STATE_COMPLETED, 1)
+    assert await stored_assets(services) == 1
+    await eventually(lambda: settled_at(services, (4, 0)))
+
+
+async def _logged(events: list[dict[str, Any]], name: str) -> bool:
+    return any(event["event"] == name for event in events)

@@ -11,6 +11,9 @@ _CHANNEL_OPTIONS = [
     ("grpc.lb_policy_name", "round_robin"),
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 30_000),
+    # A peer that was away (a restart, a rollout) is tried again at least every 5 s, not after
+    # a backoff grown to gRPC's default 120 s, during which every call fails at once.
+    ("grpc.max_reconnect_backoff_ms", 5_000),
 ]
 
 

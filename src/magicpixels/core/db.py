@@ -11,6 +11,8 @@ from typing import Any
 
 from alembic import command, context
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import Connection, Row, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -72,10 +74,36 @@ async def migrate(engine: AsyncEngine, migrations: str, *, schema: str | None = 
 
 
 def _upgrade(connection: Connection, migrations: str) -> None:
-    config = Config()
-    config.set_main_option("script_location", f"{migrations}:")
+    config = _alembic_config(migrations)
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
+
+
+async def require_migrated(engine: AsyncEngine, migrations: str, *, service: str) -> None:
+    """Refuses a database whose schema is not at the newest revision of `migrations`."""
+    async with engine.connect() as connection:
+        current, newest = await connection.run_sync(_revisions, migrations, service)
+    if current != newest:
+        raise RuntimeError(
+            f"the {service} database is at revision {sorted(current) or 'none'}, not "
+            f"{sorted(newest)}: run `magicpixels migrate {service}` first"
+        )
+
+
+def _revisions(connection: Connection, migrations: str, service: str) -> tuple[set[str], set[str]]:
+    context = MigrationContext.configure(connection, opts={"version_table": version_table(service)})
+    newest = ScriptDirectory.from_config(_alembic_config(migrations)).get_heads()
+    return set(context.get_current_heads()), set(newest)
+
+
+def _alembic_config(migrations: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", f"{migrations}:")
+    return config
+
+
+def version_table(service: str) -> str:
+    return f"alembic_version_{service}"
 
 
 def run_migrations(metadata: MetaData, *, service: str) -> None:
@@ -89,7 +117,7 @@ def run_migrations(metadata: MetaData, *, service: str) -> None:
         connection=connection,
         target_metadata=metadata,
         render_as_batch=True,
-        version_table=f"alembic_version_{service}",
+        version_table=version_table(service),
     )
     with context.begin_transaction():
         context.run_migrations()

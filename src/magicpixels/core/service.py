@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from magicpixels.core.bus import EventBus
 from magicpixels.core.clients import open_channel
-from magicpixels.core.db import create_engine, migrate
+from magicpixels.core.db import create_engine, migrate, require_migrated
 from magicpixels.core.errors import Unavailable
 from magicpixels.core.server import RunningServer, ServiceBinding, start_server
 from magicpixels.core.settings import (
@@ -74,10 +74,18 @@ class Mesh:
 async def open_database(
     mesh: MeshSettings, settings: DatabaseServiceSettings, service: str, migrations: str
 ) -> AsyncEngine:
+    """The service's engine on a database at its newest revision (migrated here, if allowed)."""
     engine = create_engine(
         settings.database_url_for(mesh, service), schema=settings.database_schema
     )
-    await migrate(engine, migrations, schema=settings.database_schema)
+    try:
+        if settings.migrate_on_start:
+            await migrate(engine, migrations, schema=settings.database_schema)
+        else:
+            await require_migrated(engine, migrations, service=service)
+    except BaseException:
+        await engine.dispose()
+        raise
     return engine
 
 

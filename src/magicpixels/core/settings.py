@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICES = ("auth", "billing", "assets", "jobs", "inference")
+# The services that own a database (and so migrations).
+DATABASE_SERVICES = ("auth", "billing", "assets", "jobs")
 
 
 def default_data_dir() -> Path:
@@ -70,6 +72,9 @@ class DatabaseServiceSettings(ServiceSettings):
     database_url: str | None = None
     # On PostgreSQL, the schema holding this service's tables (created when missing).
     database_schema: str | None = None
+    # Off: the service refuses to start on a database that `magicpixels migrate` has not brought
+    # to its newest revision, so replicas never race to migrate (a Job does it before rollout).
+    migrate_on_start: bool = True
 
     def database_url_for(self, mesh: MeshSettings, service: str) -> str:
         if self.database_url:
