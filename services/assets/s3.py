@@ -5,6 +5,7 @@ read as they are sent, and a download is read in chunks: no blob is ever held wh
 """
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -31,6 +32,9 @@ class S3BlobStore:
         self._bucket = bucket
         self._drafts = drafts
         self._drafts.mkdir(parents=True, exist_ok=True)
+        self._publishing: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     @classmethod
     async def connect(cls, settings: AssetsSettings, drafts: Path) -> "S3BlobStore":
@@ -49,15 +53,19 @@ class S3BlobStore:
         return staged(self._drafts, chunks)
 
     async def publish(self, draft: Draft) -> None:
-        if await self.exists(draft.key):  # identical bytes are stored once
-            return
-        await asyncio.to_thread(
-            self._client.upload_file,
-            str(draft.path),
-            self._bucket,
-            draft.key,
-            Config=_TRANSFER,
-        )
+        # Identical bytes uploaded at once in this process wait for the first upload and then
+        # find the object: one PUT instead of several of the same bytes.
+        lock = self._publishing.setdefault(draft.key, asyncio.Lock())
+        async with lock:
+            if await self.exists(draft.key):  # identical bytes are stored once
+                return
+            await asyncio.to_thread(
+                self._client.upload_file,
+                str(draft.path),
+                self._bucket,
+                draft.key,
+                Config=_TRANSFER,
+            )
 
     async def exists(self, key: str) -> bool:
         try:

@@ -41,7 +41,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_wheel_puts_everything_under_magicpixels(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     top_level = {name.split("/")[0] for name in names if not name.startswith("magicpixels-")}
-    assert top_level == {"magicpixels"}
+    # The SDK is its own distribution too; the server's wheel carries it for the CLI.
+    assert top_level == {"magicpixels", "magicpixels_sdk"}
     for expected in (
         "magicpixels/cli.py",
         "magicpixels/core/server.py",
@@ -53,6 +54,7 @@ def test_wheel_puts_everything_under_magicpixels(wheel: Path) -> None:
         "magicpixels/services/auth/migrations/env.py",
         "magicpixels/services/auth/migrations/script.py.mako",
         "magicpixels/services/auth/migrations/versions/0001_initial.py",
+        "magicpixels_sdk/client.py",
     ):
         assert expected in names, expected
 
