@@ -1,19 +1,35 @@
 """One async SQLAlchemy engine per service and its Alembic migrations.
 
-SQLite (the embedded default) runs in WAL mode and starts every transaction with BEGIN
+`engine.begin()` writes: one transaction, committed at the end. `engine.connect()` only reads
+(nothing it does is ever committed) and never waits for a writer.
+
+SQLite (the embedded default) runs in WAL mode and starts every writing transaction with BEGIN
 IMMEDIATE: writers queue on the lock (busy_timeout) instead of failing when a read turns into
-a write. PostgreSQL keeps each service's tables in its own schema when one is configured.
+a write. A reading transaction begins deferred and takes no lock, reading one snapshot: a read
+that took the write lock would hold up every writer (SQLite's busy handler sleeps a
+millisecond or more per retry). PostgreSQL reads in autocommit, each statement on its own
+(what READ COMMITTED gives a transaction too) without the BEGIN and ROLLBACK round trips, and
+keeps each service's tables in its own schema when one is configured.
 """
 
+import asyncio
+import sqlite3
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager, nullcontext
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
+import aiosqlite.context
 from alembic import command, context
 from alembic.config import Config
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import Connection, Row, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.util import await_
 
 from magicpixels.core.timestamps import as_utc
 
@@ -26,22 +42,64 @@ def row_fields(row: Row[Any]) -> dict[str, Any]:
     }
 
 
+# The execution option that marks a reading connection, for SQLite's BEGIN (see `on_begin`).
+_READS_ONLY = "magicpixels_reads_only"
+# Connections of an engine, all kept once opened: a connection beyond pool_size (overflow) is
+# closed when returned, so bursts of short statements would reconnect again and again (and on
+# SQLite start a thread and run the PRAGMAs for each).
+_POOL_SIZE = 30
+
+
+class _ReadWriteEngine(AsyncEngine):
+    """An engine whose `connect()` gives reading connections and `begin()` writing ones.
+
+    On SQLite the writers of this process take turns on `writers`: the file's lock admits one
+    at a time anyway, and SQLite's busy handler makes a writer that finds it taken sleep (1, 2,
+    5, 10 ms...) before trying again, where the asyncio lock hands it over at once, in order.
+    Writers in other processes still wait on the file's lock (busy_timeout).
+    """
+
+    def __init__(
+        self, engine: AsyncEngine, reads: AsyncEngine, writers: asyncio.Lock | None = None
+    ) -> None:
+        super().__init__(engine.sync_engine)
+        self._reads = reads
+        self._writers = writers
+
+    def connect(self) -> AsyncConnection:
+        return self._reads.connect()
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        writers = self._writers or nullcontext()
+        async with writers, super().connect() as connection, connection.begin():
+            yield connection
+
+
 def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
     if make_url(url).get_backend_name() == "sqlite":
-        return _sqlite_engine(url)
+        engine = _sqlite_engine(url)
+        reads = engine.execution_options(**{_READS_ONLY: True})
+        return _ReadWriteEngine(engine, reads, asyncio.Lock())
     connect_args: dict[str, Any] = {}
     if schema:
         connect_args["server_settings"] = {"search_path": schema}
-    # Up to 30 connections, all kept once opened: a connection beyond pool_size (overflow) is
-    # closed when returned, so bursts of short statements would reconnect again and again.
-    return create_async_engine(url, pool_size=30, max_overflow=0, connect_args=connect_args)
+    engine = create_async_engine(
+        url, pool_size=_POOL_SIZE, max_overflow=0, connect_args=connect_args
+    )
+    return _ReadWriteEngine(engine, engine.execution_options(isolation_level="AUTOCOMMIT"))
 
 
 def _sqlite_engine(url: str) -> AsyncEngine:
     database = make_url(url).database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, connect_args={"timeout": 30})
+    engine = create_async_engine(
+        url,
+        pool_size=_POOL_SIZE,
+        max_overflow=0,
+        async_creator=partial(_connect_sqlite, database or ":memory:"),
+    )
 
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -58,9 +116,65 @@ def _sqlite_engine(url: str) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A reader's deferred BEGIN takes no lock: its first read fixes its snapshot (WAL).
+        reads = connection.get_execution_options().get(_READS_ONLY)
+        statement = "BEGIN" if reads else "BEGIN IMMEDIATE"
+        # On aiosqlite's own connection: one trip to its thread, where a statement through
+        # SQLAlchemy's cursor takes three (open, execute, close).
+        await_(connection.connection.driver_connection.execute(statement))
 
     return engine
+
+
+async def _connect_sqlite(database: str) -> aiosqlite.Connection:
+    """aiosqlite's connection, but with `_OneTripCursor`s (as `aiosqlite.connect` builds it)."""
+    connection = _OneTripConnection(
+        partial(sqlite3.connect, database, timeout=30, check_same_thread=False), 64
+    )
+    connection._thread.daemon = True  # as SQLAlchemy's own connect does: exit never waits on it
+    return await connection
+
+
+class _OneTripConnection(aiosqlite.Connection):
+    @aiosqlite.context.contextmanager
+    async def cursor(self) -> aiosqlite.Cursor:
+        # Making a cursor object touches no database (the reason for check_same_thread=False).
+        return _OneTripCursor(self, self._conn.cursor())
+
+
+class _OneTripCursor(aiosqlite.Cursor):
+    """Runs a statement and fetches all its rows in one trip to the connection's thread.
+
+    aiosqlite makes a trip for each cursor call: SQLAlchemy opens a cursor, executes, fetches
+    and closes it, four trips per statement, each a hand-over to another thread and back (tens
+    of microseconds, more on a busy machine). SQLAlchemy fetches every row at once anyway; the
+    statement is done with by then, so opening and closing the cursor need no trip.
+    """
+
+    _rows: deque[Any]
+
+    async def execute(self, sql: str, parameters: Iterable[Any] | None = None) -> "_OneTripCursor":
+        self._rows = deque(await self._execute(_fetch_all, self._cursor, sql, parameters or ()))
+        return self
+
+    async def fetchone(self) -> Any:
+        return self._rows.popleft() if self._rows else None
+
+    async def fetchmany(self, size: int | None = None) -> list[Any]:
+        count = min(size or self._cursor.arraysize, len(self._rows))
+        return [self._rows.popleft() for _ in range(count)]
+
+    async def fetchall(self) -> list[Any]:
+        rows = list(self._rows)
+        self._rows.clear()
+        return rows
+
+    async def close(self) -> None:
+        self._cursor.close()
+
+
+def _fetch_all(cursor: sqlite3.Cursor, sql: str, parameters: Iterable[Any]) -> list[Any]:
+    return cursor.execute(sql, parameters).fetchall()
 
 
 async def migrate(engine: AsyncEngine, migrations: str, *, schema: str | None = None) -> None:
