@@ -8,29 +8,26 @@ IMMEDIATE: writers queue on the lock (busy_timeout) instead of failing when a re
 a write. A reading transaction begins deferred and takes no lock, reading one snapshot: a read
 that took the write lock would hold up every writer (SQLite's busy handler sleeps a
 millisecond or more per retry). PostgreSQL reads in autocommit, each statement on its own
-(what READ COMMITTED gives a transaction too) without the BEGIN and ROLLBACK round trips, and
-keeps each service's tables in its own schema when one is configured.
+(what READ COMMITTED gives a transaction too) without the BEGIN and ROLLBACK round trips (a
+read that streams its rows needs a transaction there: run it in `engine.begin()`), and keeps
+each service's tables in its own schema when one is configured.
 """
 
 import asyncio
-import sqlite3
-from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, nullcontext
 from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-import aiosqlite.context
 from alembic import command, context
 from alembic.config import Config
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import Connection, Row, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.util import await_
 
+from magicpixels.core import sqlite
 from magicpixels.core.timestamps import as_utc
 
 
@@ -98,7 +95,7 @@ def _sqlite_engine(url: str) -> AsyncEngine:
         url,
         pool_size=_POOL_SIZE,
         max_overflow=0,
-        async_creator=partial(_connect_sqlite, database or ":memory:"),
+        async_creator=partial(sqlite.connect, database or ""),
     )
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -118,63 +115,10 @@ def _sqlite_engine(url: str) -> AsyncEngine:
     def on_begin(connection: Connection) -> None:
         # A reader's deferred BEGIN takes no lock: its first read fixes its snapshot (WAL).
         reads = connection.get_execution_options().get(_READS_ONLY)
-        statement = "BEGIN" if reads else "BEGIN IMMEDIATE"
-        # On aiosqlite's own connection: one trip to its thread, where a statement through
-        # SQLAlchemy's cursor takes three (open, execute, close).
-        await_(connection.connection.driver_connection.execute(statement))
+        driver: sqlite.Connection = connection.connection.driver_connection
+        driver.begin = "BEGIN" if reads else "BEGIN IMMEDIATE"
 
     return engine
-
-
-async def _connect_sqlite(database: str) -> aiosqlite.Connection:
-    """aiosqlite's connection, but with `_OneTripCursor`s (as `aiosqlite.connect` builds it)."""
-    connection = _OneTripConnection(
-        partial(sqlite3.connect, database, timeout=30, check_same_thread=False), 64
-    )
-    connection._thread.daemon = True  # as SQLAlchemy's own connect does: exit never waits on it
-    return await connection
-
-
-class _OneTripConnection(aiosqlite.Connection):
-    @aiosqlite.context.contextmanager
-    async def cursor(self) -> aiosqlite.Cursor:
-        # Making a cursor object touches no database (the reason for check_same_thread=False).
-        return _OneTripCursor(self, self._conn.cursor())
-
-
-class _OneTripCursor(aiosqlite.Cursor):
-    """Runs a statement and fetches all its rows in one trip to the connection's thread.
-
-    aiosqlite makes a trip for each cursor call: SQLAlchemy opens a cursor, executes, fetches
-    and closes it, four trips per statement, each a hand-over to another thread and back (tens
-    of microseconds, more on a busy machine). SQLAlchemy fetches every row at once anyway; the
-    statement is done with by then, so opening and closing the cursor need no trip.
-    """
-
-    _rows: deque[Any]
-
-    async def execute(self, sql: str, parameters: Iterable[Any] | None = None) -> "_OneTripCursor":
-        self._rows = deque(await self._execute(_fetch_all, self._cursor, sql, parameters or ()))
-        return self
-
-    async def fetchone(self) -> Any:
-        return self._rows.popleft() if self._rows else None
-
-    async def fetchmany(self, size: int | None = None) -> list[Any]:
-        count = min(size or self._cursor.arraysize, len(self._rows))
-        return [self._rows.popleft() for _ in range(count)]
-
-    async def fetchall(self) -> list[Any]:
-        rows = list(self._rows)
-        self._rows.clear()
-        return rows
-
-    async def close(self) -> None:
-        self._cursor.close()
-
-
-def _fetch_all(cursor: sqlite3.Cursor, sql: str, parameters: Iterable[Any]) -> list[Any]:
-    return cursor.execute(sql, parameters).fetchall()
 
 
 async def migrate(engine: AsyncEngine, migrations: str, *, schema: str | None = None) -> None:
