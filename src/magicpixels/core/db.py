@@ -1,16 +1,16 @@
 """One async SQLAlchemy engine per service and its Alembic migrations.
 
 `engine.begin()` writes: one transaction, committed at the end. `engine.connect()` only reads
-(nothing it does is ever committed) and never waits for a writer.
+(nothing it does is ever committed), in autocommit: each statement on its own sees what was
+committed before it (as in a READ COMMITTED transaction), with no BEGIN and ROLLBACK around
+it, and never waits for a writer. A read that needs one snapshot across its statements runs in
+`engine.begin()`; so does one that streams its rows on PostgreSQL, whose cursors need one.
 
 SQLite (the embedded default) runs in WAL mode and starts every writing transaction with BEGIN
 IMMEDIATE: writers queue on the lock (busy_timeout) instead of failing when a read turns into
-a write. A reading transaction begins deferred and takes no lock, reading one snapshot: a read
-that took the write lock would hold up every writer (SQLite's busy handler sleeps a
-millisecond or more per retry). PostgreSQL reads in autocommit, each statement on its own
-(what READ COMMITTED gives a transaction too) without the BEGIN and ROLLBACK round trips (a
-read that streams its rows needs a transaction there: run it in `engine.begin()`), and keeps
-each service's tables in its own schema when one is configured.
+a write. A read takes no lock: one that took the write lock would hold up every writer
+(SQLite's busy handler sleeps a millisecond or more per retry). PostgreSQL keeps each
+service's tables in its own schema when one is configured.
 """
 
 import asyncio
@@ -39,7 +39,7 @@ def row_fields(row: Row[Any]) -> dict[str, Any]:
     }
 
 
-# The execution option that marks a reading connection, for SQLite's BEGIN (see `on_begin`).
+# The execution option that marks a reading connection, which begins nothing (see `on_begin`).
 _READS_ONLY = "magicpixels_reads_only"
 # Connections of an engine, all kept once opened: a connection beyond pool_size (overflow) is
 # closed when returned, so bursts of short statements would reconnect again and again (and on
@@ -113,10 +113,9 @@ def _sqlite_engine(url: str) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(connection: Connection) -> None:
-        # A reader's deferred BEGIN takes no lock: its first read fixes its snapshot (WAL).
-        reads = connection.get_execution_options().get(_READS_ONLY)
-        driver: sqlite.Connection = connection.connection.driver_connection
-        driver.begin = "BEGIN" if reads else "BEGIN IMMEDIATE"
+        if not connection.get_execution_options().get(_READS_ONLY):
+            driver: sqlite.Connection = connection.connection.driver_connection
+            driver.begin = "BEGIN IMMEDIATE"
 
     return engine
 

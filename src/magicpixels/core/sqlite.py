@@ -4,8 +4,8 @@ aiosqlite runs each connection's calls on a thread of its own, and every call is
 and back: a hand-over between threads that costs tens of microseconds, more on a busy machine.
 Through SQLAlchemy a statement took four (open a cursor, execute, fetch, close it) and a BEGIN
 three more. Here a statement and the fetch of all its rows make one trip (SQLAlchemy fetches
-every row at once anyway), a cursor opens and closes without one, and a transaction's BEGIN
-rides along with its first statement.
+every row at once anyway), a cursor opens and closes without one, a transaction's BEGIN rides
+along with its first statement, and a connection with no transaction open ends none.
 """
 
 import sqlite3
@@ -29,8 +29,9 @@ async def connect(database: str) -> "Connection":
 
 class Connection(aiosqlite.Connection):
     """aiosqlite's connection, whose transactions begin in the same trip to its thread as their
-    first statement: `begin` is the BEGIN that the transaction under way has still to send. A
-    transaction that sent no statement has nothing to commit or roll back."""
+    first statement: `begin` is the BEGIN that the transaction under way has still to send.
+    Without a transaction open (none sent a statement, or none began: autocommit) there is
+    nothing to commit or roll back, and no trip is made for it."""
 
     begin: str | None = None
 
@@ -44,11 +45,13 @@ class Connection(aiosqlite.Connection):
         return begin
 
     async def commit(self) -> None:
-        if self.take_begin() is None:
+        self.begin = None
+        if self._conn.in_transaction:
             await super().commit()
 
     async def rollback(self) -> None:
-        if self.take_begin() is None:
+        self.begin = None
+        if self._conn.in_transaction:
             await super().rollback()
 
 
