@@ -4,12 +4,19 @@
     .venv/bin/python bench/jobs.py http [--seconds 10]
 
 `latency` runs billing and jobs in this process and times, job after job, from the start of
-CreateJob to a waiting LeaseJob answering with it (p50, p99). `http` serves the baseline app
+CreateJob to a waiting LeaseJob answering with it (p50, p99), and prints this process's CPU
+time per job (every thread's; not the database server's), which a busy machine moves far less
+than it moves the latency. `http` serves the baseline app
 of ../shared/bench (bare_starlette.py) and then the mesh's gateway (every service but
 inference, in one process, so jobs stay queued), each pinned to CPU 0 with wrk on CPU 1, and
 prints POST /v1/jobs and GET /v1/jobs/{id} requests per second and the ratios (median of 3
 runs after a 2 s warm-up). Both servers run on the asyncio loop: the mesh's grpc.aio runs on
 it, so the baseline does too, for a like-for-like ratio.
+
+Beside each figure it prints the server's CPU time per request (its process's user + system
+time over the run, every thread included, divided by the requests served) and the ratio of
+those: on a machine that other work keeps busy, throughput falls with the CPU share the server
+gets, while its CPU cost per request moves far less.
 """
 
 import argparse
@@ -23,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -63,13 +71,17 @@ async def latency(jobs: int, postgres: bool) -> None:
             lease = jobs_pb2.LeaseJobRequest(worker_id="bench", modes=[spec.mode])
             lease.wait.FromSeconds(10)
             samples = []
-            for _ in range(jobs + 10):
+            cpu_started = 0.0
+            for made in range(jobs + 10):
+                if made == 10:  # after the warm-up
+                    cpu_started = time.process_time()
                 waiting = asyncio.ensure_future(stub.LeaseJob(lease, timeout=20))
                 await asyncio.sleep(0.002)  # the worker is waiting before the job exists
                 started = time.perf_counter()
                 await stub.CreateJob(create)
                 await waiting
                 samples.append((time.perf_counter() - started) * 1000)
+            cpu_ms = (time.process_time() - cpu_started) * 1000 / jobs
         finally:
             await running.stop()
             if postgres:
@@ -78,7 +90,7 @@ async def latency(jobs: int, postgres: bool) -> None:
     where = "PostgreSQL" if postgres else "SQLite"
     print(
         f"create -> lease on {where} over {jobs} jobs: p50 {statistics.median(ms):.2f} ms, "
-        f"p99 {ms[int(len(ms) * 0.99) - 1]:.2f} ms"
+        f"p99 {ms[int(len(ms) * 0.99) - 1]:.2f} ms; CPU {cpu_ms:.2f} ms per job"
     )
 
 
@@ -111,16 +123,34 @@ def serve_mesh(port: int, data_dir: str) -> None:
     asyncio.run(run())
 
 
-def wrk(url: str, seconds: int, script: Path | None) -> float:
+@dataclass(frozen=True)
+class Load:
+    """What one wrk run got from a server: requests per second, and the server's CPU
+    microseconds per request."""
+
+    per_second: float
+    cpu_us: float
+
+
+def cpu_seconds(pid: int) -> float:
+    """The user + system time of a process so far, all its threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, seconds: int, script: Path | None, server: int) -> Load:
     command = ["taskset", "-c", "1", "wrk", "-t1", "-c32", f"-d{seconds}s", "--latency"]
     if script:
         command += ["-s", str(script)]
+    cpu_before = cpu_seconds(server)
     output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(server) - cpu_before
     found = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    served = re.search(r"(\d+) requests in", output)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    if found is None or errors:
+    if found is None or served is None or errors:
         raise SystemExit(f"wrk failed or saw errors:\n{output}")
-    return float(found.group(1))
+    return Load(float(found.group(1)), cpu * 1e6 / max(int(served.group(1)), 1))
 
 
 def wait_listening(url: str) -> None:
@@ -150,9 +180,13 @@ def get_script(folder: Path, token: str) -> Path:
     return script
 
 
-def measure(url: str, seconds: int, script: Path) -> float:
-    wrk(url, 2, script)  # warm-up
-    return statistics.median(wrk(url, seconds, script) for _ in range(3))
+def measure(url: str, seconds: int, script: Path, server: int) -> Load:
+    wrk(url, 2, script, server)  # warm-up
+    runs = [wrk(url, seconds, script, server) for _ in range(3)]
+    return Load(
+        statistics.median(run.per_second for run in runs),
+        statistics.median(run.cpu_us for run in runs),
+    )
 
 
 def http(seconds: int) -> None:
@@ -178,10 +212,16 @@ def http(seconds: int) -> None:
         try:
             wait_listening("http://127.0.0.1:18080/v1/jobs/seed")
             post = measure(
-                "http://127.0.0.1:18080/v1/jobs", seconds, post_script(folder, "tok-anchor")
+                "http://127.0.0.1:18080/v1/jobs",
+                seconds,
+                post_script(folder, "tok-anchor"),
+                baseline.pid,
             )
             get = measure(
-                "http://127.0.0.1:18080/v1/jobs/seed", seconds, get_script(folder, "tok-anchor")
+                "http://127.0.0.1:18080/v1/jobs/seed",
+                seconds,
+                get_script(folder, "tok-anchor"),
+                baseline.pid,
             )
         finally:
             _stop(baseline)
@@ -192,10 +232,13 @@ def http(seconds: int) -> None:
             wait_listening("http://127.0.0.1:18081/healthz")
             token, job_id = _account(folder, name)
             mesh_post = measure(
-                "http://127.0.0.1:18081/v1/jobs", seconds, post_script(folder, token)
+                "http://127.0.0.1:18081/v1/jobs", seconds, post_script(folder, token), mesh.pid
             )
             mesh_get = measure(
-                f"http://127.0.0.1:18081/v1/jobs/{job_id}", seconds, get_script(folder, token)
+                f"http://127.0.0.1:18081/v1/jobs/{job_id}",
+                seconds,
+                get_script(folder, token),
+                mesh.pid,
             )
         finally:
             _stop(mesh)
@@ -203,8 +246,12 @@ def http(seconds: int) -> None:
     _report("GET /v1/jobs/{id}", get, mesh_get)
 
 
-def _report(route: str, bare: float, mesh: float) -> None:
-    print(f"{route}: bare {bare:,.0f} req/s, mesh {mesh:,.0f} req/s = {mesh / bare:.1%}")
+def _report(route: str, bare: Load, mesh: Load) -> None:
+    print(
+        f"{route}: bare {bare.per_second:,.0f} req/s, mesh {mesh.per_second:,.0f} req/s"
+        f" = {mesh.per_second / bare.per_second:.1%}; CPU per request: bare {bare.cpu_us:,.0f}"
+        f" us, mesh {mesh.cpu_us:,.0f} us = {bare.cpu_us / mesh.cpu_us:.1%}"
+    )
 
 
 def _pinned(command: list[str]) -> subprocess.Popen[bytes]:

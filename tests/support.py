@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import pytest
 
 from magicpixels.core.clients import open_channel
 from magicpixels.core.server import RunningServer
 from magicpixels.core.service import Mesh, Service, start_service, stop_service
 from magicpixels.core.settings import DatabaseServiceSettings, ServiceSettings
 from magicpixels.mesh import RunningMesh
+from magicpixels.services.jobs.signals import QueueSignal
 
 POSTGRES_URL = os.environ.get(
     "MP_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -100,3 +102,26 @@ async def services_of(
         yield running
     finally:
         await running.stop()
+
+
+class LeaseWaits:
+    """Follows the waits of LeaseJob calls that found no work (the real QueueSignal.wait, which
+    still runs): when one starts, and how each ended, so that a test synchronises on them
+    instead of sleeping."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.started = asyncio.Event()
+        # "woken" by a queued job, "ran out", or "cancelled" with its call.
+        self.ended: list[str] = []
+        wait = QueueSignal.wait
+
+        async def followed(ticket: asyncio.Event, seconds: float) -> None:
+            self.started.set()
+            try:
+                await wait(ticket, seconds)
+            except asyncio.CancelledError:
+                self.ended.append("cancelled")
+                raise
+            self.ended.append("woken" if ticket.is_set() else "ran out")
+
+        monkeypatch.setattr(QueueSignal, "wait", staticmethod(followed))

@@ -53,8 +53,10 @@ class Books:
     async def _read(
         self, account_ids: Collection[str] | None
     ) -> tuple[list[Row[Any]], list[Row[Any]], list[Row[Any]]]:
-        async with self.engine.connect() as connection:
-            if connection.dialect.name == "postgresql":  # SQLite serialises every transaction
+        # One snapshot of the books: a transaction (SQLite's reads outside one are autocommit).
+        postgres = self.engine.dialect.name == "postgresql"
+        async with self.engine.connect() if postgres else self.engine.begin() as connection:
+            if postgres:
                 await connection.execution_options(isolation_level="REPEATABLE READ")
             read = []
             for table in (store.balances, store.ledger_entries, store.holds):

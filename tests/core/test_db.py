@@ -1,10 +1,29 @@
-"""Migrations: services that share one database keep separate histories."""
+"""Migrations: services that share one database keep separate histories. Engines: reads never
+wait for writers, writes are atomic, SQLite's writers of one process take turns."""
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-from sqlalchemy import inspect, text
+import pytest
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from magicpixels.core.db import create_engine, migrate
+from tests.support import Database
 
 
 async def test_services_sharing_a_database_each_get_their_tables(tmp_path: Path) -> None:
@@ -36,3 +55,107 @@ async def test_migrating_twice_changes_nothing(tmp_path: Path) -> None:
         assert await schema() == first
     finally:
         await engine.dispose()
+
+
+@pytest.fixture
+async def counters(database: Database) -> AsyncIterator[AsyncEngine]:
+    async with counting(database) as engine:
+        yield engine
+
+
+@asynccontextmanager
+async def counting(database: Database) -> AsyncIterator[AsyncEngine]:
+    """An engine of the database with a `counters` table holding one counter at 0."""
+    engine = create_engine(database.url, schema=database.schema)
+    async with engine.begin() as connection:
+        if database.schema:
+            await connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{database.schema}"'))
+        await connection.run_sync(_COUNTERS.metadata.create_all)
+        await connection.execute(insert(_COUNTERS).values(name="jobs", value=0))
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+_COUNTERS = Table(
+    "counters",
+    MetaData(),
+    Column("name", String(20), primary_key=True),
+    Column("value", Integer, nullable=False),
+)
+
+
+async def _value(engine: AsyncEngine) -> int:
+    async with engine.connect() as connection:
+        return (await connection.execute(select(_COUNTERS.c.value))).scalar_one()
+
+
+async def test_a_read_neither_waits_for_a_writer_nor_sees_what_it_did_not_commit(
+    counters: AsyncEngine,
+) -> None:
+    async with counters.begin() as writing:
+        await writing.execute(update(_COUNTERS).values(value=1))
+        during = await _value(counters)  # SQLite's write lock is held meanwhile
+
+    assert (during, await _value(counters)) == (0, 1)
+
+
+async def test_a_failed_transaction_leaves_nothing_and_an_empty_one_commits(
+    counters: AsyncEngine,
+) -> None:
+    async def change_then_fail() -> None:
+        async with counters.begin() as connection:
+            await connection.execute(update(_COUNTERS).values(value=7))
+            await connection.execute(insert(_COUNTERS).values(name="jobs", value=1))
+
+    with pytest.raises(IntegrityError):
+        await change_then_fail()
+    async with counters.begin():
+        pass
+
+    assert await _value(counters) == 0
+
+
+async def test_sqlite_rows_are_fetched_one_at_a_time_as_well(tmp_path: Path) -> None:
+    """Its cursors fetch every row with the statement, and hand them out as asked."""
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'rows.db'}", None)
+    async with counting(database) as engine:
+        async with engine.begin() as connection:
+            rows = [{"name": f"n{number}", "value": number} for number in range(5)]
+            await connection.execute(insert(_COUNTERS), rows)
+        async with engine.connect() as connection:
+            query = select(_COUNTERS.c.value).order_by(_COUNTERS.c.value)
+            streamed = await connection.stream(query.execution_options(yield_per=2))
+            values = [value async for value in streamed.scalars()]
+
+    assert values == [0, 0, 1, 2, 3, 4]
+
+
+async def test_sqlite_writers_of_one_process_take_turns(tmp_path: Path) -> None:
+    """Each reads the counter and writes it back one more, concurrently: none is refused as
+    locked and no increment is lost (PostgreSQL would need a row lock for this)."""
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'turns.db'}", None)
+    async with counting(database) as engine:
+
+        async def increment() -> None:
+            async with engine.begin() as connection:
+                value = (await connection.execute(select(_COUNTERS.c.value))).scalar_one()
+                await asyncio.sleep(0)  # let the others try to write meanwhile
+                await connection.execute(update(_COUNTERS).values(value=value + 1))
+
+        await asyncio.gather(*(increment() for _ in range(40)))
+
+        assert await _value(engine) == 40
+
+
+async def test_each_statement_of_a_read_sees_what_was_committed_before_it(
+    counters: AsyncEngine,
+) -> None:
+    async with counters.connect() as reading:
+        before = (await reading.execute(select(_COUNTERS.c.value))).scalar_one()
+        async with counters.begin() as writing:
+            await writing.execute(update(_COUNTERS).values(value=5))
+        after = (await reading.execute(select(_COUNTERS.c.value))).scalar_one()
+
+    assert (before, after) == (0, 5)

@@ -1,7 +1,6 @@
 """Keys over real HTTP: managing them, every shape of bad token, scopes, revocation reaching
 other gateways through Redis, and no secret in any log line of a whole flow."""
 
-import asyncio
 import inspect
 import os
 import re
@@ -28,9 +27,6 @@ from magicpixels.mesh import RunningMesh, start_mesh
 from magicpixels.services.auth import domain
 from tests.gateway.conftest import API_EXAMPLE
 from tests.support import REDIS_URL, Database, eventually, mesh_databases
-
-# The budget the issue sets for a revocation to reach every gateway.
-REVOCATION_SECONDS = 1.0
 
 
 def fastapi_app(running: RunningMesh) -> FastAPI:
@@ -413,9 +409,11 @@ async def _gone(cache: PrincipalCache, key_id: str, token: str) -> bool:
 
 
 @pytest.mark.redis
-async def test_a_key_revoked_through_one_gateway_fails_through_another_within_a_second(
+async def test_a_key_revoked_through_one_gateway_fails_through_another(
     database: Database, tmp_path: Path
 ) -> None:
+    """The revocation reaches the other gateway as an announcement on Redis that drops its
+    cached principal (an hour's worth); how fast, bench/auth.py measures."""
     data_dir = tmp_path / "mesh"
     cached = {"key_cache_seconds": 3600, "redis_url": REDIS_URL}
     async with (
@@ -428,26 +426,15 @@ async def test_a_key_revoked_through_one_gateway_fails_through_another_within_a_
         spare = await new_key(one, token)
         assert (await other.get("/v1/api_keys", headers=bearer(spare["token"]))).status_code == 200
         parsed = domain.parse_token(spare["token"])
-        assert gateway_state(second).principals.get(parsed.key_id, spare["token"]) is not None
+        cache = gateway_state(second).principals
+        assert cache.get(parsed.key_id, spare["token"]) is not None
 
         revoked = await one.delete(f"/v1/api_keys/{spare['id']}", headers=bearer(token))
-        statuses = await statuses_for(other, spare["token"], REVOCATION_SECONDS)
+        await eventually(lambda: _gone(cache, parsed.key_id, spare["token"]))
+        refused = await other.get("/v1/api_keys", headers=bearer(spare["token"]))
 
     assert revoked.status_code == 200
-    assert statuses[-1] == 401, f"still accepted after {REVOCATION_SECONDS} s: {statuses}"
-
-
-async def statuses_for(client: httpx.AsyncClient, token: str, seconds: float) -> list[int]:
-    """The statuses of requests with the token, sent until one is refused or `seconds` pass."""
-    loop = asyncio.get_running_loop()
-    give_up_at = loop.time() + seconds
-    statuses: list[int] = []
-    while loop.time() < give_up_at:
-        statuses.append((await client.get("/v1/api_keys", headers=bearer(token))).status_code)
-        if statuses[-1] != 200:
-            break
-        await asyncio.sleep(0.01)
-    return statuses
+    assert error_of(refused) == (401, "api_key_revoked")
 
 
 def test_a_verification_that_started_before_a_revocation_is_not_cached() -> None:

@@ -24,7 +24,7 @@ from magicpixels.services.inference.media import Canceled, EncodedMedia
 from magicpixels.services.inference.worker import Heartbeat, Worker
 from tests.inference.probe import decode_audio, image_pixels
 from tests.inference.uploads import upload
-from tests.support import Database, eventually, services_of
+from tests.support import Database, LeaseWaits, eventually, services_of
 
 ACCOUNT = "acct_worker_test"
 
@@ -145,14 +145,21 @@ async def test_a_worker_stopped_mid_run_hands_the_job_back(services: RunningMesh
     assert await balance(services) == (4, 1)  # still held for the next attempt
 
 
-async def test_an_idle_worker_stops_at_once(services: RunningMesh) -> None:
+async def test_an_idle_worker_stops_at_once(
+    services: RunningMesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waits = LeaseWaits(monkeypatch)
     worker = worker_for(services, GatedBackend())
     loop = asyncio.create_task(worker.run_forever())
-    await asyncio.sleep(0.2)  # now waiting inside LeaseJob
+    await waits.started.wait()  # now waiting inside LeaseJob
     worker.stop()
-    await asyncio.wait_for(loop, 5)
-    assert loop.done()
-    assert loop.exception() is None
+    await loop
+    # The worker cancelled its LeaseJob call, rather than waiting its 5 s out.
+    await eventually(lambda: _equal(waits.ended, ["cancelled"]))
+
+
+async def _equal(found: list[str], expected: list[str]) -> bool:
+    return found == expected
 
 
 def assets_of(running: RunningMesh) -> assets_pb2_grpc.AssetsServiceStub:

@@ -22,6 +22,7 @@ from tests.jobs.conftest import (
     reason_of,
     text_to_image,
 )
+from tests.support import LeaseWaits
 
 Stub = jobs_pb2_grpc.JobsServiceStub
 RESULT = jobs_pb2.JobResult(
@@ -201,15 +202,18 @@ async def test_quote_validates_and_prices_without_holding(jobs: Stub, billing: B
     assert await billing.balance() == (5, 0)
 
 
-async def test_a_waiting_lease_is_woken_by_a_new_job(jobs: Stub, billing: Billing) -> None:
+async def test_a_waiting_lease_is_woken_by_a_new_job(
+    jobs: Stub, billing: Billing, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await billing.grant(1)
+    waits = LeaseWaits(monkeypatch)
     waiting = asyncio.create_task(lease(jobs, wait=20, timeout=30))
-    await asyncio.sleep(0.2)  # lets the lease find the queue empty and start waiting
+    await waits.started.wait()  # the lease found the queue empty
 
     job = await create(jobs)
-    # Far sooner than the 20 s wait, after which the call would look again and find the job.
-    leased = await asyncio.wait_for(waiting, timeout=5)
+    leased = await waiting
 
+    assert waits.ended == ["woken"]  # not the end of its 20 s wait
     assert leased.lease.job.id == job.id
     assert leased.lease.job.state == jobs_pb2.JOB_STATE_RUNNING
 

@@ -1,11 +1,23 @@
 """One async SQLAlchemy engine per service and its Alembic migrations.
 
-SQLite (the embedded default) runs in WAL mode and starts every transaction with BEGIN
+`engine.begin()` writes: one transaction, committed at the end. `engine.connect()` only reads
+(nothing it does is ever committed), in autocommit: each statement on its own sees what was
+committed before it (as in a READ COMMITTED transaction), with no BEGIN and ROLLBACK around
+it, and never waits for a writer. A read that needs one snapshot across its statements runs in
+`engine.begin()`; so does one that streams its rows on PostgreSQL, whose cursors need one.
+
+SQLite (the embedded default) runs in WAL mode and starts every writing transaction with BEGIN
 IMMEDIATE: writers queue on the lock (busy_timeout) instead of failing when a read turns into
-a write. PostgreSQL keeps each service's tables in its own schema when one is configured.
+a write. A read takes no lock: one that took the write lock would hold up every writer
+(SQLite's busy handler sleeps a millisecond or more per retry). PostgreSQL keeps each
+service's tables in its own schema when one is configured.
 """
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, nullcontext
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +27,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import Connection, Row, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from magicpixels.core import sqlite
 from magicpixels.core.timestamps import as_utc
 
 
@@ -28,22 +41,64 @@ def row_fields(row: Row[Any]) -> dict[str, Any]:
     }
 
 
+# The execution option that marks a reading connection, which begins nothing (see `on_begin`).
+_READS_ONLY = "magicpixels_reads_only"
+# Connections of an engine, all kept once opened: a connection beyond pool_size (overflow) is
+# closed when returned, so bursts of short statements would reconnect again and again (and on
+# SQLite start a thread and run the PRAGMAs for each).
+_POOL_SIZE = 30
+
+
+class _ReadWriteEngine(AsyncEngine):
+    """An engine whose `connect()` gives reading connections and `begin()` writing ones.
+
+    On SQLite the writers of this process take turns on `writers`: the file's lock admits one
+    at a time anyway, and SQLite's busy handler makes a writer that finds it taken sleep (1, 2,
+    5, 10 ms...) before trying again, where the asyncio lock hands it over at once, in order.
+    Writers in other processes still wait on the file's lock (busy_timeout).
+    """
+
+    def __init__(
+        self, engine: AsyncEngine, reads: AsyncEngine, writers: asyncio.Lock | None = None
+    ) -> None:
+        super().__init__(engine.sync_engine)
+        self._reads = reads
+        self._writers = writers
+
+    def connect(self) -> AsyncConnection:
+        return self._reads.connect()
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        writers = self._writers or nullcontext()
+        async with writers, super().connect() as connection, connection.begin():
+            yield connection
+
+
 def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
     if make_url(url).get_backend_name() == "sqlite":
-        return _sqlite_engine(url)
+        engine = _sqlite_engine(url)
+        reads = engine.execution_options(**{_READS_ONLY: True})
+        return _ReadWriteEngine(engine, reads, asyncio.Lock())
     connect_args: dict[str, Any] = {}
     if schema:
         connect_args["server_settings"] = {"search_path": schema}
-    # Up to 30 connections, all kept once opened: a connection beyond pool_size (overflow) is
-    # closed when returned, so bursts of short statements would reconnect again and again.
-    return create_async_engine(url, pool_size=30, max_overflow=0, connect_args=connect_args)
+    engine = create_async_engine(
+        url, pool_size=_POOL_SIZE, max_overflow=0, connect_args=connect_args
+    )
+    return _ReadWriteEngine(engine, engine.execution_options(isolation_level="AUTOCOMMIT"))
 
 
 def _sqlite_engine(url: str) -> AsyncEngine:
     database = make_url(url).database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, connect_args={"timeout": 30})
+    engine = create_async_engine(
+        url,
+        pool_size=_POOL_SIZE,
+        max_overflow=0,
+        async_creator=partial(sqlite.connect, database or ""),
+    )
 
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -60,7 +115,9 @@ def _sqlite_engine(url: str) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        if not connection.get_execution_options().get(_READS_ONLY):
+            driver: sqlite.Connection = connection.connection.driver_connection
+            driver.begin = "BEGIN IMMEDIATE"
 
     return engine
 
