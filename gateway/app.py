@@ -7,6 +7,7 @@ import grpc
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
@@ -39,7 +40,10 @@ _HTTP_ERRORS = {
 
 
 def create_app(mesh: Mesh, settings: GatewaySettings) -> ASGIApp:
-    app = FastAPI(
+    # The docs pages load Swagger UI and ReDoc from files shipped in a package, not a CDN, so
+    # they render on a gateway that cannot reach the internet.
+    app = FastAPIOffline(
+        static_url="/docs/assets",
         title="MagicPixels API",
         version="1",
         description="Generation jobs, assets and credits. See the project's docs/API.md.",
