@@ -19,6 +19,7 @@ COPY setup.py README.md ./
 COPY src src
 COPY services services
 COPY gateway gateway
+COPY sdk/python/src sdk/python/src
 RUN /opt/magicpixels/bin/pip install --no-deps . \
  && /opt/magicpixels/bin/pip uninstall --yes pip
 

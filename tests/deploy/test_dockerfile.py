@@ -160,13 +160,17 @@ def test_the_context_holds_what_the_build_copies_and_leaves_the_rest_out() -> No
 def test_the_context_builds_a_wheel_with_the_migrations_and_the_protos(tmp_path: Path) -> None:
     """What the build stage installs, built from a copy of the build context alone."""
     context = tmp_path / "context"
-    for name in ("pyproject.toml", "setup.py", "README.md", "requirements.lock"):
-        context.mkdir(exist_ok=True)
-        shutil.copy(ROOT / name, context / name)
-    for folder in ("src", "services", "gateway"):
-        shutil.copytree(
-            ROOT / folder, context / folder, ignore=shutil.ignore_patterns("__pycache__")
-        )
+    context.mkdir()
+    _, stages = parse()
+    for copy in stages[0].all("COPY"):  # exactly what the build stage copies, where it copies it
+        *sources, destination = shlex.split(copy)
+        for source in sources:
+            target = context / (source if destination.endswith("/") else destination)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if (ROOT / source).is_dir():
+                shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy(ROOT / source, target)
     built = subprocess.run(
         [
             sys.executable,
