@@ -39,6 +39,7 @@ from sqlalchemy import (
     Text,
     bindparam,
     exists,
+    func,
     select,
     update,
 )
@@ -47,6 +48,7 @@ from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from magicpixels.core import metrics
 from magicpixels.core.db import row_fields
 from magicpixels.core.errors import NotFound
 from magicpixels.core.ids import new_id
@@ -299,7 +301,21 @@ class BillingStore:
             if hold.state is not HoldState.HELD:
                 return hold
             resolved = await self._resolve(connection, hold, decide(hold), now)
-            return resolved or await _get_hold(connection, reference)
+            answer = resolved or await _get_hold(connection, reference)
+        if resolved is not None:  # counted once, by the call that resolved it
+            metrics.CREDITS_CAPTURED.labels("billing").inc(resolved.captured_amount)
+            metrics.CREDITS_RELEASED.labels("billing").inc(
+                resolved.amount - resolved.captured_amount
+            )
+        return answer
+
+    async def held_credits(self) -> int:
+        """Credits held, over every account: holds not yet captured, released or expired."""
+        query = select(func.coalesce(func.sum(holds.c.amount), 0)).where(
+            holds.c.state == HoldState.HELD
+        )
+        async with self._single.connect() as connection:
+            return int(await connection.scalar(query) or 0)
 
     async def expire_holds(self, now: datetime) -> list[Hold]:
         """Expires every hold still held past its expiry, returning its credits; answers those."""

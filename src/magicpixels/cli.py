@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from magicpixels.core import settings as config
+from magicpixels.core import tracing
 from magicpixels.core.logging import configure_logging
 
 if TYPE_CHECKING:
@@ -19,6 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     mesh_settings = config.MeshSettings(**({"data_dir": args.data_dir} if args.data_dir else {}))
     configure_logging(mesh_settings.log_level, mesh_settings.log_format)
+    tracing.configure_from_environment()
     try:
         args.run(args, mesh_settings)
     except OSError as refused:  # a port in use, an unwritable data folder: say so, no traceback
@@ -97,14 +99,21 @@ def _up(args: argparse.Namespace, mesh_settings: config.MeshSettings) -> None:
 
 
 def _serve(args: argparse.Namespace, mesh_settings: config.MeshSettings) -> None:
+    from magicpixels.core.metrics import serve_metrics
     from magicpixels.mesh import run_until_stopped, start_mesh
 
     async def run() -> None:
         if args.service == "gateway":
             running = await start_mesh(mesh_settings, config.GatewaySettings(), only=())
-        else:
-            running = await start_mesh(mesh_settings, None, only=(args.service,))
-        await run_until_stopped(running)
+            await run_until_stopped(running)
+            return
+        running = await start_mesh(mesh_settings, None, only=(args.service,))
+        service = running.services[0][0]
+        exporter = serve_metrics(service.settings.host, mesh_settings.metrics_port)
+        try:
+            await run_until_stopped(running)
+        finally:
+            exporter.shutdown()
 
     asyncio.run(run())
 

@@ -9,11 +9,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy.ext.asyncio
 from alembic import command, context
 from alembic.config import Config
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import Connection, Row, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from magicpixels.core.timestamps import as_utc
 
@@ -34,14 +35,17 @@ def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
         connect_args["server_settings"] = {"search_path": schema}
     # Up to 30 connections, all kept once opened: a connection beyond pool_size (overflow) is
     # closed when returned, so bursts of short statements would reconnect again and again.
-    return create_async_engine(url, pool_size=30, max_overflow=0, connect_args=connect_args)
+    # Looked up at each call, so that tracing's instrumentation (core/tracing.py) applies.
+    return sqlalchemy.ext.asyncio.create_async_engine(
+        url, pool_size=30, max_overflow=0, connect_args=connect_args
+    )
 
 
 def _sqlite_engine(url: str) -> AsyncEngine:
     database = make_url(url).database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, connect_args={"timeout": 30})
+    engine = sqlalchemy.ext.asyncio.create_async_engine(url, connect_args={"timeout": 30})
 
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
