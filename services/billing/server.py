@@ -278,9 +278,11 @@ class BillingService:
             )
         ]
 
-    async def _measure_held(self, _now: datetime) -> None:
+    async def _measure_held(self, now: datetime) -> None:
         assert self._store is not None
-        metrics.CREDITS_HELD.labels("billing").set(await self._store.held_credits())
+        held, past_expiry = await self._store.held_credits(now)
+        metrics.CREDITS_HELD.labels("billing").set(held)
+        metrics.CREDITS_HELD_PAST_EXPIRY.labels("billing").set(past_expiry)
 
     async def close(self) -> None:
         if self._sweeper is not None:

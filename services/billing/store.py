@@ -38,6 +38,7 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    case,
     exists,
     func,
     select,
@@ -309,13 +310,16 @@ class BillingStore:
             )
         return answer
 
-    async def held_credits(self) -> int:
-        """Credits held, over every account: holds not yet captured, released or expired."""
-        query = select(func.coalesce(func.sum(holds.c.amount), 0)).where(
-            holds.c.state == HoldState.HELD
-        )
+    async def held_credits(self, now: datetime) -> tuple[int, int]:
+        """Credits held over every account (holds not yet captured, released or expired), and
+        of those the credits of holds past their expiry, which the sweeper has yet to release."""
+        overdue = case((holds.c.expires_at <= now, holds.c.amount), else_=0)
+        query = select(
+            func.coalesce(func.sum(holds.c.amount), 0), func.coalesce(func.sum(overdue), 0)
+        ).where(holds.c.state == HoldState.HELD)
         async with self._single.connect() as connection:
-            return int(await connection.scalar(query) or 0)
+            held, past_expiry = (await connection.execute(query)).one()
+        return int(held), int(past_expiry)
 
     async def expire_holds(self, now: datetime) -> list[Hold]:
         """Expires every hold still held past its expiry, returning its credits; answers those."""

@@ -103,6 +103,11 @@ WEBHOOK_DELIVERIES = Counter(
 CREDITS_HELD = Gauge(
     "magicpixels_credits_held", "Credits held for jobs not yet settled, all accounts", ["service"]
 )
+CREDITS_HELD_PAST_EXPIRY = Gauge(
+    "magicpixels_credits_held_past_expiry",
+    "Credits of holds past their expiry that the billing sweeper has not released yet",
+    ["service"],
+)
 CREDITS_CAPTURED = Counter(
     "magicpixels_credits_captured", "Credits spent by captured holds", ["service"]
 )
