@@ -10,6 +10,7 @@ no series. docs/operations.md lists them with the alerts worth setting.
 from collections.abc import Iterable
 from contextvars import ContextVar
 from datetime import datetime
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -138,20 +139,38 @@ def http_method(method: str) -> str:
     return method if method in _HTTP_METHODS else "OTHER"
 
 
+# The labelled series of each label set, found once: labels() costs more than the count.
+_http_series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+_rpc_series: dict[tuple[bool, str, str, str], tuple[Any, Any]] = {}
+
+
 def observe_http(route: str, method: str, status: int | None, seconds: float) -> None:
-    method = http_method(method)
-    HTTP_REQUESTS.labels("gateway", route, method, status_class(status)).inc()
-    HTTP_DURATION.labels("gateway", route, method).observe(seconds)
+    key = (route, http_method(method), status_class(status))
+    series = _http_series.get(key)
+    if series is None:
+        series = _http_series[key] = (
+            HTTP_REQUESTS.labels("gateway", *key),
+            HTTP_DURATION.labels("gateway", *key[:2]),
+        )
+    series[0].inc()
+    series[1].observe(seconds)
 
 
 def observe_rpc(server: bool, service: str, method: str, code: str, seconds: float) -> None:
-    handled, duration = (
-        (GRPC_SERVER_HANDLED, GRPC_SERVER_DURATION)
-        if server
-        else (GRPC_CLIENT_HANDLED, GRPC_CLIENT_DURATION)
-    )
-    handled.labels(service, method, code).inc()
-    duration.labels(service, method).observe(seconds)
+    key = (server, service, method, code)
+    series = _rpc_series.get(key)
+    if series is None:
+        handled, duration = (
+            (GRPC_SERVER_HANDLED, GRPC_SERVER_DURATION)
+            if server
+            else (GRPC_CLIENT_HANDLED, GRPC_CLIENT_DURATION)
+        )
+        series = _rpc_series[key] = (
+            handled.labels(service, method, code),
+            duration.labels(service, method),
+        )
+    series[0].inc()
+    series[1].observe(seconds)
 
 
 def set_queue(
