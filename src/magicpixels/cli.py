@@ -20,11 +20,17 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     mesh_settings = config.MeshSettings(**({"data_dir": args.data_dir} if args.data_dir else {}))
     configure_logging(mesh_settings.log_level, mesh_settings.log_format)
-    tracing.configure_from_environment()
+    # Spans name the process: the mesh (`up`), or the one service it serves.
+    tracing.configure_from_environment("-".join(("magicpixels", *_served(args))))
     try:
         args.run(args, mesh_settings)
     except OSError as refused:  # a port in use, an unwritable data folder: say so, no traceback
         raise SystemExit(f"magicpixels: {refused}") from None
+
+
+def _served(args: argparse.Namespace) -> tuple[str, ...]:
+    service = getattr(args, "service", None)
+    return (service,) if service else ()
 
 
 def _parser() -> argparse.ArgumentParser:

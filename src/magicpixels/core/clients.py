@@ -75,7 +75,11 @@ class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         started = time.perf_counter()
         call = await continuation(self.context.details(details), request)
-        code = await call.code()  # a unary answer: waiting for it here delays nobody
+        try:
+            code = await call.code()  # a unary answer: waiting for it here delays nobody
+        except asyncio.CancelledError:  # the caller gave up: so does the call, as without us
+            call.cancel()
+            raise
         metrics.observe_rpc(
             False,
             metrics.current_service.get(),

@@ -175,6 +175,8 @@ def name_request_span(scope: Mapping[str, Any]) -> None:
 
 def current_traceparent() -> str | None:
     """The W3C traceparent of the current span, to store with work done later; None when off."""
+    if _provider is None:
+        return None
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier.get(_TRACEPARENT)
