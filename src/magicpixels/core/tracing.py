@@ -16,6 +16,7 @@ hosts) and ours (modes, attempts): never a token, a secret, a prompt, or a URL's
 import contextlib
 import os
 from collections.abc import Iterator, Mapping
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -61,8 +62,6 @@ def configure_from_environment(default_service_name: str = "magicpixels") -> boo
 
 
 def _exporter(name: str) -> "SpanExporter":
-    from opentelemetry.util._importlib_metadata import entry_points
-
     name = _EXPORTER_ALIASES.get(name, name)
     found = entry_points(group="opentelemetry_traces_exporter", name=name)
     if not found:
@@ -72,34 +71,46 @@ def _exporter(name: str) -> "SpanExporter":
 
 
 def enable(provider: "TracerProvider") -> None:
-    """Traces into `provider` from now on: SQLAlchemy, Redis and HTTPX are instrumented, and
+    """Traces into `provider` from now on: SQLAlchemy, Redis and HTTPX are instrumented (but
+    those OTEL_PYTHON_DISABLED_INSTRUMENTATIONS names: `sqlalchemy`, `redis`, `httpx`), and
     servers, channels and apps made from now on carry the interceptors and middleware."""
     global _provider
-    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
-    from opentelemetry.instrumentation.redis import RedisInstrumentor
-    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
-
     _provider = provider
-    # It declares SQLAlchemy < 2.1; the engine events it listens to are the same in 2.1.
-    SQLAlchemyInstrumentor().instrument(
-        tracer_provider=provider, enable_commenter=False, skip_dep_check=True
-    )
-    RedisInstrumentor().instrument(tracer_provider=provider)
-    HTTPXClientInstrumentor().instrument(
-        tracer_provider=provider, request_hook=_origin_only, async_request_hook=_async_origin_only
-    )
+    disabled = {
+        name.strip()
+        for name in os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")
+    }
+    for name, (instrumentor, options) in _instrumentors().items():
+        if name not in disabled:
+            instrumentor.instrument(tracer_provider=provider, **options)
 
 
 def disable() -> None:
     """Stops tracing (for tests): what `enable` instrumented is restored."""
     global _provider
+    for instrumentor, _options in _instrumentors().values():
+        if instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.uninstrument()
+    _provider = None
+
+
+def _instrumentors() -> dict[str, tuple[Any, dict[str, Any]]]:
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
     from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
-    for instrumentor in (SQLAlchemyInstrumentor(), RedisInstrumentor(), HTTPXClientInstrumentor()):
-        instrumentor.uninstrument()
-    _provider = None
+    return {
+        # It declares SQLAlchemy < 2.1; the engine events it listens to are the same in 2.1.
+        "sqlalchemy": (
+            SQLAlchemyInstrumentor(),
+            {"enable_commenter": False, "skip_dep_check": True},
+        ),
+        "redis": (RedisInstrumentor(), {}),
+        "httpx": (
+            HTTPXClientInstrumentor(),
+            {"request_hook": _origin_only, "async_request_hook": _async_origin_only},
+        ),
+    }
 
 
 def _origin_only(span: Any, request: Any) -> None:
