@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
+import structlog
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -191,4 +192,5 @@ def exposition() -> tuple[bytes, str]:
 def serve_metrics(host: str, port: int) -> WSGIServer:
     """Serves /metrics on its own port, in a thread (a `magicpixels serve` process)."""
     server, _thread = start_wsgi_server(port, addr=host)
+    structlog.get_logger("magicpixels.metrics").info("metrics_serving", port=server.server_port)
     return server
