@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The one MagicPixels image: every Deployment runs it as `magicpixels serve <service>`, the
-# migration Job as `magicpixels migrate` (docs/DEPLOYMENT.md).
+# migration Job as `magicpixels migrate` (docs/operations.md).
 #   docker build -t ghcr.io/magicpixels/magicpixels:0.1.0 .
 
 # The exact release, the same in both stages: the virtual environment is moved between them.

@@ -11,6 +11,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
+from magicpixels.core import tracing
 from magicpixels.core.errors import DomainError
 from magicpixels.core.service import Mesh
 from magicpixels.core.settings import GatewaySettings
@@ -68,7 +69,7 @@ def create_app(mesh: Mesh, settings: GatewaySettings) -> ASGIApp:
         per_ip=Quota(settings.rate_limit_per_ip, settings.rate_limit_per_ip_seconds),
         principal=shared.principal,
     )
-    return RequestContextMiddleware(limited)
+    return tracing.instrument_asgi(RequestContextMiddleware(limited))
 
 
 @asynccontextmanager

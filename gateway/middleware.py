@@ -7,6 +7,7 @@ from typing import Any
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from magicpixels.core import metrics, tracing
 from magicpixels.core.ids import new_id
 from magicpixels.gateway.errors import internal_error
 
@@ -40,9 +41,11 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 outcome["status"] = message["status"]
                 message["headers"] = [*message.get("headers", []), header]
+                tracing.name_request_span(scope)  # routed by now; the span ends with the body
             await send(message)
 
         started = time.perf_counter()
+        metrics.current_service.set("gateway")
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
                 await self.app(scope, receive, send_with_id)
@@ -53,11 +56,17 @@ class RequestContextMiddleware:
                 elif outcome["status"] != 500:  # a 500 was answered, and logged, by its handler
                     log.exception("response_failed")
             finally:
-                route = scope.get("route")
+                seconds = time.perf_counter() - started
+                route = getattr(scope.get("route"), "path", None)
+                # Never the raw path: it holds ids. A request no route took (a 404, a refused
+                # rate) counts as "unmatched".
+                metrics.observe_http(
+                    route or "unmatched", scope["method"], outcome["status"], seconds
+                )
                 log.info(
                     "http",
                     method=scope["method"],
-                    route=getattr(route, "path", None),
+                    route=route,
                     status=outcome["status"],
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    duration_ms=round(seconds * 1000, 2),
                 )

@@ -3,9 +3,10 @@
 import asyncio
 
 import grpc
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from magicpixels.core import metrics
 from magicpixels.core.errors import Unavailable
 from magicpixels.core.service import Mesh
 from magicpixels.core.settings import SERVICES
@@ -21,6 +22,13 @@ _PROBE_SECONDS = 2.0
 async def healthz() -> dict[str, str]:
     """The process is alive."""
     return {"status": "ok"}
+
+
+@router.get("/metrics", include_in_schema=False)
+async def prometheus_metrics() -> Response:
+    """Prometheus text format: every service of this process, each series labelled `service`."""
+    body, content_type = metrics.exposition()
+    return Response(body, media_type=content_type)
 
 
 @router.get("/readyz")

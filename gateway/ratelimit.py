@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from magicpixels.core import metrics
 from magicpixels.core.errors import Unavailable
 from magicpixels.gateway.errors import ApiError, from_domain_error
 from magicpixels.gateway.principal import Principal, remember_principal
@@ -214,6 +215,7 @@ class RateLimitMiddleware:
         try:
             decision = await self._decide(scope)
             if not decision.allowed:
+                metrics.RATE_LIMIT_REFUSALS.labels("gateway").inc()
                 raise rate_limited(decision)
         except ApiError as refused:
             await refused.response()(scope, receive, send)

@@ -11,6 +11,7 @@ from fastapi import Request
 from magicpixels.assets.v1 import assets_pb2_grpc
 from magicpixels.auth.v1 import auth_pb2, auth_pb2_grpc
 from magicpixels.billing.v1 import billing_pb2_grpc
+from magicpixels.core import metrics
 from magicpixels.core.service import Mesh
 from magicpixels.core.settings import GatewaySettings
 from magicpixels.gateway.principal import Principal, PrincipalCache, follow_revocations
@@ -66,6 +67,7 @@ class Gateway:
         one verified lately comes from memory, any other is verified by auth."""
         key_id = parse_token(token).key_id
         cached = self.principals.get(key_id, token)
+        metrics.KEY_CACHE_LOOKUPS.labels("gateway", "miss" if cached is None else "hit").inc()
         if cached is not None:
             return cached
         ticket = self.principals.ticket()

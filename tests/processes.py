@@ -35,6 +35,8 @@ def magicpixels(
         **os.environ,
         "MP_DATA_DIR": str(data_dir),
         "MP_LOG_FORMAT": "json",
+        # Processes side by side: each `serve` takes a free metrics port unless told one.
+        "MP_METRICS_PORT": "0",
         **(env or {}),
     }
     output = log.open("ab") if log else subprocess.PIPE

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.processes import STOP_SECONDS, free_port, magicpixels, ready, stop, wait_for
@@ -43,7 +44,9 @@ def test_up_on_a_taken_port_says_so_and_starts_nothing(tmp_path: Path) -> None:
 
 
 def test_serve_runs_one_service_until_sigterm(tmp_path: Path) -> None:
-    with magicpixels("serve", "billing", data_dir=tmp_path) as process:
+    metrics_port = free_port()
+    env = {"MP_METRICS_PORT": str(metrics_port)}
+    with magicpixels("serve", "billing", data_dir=tmp_path, env=env) as process:
         address_file = tmp_path / "run" / "billing.address"
         wait_for(address_file.exists, "billing's address")
         with grpc.insecure_channel(address_file.read_text()) as channel:
@@ -52,6 +55,10 @@ def test_serve_runs_one_service_until_sigterm(tmp_path: Path) -> None:
                 timeout=5,
             )
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        # Its metrics port, where its first sweep's measure of the held credits shows.
+        held = 'magicpixels_credits_held{service="billing"} 0.0'
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        wait_for(lambda: held in httpx.get(metrics_url, timeout=5).text, "billing's metrics")
         assert stop(process) == 0
         assert not address_file.exists()
 

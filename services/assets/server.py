@@ -8,7 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from magicpixels.assets.v1 import assets_pb2, assets_pb2_grpc
-from magicpixels.core import paging
+from magicpixels.core import metrics, paging
 from magicpixels.core.errors import DomainError, InvalidArgument, NotFound
 from magicpixels.core.server import ServiceBinding
 from magicpixels.core.service import Mesh, open_database
@@ -80,10 +80,12 @@ class AssetsServicer(assets_pb2_grpc.AssetsServiceServicer):
         # the refusal.
         await context.send_initial_metadata(UPLOAD_ACCEPTED)
         try:
-            return _asset(await self._catalog.upload(plan, _chunks(messages)))
+            record = await self._catalog.upload(plan, _chunks(messages))
         except DomainError:
             await _drain(messages)
             raise
+        metrics.UPLOAD_BYTES.labels("assets", str(plan.origin)).inc(record.size_bytes)
+        return _asset(record)
 
     async def ReadAsset(
         self, request: assets_pb2.ReadAssetRequest, context: grpc.aio.ServicerContext

@@ -10,7 +10,7 @@ import grpc
 import structlog
 
 from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
-from magicpixels.core import paging
+from magicpixels.core import metrics, paging
 from magicpixels.core.server import ServiceBinding
 from magicpixels.core.service import Mesh, open_database
 from magicpixels.core.settings import BillingSettings
@@ -264,7 +264,7 @@ class BillingService:
         )
         self._sweeper = asyncio.create_task(
             sweep(
-                [self._store.expire_holds, subscriptions.renew_due],
+                [self._store.expire_holds, subscriptions.renew_due, self._measure_held],
                 self.settings.sweep_interval_seconds,
             ),
             name="billing-sweeper",
@@ -277,6 +277,12 @@ class BillingService:
                 SERVICE_NAME, servicer, billing_pb2_grpc.add_BillingServiceServicer_to_server
             )
         ]
+
+    async def _measure_held(self, now: datetime) -> None:
+        assert self._store is not None
+        held, past_expiry = await self._store.held_credits(now)
+        metrics.CREDITS_HELD.labels("billing").set(held)
+        metrics.CREDITS_HELD_PAST_EXPIRY.labels("billing").set(past_expiry)
 
     async def close(self) -> None:
         if self._sweeper is not None:

@@ -38,7 +38,9 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    case,
     exists,
+    func,
     select,
     update,
 )
@@ -47,6 +49,7 @@ from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from magicpixels.core import metrics
 from magicpixels.core.db import row_fields
 from magicpixels.core.errors import NotFound
 from magicpixels.core.ids import new_id
@@ -299,7 +302,24 @@ class BillingStore:
             if hold.state is not HoldState.HELD:
                 return hold
             resolved = await self._resolve(connection, hold, decide(hold), now)
-            return resolved or await _get_hold(connection, reference)
+            answer = resolved or await _get_hold(connection, reference)
+        if resolved is not None:  # counted once, by the call that resolved it
+            metrics.CREDITS_CAPTURED.labels("billing").inc(resolved.captured_amount)
+            metrics.CREDITS_RELEASED.labels("billing").inc(
+                resolved.amount - resolved.captured_amount
+            )
+        return answer
+
+    async def held_credits(self, now: datetime) -> tuple[int, int]:
+        """Credits held over every account (holds not yet captured, released or expired), and
+        of those the credits of holds past their expiry, which the sweeper has yet to release."""
+        overdue = case((holds.c.expires_at <= now, holds.c.amount), else_=0)
+        query = select(
+            func.coalesce(func.sum(holds.c.amount), 0), func.coalesce(func.sum(overdue), 0)
+        ).where(holds.c.state == HoldState.HELD)
+        async with self._single.connect() as connection:
+            held, past_expiry = (await connection.execute(query)).one()
+        return int(held), int(past_expiry)
 
     async def expire_holds(self, now: datetime) -> list[Hold]:
         """Expires every hold still held past its expiry, returning its credits; answers those."""

@@ -6,6 +6,7 @@ when the job was canceled (or its lease lost), in which case the result is throw
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -15,6 +16,7 @@ import structlog
 from google.protobuf.duration_pb2 import Duration
 
 from magicpixels.assets.v1 import assets_pb2, assets_pb2_grpc
+from magicpixels.core import tracing
 from magicpixels.core.errors import DomainError, remote_error
 from magicpixels.core.timestamps import from_timestamp, utcnow
 from magicpixels.jobs.v1 import jobs_pb2, jobs_pb2_grpc
@@ -100,6 +102,7 @@ class Worker:
         self.modes = sorted(backends)
         self._stopping = False
         self._leasing: asyncio.Task[jobs_pb2.Lease | None] | None = None
+        self._lease_asked_ns = 0
 
     async def run_forever(self) -> None:
         """Leases and runs jobs until `stop`; a job in hand is finished first."""
@@ -123,6 +126,7 @@ class Worker:
         wait = Duration()
         wait.FromNanoseconds(int(self.lease_wait_seconds * 1e9))
         request = jobs_pb2.LeaseJobRequest(worker_id=self.worker_id, modes=self.modes, wait=wait)
+        self._lease_asked_ns = time.time_ns()
         try:
             reply = await self.jobs.LeaseJob(request, timeout=self.lease_wait_seconds + 10)
         except grpc.aio.AioRpcError as error:
@@ -132,7 +136,12 @@ class Worker:
         return reply.lease if reply.HasField("lease") else None
 
     async def process(self, lease: jobs_pb2.Lease) -> None:
-        with structlog.contextvars.bound_contextvars(job_id=lease.job.id):
+        with (
+            structlog.contextvars.bound_contextvars(job_id=lease.job.id),
+            # Its spans, and its calls', join the trace of the request that created the job.
+            tracing.joined(lease.job.trace_parent),
+        ):
+            self._trace_lease(lease.job)
             heartbeat = Heartbeat(self.jobs, lease)
             beating = asyncio.create_task(heartbeat.run())
             try:
@@ -161,19 +170,26 @@ class Worker:
             if not heartbeat.abandoned:  # else canceled or leased again: nobody wants the result
                 await self._deliver(lease, media)
 
+    def _trace_lease(self, job: jobs_pb2.Job) -> None:
+        """A span from when this worker asked (or the job was created, if later) to its lease."""
+        waited_from = max(self._lease_asked_ns, job.create_time.ToNanoseconds())
+        with tracing.span("inference.lease", _span_attributes(job), start_time=waited_from):
+            pass
+
     async def _generate(self, job: jobs_pb2.Job, heartbeat: Heartbeat) -> EncodedMedia:
         loop = asyncio.get_running_loop()
         backend = backend_for(job.spec.mode, self.backends)
-        inputs = await asking_again(
-            lambda: fetch_inputs(lambda: self.assets, job.spec, job.account_id),
-            retry_on=_TRANSIENT,
-        )
-        return await asyncio.to_thread(
-            backend.generate,
-            job.spec,
-            inputs,
-            lambda fraction: heartbeat.report_from_thread(loop, fraction),
-        )
+        with tracing.span("inference.generate", _span_attributes(job)):
+            inputs = await asking_again(
+                lambda: fetch_inputs(lambda: self.assets, job.spec, job.account_id),
+                retry_on=_TRANSIENT,
+            )
+            return await asyncio.to_thread(
+                backend.generate,
+                job.spec,
+                inputs,
+                lambda fraction: heartbeat.report_from_thread(loop, fraction),
+            )
 
     async def _fail_input(self, lease: jobs_pb2.Lease, error: grpc.aio.AioRpcError) -> None:
         """An input gone (deleted meanwhile) fails the job; assets unreachable hands it back."""
@@ -186,7 +202,8 @@ class Worker:
         )
 
     async def _deliver(self, lease: jobs_pb2.Lease, media: EncodedMedia) -> None:
-        asset = await self._upload(lease.job, media)
+        with tracing.span("inference.upload_result", {"magicpixels.size_bytes": len(media.data)}):
+            asset = await self._upload(lease.job, media)
         if asset is None:
             await self._fail(
                 lease, "upload_failed", "the result could not be stored", retryable=True
@@ -269,6 +286,13 @@ async def asking_again(
             log.warning("assets_unreachable", code=error.code().name, attempt=attempt + 1)
         await asyncio.sleep(RETRY_SECONDS * 2**attempt)
     return await call()
+
+
+def _span_attributes(job: jobs_pb2.Job) -> dict[str, str | int]:
+    return {
+        "magicpixels.job.mode": jobs_pb2.JobMode.Name(job.spec.mode),
+        "magicpixels.job.attempt": job.attempts,
+    }
 
 
 async def _upload_requests(

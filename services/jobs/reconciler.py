@@ -13,12 +13,13 @@ from datetime import datetime
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from magicpixels.core import metrics
 from magicpixels.core.bus import EventBus
 from magicpixels.core.settings import JobsSettings
 from magicpixels.core.timestamps import utcnow
 from magicpixels.jobs.v1 import jobs_pb2
 from magicpixels.services.jobs import store
-from magicpixels.services.jobs.domain import IDEMPOTENCY_WINDOW, PENDING_TIMEOUT
+from magicpixels.services.jobs.domain import IDEMPOTENCY_WINDOW, MODES, PENDING_TIMEOUT, State
 from magicpixels.services.jobs.settlement import Settlement
 from magicpixels.services.jobs.signals import announce
 
@@ -54,6 +55,7 @@ class Reconciler:
             "settle_holds": self.settle_holds,
             "abandon_pending": lambda: self.abandon_pending(utcnow()),
             "forget_idempotency_keys": lambda: self.forget_idempotency_keys(utcnow()),
+            "measure_queues": self.measure_queues,
         }
 
     async def _repeat(self, name: str, reconcile: Callable[[], Awaitable[None]]) -> None:
@@ -72,6 +74,10 @@ class Reconciler:
         expired = await store.expire_leases(
             self._engine, self._settings.max_attempts, LEASE_EXPIRED, now
         )
+        for job in expired:
+            metrics.LEASES_EXPIRED.labels("jobs", job.mode).inc()
+            if job.state == State.QUEUED:
+                metrics.JOB_RETRIES.labels("jobs", job.mode).inc()
         await announce(self._bus, *expired)
 
     async def abandon_pending(self, now: datetime) -> None:
@@ -91,6 +97,10 @@ class Reconciler:
         """Retries the captures and releases that failed when their job ended."""
         for job in await store.unsettled(self._engine):
             await self._settlement.settle(job)
+
+    async def measure_queues(self) -> None:
+        """Sets the queue gauges: how many jobs of each mode wait, and the oldest's age."""
+        metrics.set_queue("jobs", MODES, await store.queued_by_mode(self._engine), utcnow())
 
     async def wake_due_retries(self, now: datetime) -> None:
         """Wakes idle workers for the retried jobs whose backoff has passed."""

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from magicpixels.core import paging
+from magicpixels.core import metrics, paging, tracing
 from magicpixels.core.bus import EventBus
 from magicpixels.core.context import time_left
 from magicpixels.core.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
@@ -82,12 +82,19 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         spec = await self._resolve(request.account_id, request.livemode, request.spec)
         claim = domain.idempotency_claim(request.idempotency_key, request.livemode, request.spec)
         pending = await store.insert_pending(
-            self._engine, request.account_id, request.livemode, spec, claim, utcnow()
+            self._engine,
+            request.account_id,
+            request.livemode,
+            spec,
+            claim,
+            utcnow(),
+            trace_parent=tracing.current_traceparent(),
         )
         if pending is None:
             assert claim is not None  # only a claimed key stops the insert
             return await self._replay(request.account_id, claim, context)
         job = await self._settlement.hold(pending, spec)
+        metrics.JOBS_CREATED.labels("jobs", job.mode).inc()
         await announce(self._bus, job)
         return await self._encode(job)
 
@@ -249,6 +256,8 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         if request.retryable and domain.may_retry(current.attempts, self._settings.max_attempts):
             not_before = now + domain.retry_delay(current.attempts)
             job = await store.requeue(self._engine, current.id, token, not_before, now)
+            if job is not None:
+                metrics.JOB_RETRIES.labels("jobs", job.mode).inc()
         else:
             job = await store.fail(self._engine, current.id, token, request.error, now)
         return await self._ended(job, request.job_id)
@@ -265,6 +274,9 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         job = await store.lease_next(self._engine, modes, worker_id, self._lease_for(), utcnow())
         if job is None:
             return jobs_pb2.LeaseJobResponse()
+        if job.attempts == 1:
+            waited = (job.started_at - job.created_at).total_seconds()
+            metrics.JOB_LEASE_WAIT.labels("jobs", job.mode).observe(waited)
         await announce(self._bus, job)
         lease = jobs_pb2.Lease(
             job=await self._encode(job),

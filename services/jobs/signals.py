@@ -15,9 +15,10 @@ from contextlib import AsyncExitStack
 import structlog
 from redis.exceptions import RedisError
 
+from magicpixels.core import metrics
 from magicpixels.core.bus import EventBus
 from magicpixels.core.timestamps import as_utc
-from magicpixels.services.jobs.domain import State
+from magicpixels.services.jobs.domain import TERMINAL, State
 from magicpixels.services.jobs.store import JobRow, webhook_event_of
 
 QUEUED_CHANNEL = "jobs.queued"
@@ -39,6 +40,8 @@ async def announce(bus: EventBus, *jobs: JobRow) -> None:
     timers about their deadlines, the watchers of the jobs behind about moves in and out of the
     queue, and webhook dispatchers about the deliveries the moves enqueued."""
     for job in jobs:
+        if job.state in TERMINAL:  # every move is announced once, by the caller that won it
+            metrics.JOBS_ENDED.labels("jobs", job.mode, job.state).inc()
         await _publish(bus, changed_channel(job.id), job.state.encode())
         if job.state == State.QUEUED:
             await _publish(bus, QUEUED_CHANNEL, job.mode.encode())

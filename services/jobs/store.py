@@ -101,6 +101,8 @@ jobs = Table(
     # The job's place in its mode's queue, taken when first queued and kept through retries:
     # each mode numbers its jobs 1, 2, 3... without a gap (see `queue_position`).
     Column("queue_seq", BigInteger),
+    # The W3C traceparent of the creating request: the worker's spans join its trace.
+    Column("trace_parent", String(64)),
     Index("ix_jobs_state_mode_queued_at", "state", "mode", "queued_at"),
     Index("ix_jobs_state_mode_queue_seq", "state", "mode", "queue_seq"),
     # The scheduler finds the next deadline of the jobs not ended, one index seek per state.
@@ -208,6 +210,7 @@ def job_message(job: JobRow, queue_position: int | None = None) -> jobs_pb2.Job:
         start_time=to_timestamp(job.started_at),
         complete_time=to_timestamp(job.completed_at),
         deadline_time=to_timestamp(job.deadline_at),
+        trace_parent=job.trace_parent,
     )
 
 
@@ -230,14 +233,16 @@ async def insert_pending(
     spec: jobs_pb2.JobSpec,
     claim: Claim | None,
     now: datetime,
+    trace_parent: str | None = None,
 ) -> JobRow | None:
     """Inserts a pending job and the claim of its idempotency key, if any, in one transaction.
 
     None when a request of the last day claimed the key already: nothing is inserted.
     """
+    pending = _pending(account_id, livemode, spec, now).values(trace_parent=trace_parent)
     try:
         async with engine.begin() as connection:
-            job = (await connection.execute(_pending(account_id, livemode, spec, now))).one()
+            job = (await connection.execute(pending)).one()
             if claim is not None:
                 await _claim(connection, account_id, claim, job.id, now)
     except IntegrityError:
@@ -344,6 +349,18 @@ async def list_visible(
 
 def _visible_to(account_id: str) -> tuple[ColumnElement[bool], ...]:
     return jobs.c.account_id == account_id, jobs.c.queued_at.is_not(None)
+
+
+async def queued_by_mode(engine: AsyncEngine) -> dict[str, tuple[int, datetime]]:
+    """Each mode's queued jobs: how many, and when the oldest of them was created."""
+    query = (
+        select(jobs.c.mode, func.count(), func.min(jobs.c.created_at))
+        .where(jobs.c.state == State.QUEUED)
+        .group_by(jobs.c.mode)
+    )
+    async with engine.connect() as connection:
+        rows = (await connection.execute(query)).all()
+    return {mode: (count, as_utc(oldest)) for mode, count, oldest in rows}
 
 
 # The states of a job that was queued once and is out of the queue now.

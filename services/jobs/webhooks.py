@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from magicpixels.assets.v1 import assets_pb2_grpc
 from magicpixels.auth.v1 import auth_pb2, auth_pb2_grpc
+from magicpixels.core import metrics, tracing
 from magicpixels.core.context import set_deadline
 from magicpixels.core.errors import Unavailable
 from magicpixels.core.service import Mesh
@@ -165,9 +166,15 @@ class WebhookDispatcher:
         del self._in_flight[task]
 
     async def _deliver(self, delivery: DeliveryRow) -> None:
+        attributes = {"magicpixels.webhook.event_type": delivery.event_type}
         try:
-            outcome = await self._attempt_in_time(delivery)
-            await self._record(delivery, outcome)
+            # In the trace of the request that created the job, which the receiver may join.
+            with (
+                tracing.joined(_trace_parent(delivery)),
+                tracing.span("jobs.deliver_webhook", attributes),
+            ):
+                outcome = await self._attempt_in_time(delivery)
+                await self._record(delivery, outcome)
         except Exception:  # its claim lapses and the delivery is tried again
             log.exception("webhook_attempt_failed", delivery_id=delivery.id)
         finally:
@@ -247,6 +254,7 @@ class WebhookDispatcher:
             "webhook-timestamp": str(timestamp),
             "webhook-signature": webhook_signature(secrets, delivery.id, timestamp, body),
         }
+        tracing.inject(headers)
         try:
             async with self._http.stream(
                 "POST",
@@ -279,6 +287,7 @@ class WebhookDispatcher:
             status=outcome.status,
             error=outcome.error,
         )
+        metrics.WEBHOOK_DELIVERIES.labels("jobs", str(state)).inc()
         log.info(
             "webhook_attempt" if recorded else "webhook_attempt_overtaken",
             delivery_id=delivery.id,
@@ -289,3 +298,9 @@ class WebhookDispatcher:
             status=outcome.status,
             error=outcome.error,
         )
+
+
+def _trace_parent(delivery: DeliveryRow) -> str:
+    """The traceparent of the request that created the delivery's job."""
+    trace_parent: str = json.loads(delivery.job).get("traceParent", "")
+    return trace_parent

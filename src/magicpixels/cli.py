@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from magicpixels import client_commands
 from magicpixels.core import settings as config
+from magicpixels.core import tracing
 from magicpixels.core.logging import configure_logging
 
 if TYPE_CHECKING:
@@ -20,10 +21,17 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     mesh_settings = config.MeshSettings(**({"data_dir": args.data_dir} if args.data_dir else {}))
     configure_logging(mesh_settings.log_level, mesh_settings.log_format)
+    # Spans name the process: the mesh (`up`), or the one service it serves.
+    tracing.configure_from_environment("-".join(("magicpixels", *_served(args))))
     try:
         args.run(args, mesh_settings)
     except OSError as refused:  # a port in use, an unwritable data folder: say so, no traceback
         raise SystemExit(f"magicpixels: {refused}") from None
+
+
+def _served(args: argparse.Namespace) -> tuple[str, ...]:
+    service = getattr(args, "service", None)
+    return (service,) if service else ()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -151,6 +159,7 @@ def _migrate(args: argparse.Namespace, mesh_settings: config.MeshSettings) -> No
 def _serve(args: argparse.Namespace, mesh_settings: config.MeshSettings) -> None:
     import structlog
 
+    from magicpixels.core.metrics import serve_metrics
     from magicpixels.mesh import run_until_stopped, start_mesh
 
     # Every line says which process wrote it: `up --processes` interleaves them on one output.
@@ -159,9 +168,15 @@ def _serve(args: argparse.Namespace, mesh_settings: config.MeshSettings) -> None
     async def run() -> None:
         if args.service == "gateway":
             running = await start_mesh(mesh_settings, config.GatewaySettings(), only=())
-        else:
-            running = await start_mesh(mesh_settings, None, only=(args.service,))
-        await run_until_stopped(running)
+            await run_until_stopped(running)
+            return
+        running = await start_mesh(mesh_settings, None, only=(args.service,))
+        service = running.services[0][0]
+        exporter = serve_metrics(service.settings.host, mesh_settings.metrics_port)
+        try:
+            await run_until_stopped(running)
+        finally:
+            exporter.shutdown()
 
     asyncio.run(run())
 

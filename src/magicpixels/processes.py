@@ -61,6 +61,8 @@ def topology(
             shared.setdefault(f"{prefix}_DATABASE_URL", database_url)
             shared.setdefault(f"{prefix}_DATABASE_SCHEMA", service)
     environments = {name: dict(shared) for name in PROCESSES}
+    for service in config.SERVICES:  # one machine: each service's metrics on a port of its own
+        environments[service]["MP_METRICS_PORT"] = str(_free_port())
     for variable, name, users in _SECRETS:
         value = environ.get(variable) or config.load_or_create_secret(mesh.data_dir, name)
         for user in users:

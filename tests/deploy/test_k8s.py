@@ -405,7 +405,7 @@ def test_every_secret_reference_is_rendered_in_dev_and_documented_for_production
             assert key in named(objects, "Secret", name)["data"], (name, key)
     else:
         assert not of_kind(objects, "Secret")  # the operator's, never the repository's
-        guide = (ROOT / "docs" / "DEPLOYMENT.md").read_text()
+        guide = (ROOT / "docs" / "operations.md").read_text()
         for name, key in references:
             assert f"| `{name}` | `{key}` |" in guide, (name, key)
 

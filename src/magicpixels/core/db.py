@@ -21,13 +21,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy.ext.asyncio
 from alembic import command, context
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import Connection, Row, make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from magicpixels.core import sqlite
 from magicpixels.core.timestamps import as_utc
@@ -83,7 +84,8 @@ def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
     connect_args: dict[str, Any] = {}
     if schema:
         connect_args["server_settings"] = {"search_path": schema}
-    engine = create_async_engine(
+    # Looked up at each call, so that tracing's instrumentation (core/tracing.py) applies.
+    engine = sqlalchemy.ext.asyncio.create_async_engine(
         url, pool_size=_POOL_SIZE, max_overflow=0, connect_args=connect_args
     )
     return _ReadWriteEngine(engine, engine.execution_options(isolation_level="AUTOCOMMIT"))
@@ -93,7 +95,7 @@ def _sqlite_engine(url: str) -> AsyncEngine:
     database = make_url(url).database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(
+    engine = sqlalchemy.ext.asyncio.create_async_engine(
         url,
         pool_size=_POOL_SIZE,
         max_overflow=0,

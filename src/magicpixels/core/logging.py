@@ -6,6 +6,7 @@ import sys
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 
 _SECRET_KEYS = frozenset({"token", "secret", "signature", "pepper", "authorization", "password"})
 _TOKEN_PATTERN = re.compile(r"mp_(live|test)_[A-Za-z0-9]+\.[A-Za-z0-9]+|whsec_[A-Za-z0-9+/=]+")
@@ -21,6 +22,15 @@ def redact_secrets(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str,
     }
 
 
+def add_trace_ids(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Names the active span beside the request id, so a log line leads to its trace."""
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        event["trace_id"] = trace.format_trace_id(span_context.trace_id)
+        event["span_id"] = trace.format_span_id(span_context.span_id)
+    return event
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """Our logs at `level`; libraries' (uvicorn, grpc, alembic) at warning, in the same format."""
     as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
@@ -29,6 +39,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     )
     shared = [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

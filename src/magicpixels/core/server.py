@@ -14,6 +14,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from magicpixels.core import metrics, tracing
 from magicpixels.core.context import REQUEST_ID_HEADER, set_deadline
 from magicpixels.core.errors import INTERNAL_STATUS, DomainError, passthrough_status
 from magicpixels.core.ids import new_id
@@ -38,10 +39,12 @@ class _RpcOutcome:
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    """Checks the service token, binds the request id and deadline, maps errors, logs each RPC."""
+    """Checks the service token, binds the request id and deadline, maps errors, logs and
+    measures each RPC (as `service`, which the calls it makes are counted for too)."""
 
-    def __init__(self, service_token: str) -> None:
+    def __init__(self, service_token: str, service: str = "mesh") -> None:
         self._expected = f"Bearer {service_token}".encode()
+        self._service = service
 
     async def intercept_service(
         self,
@@ -60,6 +63,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             request_id = metadata.get(REQUEST_ID_HEADER) or new_id("req")
             outcome = _RpcOutcome()
             started = time.perf_counter()
+            metrics.current_service.set(self._service)
             with structlog.contextvars.bound_contextvars(request_id=request_id, rpc=method):
                 try:
                     if not self._authorized(metadata):
@@ -69,11 +73,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     async with _mapped_errors(context, outcome):
                         yield
                 finally:
-                    log.info(
-                        "rpc",
-                        code=outcome.code.name,
-                        duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                    )
+                    seconds = time.perf_counter() - started
+                    code = outcome.code.name
+                    metrics.observe_rpc(True, self._service, method, code, seconds)
+                    log.info("rpc", code=code, duration_ms=round(seconds * 1000, 2))
 
         return scope
 
@@ -165,10 +168,19 @@ class RunningServer:
 
 
 async def start_server(
-    bindings: Sequence[ServiceBinding], *, host: str, port: int, service_token: str
+    bindings: Sequence[ServiceBinding],
+    *,
+    host: str,
+    port: int,
+    service_token: str,
+    service: str = "mesh",
 ) -> RunningServer:
     server = grpc.aio.server(
-        interceptors=[ServerInterceptor(service_token)],
+        # The tracing interceptor first: its span encloses ours, so our log lines name it.
+        interceptors=[
+            *tracing.grpc_server_interceptors(),
+            ServerInterceptor(service_token, service),
+        ],
         options=[
             # Clients reconnect, and so rebalance, at least this often.
             ("grpc.max_connection_age_ms", 300_000),

@@ -7,6 +7,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from magicpixels.core import metrics
 from magicpixels.core.bus import EventBus
 from magicpixels.core.clients import open_channel
 from magicpixels.core.db import create_engine, migrate, require_migrated
@@ -90,12 +91,18 @@ async def open_database(
 
 
 async def start_service(service: Service, mesh: Mesh) -> RunningServer:
-    bindings = await service.start()
+    # The calls of the tasks that the service starts are counted as the service's.
+    counted_as = metrics.current_service.set(service.name)
+    try:
+        bindings = await service.start()
+    finally:
+        metrics.current_service.reset(counted_as)
     server = await start_server(
         bindings,
         host=service.settings.host,
         port=service.settings.port,
         service_token=mesh.settings.internal_token(),
+        service=service.name,
     )
     write_address(mesh.settings.data_dir, service.name, f"{service.settings.host}:{server.port}")
     return server

@@ -46,6 +46,9 @@ class MeshSettings(BaseSettings):
     rpc_timeout_seconds: float = 10.0
     # How long a stopping server lets in-flight calls finish.
     grace_seconds: float = 5.0
+    # The Prometheus port of a `magicpixels serve` process (other than the gateway's, which
+    # serves /metrics on its own port), on the service's host; 0 takes a free port.
+    metrics_port: int = 9464
 
     def address_of(self, service: str) -> str:
         configured = getattr(self, f"{service}_address")

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emagicpixels/jobs/v1/jobs.proto\x12\x13magicpixels.jobs.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf7\x04\n\x07JobSpec\x12*\n\x04mode\x18\x01 \x01(\x0e\x32\x1c.magicpixels.jobs.v1.JobMode\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x03 \x01(\t\x12\x16\n\x0einput_asset_id\x18\x04 \x01(\t\x12\x16\n\x0e\x61udio_asset_id\x18\x05 \x01(\t\x12\x12\n\x05width\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06height\x18\x07 \x01(\x05H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x02\x88\x01\x01\x12\x12\n\x05steps\x18\t \x01(\x05H\x03\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\n \x01(\x01H\x04\x88\x01\x01\x12\x15\n\x08strength\x18\x0b \x01(\x01H\x05\x88\x01\x01\x12\x1d\n\x10\x64uration_seconds\x18\x0c \x01(\x01H\x06\x88\x01\x01\x12\x10\n\x03\x66ps\x18\r \x01(\x05H\x07\x88\x01\x01\x12\x15\n\routput_format\x18\x0e \x01(\t\x12\x13\n\x0bwebhook_url\x18\x0f \x01(\t\x12<\n\x08metadata\x18\x10 \x03(\x0b\x32*.magicpixels.jobs.v1.JobSpec.MetadataEntry\x12\x1d\n\x10\x64\x65\x61\x64line_seconds\x18\x11 \x01(\x05H\x08\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06_widthB\t\n\x07_heightB\x07\n\x05_seedB\x08\n\x06_stepsB\x11\n\x0f_guidance_scaleB\x0b\n\t_strengthB\x13\n\x11_duration_secondsB\x06\n\x04_fpsB\x13\n\x11_deadline_seconds\"\xa5\x01\n\tJobResult\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x12\n\x05width\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06height\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x1d\n\x10\x64uration_seconds\x18\x05 \x01(\x01H\x02\x88\x01\x01\x42\x08\n\x06_widthB\t\n\x07_heightB\x13\n\x11_duration_seconds\")\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xa0\x04\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x10\n\x08livemode\x18\x03 \x01(\x08\x12*\n\x04spec\x18\x04 \x01(\x0b\x32\x1c.magicpixels.jobs.v1.JobSpec\x12,\n\x05state\x18\x05 \x01(\x0e\x32\x1d.magicpixels.jobs.v1.JobState\x12\x10\n\x08progress\x18\x06 \x01(\x01\x12\x14\n\x0c\x63ost_credits\x18\x07 \x01(\x03\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\x12\x1b\n\x0equeue_position\x18\t \x01(\x05H\x00\x88\x01\x01\x12.\n\x06result\x18\n \x01(\x0b\x32\x1e.magicpixels.jobs.v1.JobResult\x12,\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x1d.magicpixels.jobs.v1.JobError\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rcomplete_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rdeadline_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x11\n\x0f_queue_position\"\x92\x01\n\x08JobEvent\x12/\n\x04type\x18\x01 \x01(\x0e\x32!.magicpixels.jobs.v1.JobEventType\x12%\n\x03job\x18\x02 \x01(\x0b\x32\x18.magicpixels.jobs.v1.Job\x12.\n\nevent_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"n\n\x05Lease\x12%\n\x03job\x18\x01 \x01(\x0b\x32\x18.magicpixels.jobs.v1.Job\x12\r\n\x05token\x18\x02 \x01(\x03\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"}\n\x10\x43reateJobRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08livemode\x18\x02 \x01(\x08\x12*\n\x04spec\x18\x03 \x01(\x0b\x32\x1c.magicpixels.jobs.v1.JobSpec\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"S\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x15\n\x08livemode\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x0b\n\t_livemode\"\xb8\x01\n\x0fListJobsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08livemode\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12,\n\x05state\x18\x05 \x01(\x0e\x32\x1d.magicpixels.jobs.v1.JobState\x12*\n\x04mode\x18\x06 \x01(\x0e\x32\x1c.magicpixels.jobs.v1.JobMode\"S\n\x10ListJobsResponse\x12&\n\x04jobs\x18\x01 \x03(\x0b\x32\x18.magicpixels.jobs.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"V\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x15\n\x08livemode\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x0b\n\t_livemode\"U\n\x0fWatchJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x15\n\x08livemode\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x0b\n\t_livemode\"c\n\x0fQuoteJobRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08livemode\x18\x02 \x01(\x08\x12*\n\x04spec\x18\x03 \x01(\x0b\x32\x1c.magicpixels.jobs.v1.JobSpec\"\x83\x01\n\x10QuoteJobResponse\x12*\n\x04mode\x18\x01 \x01(\x0e\x32\x1c.magicpixels.jobs.v1.JobMode\x12\x14\n\x0c\x63ost_credits\x18\x02 \x01(\x03\x12\x19\n\x11\x61vailable_credits\x18\x03 \x01(\x03\x12\x12\n\nsufficient\x18\x04 \x01(\x08\"z\n\x0fLeaseJobRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12+\n\x05modes\x18\x02 \x03(\x0e\x32\x1c.magicpixels.jobs.v1.JobMode\x12\'\n\x04wait\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"=\n\x10LeaseJobResponse\x12)\n\x05lease\x18\x01 \x01(\x0b\x32\x1a.magicpixels.jobs.v1.Lease\"N\n\x15ReportProgressRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\x03\x12\x10\n\x08progress\x18\x03 \x01(\x01\"a\n\x16ReportProgressResponse\x12\x10\n\x08\x63\x61nceled\x18\x01 \x01(\x08\x12\x35\n\x11lease_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"i\n\x12\x43ompleteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\x03\x12.\n\x06result\x18\x03 \x01(\x0b\x32\x1e.magicpixels.jobs.v1.JobResult\"v\n\x0e\x46\x61ilJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\x03\x12,\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1d.magicpixels.jobs.v1.JobError\x12\x11\n\tretryable\x18\x04 \x01(\x08*\x95\x01\n\x07JobMode\x12\x18\n\x14JOB_MODE_UNSPECIFIED\x10\x00\x12\x1a\n\x16JOB_MODE_TEXT_TO_IMAGE\x10\x01\x12\x1b\n\x17JOB_MODE_IMAGE_TO_IMAGE\x10\x02\x12\x1a\n\x16JOB_MODE_TEXT_TO_AUDIO\x10\x03\x12\x1b\n\x17JOB_MODE_IMAGE_TO_VIDEO\x10\x04*\xb0\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x14\n\x10JOB_STATE_QUEUED\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x17\n\x13JOB_STATE_COMPLETED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x16\n\x12JOB_STATE_CANCELED\x10\x06*\x89\x01\n\x0cJobEventType\x12\x1e\n\x1aJOB_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15JOB_EVENT_TYPE_STATUS\x10\x01\x12\x1b\n\x17JOB_EVENT_TYPE_PROGRESS\x10\x02\x12!\n\x1dJOB_EVENT_TYPE_QUEUE_POSITION\x10\x03\x32\xd6\x06\n\x0bJobsService\x12L\n\tCreateJob\x12%.magicpixels.jobs.v1.CreateJobRequest\x1a\x18.magicpixels.jobs.v1.Job\x12\x46\n\x06GetJob\x12\".magicpixels.jobs.v1.GetJobRequest\x1a\x18.magicpixels.jobs.v1.Job\x12W\n\x08ListJobs\x12$.magicpixels.jobs.v1.ListJobsRequest\x1a%.magicpixels.jobs.v1.ListJobsResponse\x12L\n\tCancelJob\x12%.magicpixels.jobs.v1.CancelJobRequest\x1a\x18.magicpixels.jobs.v1.Job\x12Q\n\x08WatchJob\x12$.magicpixels.jobs.v1.WatchJobRequest\x1a\x1d.magicpixels.jobs.v1.JobEvent0\x01\x12W\n\x08QuoteJob\x12$.magicpixels.jobs.v1.QuoteJobRequest\x1a%.magicpixels.jobs.v1.QuoteJobResponse\x12W\n\x08LeaseJob\x12$.magicpixels.jobs.v1.LeaseJobRequest\x1a%.magicpixels.jobs.v1.LeaseJobResponse\x12i\n\x0eReportProgress\x12*.magicpixels.jobs.v1.ReportProgressRequest\x1a+.magicpixels.jobs.v1.ReportProgressResponse\x12P\n\x0b\x43ompleteJob\x12\'.magicpixels.jobs.v1.CompleteJobRequest\x1a\x18.magicpixels.jobs.v1.Job\x12H\n\x07\x46\x61ilJob\x12#.magicpixels.jobs.v1.FailJobRequest\x1a\x18.magicpixels.jobs.v1.Jobb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emagicpixels/jobs/v1/jobs.proto\x12\x13magicpixels.jobs.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf7\x04\n\x07JobSpec\x12*\n\x04mode\x18\x01 \x01(\x0e\x32\x1c.magicpixels.jobs.v1.JobMode\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x03 \x01(\t\x12\x16\n\x0einput_asset_id\x18\x04 \x01(\t\x12\x16\n\x0e\x61udio_asset_id\x18\x05 \x01(\t\x12\x12\n\x05width\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06height\x18\x07 \x01(\x05H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x02\x88\x01\x01\x12\x12\n\x05steps\x18\t \x01(\x05H\x03\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\n \x01(\x01H\x04\x88\x01\x01\x12\x15\n\x08strength\x18\x0b \x01(\x01H\x05\x88\x01\x01\x12\x1d\n\x10\x64uration_seconds\x18\x0c \x01(\x01H\x06\x88\x01\x01\x12\x10\n\x03\x66ps\x18\r \x01(\x05H\x07\x88\x01\x01\x12\x15\n\routput_format\x18\x0e \x01(\t\x12\x13\n\x0bwebhook_url\x18\x0f \x01(\t\x12<\n\x08metadata\x18\x10 \x03(\x0b\x32*.magicpixels.jobs.v1.JobSpec.MetadataEntry\x12\x1d\n\x10\x64\x65\x61\x64line_seconds\x18\x11 \x01(\x05H\x08\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06_widthB\t\n\x07_heightB\x07\n\x05_seedB\x08\n\x06_stepsB\x11\n\x0f_guidance_scaleB\x0b\n\t_strengthB\x13\n\x11_duration_secondsB\x06\n\x04_fpsB\x13\n\x11_deadline_seconds\"\xa5\x01\n\tJobResult\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x12\n\x05width\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06height\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x1d\n\x10\x64uration_seconds\x18\x05 \x01(\x01H\x02\x88\x01\x01\x42\x08\n\x06_widthB\t\n\x07_heightB\x13\n\x11_duration_seconds\")\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xb6\x04\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x10\n\x08livemode\x18\x03 \x01(\x08\x12*\n\x04spec\x18\x04 \x01(\x0b\x32\x1c.magicpixels.jobs.v1.JobSpec\x12,\n\x05state\x18\x05 \x01(\x0e\x32\x1d.magicpixels.jobs.v1.JobState\x12\x10\n\x08progress\x18\x06 \x01(\x01\x12\x14\n\x0c\x63ost_credits\x18\x07 \x01(\x03\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\x12\x1b\n\x0equeue_position\x18\t \x01(\x05H\x00\x88\x01\x01\x12.\n\x06result\x18\n \x01(\x0b\x32\x1e.magicpixels.jobs.v1.JobResult\x12,\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x1d.magicpixels.jobs.v1.JobError\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rcomplete_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rdeadline_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0ctrace_parent\x18\x10 \x01(\tB\x11\n\x0f_queue_position\"\x92\x01\n\x08JobEvent\x12/\n\x04type\x18\x01 \x01(\x0e\x32!.magicpixels.jobs.v1.JobEventType\x12%\n\x03job\x18\x02 \x01(\x0b\x32\x18.magicpixels.jobs.v1.Job\x12.\n\nevent_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"n\n\x05Lease\x12%\n\x03job\x18\x01 \x01(\x0b\x32\x18.magicpixels.jobs.v1.Job\x12\r\n\x05token\x18\x02 \x01(\x03\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"}\n\x10\x43reateJobRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08livemode\x18\x02 \x01(\x08\x12*\n\x04spec\x18\x03 \x01(\x0b\x32\x1c.magicpixels.jobs.v1.JobSpec\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"S\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x15\n\x08livemode\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x0b\n\t_livemode\"\xb8\x01\n\x0fListJobsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08livemode\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12,\n\x05state\x18\x05 \x01(\x0e\x32\x1d.magicpixels.jobs.v1.JobState\x12*\n\x04mode\x18\x06 \x01(\x0e\x32\x1c.magicpixels.jobs.v1.JobMode\"S\n\x10ListJobsResponse\x12&\n\x04jobs\x18\x01 \x03(\x0b\x32\x18.magicpixels.jobs.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"V\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x15\n\x08livemode\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x0b\n\t_livemode\"U\n\x0fWatchJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x15\n\x08livemode\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x0b\n\t_livemode\"c\n\x0fQuoteJobRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08livemode\x18\x02 \x01(\x08\x12*\n\x04spec\x18\x03 \x01(\x0b\x32\x1c.magicpixels.jobs.v1.JobSpec\"\x83\x01\n\x10QuoteJobResponse\x12*\n\x04mode\x18\x01 \x01(\x0e\x32\x1c.magicpixels.jobs.v1.JobMode\x12\x14\n\x0c\x63ost_credits\x18\x02 \x01(\x03\x12\x19\n\x11\x61vailable_credits\x18\x03 \x01(\x03\x12\x12\n\nsufficient\x18\x04 \x01(\x08\"z\n\x0fLeaseJobRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12+\n\x05modes\x18\x02 \x03(\x0e\x32\x1c.magicpixels.jobs.v1.JobMode\x12\'\n\x04wait\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"=\n\x10LeaseJobResponse\x12)\n\x05lease\x18\x01 \x01(\x0b\x32\x1a.magicpixels.jobs.v1.Lease\"N\n\x15ReportProgressRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\x03\x12\x10\n\x08progress\x18\x03 \x01(\x01\"a\n\x16ReportProgressResponse\x12\x10\n\x08\x63\x61nceled\x18\x01 \x01(\x08\x12\x35\n\x11lease_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"i\n\x12\x43ompleteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\x03\x12.\n\x06result\x18\x03 \x01(\x0b\x32\x1e.magicpixels.jobs.v1.JobResult\"v\n\x0e\x46\x61ilJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\x03\x12,\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1d.magicpixels.jobs.v1.JobError\x12\x11\n\tretryable\x18\x04 \x01(\x08*\x95\x01\n\x07JobMode\x12\x18\n\x14JOB_MODE_UNSPECIFIED\x10\x00\x12\x1a\n\x16JOB_MODE_TEXT_TO_IMAGE\x10\x01\x12\x1b\n\x17JOB_MODE_IMAGE_TO_IMAGE\x10\x02\x12\x1a\n\x16JOB_MODE_TEXT_TO_AUDIO\x10\x03\x12\x1b\n\x17JOB_MODE_IMAGE_TO_VIDEO\x10\x04*\xb0\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x14\n\x10JOB_STATE_QUEUED\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x17\n\x13JOB_STATE_COMPLETED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x16\n\x12JOB_STATE_CANCELED\x10\x06*\x89\x01\n\x0cJobEventType\x12\x1e\n\x1aJOB_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15JOB_EVENT_TYPE_STATUS\x10\x01\x12\x1b\n\x17JOB_EVENT_TYPE_PROGRESS\x10\x02\x12!\n\x1dJOB_EVENT_TYPE_QUEUE_POSITION\x10\x03\x32\xd6\x06\n\x0bJobsService\x12L\n\tCreateJob\x12%.magicpixels.jobs.v1.CreateJobRequest\x1a\x18.magicpixels.jobs.v1.Job\x12\x46\n\x06GetJob\x12\".magicpixels.jobs.v1.GetJobRequest\x1a\x18.magicpixels.jobs.v1.Job\x12W\n\x08ListJobs\x12$.magicpixels.jobs.v1.ListJobsRequest\x1a%.magicpixels.jobs.v1.ListJobsResponse\x12L\n\tCancelJob\x12%.magicpixels.jobs.v1.CancelJobRequest\x1a\x18.magicpixels.jobs.v1.Job\x12Q\n\x08WatchJob\x12$.magicpixels.jobs.v1.WatchJobRequest\x1a\x1d.magicpixels.jobs.v1.JobEvent0\x01\x12W\n\x08QuoteJob\x12$.magicpixels.jobs.v1.QuoteJobRequest\x1a%.magicpixels.jobs.v1.QuoteJobResponse\x12W\n\x08LeaseJob\x12$.magicpixels.jobs.v1.LeaseJobRequest\x1a%.magicpixels.jobs.v1.LeaseJobResponse\x12i\n\x0eReportProgress\x12*.magicpixels.jobs.v1.ReportProgressRequest\x1a+.magicpixels.jobs.v1.ReportProgressResponse\x12P\n\x0b\x43ompleteJob\x12\'.magicpixels.jobs.v1.CompleteJobRequest\x1a\x18.magicpixels.jobs.v1.Job\x12H\n\x07\x46\x61ilJob\x12#.magicpixels.jobs.v1.FailJobRequest\x1a\x18.magicpixels.jobs.v1.Jobb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,12 +35,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOBSPEC_METADATAENTRY']._loaded_options = None
   _globals['_JOBSPEC_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_JOBMODE']._serialized_start=3261
-  _globals['_JOBMODE']._serialized_end=3410
-  _globals['_JOBSTATE']._serialized_start=3413
-  _globals['_JOBSTATE']._serialized_end=3589
-  _globals['_JOBEVENTTYPE']._serialized_start=3592
-  _globals['_JOBEVENTTYPE']._serialized_end=3729
+  _globals['_JOBMODE']._serialized_start=3283
+  _globals['_JOBMODE']._serialized_end=3432
+  _globals['_JOBSTATE']._serialized_start=3435
+  _globals['_JOBSTATE']._serialized_end=3611
+  _globals['_JOBEVENTTYPE']._serialized_start=3614
+  _globals['_JOBEVENTTYPE']._serialized_end=3751
   _globals['_JOBSPEC']._serialized_start=121
   _globals['_JOBSPEC']._serialized_end=752
   _globals['_JOBSPEC_METADATAENTRY']._serialized_start=583
@@ -50,39 +50,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBERROR']._serialized_start=922
   _globals['_JOBERROR']._serialized_end=963
   _globals['_JOB']._serialized_start=966
-  _globals['_JOB']._serialized_end=1510
-  _globals['_JOBEVENT']._serialized_start=1513
-  _globals['_JOBEVENT']._serialized_end=1659
-  _globals['_LEASE']._serialized_start=1661
-  _globals['_LEASE']._serialized_end=1771
-  _globals['_CREATEJOBREQUEST']._serialized_start=1773
-  _globals['_CREATEJOBREQUEST']._serialized_end=1898
-  _globals['_GETJOBREQUEST']._serialized_start=1900
-  _globals['_GETJOBREQUEST']._serialized_end=1983
-  _globals['_LISTJOBSREQUEST']._serialized_start=1986
-  _globals['_LISTJOBSREQUEST']._serialized_end=2170
-  _globals['_LISTJOBSRESPONSE']._serialized_start=2172
-  _globals['_LISTJOBSRESPONSE']._serialized_end=2255
-  _globals['_CANCELJOBREQUEST']._serialized_start=2257
-  _globals['_CANCELJOBREQUEST']._serialized_end=2343
-  _globals['_WATCHJOBREQUEST']._serialized_start=2345
-  _globals['_WATCHJOBREQUEST']._serialized_end=2430
-  _globals['_QUOTEJOBREQUEST']._serialized_start=2432
-  _globals['_QUOTEJOBREQUEST']._serialized_end=2531
-  _globals['_QUOTEJOBRESPONSE']._serialized_start=2534
-  _globals['_QUOTEJOBRESPONSE']._serialized_end=2665
-  _globals['_LEASEJOBREQUEST']._serialized_start=2667
-  _globals['_LEASEJOBREQUEST']._serialized_end=2789
-  _globals['_LEASEJOBRESPONSE']._serialized_start=2791
-  _globals['_LEASEJOBRESPONSE']._serialized_end=2852
-  _globals['_REPORTPROGRESSREQUEST']._serialized_start=2854
-  _globals['_REPORTPROGRESSREQUEST']._serialized_end=2932
-  _globals['_REPORTPROGRESSRESPONSE']._serialized_start=2934
-  _globals['_REPORTPROGRESSRESPONSE']._serialized_end=3031
-  _globals['_COMPLETEJOBREQUEST']._serialized_start=3033
-  _globals['_COMPLETEJOBREQUEST']._serialized_end=3138
-  _globals['_FAILJOBREQUEST']._serialized_start=3140
-  _globals['_FAILJOBREQUEST']._serialized_end=3258
-  _globals['_JOBSSERVICE']._serialized_start=3732
-  _globals['_JOBSSERVICE']._serialized_end=4586
+  _globals['_JOB']._serialized_end=1532
+  _globals['_JOBEVENT']._serialized_start=1535
+  _globals['_JOBEVENT']._serialized_end=1681
+  _globals['_LEASE']._serialized_start=1683
+  _globals['_LEASE']._serialized_end=1793
+  _globals['_CREATEJOBREQUEST']._serialized_start=1795
+  _globals['_CREATEJOBREQUEST']._serialized_end=1920
+  _globals['_GETJOBREQUEST']._serialized_start=1922
+  _globals['_GETJOBREQUEST']._serialized_end=2005
+  _globals['_LISTJOBSREQUEST']._serialized_start=2008
+  _globals['_LISTJOBSREQUEST']._serialized_end=2192
+  _globals['_LISTJOBSRESPONSE']._serialized_start=2194
+  _globals['_LISTJOBSRESPONSE']._serialized_end=2277
+  _globals['_CANCELJOBREQUEST']._serialized_start=2279
+  _globals['_CANCELJOBREQUEST']._serialized_end=2365
+  _globals['_WATCHJOBREQUEST']._serialized_start=2367
+  _globals['_WATCHJOBREQUEST']._serialized_end=2452
+  _globals['_QUOTEJOBREQUEST']._serialized_start=2454
+  _globals['_QUOTEJOBREQUEST']._serialized_end=2553
+  _globals['_QUOTEJOBRESPONSE']._serialized_start=2556
+  _globals['_QUOTEJOBRESPONSE']._serialized_end=2687
+  _globals['_LEASEJOBREQUEST']._serialized_start=2689
+  _globals['_LEASEJOBREQUEST']._serialized_end=2811
+  _globals['_LEASEJOBRESPONSE']._serialized_start=2813
+  _globals['_LEASEJOBRESPONSE']._serialized_end=2874
+  _globals['_REPORTPROGRESSREQUEST']._serialized_start=2876
+  _globals['_REPORTPROGRESSREQUEST']._serialized_end=2954
+  _globals['_REPORTPROGRESSRESPONSE']._serialized_start=2956
+  _globals['_REPORTPROGRESSRESPONSE']._serialized_end=3053
+  _globals['_COMPLETEJOBREQUEST']._serialized_start=3055
+  _globals['_COMPLETEJOBREQUEST']._serialized_end=3160
+  _globals['_FAILJOBREQUEST']._serialized_start=3162
+  _globals['_FAILJOBREQUEST']._serialized_end=3280
+  _globals['_JOBSSERVICE']._serialized_start=3754
+  _globals['_JOBSSERVICE']._serialized_end=4608
 # @@protoc_insertion_point(module_scope)

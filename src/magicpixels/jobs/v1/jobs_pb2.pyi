@@ -303,6 +303,7 @@ class Job(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     COMPLETE_TIME_FIELD_NUMBER: _builtins.int
     DEADLINE_TIME_FIELD_NUMBER: _builtins.int
+    TRACE_PARENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     account_id: _builtins.str
     livemode: _builtins.bool
@@ -313,6 +314,10 @@ class Job(_message.Message):
     queue_position: _builtins.int
     """Jobs ahead of this one in its mode's queue while it is queued (0: leased next); absent
     otherwise.
+    """
+    trace_parent: _builtins.str
+    """The W3C traceparent of the request that created the job (empty while tracing is off):
+    the worker's spans and the webhook deliveries join that trace.
     """
     @_builtins.property
     def spec(self) -> Global___JobSpec:
@@ -350,10 +355,11 @@ class Job(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         complete_time: _timestamp_pb2.Timestamp | None = ...,
         deadline_time: _timestamp_pb2.Timestamp | None = ...,
+        trace_parent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_queue_position", b"_queue_position", "complete_time", b"complete_time", "create_time", b"create_time", "deadline_time", b"deadline_time", "error", b"error", "queue_position", b"queue_position", "result", b"result", "spec", b"spec", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_queue_position", b"_queue_position", "account_id", b"account_id", "attempts", b"attempts", "complete_time", b"complete_time", "cost_credits", b"cost_credits", "create_time", b"create_time", "deadline_time", b"deadline_time", "error", b"error", "id", b"id", "livemode", b"livemode", "progress", b"progress", "queue_position", b"queue_position", "result", b"result", "spec", b"spec", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_queue_position", b"_queue_position", "account_id", b"account_id", "attempts", b"attempts", "complete_time", b"complete_time", "cost_credits", b"cost_credits", "create_time", b"create_time", "deadline_time", b"deadline_time", "error", b"error", "id", b"id", "livemode", b"livemode", "progress", b"progress", "queue_position", b"queue_position", "result", b"result", "spec", b"spec", "start_time", b"start_time", "state", b"state", "trace_parent", b"trace_parent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__queue_position: _TypeAlias = _typing.Literal["queue_position"]  # noqa: Y015
     _WhichOneofArgType__queue_position: _TypeAlias = _typing.Literal["_queue_position", b"_queue_position"]  # noqa: Y015

@@ -1,0 +1,201 @@
+"""What metrics and traces cost: POST /v1/jobs throughput of the mesh without them, with
+metrics (tracing off), and with tracing on into an in-memory exporter (all of it, and all but
+the SQLAlchemy spans).
+
+    .venv/bin/python bench/observability.py --baseline-rev REV [--seconds 10] [--rounds 3]
+
+The baseline is the code of REV (a commit before observability), exported to a temporary
+folder and imported ahead of this checkout, so none of prometheus-client, the OpenTelemetry
+SDK or an instrumentation is loaded. Each variant serves the mesh without inference (so jobs
+stay queued) pinned to CPU 0 with wrk on CPU 1, as `bench/jobs.py http` does; the variants
+take turns, a fresh mesh each time, and each figure is the median over the rounds. Ratios are
+to the baseline.
+"""
+
+import argparse
+import asyncio
+import faulthandler
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from io import BytesIO
+from pathlib import Path
+
+import httpx
+from jobs import BODY, post_script, wait_listening
+
+ROOT = Path(__file__).resolve().parent.parent
+PORT = 18082
+# Spans kept in memory are dropped this often, so that a long run measures export, not growth.
+_CLEAR_SECONDS = 1.0
+
+
+def serve_mesh(port: int, data_dir: str, traced: bool) -> None:
+    """The mesh without inference, until SIGTERM; `traced`: every span into memory."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    from magicpixels.core.logging import configure_logging
+    from magicpixels.core.settings import SERVICES, GatewaySettings, MeshSettings
+    from magicpixels.mesh import run_until_stopped, start_mesh
+
+    configure_logging("warning", "json")
+
+    async def run() -> None:
+        exporter = _traced() if traced else None
+        services = tuple(name for name in SERVICES if name != "inference")
+        gateway = GatewaySettings(port=port, rate_limit_per_key=1_000_000)
+        running = await start_mesh(MeshSettings(data_dir=Path(data_dir)), gateway, services)
+        clearing = asyncio.create_task(_keep_clearing(exporter)) if exporter else None
+        await run_until_stopped(running)
+        if clearing:
+            clearing.cancel()
+
+    asyncio.run(run())
+
+
+def _traced() -> object:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from magicpixels.core import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    tracing.enable(provider)
+    return exporter
+
+
+async def _keep_clearing(exporter: object) -> None:
+    while True:
+        await asyncio.sleep(_CLEAR_SECONDS)
+        exporter.clear()  # type: ignore[attr-defined]
+
+
+def export_tree(rev: str, folder: Path) -> Path:
+    """REV's code as an importable `magicpixels` package tree (src/magicpixels, with services
+    and gateway placed as the installed package has them); the folder to put on PYTHONPATH."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True
+    ).stdout
+    checkout = folder / "checkout"
+    with tarfile.open(fileobj=BytesIO(archive)) as tar:
+        tar.extractall(checkout, filter="data")
+    package = folder / "path" / "magicpixels"
+    shutil.copytree(checkout / "src" / "magicpixels", package)
+    shutil.copytree(checkout / "services", package / "services")
+    shutil.copytree(checkout / "gateway", package / "gateway")
+    return folder / "path"
+
+
+def one_run(variant: str, baseline_path: Path, seconds: int) -> float:
+    env = dict(os.environ)
+    arguments = [sys.executable, __file__, "serve-mesh", "--port", str(PORT)]
+    if variant == "baseline":
+        env["PYTHONPATH"] = str(baseline_path)
+    if variant.startswith("traced"):
+        arguments.append("--traced")
+    if variant == "traced-no-sql":  # every span but SQLAlchemy's, the most numerous
+        env["OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"] = "sqlalchemy"
+    with tempfile.TemporaryDirectory() as name:
+        log = Path(tempfile.gettempdir()) / f"observability-{variant}.log"
+        mesh = subprocess.Popen(
+            ["taskset", "-c", "0", *arguments, "--data-dir", name],
+            env=env,
+            stderr=log.open("wb"),
+        )
+        try:
+            wait_listening(f"http://127.0.0.1:{PORT}/healthz")
+            script = post_script(Path(name), _funded_token(name))
+            url = f"http://127.0.0.1:{PORT}/v1/jobs"
+            _wrk(url, 2, script)  # warm-up
+            return _wrk(url, seconds, script)
+        finally:
+            _stop(mesh, log)
+
+
+def _stop(mesh: subprocess.Popen[bytes], log: Path) -> None:
+    mesh.send_signal(signal.SIGTERM)
+    try:
+        mesh.wait(timeout=60)
+    except subprocess.TimeoutExpired:  # its threads' stacks go to its log, then it is killed
+        mesh.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+        mesh.kill()
+        mesh.wait()
+        print(f"  the mesh did not stop within 60 s: see {log}", file=sys.stderr)
+
+
+def _wrk(url: str, seconds: int, script: Path) -> float:
+    """Requests per second; answers other than 2xx (a busy shared machine times some out) are
+    reported, not counted as throughput."""
+    command = ["taskset", "-c", "1", "wrk", "-t1", "-c32", f"-d{seconds}s", "-s", str(script)]
+    output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    rate = float(re.findall(r"Requests/sec:\s+([\d.]+)", output)[0])
+    total = int(re.findall(r"(\d+) requests in", output)[0])
+    failed = re.findall(r"Non-2xx or 3xx responses: (\d+)", output)
+    if failed:
+        print(f"  ({failed[0]} of {total} answers were errors)", file=sys.stderr)
+        rate *= 1 - int(failed[0]) / total
+    return rate
+
+
+def _funded_token(data_dir: str) -> str:
+    with httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=30) as client:
+        signup = client.post("/v1/accounts", json={"email": "bench@example.com"}).json()
+        account_id, token = signup["account"]["id"], signup["api_key"]["token"]
+        grant = ["admin", "grant-credits", account_id, "100000000", "--data-dir", data_dir]
+        subprocess.run(
+            [sys.executable, "-m", "magicpixels.cli", *grant], check=True, stdout=subprocess.DEVNULL
+        )
+        created = client.post("/v1/jobs", json=BODY, headers={"Authorization": f"Bearer {token}"})
+        created.raise_for_status()
+    return str(token)
+
+
+def compare(rev: str, seconds: int, rounds: int) -> None:
+    variants = ("baseline", "metrics", "traced", "traced-no-sql")
+    figures: dict[str, list[float]] = {variant: [] for variant in variants}
+    with tempfile.TemporaryDirectory() as name:
+        baseline_path = export_tree(rev, Path(name))
+        for _ in range(rounds):
+            for variant in variants:
+                figures[variant].append(one_run(variant, baseline_path, seconds))
+                figure = figures[variant][-1]
+                print(f"  {variant}: {figure:,.0f} req/s", file=sys.stderr, flush=True)
+    bare = statistics.median(figures["baseline"])
+    print(f"POST /v1/jobs, median of {rounds} rounds of {seconds} s (req/s per round in brackets)")
+    for variant in variants:
+        median = statistics.median(figures[variant])
+        runs = ", ".join(f"{figure:,.0f}" for figure in figures[variant])
+        print(f"  {variant:13} {median:8,.0f} req/s = {median / bare:6.1%} of baseline  [{runs}]")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command")
+    serve = commands.add_parser("serve-mesh")
+    serve.add_argument("--port", type=int, required=True)
+    serve.add_argument("--data-dir", required=True)
+    serve.add_argument("--traced", action="store_true")
+    parser.add_argument("--baseline-rev", help="a commit without metrics and traces")
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if args.command == "serve-mesh":
+        serve_mesh(args.port, args.data_dir, args.traced)
+    elif args.baseline_rev:
+        compare(args.baseline_rev, args.seconds, args.rounds)
+    else:
+        parser.error("--baseline-rev is required")
+
+
+if __name__ == "__main__":
+    main()
