@@ -5,11 +5,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis.asyncio as redis
 
 from magicpixels.core.settings import SERVICES, GatewaySettings, MeshSettings
 from magicpixels.mesh import RunningMesh, start_mesh
-from tests.support import Database, mesh_databases
+from tests.support import REDIS_URL, Database, mesh_databases
 
+MESH_REDIS_DATABASE = 3
 API_EXAMPLE = {"mode": "text_to_image", "prompt": "Editorial product photo on brushed steel"}
 
 
@@ -17,10 +19,17 @@ API_EXAMPLE = {"mode": "text_to_image", "prompt": "Editorial product photo on br
 async def running_mesh(
     database: Database, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[RunningMesh]:
-    """The mesh; without the inference service (so jobs stay queued) for tests marked
+    """The mesh as it is deployed: on SQLite with the in-process bus and rate limiter, or on
+    PostgreSQL with Redis (a database of its own, emptied first, so no earlier test's rate limits
+    remain). Without the inference service (so jobs stay queued) for tests marked
     `without_workers`."""
     data_dir = tmp_path / "mesh"
-    settings = MeshSettings(data_dir=data_dir)
+    redis_url = None
+    if database.schema is not None:
+        redis_url = f"{REDIS_URL.rsplit('/', 1)[0]}/{MESH_REDIS_DATABASE}"
+        async with redis.Redis.from_url(redis_url) as connection:
+            await connection.flushdb()
+    settings = MeshSettings(data_dir=data_dir, redis_url=redis_url)
     services = SERVICES
     if request.node.get_closest_marker("without_workers"):
         services = tuple(name for name in SERVICES if name != "inference")

@@ -36,7 +36,7 @@ ALLOWED_ATTRIBUTES = {
     "network.peer.port", "http.status_code", "http.response.status_code",
     "rpc.system", "rpc.service", "rpc.method", "rpc.grpc.status_code", "rpc.user_agent",
     "db.system", "db.name", "db.statement", "db.operation", "db.user", "net.peer.name",
-    "net.transport", "db.redis.database_index", "error.type",
+    "net.transport", "db.redis.database_index", "db.redis.args_length", "error.type",
     "magicpixels.job.mode", "magicpixels.job.attempt", "magicpixels.size_bytes",
     "magicpixels.webhook.event_type",
 }  # fmt: skip
