@@ -4,7 +4,6 @@ onto the mesh's Deployments (scrape annotations, the metrics port, the dashboard
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,8 +12,10 @@ import yaml
 from prometheus_client import REGISTRY
 
 import magicpixels.core.metrics  # noqa: F401  (registers every metric of the mesh)
+from tests.deploy.test_k8s import kubectl
 
-COMPONENT = Path(__file__).parent.parent / "k8s" / "components" / "monitoring"
+K8S = Path(__file__).parent.parent / "k8s"
+COMPONENT = K8S / "components" / "monitoring"
 _SUFFIXES = re.compile(r"_(total|bucket|count|sum|created)$")
 
 
@@ -55,42 +56,26 @@ def test_every_metric_is_documented() -> None:
             assert f"`{family.name}" in operations, family.name
 
 
-DEPLOYMENTS = """
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: NAME, labels: {app.kubernetes.io/name: NAME}}
-spec:
-  selector: {matchLabels: {app.kubernetes.io/name: NAME}}
-  template:
-    metadata: {labels: {app.kubernetes.io/name: NAME, app.kubernetes.io/part-of: magicpixels}}
-    spec:
-      containers:
-        - {name: NAME, image: magicpixels, ports: [{name: PORT_NAME, containerPort: PORT}]}
-"""
-
-
-def test_the_component_renders_onto_the_deployments(tmp_path: Path) -> None:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed")
-    manifests = [
-        DEPLOYMENTS.replace("PORT_NAME", name).replace("NAME", service).replace("PORT", port)
-        for service, name, port in (("jobs", "grpc", "50051"), ("gateway", "http", "8080"))
-    ]
-    (tmp_path / "deployments.yaml").write_text("---".join(manifests))
-    component = os.path.relpath(COMPONENT, tmp_path)
+@pytest.mark.parametrize("overlay", ["dev", "production"])
+def test_the_component_renders_onto_the_deployments(tmp_path: Path, overlay: str) -> None:
+    """The component added to a real overlay, as an operator with the Prometheus Operator would."""
     (tmp_path / "kustomization.yaml").write_text(
-        yaml.safe_dump({"resources": ["deployments.yaml"], "components": [component]})
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(K8S / "overlays" / overlay, tmp_path)],
+                "components": [os.path.relpath(COMPONENT, tmp_path)],
+            }
+        )
     )
     rendered = subprocess.run(
-        [kubectl, "kustomize", str(tmp_path)], check=True, capture_output=True, text=True
+        [kubectl(), "kustomize", str(tmp_path)], check=True, capture_output=True, text=True
     ).stdout
     found = {(doc["kind"], doc["metadata"]["name"]): doc for doc in yaml.safe_load_all(rendered)}
-    jobs = found["Deployment", "jobs"]["spec"]["template"]
-    assert jobs["metadata"]["annotations"]["prometheus.io/port"] == "9464"
-    assert {"name": "metrics", "containerPort": 9464, "protocol": "TCP"} in jobs["spec"][
-        "containers"
-    ][0]["ports"]
+    for service in ("auth", "billing", "assets", "jobs", "inference"):
+        pod = found["Deployment", service]["spec"]["template"]
+        assert pod["metadata"]["annotations"]["prometheus.io/port"] == "9464", service
+        ports = pod["spec"]["containers"][0]["ports"]
+        assert {"name": "metrics", "containerPort": 9464, "protocol": "TCP"} in ports, service
     gateway = found["Deployment", "gateway"]["spec"]["template"]
     assert gateway["metadata"]["annotations"]["prometheus.io/port"] == "8080"
     dashboard = found["ConfigMap", "magicpixels-grafana-dashboard"]
