@@ -19,13 +19,13 @@ from typing import Any
 from google.protobuf import json_format
 from sqlalchemy import (
     BigInteger,
+    BindParameter,
     Boolean,
     Column,
     DateTime,
     Float,
     ForeignKey,
     Index,
-    Insert,
     Integer,
     MetaData,
     PrimaryKeyConstraint,
@@ -35,6 +35,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    Update,
     bindparam,
     case,
     delete,
@@ -237,7 +238,8 @@ async def insert_pending(
     """
     try:
         async with engine.begin() as connection:
-            job = (await connection.execute(_pending(account_id, livemode, spec, now))).one()
+            values = _pending_values(account_id, livemode, spec, now)
+            job = (await connection.execute(_INSERT_JOB, values)).one()
             if claim is not None:
                 await _claim(connection, account_id, claim, job.id, now)
     except IntegrityError:
@@ -247,28 +249,31 @@ async def insert_pending(
     return job
 
 
-def _pending(account_id: str, livemode: bool, spec: jobs_pb2.JobSpec, now: datetime) -> Insert:
+# The hot statements are built once: building one (and its cache key) on every call cost more
+# CPU than running it (profiled under bench/jobs.py). Their parameters are bound at execution.
+_INSERT_JOB = insert(jobs).returning(jobs)
+
+
+def _pending_values(
+    account_id: str, livemode: bool, spec: jobs_pb2.JobSpec, now: datetime
+) -> dict[str, Any]:
     has_deadline = spec.HasField("deadline_seconds")
-    return (
-        insert(jobs)
-        .values(
-            id=new_id("job"),
-            account_id=account_id,
-            livemode=livemode,
-            mode=mode_name(spec.mode),
-            spec=json_format.MessageToJson(spec, indent=None),
-            state=State.PENDING,
-            progress=0.0,
-            cost_credits=0,
-            attempts=0,
-            lease_token=0,
-            billing=HoldStatus.NONE,
-            created_at=now,
-            deadline_at=now + timedelta(seconds=spec.deadline_seconds) if has_deadline else None,
-            updated_at=now,
-        )
-        .returning(*jobs.c)
-    )
+    return {
+        "id": new_id("job"),
+        "account_id": account_id,
+        "livemode": livemode,
+        "mode": mode_name(spec.mode),
+        "spec": json_format.MessageToJson(spec, indent=None),
+        "state": State.PENDING,
+        "progress": 0.0,
+        "cost_credits": 0,
+        "attempts": 0,
+        "lease_token": 0,
+        "billing": HoldStatus.NONE,
+        "created_at": now,
+        "deadline_at": now + timedelta(seconds=spec.deadline_seconds) if has_deadline else None,
+        "updated_at": now,
+    }
 
 
 async def _claim(
@@ -310,13 +315,13 @@ async def forget_claims(engine: AsyncEngine, created_before: datetime) -> None:
 
 async def get_job(engine: AsyncEngine, job_id: str) -> JobRow | None:
     async with engine.connect() as connection:
-        return (await connection.execute(select(jobs).where(jobs.c.id == job_id))).one_or_none()
+        return (await connection.execute(_GET_JOB, {"job_id": job_id})).one_or_none()
 
 
 async def get_visible(engine: AsyncEngine, job_id: str, account_id: str) -> JobRow | None:
-    query = select(jobs).where(jobs.c.id == job_id, *_visible_to(account_id))
+    params = {"job_id": job_id, "account": account_id}
     async with engine.connect() as connection:
-        return (await connection.execute(query)).one_or_none()
+        return (await connection.execute(_GET_VISIBLE, params)).one_or_none()
 
 
 async def list_visible(
@@ -342,8 +347,13 @@ async def list_visible(
         return list((await connection.execute(query)).all())
 
 
-def _visible_to(account_id: str) -> tuple[ColumnElement[bool], ...]:
+def _visible_to(account_id: str | BindParameter[str]) -> tuple[ColumnElement[bool], ...]:
     return jobs.c.account_id == account_id, jobs.c.queued_at.is_not(None)
+
+
+_JOB_ID = jobs.c.id == bindparam("job_id")
+_GET_JOB = select(jobs).where(_JOB_ID)
+_GET_VISIBLE = _GET_JOB.where(*_visible_to(bindparam("account")))
 
 
 # The states of a job that was queued once and is out of the queue now.
@@ -399,46 +409,134 @@ def _queue_position() -> Select[tuple[int | None, int]]:
 QUEUE_POSITION = _queue_position()
 
 
+# The parameter `now` of every move: the time of its change (bound with the column's type, so
+# that SQLite stores it as it stores the datetimes of the other statements).
+_NOW = bindparam("now", type_=DateTime(timezone=True))
+
+
+def _move_statement(target: State, *guards: ColumnElement[bool], **values: Any) -> Update:
+    """The UPDATE that moves the jobs the guards select, from a state that may move to `target`."""
+    return (
+        update(jobs)
+        .where(jobs.c.state.in_(sorted(sources_of(target))), *guards)
+        .values(state=target, updated_at=_NOW, **values)
+        .returning(jobs)
+    )
+
+
+def _queue_statement() -> Update:
+    """Takes the mode's next queue number and the queued_at that goes with it: `now`, or the
+    last one given when that is later (clocks of several processes differ)."""
+    last_queued_at = job_queues.c.last_queued_at
+    return (
+        update(job_queues)
+        .where(job_queues.c.mode == bindparam("queue_mode"))
+        .values(
+            last_seq=job_queues.c.last_seq + 1,
+            last_queued_at=case((last_queued_at > _NOW, last_queued_at), else_=_NOW),
+        )
+        .returning(job_queues.c.last_seq, last_queued_at)
+    )
+
+
+def _lease_statement() -> Update:
+    """Leases the oldest due queued job of the modes `modes`."""
+    oldest_due = (
+        select(jobs.c.id)
+        .where(
+            jobs.c.state == State.QUEUED,
+            jobs.c.mode.in_(bindparam("modes", expanding=True)),
+            or_(jobs.c.not_before.is_(None), jobs.c.not_before <= _NOW),
+        )
+        # queued_at follows queue_seq within a mode, and queue_seq breaks its ties.
+        .order_by(jobs.c.queued_at, jobs.c.queue_seq)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    return _move_statement(
+        State.RUNNING,
+        jobs.c.id == oldest_due,
+        attempts=jobs.c.attempts + 1,
+        lease_token=jobs.c.lease_token + 1,
+        lease_expires_at=_LEASE_UNTIL,
+        worker_id=bindparam("worker"),
+        not_before=None,
+        started_at=func.coalesce(jobs.c.started_at, _NOW),
+    )
+
+
+_LEASE_UNTIL = bindparam("lease_until", type_=DateTime(timezone=True))
+# The job, while the lease of fencing token `token` holds it.
+_LEASED = (_JOB_ID, jobs.c.state == State.RUNNING, jobs.c.lease_token == bindparam("token"))
+_ERROR = {"error_code": bindparam("code"), "error_message": bindparam("message")}
+_ENDED = {"completed_at": _NOW, "lease_expires_at": None}
+
+_NEXT_IN_QUEUE = _queue_statement()
+_QUEUE = _move_statement(
+    State.QUEUED,
+    _JOB_ID,
+    jobs.c.state == State.PENDING,
+    cost_credits=bindparam("cost"),
+    billing=HoldStatus.HELD,
+    queued_at=bindparam("queued", type_=DateTime(timezone=True)),
+    queue_seq=bindparam("seq"),
+)
+_LEASE_NEXT = _lease_statement()
+_RECORD_PROGRESS = (
+    update(jobs)
+    .where(*_LEASED)
+    .values(progress=bindparam("reached"), lease_expires_at=_LEASE_UNTIL, updated_at=_NOW)
+    .returning(jobs)
+)
+_COMPLETE = _move_statement(
+    State.COMPLETED,
+    *_LEASED,
+    progress=1.0,
+    result_asset_id=bindparam("asset_id"),
+    result=bindparam("result_json"),
+    **_ENDED,
+)
+_REQUEUE = _move_statement(
+    State.QUEUED,
+    *_LEASED,
+    not_before=bindparam("retry_at", type_=DateTime(timezone=True)),
+    worker_id=None,
+    lease_expires_at=None,
+)
+_FAIL = _move_statement(State.FAILED, *_LEASED, **_ENDED, **_ERROR)
+# Its lease token stays, so that a running job's worker learns of it at its next heartbeat.
+_CANCEL = _move_statement(
+    State.CANCELED, _JOB_ID, jobs.c.account_id == bindparam("account"), **_ENDED
+)
+_SET_BILLING = (
+    update(jobs)
+    .where(_JOB_ID)
+    .values(billing=bindparam("hold_status"), updated_at=_NOW)
+    .returning(jobs)
+)
+
+
 async def mark_queued(
     engine: AsyncEngine, job: JobRow, cost_credits: int, now: datetime
 ) -> JobRow | None:
     """Queues a pending job behind the others of its mode, with the next number of its queue."""
     async with engine.connect() as connection, connection.begin() as transaction:
-        seq, queued_at = await _next_in_queue(connection, job.mode, now)
+        taken = await connection.execute(_NEXT_IN_QUEUE, {"queue_mode": job.mode, "now": now})
+        seq, queued_at = taken.one()
         queued = await _move(
             connection,
-            State.QUEUED,
-            jobs.c.id == job.id,
-            jobs.c.state == State.PENDING,
-            now=now,
-            cost_credits=cost_credits,
-            billing=HoldStatus.HELD,
-            queued_at=queued_at,
-            queue_seq=seq,
+            _QUEUE,
+            now,
+            job_id=job.id,
+            cost=cost_credits,
+            queued=as_utc(queued_at),
+            seq=seq,
         )
         if not queued:  # hands the number back, so that the mode's numbers keep no gap
             await transaction.rollback()
             return None
     return queued[0]
-
-
-async def _next_in_queue(
-    connection: AsyncConnection, mode: str, now: datetime
-) -> tuple[int, datetime]:
-    """The mode's next queue number, and the queued_at that goes with it: `now`, or the last
-    one given when that is later (clocks of several processes differ)."""
-    last_queued_at = job_queues.c.last_queued_at
-    statement = (
-        update(job_queues)
-        .where(job_queues.c.mode == mode)
-        .values(
-            last_seq=job_queues.c.last_seq + 1,
-            last_queued_at=case((last_queued_at > now, last_queued_at), else_=now),
-        )
-        .returning(job_queues.c.last_seq, last_queued_at)
-    )
-    taken = (await connection.execute(statement)).one()
-    return taken.last_seq, as_utc(taken.last_queued_at)
 
 
 async def fail_pending(
@@ -469,17 +567,11 @@ async def _fail_pending(
 ) -> list[JobRow]:
     """Fails pending jobs and frees their idempotency keys: they created nothing, so a request
     with the same key may try again."""
+    statement = _move_statement(
+        State.FAILED, jobs.c.state == State.PENDING, *guards, billing=billing, **_ENDED, **_ERROR
+    )
     async with engine.begin() as connection:
-        failed = await _move(
-            connection,
-            State.FAILED,
-            jobs.c.state == State.PENDING,
-            *guards,
-            now=now,
-            billing=billing,
-            completed_at=now,
-            **_error_values(error),
-        )
+        failed = await _move(connection, statement, now, **_error_params(error))
         failed_ids = [job.id for job in failed]
         await connection.execute(
             delete(idempotency_keys).where(idempotency_keys.c.job_id.in_(failed_ids))
@@ -492,31 +584,8 @@ async def lease_next(
 ) -> JobRow | None:
     """Leases the oldest due queued job of the modes, in one statement that concurrent callers
     cannot both win: PostgreSQL skips rows another lease has locked, SQLite runs one writer."""
-    oldest_due = (
-        select(jobs.c.id)
-        .where(
-            jobs.c.state == State.QUEUED,
-            jobs.c.mode.in_(modes),
-            or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now),
-        )
-        # queued_at follows queue_seq within a mode, and queue_seq breaks its ties.
-        .order_by(jobs.c.queued_at, jobs.c.queue_seq)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    return await _move_one(
-        engine,
-        State.RUNNING,
-        jobs.c.id == oldest_due,
-        now=now,
-        attempts=jobs.c.attempts + 1,
-        lease_token=jobs.c.lease_token + 1,
-        lease_expires_at=now + lease_for,
-        worker_id=worker_id,
-        not_before=None,
-        started_at=func.coalesce(jobs.c.started_at, now),
-    )
+    params = {"modes": list(modes), "worker": worker_id, "lease_until": now + lease_for}
+    return await _move_one(engine, _LEASE_NEXT, now, **params)
 
 
 async def record_progress(
@@ -528,74 +597,41 @@ async def record_progress(
     now: datetime,
 ) -> JobRow | None:
     """Records a heartbeat of the lease holder and extends its lease; None when it holds none."""
-    statement = (
-        update(jobs)
-        .where(jobs.c.id == job_id, *_leased(token))
-        .values(progress=progress, lease_expires_at=now + lease_for, updated_at=now)
-        .returning(*jobs.c)
-    )
+    params = {
+        "job_id": job_id,
+        "token": token,
+        "reached": progress,
+        "lease_until": now + lease_for,
+        "now": now,
+    }
     async with engine.begin() as connection:
-        return (await connection.execute(statement)).one_or_none()
+        return (await connection.execute(_RECORD_PROGRESS, params)).one_or_none()
 
 
 async def complete(
     engine: AsyncEngine, job_id: str, token: int, result: jobs_pb2.JobResult, now: datetime
 ) -> JobRow | None:
-    return await _move_one(
-        engine,
-        State.COMPLETED,
-        jobs.c.id == job_id,
-        *_leased(token),
-        now=now,
-        progress=1.0,
-        result_asset_id=result.asset_id,
-        result=json_format.MessageToJson(result, indent=None),
-        completed_at=now,
-        lease_expires_at=None,
-    )
+    result_json = json_format.MessageToJson(result, indent=None)
+    params = {"asset_id": result.asset_id, "result_json": result_json}
+    return await _move_one(engine, _COMPLETE, now, job_id=job_id, token=token, **params)
 
 
 async def requeue(
     engine: AsyncEngine, job_id: str, token: int, not_before: datetime, now: datetime
 ) -> JobRow | None:
-    return await _move_one(
-        engine,
-        State.QUEUED,
-        jobs.c.id == job_id,
-        *_leased(token),
-        now=now,
-        not_before=not_before,
-        worker_id=None,
-        lease_expires_at=None,
-    )
+    return await _move_one(engine, _REQUEUE, now, job_id=job_id, token=token, retry_at=not_before)
 
 
 async def fail(
     engine: AsyncEngine, job_id: str, token: int, error: jobs_pb2.JobError, now: datetime
 ) -> JobRow | None:
-    return await _move_one(
-        engine,
-        State.FAILED,
-        jobs.c.id == job_id,
-        *_leased(token),
-        now=now,
-        completed_at=now,
-        lease_expires_at=None,
-        **_error_values(error),
-    )
+    params = _error_params(error)
+    return await _move_one(engine, _FAIL, now, job_id=job_id, token=token, **params)
 
 
 async def cancel(engine: AsyncEngine, job_id: str, account_id: str, now: datetime) -> JobRow | None:
     """Cancels a queued or running job; its lease token stays so its worker learns of it."""
-    return await _move_one(
-        engine,
-        State.CANCELED,
-        jobs.c.id == job_id,
-        jobs.c.account_id == account_id,
-        now=now,
-        completed_at=now,
-        lease_expires_at=None,
-    )
+    return await _move_one(engine, _CANCEL, now, job_id=job_id, account=account_id)
 
 
 # The states a job may be canceled from when its deadline passes.
@@ -607,15 +643,9 @@ async def cancel_overdue(
 ) -> list[JobRow]:
     """Cancels the queued and running jobs whose deadline has passed, with `error`; as a cancel,
     the lease token stays so that a running job's worker learns of it at its next heartbeat."""
-    return await _move_many(
-        engine,
-        State.CANCELED,
-        jobs.c.deadline_at <= now,
-        now=now,
-        completed_at=now,
-        lease_expires_at=None,
-        **_error_values(error),
-    )
+    statement = _move_statement(State.CANCELED, jobs.c.deadline_at <= _NOW, **_ENDED, **_ERROR)
+    async with engine.begin() as connection:
+        return await _move(connection, statement, now, **_error_params(error))
 
 
 async def next_deadline(engine: AsyncEngine) -> datetime | None:
@@ -634,36 +664,29 @@ async def next_deadline(engine: AsyncEngine) -> datetime | None:
 async def set_billing(
     engine: AsyncEngine, job_id: str, billing: HoldStatus, now: datetime
 ) -> JobRow:
-    statement = (
-        update(jobs)
-        .where(jobs.c.id == job_id)
-        .values(billing=billing, updated_at=now)
-        .returning(*jobs.c)
-    )
+    params = {"job_id": job_id, "hold_status": billing, "now": now}
     async with engine.begin() as connection:
-        return (await connection.execute(statement)).one()
+        return (await connection.execute(_SET_BILLING, params)).one()
 
 
 async def expire_leases(
     engine: AsyncEngine, max_attempts: int, error: jobs_pb2.JobError, now: datetime
 ) -> list[JobRow]:
     """Queues again the running jobs whose lease expired, or fails those out of attempts."""
-    expired = (jobs.c.state == State.RUNNING, jobs.c.lease_expires_at < now)
+    expired = (jobs.c.state == State.RUNNING, jobs.c.lease_expires_at < _NOW)
     released = {"worker_id": None, "lease_expires_at": None}
+    requeue = _move_statement(State.QUEUED, *expired, jobs.c.attempts < max_attempts, **released)
+    fail = _move_statement(
+        State.FAILED,
+        *expired,
+        jobs.c.attempts >= max_attempts,
+        completed_at=_NOW,
+        **released,
+        **_ERROR,
+    )
     async with engine.begin() as connection:
-        requeued = await _move(
-            connection, State.QUEUED, *expired, jobs.c.attempts < max_attempts, now=now, **released
-        )
-        failed = await _move(
-            connection,
-            State.FAILED,
-            *expired,
-            jobs.c.attempts >= max_attempts,
-            now=now,
-            completed_at=now,
-            **released,
-            **_error_values(error),
-        )
+        requeued = await _move(connection, requeue, now)
+        failed = await _move(connection, fail, now, **_error_params(error))
     return requeued + failed
 
 
@@ -687,45 +710,30 @@ async def clear_due_retries(engine: AsyncEngine, now: datetime) -> list[JobRow]:
         return list((await connection.execute(statement)).all())
 
 
-def _leased(token: int) -> tuple[ColumnElement[bool], ...]:
-    return jobs.c.state == State.RUNNING, jobs.c.lease_token == token
-
-
-def _error_values(error: jobs_pb2.JobError) -> dict[str, str]:
-    return {"error_code": error.code, "error_message": error.message}
+def _error_params(error: jobs_pb2.JobError) -> dict[str, str]:
+    return {"code": error.code, "message": error.message}
 
 
 async def _move_one(
-    engine: AsyncEngine, target: State, *guards: ColumnElement[bool], now: datetime, **values: Any
+    engine: AsyncEngine, statement: Update, now: datetime, **params: Any
 ) -> JobRow | None:
-    moved = await _move_many(engine, target, *guards, now=now, **values)
+    async with engine.begin() as connection:
+        moved = await _move(connection, statement, now, **params)
     return moved[0] if moved else None
 
 
-async def _move_many(
-    engine: AsyncEngine, target: State, *guards: ColumnElement[bool], now: datetime, **values: Any
-) -> list[JobRow]:
-    async with engine.begin() as connection:
-        return await _move(connection, target, *guards, now=now, **values)
+_INSERT_EVENTS = insert(job_events)
 
 
 async def _move(
-    connection: AsyncConnection,
-    target: State,
-    *guards: ColumnElement[bool],
-    now: datetime,
-    **values: Any,
+    connection: AsyncConnection, statement: Update, now: datetime, **params: Any
 ) -> list[JobRow]:
-    """Moves the jobs the guards select, from a state that may move to `target`, with events."""
-    statement = (
-        update(jobs)
-        .where(jobs.c.state.in_(sorted(sources_of(target))), *guards)
-        .values(state=target, updated_at=now, **values)
-        .returning(*jobs.c)
-    )
-    moved = list((await connection.execute(statement)).all())
+    """Runs a move (a `_move_statement`) with its parameters; writes the events of the jobs it
+    moved."""
+    moved = list((await connection.execute(statement, {"now": now, **params})).all())
     if moved:
-        await connection.execute(insert(job_events), [_status_event(job, now) for job in moved])
+        events = [_status_event(job, now) for job in moved]
+        await connection.execute(_INSERT_EVENTS, events)
         await _enqueue_webhooks(connection, moved, now)
     return moved
 
