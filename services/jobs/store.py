@@ -14,6 +14,7 @@ the same transaction, so no event is lost or sent for a move that did not happen
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from google.protobuf import json_format
@@ -42,7 +43,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
-    literal,
+    literal_column,
     or_,
     select,
     update,
@@ -383,15 +384,16 @@ def _queue_position() -> Select[tuple[int | None, int]]:
     less those out of the queue already, the few that left it out of order (canceled, past
     their deadline, or leased while the head waited out a retry's backoff). One statement, so
     one snapshot: two index seeks and a range as long as the jobs that left out of order. Its
-    states are literals, so that PostgreSQL may plan it once.
+    states are literals, so that PostgreSQL may plan it once; written into the SQL when it is
+    compiled, not at every execution (as `literal_execute` would).
     """
     mode = jobs.c.mode == bindparam("mode")
     head = (
         select(func.min(jobs.c.queue_seq))
-        .where(jobs.c.state == literal(State.QUEUED.value, literal_execute=True), mode)
+        .where(jobs.c.state == _sql_literal(State.QUEUED), mode)
         .scalar_subquery()
     )
-    out_of_queue = [literal(state.value, literal_execute=True) for state in _OUT_OF_QUEUE]
+    out_of_queue = [_sql_literal(state) for state in _OUT_OF_QUEUE]
     left_early = (
         select(func.count())
         .select_from(jobs)
@@ -406,6 +408,10 @@ def _queue_position() -> Select[tuple[int | None, int]]:
     return select(head, left_early)
 
 
+def _sql_literal(state: State) -> ColumnElement[str]:
+    return literal_column(f"'{state.value}'", String)
+
+
 QUEUE_POSITION = _queue_position()
 
 
@@ -416,9 +422,10 @@ _NOW = bindparam("now", type_=DateTime(timezone=True))
 
 def _move_statement(target: State, *guards: ColumnElement[bool], **values: Any) -> Update:
     """The UPDATE that moves the jobs the guards select, from a state that may move to `target`."""
+    sources = [_sql_literal(state) for state in sorted(sources_of(target))]
     return (
         update(jobs)
-        .where(jobs.c.state.in_(sorted(sources_of(target))), *guards)
+        .where(jobs.c.state.in_(sources), *guards)
         .values(state=target, updated_at=_NOW, **values)
         .returning(jobs)
     )
@@ -439,13 +446,15 @@ def _queue_statement() -> Update:
     )
 
 
-def _lease_statement() -> Update:
-    """Leases the oldest due queued job of the modes `modes`."""
+@lru_cache(maxsize=64)
+def _lease_statement(modes: tuple[str, ...]) -> Update:
+    """Leases the oldest due queued job of the modes: one statement per list of modes a worker
+    asks for (few), whose modes are in its SQL, so that no execution expands a list of them."""
     oldest_due = (
         select(jobs.c.id)
         .where(
             jobs.c.state == State.QUEUED,
-            jobs.c.mode.in_(bindparam("modes", expanding=True)),
+            or_(*(jobs.c.mode == mode for mode in modes)),
             or_(jobs.c.not_before.is_(None), jobs.c.not_before <= _NOW),
         )
         # queued_at follows queue_seq within a mode, and queue_seq breaks its ties.
@@ -482,7 +491,6 @@ _QUEUE = _move_statement(
     queued_at=bindparam("queued", type_=DateTime(timezone=True)),
     queue_seq=bindparam("seq"),
 )
-_LEASE_NEXT = _lease_statement()
 _RECORD_PROGRESS = (
     update(jobs)
     .where(*_LEASED)
@@ -584,8 +592,8 @@ async def lease_next(
 ) -> JobRow | None:
     """Leases the oldest due queued job of the modes, in one statement that concurrent callers
     cannot both win: PostgreSQL skips rows another lease has locked, SQLite runs one writer."""
-    params = {"modes": list(modes), "worker": worker_id, "lease_until": now + lease_for}
-    return await _move_one(engine, _LEASE_NEXT, now, **params)
+    statement = _lease_statement(tuple(modes))
+    return await _move_one(engine, statement, now, worker=worker_id, lease_until=now + lease_for)
 
 
 async def record_progress(
