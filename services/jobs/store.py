@@ -366,53 +366,86 @@ async def queue_position(engine: AsyncEngine, job: JobRow) -> int | None:
     async with engine.connect() as connection:
         found = await connection.execute(QUEUE_POSITION, queue_position_params(job))
         head, left_early = found.one()
-    if head is None or head > job.queue_seq:
-        return None
-    return int(job.queue_seq - head - left_early)
+    return _position(job, head, left_early)
 
 
 def queue_position_params(job: JobRow) -> dict[str, Any]:
     return {"mode": job.mode, "queue_seq": job.queue_seq}
 
 
-def _queue_position() -> Select[tuple[int | None, int]]:
+def _position(job: JobRow, head: int | None, left_early: int | None) -> int | None:
+    if head is None or left_early is None or head > job.queue_seq:
+        return None
+    return int(job.queue_seq - head - left_early)
+
+
+async def get_visible_placed(
+    engine: AsyncEngine, job_id: str, account_id: str
+) -> tuple[JobRow, int | None] | None:
+    """The account's job, as `get_visible` (with two columns more), and its `queue_position`:
+    one statement, one snapshot, which computes the position only of a queued job."""
+    params = {"job_id": job_id, "account": account_id}
+    async with engine.connect() as connection:
+        found = (await connection.execute(_GET_VISIBLE_PLACED, params)).one_or_none()
+    if found is None:
+        return None
+    return found, _position(found, found.queue_head, found.left_early)
+
+
+def _queue_place(
+    mode: ColumnElement[str], queue_seq: ColumnElement[int]
+) -> tuple[ColumnElement[int | None], ColumnElement[int]]:
     """The head of a job's queue (its lowest queued number) and how many jobs between the head
     and the job have left the queue already.
 
     Not a count of the jobs ahead, which would read as many index entries as there are: a
     mode's numbers have no gap, so the jobs ahead are the numbers from the head to the job's,
     less those out of the queue already, the few that left it out of order (canceled, past
-    their deadline, or leased while the head waited out a retry's backoff). One statement, so
-    one snapshot: two index seeks and a range as long as the jobs that left out of order. Its
-    states are literals, so that PostgreSQL may plan it once; written into the SQL when it is
-    compiled, not at every execution (as `literal_execute` would).
+    their deadline, or leased while the head waited out a retry's backoff). Two index seeks
+    and a range as long as the jobs that left out of order. Its states are literals, so that
+    PostgreSQL may plan it once; written into the SQL when it is compiled, not at every
+    execution (as `literal_execute` would). The queue is an alias of `jobs`, so that a
+    statement on `jobs` may ask for the place of each of its rows (`mode`, `queue_seq`).
     """
-    mode = jobs.c.mode == bindparam("mode")
+    queue = jobs.alias("queue")
+    in_mode = queue.c.mode == mode
     head = (
-        select(func.min(jobs.c.queue_seq))
-        .where(jobs.c.state == _sql_literal(State.QUEUED), mode)
+        select(func.min(queue.c.queue_seq))
+        .where(queue.c.state == _sql_literal(State.QUEUED), in_mode)
+        .correlate(jobs)
         .scalar_subquery()
     )
     out_of_queue = [_sql_literal(state) for state in _OUT_OF_QUEUE]
     left_early = (
         select(func.count())
-        .select_from(jobs)
+        .select_from(queue)
         .where(
-            jobs.c.state.in_(out_of_queue),
-            mode,
-            jobs.c.queue_seq > head,
-            jobs.c.queue_seq < bindparam("queue_seq"),
+            queue.c.state.in_(out_of_queue),
+            in_mode,
+            queue.c.queue_seq > head,
+            queue.c.queue_seq < queue_seq,
         )
+        .correlate(jobs)
         .scalar_subquery()
     )
-    return select(head, left_early)
+    return head, left_early
 
 
 def _sql_literal(state: State) -> ColumnElement[str]:
     return literal_column(f"'{state.value}'", String)
 
 
-QUEUE_POSITION = _queue_position()
+def _get_visible_placed() -> Select[Any]:
+    queued = jobs.c.state == _sql_literal(State.QUEUED)
+    head, left_early = _queue_place(jobs.c.mode, jobs.c.queue_seq)
+    # CASE evaluates the subqueries only for a queued job.
+    return _GET_VISIBLE.add_columns(
+        case((queued, head)).label("queue_head"), case((queued, left_early)).label("left_early")
+    )
+
+
+QUEUE_POSITION = select(*_queue_place(bindparam("mode"), bindparam("queue_seq")))
+_GET_VISIBLE_PLACED = _get_visible_placed()
 
 
 # The parameter `now` of every move: the time of its change (bound with the column's type, so

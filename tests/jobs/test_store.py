@@ -152,6 +152,16 @@ async def _queued(engine: AsyncEngine) -> list[JobRow]:
 
 async def _positions_agree(engine: AsyncEngine) -> None:
     queued = await _queued(engine)
+    positions = {}
     for job in queued:
         same_mode = [other.id for other in queued if other.mode == job.mode]
-        assert await store.queue_position(engine, job) == same_mode.index(job.id)
+        positions[job.id] = same_mode.index(job.id)
+        assert await store.queue_position(engine, job) == positions[job.id]
+    # GetJob's read places each job as `queue_position` does, and a job out of the queue nowhere.
+    async with engine.connect() as connection:
+        every = (await connection.execute(select(store.jobs.c.id))).scalars().all()
+    for job_id in every:
+        found = await store.get_visible_placed(engine, job_id, ACCOUNT)
+        assert found is not None
+        job, position = found
+        assert (job.id, position) == (job_id, positions.get(job_id))
