@@ -770,13 +770,35 @@ async def _move(
     connection: AsyncConnection, statement: Update, now: datetime, **params: Any
 ) -> list[JobRow]:
     """Runs a move (a `_move_statement`) with its parameters; writes the events of the jobs it
-    moved."""
-    moved = list((await connection.execute(statement, {"now": now, **params})).all())
+    moved: in the same statement on PostgreSQL (`_with_events`), in a second one on SQLite."""
+    params["now"] = now
+    if connection.dialect.name == "postgresql":
+        moved = list((await connection.execute(_with_events(statement), params)).all())
+    else:
+        moved = list((await connection.execute(statement, params)).all())
+        if moved:
+            events = [_status_event(job, now) for job in moved]
+            await connection.execute(_INSERT_EVENTS, events)
     if moved:
-        events = [_status_event(job, now) for job in moved]
-        await connection.execute(_INSERT_EVENTS, events)
         await _enqueue_webhooks(connection, moved, now)
     return moved
+
+
+@lru_cache(maxsize=32)
+def _with_events(move: Update) -> Select[Any]:
+    """The move and the inserts of its status events, as data-modifying CTEs: one round trip
+    where two statements took two (SQLite has no data-modifying CTE)."""
+    moved = move.cte("moved")
+    status = literal_column("'status'", String)
+    events = (
+        insert(job_events)
+        .from_select(
+            ["job_id", "type", "state", "progress", "created_at"],
+            select(moved.c.id, status, moved.c.state, moved.c.progress, _NOW),
+        )
+        .cte("events")
+    )
+    return select(moved).add_cte(events)
 
 
 def _status_event(job: JobRow, now: datetime) -> dict[str, Any]:
