@@ -573,7 +573,7 @@ async def mark_queued(
     engine: AsyncEngine, job: JobRow, cost_credits: int, now: datetime
 ) -> JobRow | None:
     """Queues a pending job behind the others of its mode, with the next number of its queue."""
-    async with engine.connect() as connection, connection.begin() as transaction:
+    async with engine.begin() as connection:
         taken = await connection.execute(_NEXT_IN_QUEUE, {"queue_mode": job.mode, "now": now})
         seq, queued_at = taken.one()
         queued = await _move(
@@ -586,7 +586,7 @@ async def mark_queued(
             seq=seq,
         )
         if not queued:  # hands the number back, so that the mode's numbers keep no gap
-            await transaction.rollback()
+            await connection.rollback()
             return None
     return queued[0]
 

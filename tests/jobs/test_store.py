@@ -101,6 +101,25 @@ async def test_a_job_that_left_pending_is_not_abandoned(engine: AsyncEngine) -> 
     assert (current.state, current.billing) == (State.QUEUED, HoldStatus.HELD)
 
 
+async def test_queueing_an_abandoned_job_hands_its_number_back(engine: AsyncEngine) -> None:
+    now = utcnow()
+    abandoned = await insert(engine, now)
+    assert abandoned is not None
+    await store.abandon_pending(engine, now + timedelta(seconds=1), REFUSED, now)
+
+    assert await store.mark_queued(engine, abandoned, 1, now) is None
+
+    spec = text_to_image()
+    job = await store.insert_pending(engine, ACCOUNT, True, spec, None, now)
+    assert job is not None
+    queued = await store.mark_queued(engine, job, 1, now)
+    assert queued is not None
+    assert queued.queue_seq == 1  # the mode's numbers keep no gap
+    current = await store.get_job(engine, abandoned.id)
+    assert current is not None
+    assert (current.state, current.queue_seq) == (State.FAILED, None)
+
+
 async def test_queue_positions_agree_with_the_lease_order_through_any_moves(
     engine: AsyncEngine,
 ) -> None:
