@@ -535,6 +535,18 @@ _QUEUE = _move_statement(
     queued_at=bindparam("queued", type_=DateTime(timezone=True)),
     queue_seq=bindparam("seq"),
 )
+# On PostgreSQL, the queue number is taken in the statement that queues the job (a
+# data-modifying CTE), one round trip fewer.
+_TAKEN = _NEXT_IN_QUEUE.cte("taken")
+_QUEUE_NEXT = _move_statement(
+    State.QUEUED,
+    _JOB_ID,
+    jobs.c.state == State.PENDING,
+    cost_credits=bindparam("cost"),
+    billing=HoldStatus.HELD,
+    queued_at=select(_TAKEN.c.last_queued_at).scalar_subquery(),
+    queue_seq=select(_TAKEN.c.last_seq).scalar_subquery(),
+)
 _RECORD_PROGRESS = (
     update(jobs)
     .where(*_LEASED)
@@ -573,18 +585,16 @@ async def mark_queued(
     engine: AsyncEngine, job: JobRow, cost_credits: int, now: datetime
 ) -> JobRow | None:
     """Queues a pending job behind the others of its mode, with the next number of its queue."""
+    params = {"job_id": job.id, "cost": cost_credits}
     async with engine.begin() as connection:
-        taken = await connection.execute(_NEXT_IN_QUEUE, {"queue_mode": job.mode, "now": now})
-        seq, queued_at = taken.one()
-        queued = await _move(
-            connection,
-            _QUEUE,
-            now,
-            job_id=job.id,
-            cost=cost_credits,
-            queued=as_utc(queued_at),
-            seq=seq,
-        )
+        if connection.dialect.name == "postgresql":
+            queued = await _move(connection, _QUEUE_NEXT, now, queue_mode=job.mode, **params)
+        else:
+            taken = await connection.execute(_NEXT_IN_QUEUE, {"queue_mode": job.mode, "now": now})
+            seq, queued_at = taken.one()
+            queued = await _move(
+                connection, _QUEUE, now, queued=as_utc(queued_at), seq=seq, **params
+            )
         if not queued:  # hands the number back, so that the mode's numbers keep no gap
             await connection.rollback()
             return None
