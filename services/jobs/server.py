@@ -133,7 +133,9 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
     async def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
-        return await self._encode(await self._visible(request))
+        found = await store.get_visible_placed(self._engine, request.id, request.account_id)
+        job, position = found or (None, None)
+        return store.job_message(_requested(request, job), position)
 
     async def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
@@ -289,21 +291,30 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         return timedelta(seconds=self._settings.lease_seconds)
 
     async def _visible(
-        self, request: jobs_pb2.GetJobRequest | jobs_pb2.CancelJobRequest | jobs_pb2.WatchJobRequest
+        self, request: jobs_pb2.CancelJobRequest | jobs_pb2.WatchJobRequest
     ) -> JobRow:
         """The account's job the request names; of the mode it names, when it names one."""
         job = await store.get_visible(self._engine, request.id, request.account_id)
-        other_mode = (
-            request.HasField("livemode") and job is not None and job.livemode != request.livemode
-        )
-        if job is None or other_mode:
-            raise NotFound("JOB_NOT_FOUND", f"no job {request.id}")
-        return job
+        return _requested(request, job)
 
     async def _encode(self, job: JobRow) -> jobs_pb2.Job:
         if job.state != State.QUEUED:
             return store.job_message(job)
         return store.job_message(job, await store.queue_position(self._engine, job))
+
+
+def _requested(
+    request: jobs_pb2.GetJobRequest | jobs_pb2.CancelJobRequest | jobs_pb2.WatchJobRequest,
+    job: JobRow | None,
+) -> JobRow:
+    """The job found for the request; NOT_FOUND without one, or for one of another mode than
+    the request names."""
+    other_mode = (
+        request.HasField("livemode") and job is not None and job.livemode != request.livemode
+    )
+    if job is None or other_mode:
+        raise NotFound("JOB_NOT_FOUND", f"no job {request.id}")
+    return job
 
 
 def _event(job: jobs_pb2.Job, kind: int, at: datetime) -> jobs_pb2.JobEvent:

@@ -10,22 +10,28 @@ concurrent requests with the same key the unique (account_id, key) lets exactly 
 
 A move that makes a webhook event writes its delivery to the outbox (`webhook_deliveries`) in
 the same transaction, so no event is lost or sent for a move that did not happen.
+
+The statements of the hot path (create, lease, heartbeat, complete, get) are built once, with
+bind parameters: building one and its cache key on each call cost more CPU than running it
+(profiled under bench/jobs.py). On PostgreSQL a move and its status events are one statement.
 """
 
+import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from google.protobuf import json_format
 from sqlalchemy import (
     BigInteger,
+    BindParameter,
     Boolean,
     Column,
     DateTime,
     Float,
     ForeignKey,
     Index,
-    Insert,
     Integer,
     MetaData,
     PrimaryKeyConstraint,
@@ -35,13 +41,14 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    Update,
     bindparam,
     case,
     delete,
     exists,
     func,
     insert,
-    literal,
+    literal_column,
     or_,
     select,
     update,
@@ -223,7 +230,15 @@ def _error_of(job: JobRow) -> jobs_pb2.JobError | None:
 def webhook_event_of(job: JobRow) -> str | None:
     """The webhook event the move that left the job so made, when the job has a webhook_url."""
     event = webhook_event(job.state, job.attempts, job.queued_at is not None)
-    return event if event and spec_of(job).webhook_url else None
+    return event if event and _has_webhook_url(job) else None
+
+
+def _has_webhook_url(job: JobRow) -> bool:
+    """Whether the job's spec names a webhook_url, from its JSON: every move and announcement
+    asks, and a plain JSON read costs a fraction of parsing the JobSpec. Protobuf's JSON names
+    the field in camelCase, and its parser accepts the field's own name too."""
+    spec = json.loads(job.spec)
+    return bool(spec.get("webhookUrl") or spec.get("webhook_url"))
 
 
 async def insert_pending(
@@ -239,10 +254,10 @@ async def insert_pending(
 
     None when a request of the last day claimed the key already: nothing is inserted.
     """
-    pending = _pending(account_id, livemode, spec, now).values(trace_parent=trace_parent)
+    values = {**_pending_values(account_id, livemode, spec, now), "trace_parent": trace_parent}
     try:
         async with engine.begin() as connection:
-            job = (await connection.execute(pending)).one()
+            job = (await connection.execute(_INSERT_JOB, values)).one()
             if claim is not None:
                 await _claim(connection, account_id, claim, job.id, now)
     except IntegrityError:
@@ -252,28 +267,29 @@ async def insert_pending(
     return job
 
 
-def _pending(account_id: str, livemode: bool, spec: jobs_pb2.JobSpec, now: datetime) -> Insert:
+_INSERT_JOB = insert(jobs).returning(jobs)
+
+
+def _pending_values(
+    account_id: str, livemode: bool, spec: jobs_pb2.JobSpec, now: datetime
+) -> dict[str, Any]:
     has_deadline = spec.HasField("deadline_seconds")
-    return (
-        insert(jobs)
-        .values(
-            id=new_id("job"),
-            account_id=account_id,
-            livemode=livemode,
-            mode=mode_name(spec.mode),
-            spec=json_format.MessageToJson(spec, indent=None),
-            state=State.PENDING,
-            progress=0.0,
-            cost_credits=0,
-            attempts=0,
-            lease_token=0,
-            billing=HoldStatus.NONE,
-            created_at=now,
-            deadline_at=now + timedelta(seconds=spec.deadline_seconds) if has_deadline else None,
-            updated_at=now,
-        )
-        .returning(*jobs.c)
-    )
+    return {
+        "id": new_id("job"),
+        "account_id": account_id,
+        "livemode": livemode,
+        "mode": mode_name(spec.mode),
+        "spec": json_format.MessageToJson(spec, indent=None),
+        "state": State.PENDING,
+        "progress": 0.0,
+        "cost_credits": 0,
+        "attempts": 0,
+        "lease_token": 0,
+        "billing": HoldStatus.NONE,
+        "created_at": now,
+        "deadline_at": now + timedelta(seconds=spec.deadline_seconds) if has_deadline else None,
+        "updated_at": now,
+    }
 
 
 async def _claim(
@@ -315,13 +331,13 @@ async def forget_claims(engine: AsyncEngine, created_before: datetime) -> None:
 
 async def get_job(engine: AsyncEngine, job_id: str) -> JobRow | None:
     async with engine.connect() as connection:
-        return (await connection.execute(select(jobs).where(jobs.c.id == job_id))).one_or_none()
+        return (await connection.execute(_GET_JOB, {"job_id": job_id})).one_or_none()
 
 
 async def get_visible(engine: AsyncEngine, job_id: str, account_id: str) -> JobRow | None:
-    query = select(jobs).where(jobs.c.id == job_id, *_visible_to(account_id))
+    params = {"job_id": job_id, "account": account_id}
     async with engine.connect() as connection:
-        return (await connection.execute(query)).one_or_none()
+        return (await connection.execute(_GET_VISIBLE, params)).one_or_none()
 
 
 async def list_visible(
@@ -347,8 +363,13 @@ async def list_visible(
         return list((await connection.execute(query)).all())
 
 
-def _visible_to(account_id: str) -> tuple[ColumnElement[bool], ...]:
+def _visible_to(account_id: str | BindParameter[str]) -> tuple[ColumnElement[bool], ...]:
     return jobs.c.account_id == account_id, jobs.c.queued_at.is_not(None)
+
+
+_JOB_ID = jobs.c.id == bindparam("job_id")
+_GET_JOB = select(jobs).where(_JOB_ID)
+_GET_VISIBLE = _GET_JOB.where(*_visible_to(bindparam("account")))
 
 
 async def queued_by_mode(engine: AsyncEngine) -> dict[str, tuple[int, datetime]]:
@@ -372,90 +393,228 @@ async def queue_position(engine: AsyncEngine, job: JobRow) -> int | None:
     async with engine.connect() as connection:
         found = await connection.execute(QUEUE_POSITION, queue_position_params(job))
         head, left_early = found.one()
-    if head is None or head > job.queue_seq:
-        return None
-    return int(job.queue_seq - head - left_early)
+    return _position(job, head, left_early)
 
 
 def queue_position_params(job: JobRow) -> dict[str, Any]:
     return {"mode": job.mode, "queue_seq": job.queue_seq}
 
 
-def _queue_position() -> Select[tuple[int | None, int]]:
+def _position(job: JobRow, head: int | None, left_early: int | None) -> int | None:
+    if head is None or left_early is None or head > job.queue_seq:
+        return None
+    return int(job.queue_seq - head - left_early)
+
+
+async def get_visible_placed(
+    engine: AsyncEngine, job_id: str, account_id: str
+) -> tuple[JobRow, int | None] | None:
+    """The account's job, as `get_visible` (with two columns more), and its `queue_position`:
+    one statement, one snapshot, which computes the position only of a queued job."""
+    params = {"job_id": job_id, "account": account_id}
+    async with engine.connect() as connection:
+        found = (await connection.execute(_GET_VISIBLE_PLACED, params)).one_or_none()
+    if found is None:
+        return None
+    return found, _position(found, found.queue_head, found.left_early)
+
+
+def _queue_place(
+    mode: ColumnElement[str], queue_seq: ColumnElement[int]
+) -> tuple[ColumnElement[int | None], ColumnElement[int]]:
     """The head of a job's queue (its lowest queued number) and how many jobs between the head
     and the job have left the queue already.
 
     Not a count of the jobs ahead, which would read as many index entries as there are: a
     mode's numbers have no gap, so the jobs ahead are the numbers from the head to the job's,
     less those out of the queue already, the few that left it out of order (canceled, past
-    their deadline, or leased while the head waited out a retry's backoff). One statement, so
-    one snapshot: two index seeks and a range as long as the jobs that left out of order. Its
-    states are literals, so that PostgreSQL may plan it once.
+    their deadline, or leased while the head waited out a retry's backoff). Two index seeks
+    and a range as long as the jobs that left out of order. Its states are literals, so that
+    PostgreSQL may plan it once; written into the SQL when it is compiled, not at every
+    execution (as `literal_execute` would). The queue is an alias of `jobs`, so that a
+    statement on `jobs` may ask for the place of each of its rows (`mode`, `queue_seq`).
     """
-    mode = jobs.c.mode == bindparam("mode")
+    queue = jobs.alias("queue")
+    in_mode = queue.c.mode == mode
     head = (
-        select(func.min(jobs.c.queue_seq))
-        .where(jobs.c.state == literal(State.QUEUED.value, literal_execute=True), mode)
+        select(func.min(queue.c.queue_seq))
+        .where(queue.c.state == _sql_literal(State.QUEUED), in_mode)
+        .correlate(jobs)
         .scalar_subquery()
     )
-    out_of_queue = [literal(state.value, literal_execute=True) for state in _OUT_OF_QUEUE]
+    out_of_queue = [_sql_literal(state) for state in _OUT_OF_QUEUE]
     left_early = (
         select(func.count())
-        .select_from(jobs)
+        .select_from(queue)
         .where(
-            jobs.c.state.in_(out_of_queue),
-            mode,
-            jobs.c.queue_seq > head,
-            jobs.c.queue_seq < bindparam("queue_seq"),
+            queue.c.state.in_(out_of_queue),
+            in_mode,
+            queue.c.queue_seq > head,
+            queue.c.queue_seq < queue_seq,
         )
+        .correlate(jobs)
         .scalar_subquery()
     )
-    return select(head, left_early)
+    return head, left_early
 
 
-QUEUE_POSITION = _queue_position()
+def _sql_literal(state: State) -> ColumnElement[str]:
+    return literal_column(f"'{state.value}'", String)
+
+
+def _get_visible_placed() -> Select[Any]:
+    queued = jobs.c.state == _sql_literal(State.QUEUED)
+    head, left_early = _queue_place(jobs.c.mode, jobs.c.queue_seq)
+    # CASE evaluates the subqueries only for a queued job.
+    return _GET_VISIBLE.add_columns(
+        case((queued, head)).label("queue_head"), case((queued, left_early)).label("left_early")
+    )
+
+
+QUEUE_POSITION = select(*_queue_place(bindparam("mode"), bindparam("queue_seq")))
+_GET_VISIBLE_PLACED = _get_visible_placed()
+
+
+# The parameter `now` of every move: the time of its change (bound with the column's type, so
+# that SQLite stores it as it stores the datetimes of the other statements).
+_NOW = bindparam("now", type_=DateTime(timezone=True))
+
+
+def _move_statement(target: State, *guards: ColumnElement[bool], **values: Any) -> Update:
+    """The UPDATE that moves the jobs the guards select, from a state that may move to `target`."""
+    sources = [_sql_literal(state) for state in sorted(sources_of(target))]
+    return (
+        update(jobs)
+        .where(jobs.c.state.in_(sources), *guards)
+        .values(state=target, updated_at=_NOW, **values)
+        .returning(jobs)
+    )
+
+
+def _queue_statement() -> Update:
+    """Takes the mode's next queue number and the queued_at that goes with it: `now`, or the
+    last one given when that is later (clocks of several processes differ)."""
+    last_queued_at = job_queues.c.last_queued_at
+    return (
+        update(job_queues)
+        .where(job_queues.c.mode == bindparam("queue_mode"))
+        .values(
+            last_seq=job_queues.c.last_seq + 1,
+            last_queued_at=case((last_queued_at > _NOW, last_queued_at), else_=_NOW),
+        )
+        .returning(job_queues.c.last_seq, last_queued_at)
+    )
+
+
+@lru_cache(maxsize=64)
+def _lease_statement(modes: tuple[str, ...]) -> Update:
+    """Leases the oldest due queued job of the modes: one statement per list of modes a worker
+    asks for (few), whose modes are in its SQL, so that no execution expands a list of them."""
+    oldest_due = (
+        select(jobs.c.id)
+        .where(
+            jobs.c.state == State.QUEUED,
+            or_(*(jobs.c.mode == mode for mode in modes)),
+            or_(jobs.c.not_before.is_(None), jobs.c.not_before <= _NOW),
+        )
+        # queued_at follows queue_seq within a mode, and queue_seq breaks its ties.
+        .order_by(jobs.c.queued_at, jobs.c.queue_seq)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    return _move_statement(
+        State.RUNNING,
+        jobs.c.id == oldest_due,
+        attempts=jobs.c.attempts + 1,
+        lease_token=jobs.c.lease_token + 1,
+        lease_expires_at=_LEASE_UNTIL,
+        worker_id=bindparam("worker"),
+        not_before=None,
+        started_at=func.coalesce(jobs.c.started_at, _NOW),
+    )
+
+
+_LEASE_UNTIL = bindparam("lease_until", type_=DateTime(timezone=True))
+# The job, while the lease of fencing token `token` holds it.
+_LEASED = (_JOB_ID, jobs.c.state == State.RUNNING, jobs.c.lease_token == bindparam("token"))
+_ERROR = {"error_code": bindparam("code"), "error_message": bindparam("message")}
+_ENDED = {"completed_at": _NOW, "lease_expires_at": None}
+
+_NEXT_IN_QUEUE = _queue_statement()
+_QUEUE = _move_statement(
+    State.QUEUED,
+    _JOB_ID,
+    jobs.c.state == State.PENDING,
+    cost_credits=bindparam("cost"),
+    billing=HoldStatus.HELD,
+    queued_at=bindparam("queued", type_=DateTime(timezone=True)),
+    queue_seq=bindparam("seq"),
+)
+# On PostgreSQL, the queue number is taken in the statement that queues the job (a
+# data-modifying CTE), one round trip fewer.
+_TAKEN = _NEXT_IN_QUEUE.cte("taken")
+_QUEUE_NEXT = _move_statement(
+    State.QUEUED,
+    _JOB_ID,
+    jobs.c.state == State.PENDING,
+    cost_credits=bindparam("cost"),
+    billing=HoldStatus.HELD,
+    queued_at=select(_TAKEN.c.last_queued_at).scalar_subquery(),
+    queue_seq=select(_TAKEN.c.last_seq).scalar_subquery(),
+)
+_RECORD_PROGRESS = (
+    update(jobs)
+    .where(*_LEASED)
+    .values(progress=bindparam("reached"), lease_expires_at=_LEASE_UNTIL, updated_at=_NOW)
+    .returning(jobs)
+)
+_COMPLETE = _move_statement(
+    State.COMPLETED,
+    *_LEASED,
+    progress=1.0,
+    result_asset_id=bindparam("asset_id"),
+    result=bindparam("result_json"),
+    **_ENDED,
+)
+_REQUEUE = _move_statement(
+    State.QUEUED,
+    *_LEASED,
+    not_before=bindparam("retry_at", type_=DateTime(timezone=True)),
+    worker_id=None,
+    lease_expires_at=None,
+)
+_FAIL = _move_statement(State.FAILED, *_LEASED, **_ENDED, **_ERROR)
+# Its lease token stays, so that a running job's worker learns of it at its next heartbeat.
+_CANCEL = _move_statement(
+    State.CANCELED, _JOB_ID, jobs.c.account_id == bindparam("account"), **_ENDED
+)
+_SET_BILLING = (
+    update(jobs)
+    .where(_JOB_ID)
+    .values(billing=bindparam("hold_status"), updated_at=_NOW)
+    .returning(jobs)
+)
 
 
 async def mark_queued(
     engine: AsyncEngine, job: JobRow, cost_credits: int, now: datetime
 ) -> JobRow | None:
     """Queues a pending job behind the others of its mode, with the next number of its queue."""
-    async with engine.connect() as connection, connection.begin() as transaction:
-        seq, queued_at = await _next_in_queue(connection, job.mode, now)
-        queued = await _move(
-            connection,
-            State.QUEUED,
-            jobs.c.id == job.id,
-            jobs.c.state == State.PENDING,
-            now=now,
-            cost_credits=cost_credits,
-            billing=HoldStatus.HELD,
-            queued_at=queued_at,
-            queue_seq=seq,
-        )
+    params = {"job_id": job.id, "cost": cost_credits}
+    async with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            queued = await _move(connection, _QUEUE_NEXT, now, queue_mode=job.mode, **params)
+        else:
+            taken = await connection.execute(_NEXT_IN_QUEUE, {"queue_mode": job.mode, "now": now})
+            seq, queued_at = taken.one()
+            queued = await _move(
+                connection, _QUEUE, now, queued=as_utc(queued_at), seq=seq, **params
+            )
         if not queued:  # hands the number back, so that the mode's numbers keep no gap
-            await transaction.rollback()
+            await connection.rollback()
             return None
     return queued[0]
-
-
-async def _next_in_queue(
-    connection: AsyncConnection, mode: str, now: datetime
-) -> tuple[int, datetime]:
-    """The mode's next queue number, and the queued_at that goes with it: `now`, or the last
-    one given when that is later (clocks of several processes differ)."""
-    last_queued_at = job_queues.c.last_queued_at
-    statement = (
-        update(job_queues)
-        .where(job_queues.c.mode == mode)
-        .values(
-            last_seq=job_queues.c.last_seq + 1,
-            last_queued_at=case((last_queued_at > now, last_queued_at), else_=now),
-        )
-        .returning(job_queues.c.last_seq, last_queued_at)
-    )
-    taken = (await connection.execute(statement)).one()
-    return taken.last_seq, as_utc(taken.last_queued_at)
 
 
 async def fail_pending(
@@ -486,17 +645,11 @@ async def _fail_pending(
 ) -> list[JobRow]:
     """Fails pending jobs and frees their idempotency keys: they created nothing, so a request
     with the same key may try again."""
+    statement = _move_statement(
+        State.FAILED, jobs.c.state == State.PENDING, *guards, billing=billing, **_ENDED, **_ERROR
+    )
     async with engine.begin() as connection:
-        failed = await _move(
-            connection,
-            State.FAILED,
-            jobs.c.state == State.PENDING,
-            *guards,
-            now=now,
-            billing=billing,
-            completed_at=now,
-            **_error_values(error),
-        )
+        failed = await _move(connection, statement, now, **_error_params(error))
         failed_ids = [job.id for job in failed]
         await connection.execute(
             delete(idempotency_keys).where(idempotency_keys.c.job_id.in_(failed_ids))
@@ -509,31 +662,8 @@ async def lease_next(
 ) -> JobRow | None:
     """Leases the oldest due queued job of the modes, in one statement that concurrent callers
     cannot both win: PostgreSQL skips rows another lease has locked, SQLite runs one writer."""
-    oldest_due = (
-        select(jobs.c.id)
-        .where(
-            jobs.c.state == State.QUEUED,
-            jobs.c.mode.in_(modes),
-            or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now),
-        )
-        # queued_at follows queue_seq within a mode, and queue_seq breaks its ties.
-        .order_by(jobs.c.queued_at, jobs.c.queue_seq)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    return await _move_one(
-        engine,
-        State.RUNNING,
-        jobs.c.id == oldest_due,
-        now=now,
-        attempts=jobs.c.attempts + 1,
-        lease_token=jobs.c.lease_token + 1,
-        lease_expires_at=now + lease_for,
-        worker_id=worker_id,
-        not_before=None,
-        started_at=func.coalesce(jobs.c.started_at, now),
-    )
+    statement = _lease_statement(tuple(modes))
+    return await _move_one(engine, statement, now, worker=worker_id, lease_until=now + lease_for)
 
 
 async def record_progress(
@@ -545,74 +675,41 @@ async def record_progress(
     now: datetime,
 ) -> JobRow | None:
     """Records a heartbeat of the lease holder and extends its lease; None when it holds none."""
-    statement = (
-        update(jobs)
-        .where(jobs.c.id == job_id, *_leased(token))
-        .values(progress=progress, lease_expires_at=now + lease_for, updated_at=now)
-        .returning(*jobs.c)
-    )
+    params = {
+        "job_id": job_id,
+        "token": token,
+        "reached": progress,
+        "lease_until": now + lease_for,
+        "now": now,
+    }
     async with engine.begin() as connection:
-        return (await connection.execute(statement)).one_or_none()
+        return (await connection.execute(_RECORD_PROGRESS, params)).one_or_none()
 
 
 async def complete(
     engine: AsyncEngine, job_id: str, token: int, result: jobs_pb2.JobResult, now: datetime
 ) -> JobRow | None:
-    return await _move_one(
-        engine,
-        State.COMPLETED,
-        jobs.c.id == job_id,
-        *_leased(token),
-        now=now,
-        progress=1.0,
-        result_asset_id=result.asset_id,
-        result=json_format.MessageToJson(result, indent=None),
-        completed_at=now,
-        lease_expires_at=None,
-    )
+    result_json = json_format.MessageToJson(result, indent=None)
+    params = {"asset_id": result.asset_id, "result_json": result_json}
+    return await _move_one(engine, _COMPLETE, now, job_id=job_id, token=token, **params)
 
 
 async def requeue(
     engine: AsyncEngine, job_id: str, token: int, not_before: datetime, now: datetime
 ) -> JobRow | None:
-    return await _move_one(
-        engine,
-        State.QUEUED,
-        jobs.c.id == job_id,
-        *_leased(token),
-        now=now,
-        not_before=not_before,
-        worker_id=None,
-        lease_expires_at=None,
-    )
+    return await _move_one(engine, _REQUEUE, now, job_id=job_id, token=token, retry_at=not_before)
 
 
 async def fail(
     engine: AsyncEngine, job_id: str, token: int, error: jobs_pb2.JobError, now: datetime
 ) -> JobRow | None:
-    return await _move_one(
-        engine,
-        State.FAILED,
-        jobs.c.id == job_id,
-        *_leased(token),
-        now=now,
-        completed_at=now,
-        lease_expires_at=None,
-        **_error_values(error),
-    )
+    params = _error_params(error)
+    return await _move_one(engine, _FAIL, now, job_id=job_id, token=token, **params)
 
 
 async def cancel(engine: AsyncEngine, job_id: str, account_id: str, now: datetime) -> JobRow | None:
     """Cancels a queued or running job; its lease token stays so its worker learns of it."""
-    return await _move_one(
-        engine,
-        State.CANCELED,
-        jobs.c.id == job_id,
-        jobs.c.account_id == account_id,
-        now=now,
-        completed_at=now,
-        lease_expires_at=None,
-    )
+    return await _move_one(engine, _CANCEL, now, job_id=job_id, account=account_id)
 
 
 # The states a job may be canceled from when its deadline passes.
@@ -624,15 +721,9 @@ async def cancel_overdue(
 ) -> list[JobRow]:
     """Cancels the queued and running jobs whose deadline has passed, with `error`; as a cancel,
     the lease token stays so that a running job's worker learns of it at its next heartbeat."""
-    return await _move_many(
-        engine,
-        State.CANCELED,
-        jobs.c.deadline_at <= now,
-        now=now,
-        completed_at=now,
-        lease_expires_at=None,
-        **_error_values(error),
-    )
+    statement = _move_statement(State.CANCELED, jobs.c.deadline_at <= _NOW, **_ENDED, **_ERROR)
+    async with engine.begin() as connection:
+        return await _move(connection, statement, now, **_error_params(error))
 
 
 async def next_deadline(engine: AsyncEngine) -> datetime | None:
@@ -651,36 +742,29 @@ async def next_deadline(engine: AsyncEngine) -> datetime | None:
 async def set_billing(
     engine: AsyncEngine, job_id: str, billing: HoldStatus, now: datetime
 ) -> JobRow:
-    statement = (
-        update(jobs)
-        .where(jobs.c.id == job_id)
-        .values(billing=billing, updated_at=now)
-        .returning(*jobs.c)
-    )
+    params = {"job_id": job_id, "hold_status": billing, "now": now}
     async with engine.begin() as connection:
-        return (await connection.execute(statement)).one()
+        return (await connection.execute(_SET_BILLING, params)).one()
 
 
 async def expire_leases(
     engine: AsyncEngine, max_attempts: int, error: jobs_pb2.JobError, now: datetime
 ) -> list[JobRow]:
     """Queues again the running jobs whose lease expired, or fails those out of attempts."""
-    expired = (jobs.c.state == State.RUNNING, jobs.c.lease_expires_at < now)
+    expired = (jobs.c.state == State.RUNNING, jobs.c.lease_expires_at < _NOW)
     released = {"worker_id": None, "lease_expires_at": None}
+    requeue = _move_statement(State.QUEUED, *expired, jobs.c.attempts < max_attempts, **released)
+    fail = _move_statement(
+        State.FAILED,
+        *expired,
+        jobs.c.attempts >= max_attempts,
+        completed_at=_NOW,
+        **released,
+        **_ERROR,
+    )
     async with engine.begin() as connection:
-        requeued = await _move(
-            connection, State.QUEUED, *expired, jobs.c.attempts < max_attempts, now=now, **released
-        )
-        failed = await _move(
-            connection,
-            State.FAILED,
-            *expired,
-            jobs.c.attempts >= max_attempts,
-            now=now,
-            completed_at=now,
-            **released,
-            **_error_values(error),
-        )
+        requeued = await _move(connection, requeue, now)
+        failed = await _move(connection, fail, now, **_error_params(error))
     return requeued + failed
 
 
@@ -704,47 +788,54 @@ async def clear_due_retries(engine: AsyncEngine, now: datetime) -> list[JobRow]:
         return list((await connection.execute(statement)).all())
 
 
-def _leased(token: int) -> tuple[ColumnElement[bool], ...]:
-    return jobs.c.state == State.RUNNING, jobs.c.lease_token == token
-
-
-def _error_values(error: jobs_pb2.JobError) -> dict[str, str]:
-    return {"error_code": error.code, "error_message": error.message}
+def _error_params(error: jobs_pb2.JobError) -> dict[str, str]:
+    return {"code": error.code, "message": error.message}
 
 
 async def _move_one(
-    engine: AsyncEngine, target: State, *guards: ColumnElement[bool], now: datetime, **values: Any
+    engine: AsyncEngine, statement: Update, now: datetime, **params: Any
 ) -> JobRow | None:
-    moved = await _move_many(engine, target, *guards, now=now, **values)
+    async with engine.begin() as connection:
+        moved = await _move(connection, statement, now, **params)
     return moved[0] if moved else None
 
 
-async def _move_many(
-    engine: AsyncEngine, target: State, *guards: ColumnElement[bool], now: datetime, **values: Any
-) -> list[JobRow]:
-    async with engine.begin() as connection:
-        return await _move(connection, target, *guards, now=now, **values)
+_INSERT_EVENTS = insert(job_events)
 
 
 async def _move(
-    connection: AsyncConnection,
-    target: State,
-    *guards: ColumnElement[bool],
-    now: datetime,
-    **values: Any,
+    connection: AsyncConnection, statement: Update, now: datetime, **params: Any
 ) -> list[JobRow]:
-    """Moves the jobs the guards select, from a state that may move to `target`, with events."""
-    statement = (
-        update(jobs)
-        .where(jobs.c.state.in_(sorted(sources_of(target))), *guards)
-        .values(state=target, updated_at=now, **values)
-        .returning(*jobs.c)
-    )
-    moved = list((await connection.execute(statement)).all())
+    """Runs a move (a `_move_statement`) with its parameters; writes the events of the jobs it
+    moved: in the same statement on PostgreSQL (`_with_events`), in a second one on SQLite."""
+    params["now"] = now
+    if connection.dialect.name == "postgresql":
+        moved = list((await connection.execute(_with_events(statement), params)).all())
+    else:
+        moved = list((await connection.execute(statement, params)).all())
+        if moved:
+            events = [_status_event(job, now) for job in moved]
+            await connection.execute(_INSERT_EVENTS, events)
     if moved:
-        await connection.execute(insert(job_events), [_status_event(job, now) for job in moved])
         await _enqueue_webhooks(connection, moved, now)
     return moved
+
+
+@lru_cache(maxsize=32)
+def _with_events(move: Update) -> Select[Any]:
+    """The move and the inserts of its status events, as data-modifying CTEs: one round trip
+    where two statements took two (SQLite has no data-modifying CTE)."""
+    moved = move.cte("moved")
+    status = literal_column("'status'", String)
+    events = (
+        insert(job_events)
+        .from_select(
+            ["job_id", "type", "state", "progress", "created_at"],
+            select(moved.c.id, status, moved.c.state, moved.c.progress, _NOW),
+        )
+        .cte("events")
+    )
+    return select(moved).add_cte(events)
 
 
 def _status_event(job: JobRow, now: datetime) -> dict[str, Any]:

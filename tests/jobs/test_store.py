@@ -101,6 +101,25 @@ async def test_a_job_that_left_pending_is_not_abandoned(engine: AsyncEngine) -> 
     assert (current.state, current.billing) == (State.QUEUED, HoldStatus.HELD)
 
 
+async def test_queueing_an_abandoned_job_hands_its_number_back(engine: AsyncEngine) -> None:
+    now = utcnow()
+    abandoned = await insert(engine, now)
+    assert abandoned is not None
+    await store.abandon_pending(engine, now + timedelta(seconds=1), REFUSED, now)
+
+    assert await store.mark_queued(engine, abandoned, 1, now) is None
+
+    spec = text_to_image()
+    job = await store.insert_pending(engine, ACCOUNT, True, spec, None, now)
+    assert job is not None
+    queued = await store.mark_queued(engine, job, 1, now)
+    assert queued is not None
+    assert queued.queue_seq == 1  # the mode's numbers keep no gap
+    current = await store.get_job(engine, abandoned.id)
+    assert current is not None
+    assert (current.state, current.queue_seq) == (State.FAILED, None)
+
+
 async def test_queue_positions_agree_with_the_lease_order_through_any_moves(
     engine: AsyncEngine,
 ) -> None:
@@ -152,6 +171,16 @@ async def _queued(engine: AsyncEngine) -> list[JobRow]:
 
 async def _positions_agree(engine: AsyncEngine) -> None:
     queued = await _queued(engine)
+    positions = {}
     for job in queued:
         same_mode = [other.id for other in queued if other.mode == job.mode]
-        assert await store.queue_position(engine, job) == same_mode.index(job.id)
+        positions[job.id] = same_mode.index(job.id)
+        assert await store.queue_position(engine, job) == positions[job.id]
+    # GetJob's read places each job as `queue_position` does, and a job out of the queue nowhere.
+    async with engine.connect() as connection:
+        every = (await connection.execute(select(store.jobs.c.id))).scalars().all()
+    for job_id in every:
+        found = await store.get_visible_placed(engine, job_id, ACCOUNT)
+        assert found is not None
+        job, position = found
+        assert (job.id, position) == (job_id, positions.get(job_id))
