@@ -44,7 +44,7 @@ class UrlCreate(BaseModel):
     expires_in: Int32 = 3600
 
 
-class _Upload:
+class AssetUpload:
     """One UploadAsset call fed as the request body arrives; canceled if the request fails
     first, so the service keeps nothing of it."""
 
@@ -57,7 +57,7 @@ class _Upload:
     def started(self) -> bool:
         return self._call is not None
 
-    async def __aenter__(self) -> "_Upload":
+    async def __aenter__(self) -> "AssetUpload":
         return self
 
     async def __aexit__(self, *failure: object) -> None:
@@ -107,7 +107,7 @@ async def upload_asset(
     content_type = request.headers.get("content-type", "")
     header = assets_pb2.UploadHeader(account_id=principal.account_id, livemode=principal.livemode)
     try:
-        async with _Upload(gateway(request).assets) as upload:
+        async with AssetUpload(gateway(request).assets) as upload:
             if content_type.split(";", 1)[0].strip().lower() == _FORM:
                 await _stream_form(upload, header, content_type, request.stream())
             else:
@@ -124,7 +124,7 @@ async def upload_asset(
 
 
 async def _stream_raw(
-    upload: _Upload, header: assets_pb2.UploadHeader, content_type: str, request: Request
+    upload: AssetUpload, header: assets_pb2.UploadHeader, content_type: str, request: Request
 ) -> None:
     header.content_type = content_type
     length = request.headers.get("content-length", "")
@@ -136,7 +136,7 @@ async def _stream_raw(
 
 
 async def _stream_form(
-    upload: _Upload,
+    upload: AssetUpload,
     header: assets_pb2.UploadHeader,
     content_type: str,
     body: AsyncIterator[bytes],

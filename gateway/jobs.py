@@ -91,7 +91,7 @@ def _watch(request: Request, job_id: str, principal: Principal, seconds: float) 
     return gateway(request).jobs.WatchJob(watch, timeout=seconds + 5)
 
 
-async def _settled(
+async def settled(
     request: Request, principal: Principal, job: jobs_pb2.Job, seconds: float, until: str
 ) -> jobs_pb2.Job:
     """The job once its status changed (`until="change"`) or it ended (`"end"`), or as it is
@@ -147,7 +147,7 @@ async def create_job(
     wait = _preferred_wait(request)
     if wait is not None:
         headers["Preference-Applied"] = f"wait={wait}"
-        created = await _settled(request, principal, created, wait, until="end")
+        created = await settled(request, principal, created, wait, until="end")
     status = 200 if created.state in TERMINAL and wait is not None else 201
     return JSONResponse(await job_json(request, created), status_code=status, headers=headers)
 
@@ -220,7 +220,7 @@ async def get_job(
             id=job_id, account_id=principal.account_id, livemode=principal.livemode
         )
     )
-    found = await _settled(request, principal, found, wait, until="change")
+    found = await settled(request, principal, found, wait, until="change")
     return JSONResponse(await job_json(request, found))
 
 

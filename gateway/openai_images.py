@@ -24,9 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from magicpixels.assets.v1 import assets_pb2
 from magicpixels.gateway import multipart
-from magicpixels.gateway.assets import DOWNLOAD_SECONDS, _Upload
+from magicpixels.gateway.assets import DOWNLOAD_SECONDS, AssetUpload
 from magicpixels.gateway.errors import ApiError
-from magicpixels.gateway.jobs import TERMINAL, _settled
+from magicpixels.gateway.jobs import TERMINAL, settled
 from magicpixels.gateway.principal import Principal, require
 from magicpixels.gateway.responses import JSONResponse
 from magicpixels.gateway.state import gateway
@@ -215,7 +215,7 @@ async def _read_edit_form(
     """The form's text fields, and its `image` part streamed into a new asset."""
     fields: dict[str, str] = {}
     header = assets_pb2.UploadHeader(account_id=principal.account_id, livemode=principal.livemode)
-    async with _Upload(gateway(request).assets) as upload:
+    async with AssetUpload(gateway(request).assets) as upload:
         image = _ImagePart(upload, header)
         current: multipart.Part | None = None
         try:
@@ -243,7 +243,7 @@ class _ImagePart:
     """The upload of the image part, started at its first bytes: a part sent without a type
     (the OpenAI SDK sends bytes as application/octet-stream) is typed by what it holds."""
 
-    def __init__(self, upload: _Upload, header: assets_pb2.UploadHeader) -> None:
+    def __init__(self, upload: AssetUpload, header: assets_pb2.UploadHeader) -> None:
         self.upload = upload
         self.header = header
         self.seen = False
@@ -294,7 +294,7 @@ async def _run_jobs(
         *(_create(request, principal, spec, f"{key}#{i}" if key else "") for i in range(n))
     )
     ended = await asyncio.gather(
-        *(_settled(request, principal, job, FINISH_SECONDS, until="end") for job in created)
+        *(settled(request, principal, job, FINISH_SECONDS, until="end") for job in created)
     )
     for job in ended:
         _raise_unless_completed(job)
