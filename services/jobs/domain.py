@@ -38,6 +38,9 @@ MAX_LEASE_WAIT_SECONDS = 60.0
 # A job still pending this long has lost its CreateJob call (the reserve call's own deadline
 # is far shorter), so the reconciler releases whatever was held and fails it.
 PENDING_TIMEOUT = timedelta(seconds=60)
+# A replay of a create still pending this long resumes it (Reserve is idempotent by job id):
+# the first call, whose billing call gives up after a few seconds, is gone.
+RESUME_PENDING_AFTER = timedelta(seconds=10)
 _MAX_RETRY_DELAY_SECONDS = 60
 
 

@@ -15,7 +15,7 @@ from magicpixels.core.errors import DomainError, FailedPrecondition, InvalidArgu
 from magicpixels.core.server import ServiceBinding
 from magicpixels.core.service import Mesh, open_database
 from magicpixels.core.settings import JobsSettings
-from magicpixels.core.timestamps import to_timestamp, utcnow
+from magicpixels.core.timestamps import as_utc, to_timestamp, utcnow
 from magicpixels.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from magicpixels.services.jobs import domain, store
 from magicpixels.services.jobs.deadlines import DeadlineTimer
@@ -113,9 +113,17 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         created = await store.claimed(self._engine, account_id, claim.key)
         if created is None:  # the claim was freed since: its create failed; try again
             raise domain.key_in_use()
-        domain.check_replay(claim, created.request_hash, created.state)
+        job: JobRow = created
+        if (
+            created.request_hash == claim.request_hash
+            and created.state == State.PENDING
+            and utcnow() - as_utc(created.created_at) >= domain.RESUME_PENDING_AFTER
+        ):  # the call that created it died before its hold was known (a crash, billing down)
+            job = await self._settlement.hold(created, store.spec_of(created))
+            await announce(self._bus, job)
+        domain.check_replay(claim, created.request_hash, job.state)
         context.set_trailing_metadata(REPLAYED)
-        return await self._encode(created)
+        return await self._encode(job)
 
     async def QuoteJob(
         self, request: jobs_pb2.QuoteJobRequest, context: grpc.aio.ServicerContext

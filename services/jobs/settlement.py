@@ -19,6 +19,7 @@ from magicpixels.jobs.v1 import jobs_pb2
 from magicpixels.services.jobs import store
 from magicpixels.services.jobs.domain import (
     HoldStatus,
+    State,
     hold_resolution,
     is_terminal,
     mode_name,
@@ -83,6 +84,9 @@ class Settlement:
             raise
         queued = await store.mark_queued(self._engine, job, hold.amount, utcnow())
         if queued is None:
+            current = await store.get_job(self._engine, job.id)
+            if current is not None and current.state != State.FAILED:
+                return current  # a replay of its create resumed it first, with the same hold
             await self._give_back(job.id)
             raise Unavailable("JOB_ABANDONED", "the job took too long to create; create it again")
         return queued

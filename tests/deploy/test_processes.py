@@ -114,13 +114,18 @@ class Topology:
 
     def create(self, body: dict[str, Any], auth: dict[str, str]) -> str:
         """Creates a job as a careful client does: a 503 (a peer still reconnecting to one
-        that restarted) is asked again with the same Idempotency-Key, so it is made once."""
+        that restarted) is asked again with the same Idempotency-Key, so it is made once; so is
+        a 409 saying the first attempt is still in progress (its create is being finished)."""
         headers = {**auth, "Idempotency-Key": secrets.token_hex(16)}
         responses: list[httpx.Response] = []
 
         def answered() -> bool:
-            responses.append(self.http.post("/v1/jobs", json=body, headers=headers))
-            return responses[-1].status_code != 503
+            response = self.http.post("/v1/jobs", json=body, headers=headers)
+            responses.append(response)
+            in_progress = response.status_code == 409 and (
+                response.json()["error"]["code"] == "idempotency_key_in_use"
+            )
+            return response.status_code != 503 and not in_progress
 
         wait_for(answered, "an answer other than 503")
         assert responses[-1].status_code == 201, responses[-1].text

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from magicpixels.core.errors import remote_error
 from magicpixels.core.service import Mesh
 from magicpixels.jobs.v1 import jobs_pb2, jobs_pb2_grpc
-from magicpixels.services.jobs import store
+from magicpixels.services.jobs import domain, store
 from tests.conftest import Database
 from tests.jobs.conftest import (
     ACCOUNT,
@@ -505,6 +505,31 @@ async def test_concurrent_creates_with_one_key_create_one_job(jobs: Stub, billin
     assert answered[0][0].id == job_id
     assert await billing.held() == [job_id]
     assert await billing.balance() == (9, 1)
+
+
+async def test_a_replay_resumes_a_create_whose_call_died_before_its_hold_was_known(
+    jobs: Stub, billing: Billing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Billing went away during the create: the job stays pending and the client is told to
+    retry (503). Once the first call is surely gone, the client's retry with the same key
+    resumes the create, Reserve being idempotent by job id: one job, held once."""
+    await billing.grant(1)
+    await billing.stop()
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await create_with_key(jobs)
+    assert unknown.value.code() == grpc.StatusCode.UNAVAILABLE
+    await billing.restart()
+    assert await refusal(create_with_key(jobs)) == KEY_IN_USE  # the first call may still run
+
+    monkeypatch.setattr(domain, "RESUME_PENDING_AFTER", timedelta(0))
+    resumed = await asyncio.gather(*(create_with_key(jobs) for _ in range(3)))
+
+    assert {replayed for _, replayed in resumed} == {True}
+    assert len({job.id for job, _ in resumed}) == 1
+    [job_id] = await listed(jobs)
+    assert (await get(jobs, job_id)).state == jobs_pb2.JOB_STATE_QUEUED
+    assert await billing.held() == [job_id]
+    assert await billing.balance() == (0, 1)
 
 
 async def test_a_key_belongs_to_its_account(jobs: Stub, billing: Billing) -> None:
