@@ -11,6 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from sqlalchemy import text
+
+from magicpixels.core.db import create_engine
 
 STOP_SECONDS = 20
 START_SECONDS = 60
@@ -76,3 +79,19 @@ def ready(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
     except httpx.TransportError:
         return False
+
+
+async def completions(url: str, schema: str | None) -> dict[str, int]:
+    """How many times each job of a jobs database was completed (a job done twice shows 2)."""
+    engine = create_engine(url, schema=schema)
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                text(
+                    "SELECT job_id, count(*) FROM job_events"
+                    " WHERE state = 'completed' GROUP BY job_id"
+                )
+            )
+            return {job_id: count for job_id, count in rows}
+    finally:
+        await engine.dispose()

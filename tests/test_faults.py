@@ -16,10 +16,8 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
-from sqlalchemy import text
 
-from magicpixels.core.db import create_engine
-from tests.processes import free_port, magicpixels, stop, wait_for
+from tests.processes import completions, free_port, magicpixels, stop, wait_for
 from tests.support import REDIS_URL, Database
 
 STORES = ("auth", "billing", "assets", "jobs")
@@ -110,22 +108,7 @@ class Cluster:
             if self.database.schema
             else f"sqlite+aiosqlite:///{self.data_dir / 'jobs.db'}"
         )
-        return asyncio.run(_completions(url, self.schema("jobs") if self.database.schema else None))
-
-
-async def _completions(url: str, schema: str | None) -> dict[str, int]:
-    engine = create_engine(url, schema=schema)
-    try:
-        async with engine.connect() as connection:
-            rows = await connection.execute(
-                text(
-                    "SELECT job_id, count(*) FROM job_events"
-                    " WHERE state = 'completed' GROUP BY job_id"
-                )
-            )
-            return {job_id: count for job_id, count in rows}
-    finally:
-        await engine.dispose()
+        return asyncio.run(completions(url, self.schema("jobs") if self.database.schema else None))
 
 
 @pytest.fixture

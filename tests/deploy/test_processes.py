@@ -19,14 +19,12 @@ import asyncpg
 import httpx
 import pytest
 from PIL import Image
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from magicpixels.core.db import create_engine
 from magicpixels.core.settings import DATABASE_SERVICES, GatewaySettings, MeshSettings
 from magicpixels.processes import PROCESSES, topology
 from tests.assets.stores import s3_client, store_under_test
-from tests.processes import free_port, magicpixels, stop, wait_for
+from tests.processes import completions, free_port, magicpixels, stop, wait_for
 from tests.support import POSTGRES_URL, REDIS_URL
 
 # Six Python processes start, and start again, on a machine the other tests share.
@@ -147,25 +145,10 @@ class Topology:
 
     def completions(self) -> dict[str, int]:
         """How many times each job reached `completed`, from the jobs service's event log."""
-        return asyncio.run(_completions(self.schema("jobs")))
+        return asyncio.run(completions(POSTGRES_URL, self.schema("jobs")))
 
     def drop_schemas(self) -> None:
         asyncio.run(_drop_schemas([self.schema(name) for name in DATABASE_SERVICES]))
-
-
-async def _completions(schema: str) -> dict[str, int]:
-    engine = create_engine(POSTGRES_URL, schema=schema)
-    try:
-        async with engine.connect() as connection:
-            rows = await connection.execute(
-                text(
-                    "SELECT job_id, count(*) FROM job_events"
-                    " WHERE state = 'completed' GROUP BY job_id"
-                )
-            )
-            return {job_id: count for job_id, count in rows}
-    finally:
-        await engine.dispose()
 
 
 async def _drop_schemas(schemas: list[str]) -> None:
