@@ -1,5 +1,6 @@
 """A whole mesh in this process with its gateway on a free port, and an HTTP client for it."""
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from magicpixels.core.settings import SERVICES, GatewaySettings, MeshSettings
 from magicpixels.mesh import RunningMesh, start_mesh
 from tests.support import REDIS_URL, Database, mesh_databases
 
-MESH_REDIS_DATABASE = 3
+# A Redis database of its own, emptied by each test: runs side by side pick different ones.
+MESH_REDIS_DATABASE = int(os.environ.get("MP_TEST_MESH_REDIS_DB", "3"))
 API_EXAMPLE = {"mode": "text_to_image", "prompt": "Editorial product photo on brushed steel"}
 
 
