@@ -7,6 +7,7 @@ import grpc
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute, APIRouter
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
@@ -27,6 +28,7 @@ from magicpixels.gateway import (
     ops,
 )
 from magicpixels.gateway.errors import ApiError, from_domain_error, from_rpc_error, internal_error
+from magicpixels.gateway.job_views import AnsweredFromMemory
 from magicpixels.gateway.middleware import RequestContextMiddleware
 from magicpixels.gateway.ratelimit import Quota, RateLimitMiddleware
 from magicpixels.gateway.responses import JSONResponse
@@ -63,13 +65,21 @@ def create_app(mesh: Mesh, settings: GatewaySettings) -> ASGIApp:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
     limited = RateLimitMiddleware(
-        app,
+        AnsweredFromMemory(app, shared.job_views, _route(jobs.router, "GET", jobs.JOB_PATH)),
         shared.limiter,
         per_key=Quota(settings.rate_limit_per_key, settings.rate_limit_per_key_seconds),
         per_ip=Quota(settings.rate_limit_per_ip, settings.rate_limit_per_ip_seconds),
         principal=shared.principal,
     )
     return tracing.instrument_asgi(RequestContextMiddleware(limited))
+
+
+def _route(router: APIRouter, method: str, path: str) -> APIRoute:
+    return next(
+        route
+        for route in router.routes
+        if isinstance(route, APIRoute) and route.path == path and method in route.methods
+    )
 
 
 @asynccontextmanager

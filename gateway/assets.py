@@ -222,6 +222,8 @@ async def delete_asset(
             id=asset_id, account_id=principal.account_id, livemode=principal.livemode
         )
     )
+    # A job whose result it was now shows no URL; other gateways' views of it expire soon.
+    gateway(request).job_views.forget_all()
     return {"object": "asset", "id": asset_id, "deleted": True}
 
 

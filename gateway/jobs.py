@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import grpc
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from magicpixels.gateway.errors import ApiError
@@ -38,6 +38,8 @@ MAX_WAIT_SECONDS = 60
 STREAM_SECONDS = 3600
 # Sent on a quiet event stream, so proxies keep it open.
 KEEPALIVE_SECONDS = 15
+# The route a poll of one job takes, which `job_views.AnsweredFromMemory` may answer instead.
+JOB_PATH = "/v1/jobs/{job_id}"
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+)")
 
 
@@ -207,7 +209,7 @@ def _choice(options: dict[str, int], value: str | None, param: str) -> int:
     return options[value]
 
 
-@router.get("/jobs/{job_id}")
+@router.get(JOB_PATH.removeprefix("/v1"))
 async def get_job(
     job_id: str,
     request: Request,
@@ -215,13 +217,20 @@ async def get_job(
     wait: Annotated[int, Query(ge=0, le=MAX_WAIT_SECONDS, description="long-poll seconds")] = 0,
 ) -> JSONResponse:
     """The job; with `?wait=N`, answers as soon as its status changes or it ends, or after N s."""
+    views = gateway(request).job_views
+    view = views.get(job_id, principal)
+    if view is not None and (wait == 0 or view.terminal):
+        return Response(view.body, media_type=JSONResponse.media_type)
+    ticket = views.ticket()
     found = await gateway(request).jobs.GetJob(
         jobs_pb2.GetJobRequest(
             id=job_id, account_id=principal.account_id, livemode=principal.livemode
         )
     )
     found = await settled(request, principal, found, wait, until="change")
-    return JSONResponse(await job_json(request, found))
+    answer = JSONResponse(await job_json(request, found))
+    views.put(found, answer.body, ticket)
+    return answer
 
 
 @router.post("/jobs/{job_id}/cancel")
@@ -236,6 +245,7 @@ async def cancel_job(
             id=job_id, account_id=principal.account_id, livemode=principal.livemode
         )
     )
+    gateway(request).job_views.forget(job_id)
     return JSONResponse(await job_json(request, canceled))
 
 

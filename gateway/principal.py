@@ -6,7 +6,6 @@ everywhere well within a second rather than when its cache entry expires. While 
 is not subscribed to those announcements (starting, or Redis unreachable) it caches nothing.
 """
 
-import asyncio
 import hmac
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -14,9 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import structlog
 from fastapi import Request
-from redis.exceptions import RedisError
 from starlette.datastructures import Headers
 from starlette.types import Scope
 
@@ -24,14 +21,9 @@ from magicpixels.auth.v1 import auth_pb2
 from magicpixels.core.bus import EventBus
 from magicpixels.core.errors import DomainError
 from magicpixels.gateway.errors import ApiError
+from magicpixels.gateway.hinted import HintedCache, follow
 from magicpixels.services.auth.domain import REVOKED_KEYS_CHANNEL
 
-log = structlog.get_logger("magicpixels.gateway")
-
-# A bound on the cache, so a flood of distinct keys cannot grow memory without end.
-_MAX_CACHED = 100_000
-# How long to wait before subscribing again after the bus failed.
-_RESUBSCRIBE_SECONDS = 1.0
 # Where the rate limiter leaves a request's principal, or the error its token met, for the route.
 _RESOLVED = "principal"
 
@@ -44,74 +36,32 @@ class Principal:
     scopes: frozenset[str]
 
 
-@dataclass(frozen=True)
-class _Entry:
-    token: str
-    expires: float  # time.monotonic()
-    principal: Principal
+class PrincipalCache(HintedCache[tuple[str, Principal]]):
+    """Verified tokens by key id for `ttl` seconds, never past the key's expiry, dropped when
+    auth announces the key's revocation."""
 
-
-class PrincipalCache:
-    """Verified tokens by key id for `ttl` seconds, never past the key's expiry.
-
-    `following` says whether revocations reach this cache; without them it stores nothing. A
-    verification that started before a revocation was announced is not cached either (it
-    takes a `ticket` first), so a late answer cannot bring a revoked key back.
-    """
-
-    def __init__(self, ttl: float) -> None:
-        self.ttl = ttl
-        self.following = False
-        self._entries: dict[str, _Entry] = {}
-        self._drops = 0
-
-    def get(self, key_id: str, token: str) -> Principal | None:
-        entry = self._entries.get(key_id)
-        if entry is None or entry.expires < time.monotonic():
+    def get_principal(self, key_id: str, token: str) -> Principal | None:
+        entry = self.get(key_id)
+        if entry is None or not hmac.compare_digest(entry[0], token):
             return None
-        return entry.principal if hmac.compare_digest(entry.token, token) else None
+        return entry[1]
 
-    def ticket(self) -> int:
-        return self._drops
-
-    def put(self, key_id: str, token: str, verified: auth_pb2.Principal, ticket: int) -> Principal:
+    def put_verified(
+        self, key_id: str, token: str, verified: auth_pb2.Principal, ticket: int
+    ) -> Principal:
         principal = Principal(
             verified.account_id, verified.api_key_id, verified.livemode, frozenset(verified.scopes)
         )
-        if not self.following or ticket != self._drops:
-            return principal
-        expires = time.monotonic() + self.ttl
+        ttl = None
         if verified.HasField("expire_time"):
-            expires = min(expires, time.monotonic() + verified.expire_time.seconds - time.time())
-        if len(self._entries) >= _MAX_CACHED:
-            self._entries.clear()
-        self._entries[key_id] = _Entry(token, expires, principal)
+            ttl = verified.expire_time.seconds - time.time()
+        self.put(key_id, (token, principal), ticket, ttl)
         return principal
-
-    def drop(self, key_id: str) -> None:
-        self._entries.pop(key_id, None)
-        self._drops += 1
-
-    def stop_following(self) -> None:
-        """Revocations may be missed from now on: forget everything, cache nothing."""
-        self.following = False
-        self._entries.clear()
-        self._drops += 1
 
 
 async def follow_revocations(bus: EventBus, cache: PrincipalCache) -> None:
     """Drops each key from the cache as auth announces its revocation, until cancelled."""
-    while True:
-        try:
-            async with bus.subscribe(REVOKED_KEYS_CHANNEL) as revoked:
-                cache.following = True
-                async for key_id in revoked:
-                    cache.drop(key_id.decode())
-        except (RedisError, OSError):
-            log.warning("revocations_not_followed", exc_info=True)
-        finally:
-            cache.stop_following()
-        await asyncio.sleep(_RESUBSCRIBE_SECONDS)
+    await follow(bus, REVOKED_KEYS_CHANNEL, cache, lambda key_id: cache.drop(key_id.decode()))
 
 
 def presented_token(authorization: str) -> str | None:
@@ -149,6 +99,12 @@ async def remember_principal(
         return None
     state[_RESOLVED] = found
     return found
+
+
+def resolved_principal(scope: Scope) -> Principal | None:
+    """The principal the rate limiter resolved for the request, if its token was valid."""
+    found = scope.get("state", {}).get(_RESOLVED)
+    return found if isinstance(found, Principal) else None
 
 
 async def authorize(request: Request, scope: str) -> Principal:

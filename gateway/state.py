@@ -14,6 +14,7 @@ from magicpixels.billing.v1 import billing_pb2_grpc
 from magicpixels.core import metrics
 from magicpixels.core.service import Mesh
 from magicpixels.core.settings import GatewaySettings
+from magicpixels.gateway.job_views import JobViews
 from magicpixels.gateway.principal import Principal, PrincipalCache, follow_revocations
 from magicpixels.gateway.ratelimit import Limiter
 from magicpixels.jobs.v1 import jobs_pb2, jobs_pb2_grpc
@@ -27,23 +28,29 @@ class Gateway:
     settings: GatewaySettings
     principals: PrincipalCache = field(init=False)
     limiter: Limiter = field(init=False)
+    job_views: JobViews = field(init=False)
 
     def __post_init__(self) -> None:
         self.principals = PrincipalCache(self.settings.key_cache_seconds)
+        self.job_views = JobViews(self.settings.job_cache_seconds)
         self.limiter = Limiter(
             self.mesh.settings.redis_url, self.settings.rate_limit_redis_failure == "open"
         )
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """While the app serves, revocations are followed into the principal cache."""
-        following = asyncio.create_task(follow_revocations(self.mesh.bus, self.principals))
+        """While the app serves, revocations and job changes are followed into its memory."""
+        followers = [
+            asyncio.create_task(follow_revocations(self.mesh.bus, self.principals)),
+            asyncio.create_task(self.job_views.follow(self.mesh.bus)),
+        ]
         try:
             yield
         finally:
-            following.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await following
+            for following in followers:
+                following.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await following
             await self.limiter.close()
 
     @cached_property
@@ -66,13 +73,13 @@ class Gateway:
         """Who the token speaks for: a malformed token (checksum included) is refused here,
         one verified lately comes from memory, any other is verified by auth."""
         key_id = parse_token(token).key_id
-        cached = self.principals.get(key_id, token)
+        cached = self.principals.get_principal(key_id, token)
         metrics.KEY_CACHE_LOOKUPS.labels("gateway", "miss" if cached is None else "hit").inc()
         if cached is not None:
             return cached
         ticket = self.principals.ticket()
         verified = await self.auth.VerifyApiKey(auth_pb2.VerifyApiKeyRequest(token=token))
-        return self.principals.put(key_id, token, verified, ticket)
+        return self.principals.put_verified(key_id, token, verified, ticket)
 
     @cached_property
     def content_urls(self) -> ContentUrls:

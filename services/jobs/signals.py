@@ -27,6 +27,9 @@ WEBHOOKS_CHANNEL = "jobs.webhooks"
 DEADLINES_CHANNEL = "jobs.deadlines"
 # The mode of a queue whose jobs ahead of others changed.
 QUEUE_MOVED_CHANNEL = "jobs.queue_moved"
+# Every change a client may read, for what gateways keep of jobs in memory: the job's id, then
+# " queue" when the change also moved the jobs behind it in its queue (their positions changed).
+VIEWS_CHANNEL = "jobs.views"
 
 log = structlog.get_logger("magicpixels.jobs")
 
@@ -36,22 +39,24 @@ def changed_channel(job_id: str) -> str:
 
 
 async def announce(bus: EventBus, *jobs: JobRow) -> None:
-    """Tells watchers that these jobs moved, idle workers about the queued ones, the deadline
-    timers about their deadlines, the watchers of the jobs behind about moves in and out of the
-    queue, and webhook dispatchers about the deliveries the moves enqueued."""
+    """Tells watchers and gateways that these jobs moved, idle workers about the queued ones,
+    the deadline timers about their deadlines, the watchers of the jobs behind about moves in
+    and out of the queue, and webhook dispatchers about the deliveries the moves enqueued."""
     for job in jobs:
         if job.state in TERMINAL:  # every move is announced once, by the caller that won it
             metrics.JOBS_ENDED.labels("jobs", job.mode, job.state).inc()
-        await _publish(bus, changed_channel(job.id), job.state.encode())
+        await _publish(bus, changed_channel(job.id), job.state)
+        moved_queue = _moves_others_in_queue(job)
+        await _publish(bus, VIEWS_CHANNEL, f"{job.id} queue" if moved_queue else job.id)
         if job.state == State.QUEUED:
-            await _publish(bus, QUEUED_CHANNEL, job.mode.encode())
+            await _publish(bus, QUEUED_CHANNEL, job.mode)
             if job.deadline_at is not None:
                 deadline = as_utc(job.deadline_at).isoformat()
-                await _publish(bus, DEADLINES_CHANNEL, deadline.encode())
-        if _moves_others_in_queue(job):
-            await _publish(bus, QUEUE_MOVED_CHANNEL, job.mode.encode())
+                await _publish(bus, DEADLINES_CHANNEL, deadline)
+        if moved_queue:
+            await _publish(bus, QUEUE_MOVED_CHANNEL, job.mode)
         if webhook_event_of(job):
-            await _publish(bus, WEBHOOKS_CHANNEL, job.id.encode())
+            await _publish(bus, WEBHOOKS_CHANNEL, job.id)
 
 
 def _moves_others_in_queue(job: JobRow) -> bool:
@@ -66,12 +71,13 @@ def _moves_others_in_queue(job: JobRow) -> bool:
 async def announce_progress(bus: EventBus, job: JobRow) -> None:
     """Tells the job's watchers of its progress: a change that moves it nowhere, so it made no
     webhook event."""
-    await _publish(bus, changed_channel(job.id), job.state.encode())
+    await _publish(bus, changed_channel(job.id), job.state)
+    await _publish(bus, VIEWS_CHANNEL, job.id)
 
 
-async def _publish(bus: EventBus, channel: str, message: bytes) -> None:
+async def _publish(bus: EventBus, channel: str, message: str) -> None:
     try:
-        await bus.publish(channel, message)
+        await bus.publish(channel, message.encode())
     except RedisError:
         # The change is committed; failing the call now would only make its caller repeat it.
         log.warning("hint_not_published", channel=channel, exc_info=True)

@@ -395,7 +395,7 @@ async def test_a_revoked_key_is_dropped_from_the_cache_at_once(
     parsed = domain.parse_token(spare["token"])
     assert (await client.get("/v1/api_keys", headers=bearer(spare["token"]))).status_code == 200
     cache = gateway_state(running).principals
-    assert cache.get(parsed.key_id, spare["token"]) is not None  # cached for an hour
+    assert cache.get_principal(parsed.key_id, spare["token"]) is not None  # cached for an hour
 
     await client.delete(f"/v1/api_keys/{spare['id']}", headers=bearer(token))
 
@@ -405,7 +405,7 @@ async def test_a_revoked_key_is_dropped_from_the_cache_at_once(
 
 
 async def _gone(cache: PrincipalCache, key_id: str, token: str) -> bool:
-    return cache.get(key_id, token) is None
+    return cache.get_principal(key_id, token) is None
 
 
 @pytest.mark.redis
@@ -427,7 +427,7 @@ async def test_a_key_revoked_through_one_gateway_fails_through_another(
         assert (await other.get("/v1/api_keys", headers=bearer(spare["token"]))).status_code == 200
         parsed = domain.parse_token(spare["token"])
         cache = gateway_state(second).principals
-        assert cache.get(parsed.key_id, spare["token"]) is not None
+        assert cache.get_principal(parsed.key_id, spare["token"]) is not None
 
         revoked = await one.delete(f"/v1/api_keys/{spare['id']}", headers=bearer(token))
         await eventually(lambda: _gone(cache, parsed.key_id, spare["token"]))
@@ -444,27 +444,27 @@ def test_a_verification_that_started_before_a_revocation_is_not_cached() -> None
 
     ticket = cache.ticket()
     cache.drop("key_1")  # announced while the verification was on its way
-    answered = cache.put("key_1", "token", verified, ticket)
+    answered = cache.put_verified("key_1", "token", verified, ticket)
 
     assert answered.account_id == "acct_1"
-    assert cache.get("key_1", "token") is None
-    cache.put("key_1", "token", verified, cache.ticket())
-    assert cache.get("key_1", "token") == answered
-    assert cache.get("key_1", "another token") is None
+    assert cache.get_principal("key_1", "token") is None
+    cache.put_verified("key_1", "token", verified, cache.ticket())
+    assert cache.get_principal("key_1", "token") == answered
+    assert cache.get_principal("key_1", "another token") is None
 
 
 def test_nothing_is_cached_while_revocations_are_not_followed() -> None:
     cache = PrincipalCache(ttl=3600)
     verified = auth_pb2.Principal(account_id="acct_1", api_key_id="key_1")
 
-    cache.put("key_1", "token", verified, cache.ticket())
+    cache.put_verified("key_1", "token", verified, cache.ticket())
     cache.following = True
-    cache.put("key_1", "token", verified, cache.ticket())
-    cached = cache.get("key_1", "token")
+    cache.put_verified("key_1", "token", verified, cache.ticket())
+    cached = cache.get_principal("key_1", "token")
     cache.stop_following()
 
     assert cached is not None
-    assert cache.get("key_1", "token") is None
+    assert cache.get_principal("key_1", "token") is None
 
 
 async def test_rotating_the_webhook_secret_keeps_the_old_one_for_its_grace_period(

@@ -243,6 +243,8 @@ class GatewaySettings(BaseSettings):
     public_url: str | None = None
     # Verified API keys are served from memory this long (a revocation drops them at once).
     key_cache_seconds: float = 5.0
+    # Jobs answered lately are served from memory at most this long (a change drops them at once).
+    job_cache_seconds: float = Field(default=2.0, ge=0)
     # Requests one API key may make per window, all at once at most (GCRA).
     rate_limit_per_key: int = Field(default=100, gt=0)
     rate_limit_per_key_seconds: float = Field(default=1.0, gt=0)
