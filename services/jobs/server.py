@@ -93,10 +93,12 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         if pending is None:
             assert claim is not None  # only a claimed key stops the insert
             return await self._replay(request.account_id, claim, context)
-        job = await self._settlement.hold(pending, spec)
+        job, position = await self._settlement.hold(pending, spec)
         metrics.JOBS_CREATED.labels("jobs", job.mode).inc()
         await announce(self._bus, job)
-        return await self._encode(job)
+        if position is None:
+            return await self._encode(job)
+        return store.job_message(job, position)
 
     async def _resolve(
         self, account_id: str, livemode: bool, spec: jobs_pb2.JobSpec
@@ -119,7 +121,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
             and created.state == State.PENDING
             and utcnow() - as_utc(created.created_at) >= domain.RESUME_PENDING_AFTER
         ):  # the call that created it died before its hold was known (a crash, billing down)
-            job = await self._settlement.hold(created, store.spec_of(created))
+            job = (await self._settlement.hold(created, store.spec_of(created))).job
             await announce(self._bus, job)
         domain.check_replay(claim, created.request_hash, job.state)
         context.set_trailing_metadata(REPLAYED)

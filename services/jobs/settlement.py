@@ -67,8 +67,9 @@ class Settlement:
         )
         return await self._billing().Quote(request, timeout=CALL_TIMEOUT_SECONDS)
 
-    async def hold(self, job: JobRow, spec: jobs_pb2.JobSpec) -> JobRow:
-        """Holds the price of a pending job and queues it.
+    async def hold(self, job: JobRow, spec: jobs_pb2.JobSpec) -> store.Queued:
+        """Holds the price of a pending job and queues it: the job and its queue position (None
+        when a replay of its create queued it first).
 
         A refusal fails the job and is raised as billing said it; an unknown outcome leaves the
         job pending for the reconciler.
@@ -86,7 +87,8 @@ class Settlement:
         if queued is None:
             current = await store.get_job(self._engine, job.id)
             if current is not None and current.state != State.FAILED:
-                return current  # a replay of its create resumed it first, with the same hold
+                # A replay of its create resumed it first, with the same hold.
+                return store.Queued(current, None)
             await self._give_back(job.id)
             raise Unavailable("JOB_ABANDONED", "the job took too long to create; create it again")
         return queued

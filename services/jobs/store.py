@@ -20,7 +20,7 @@ import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf import json_format
 from sqlalchemy import (
@@ -597,9 +597,16 @@ _SET_BILLING = (
 )
 
 
+class Queued(NamedTuple):
+    """A job just queued, and its `queue_position` as the transaction that queued it saw it."""
+
+    job: JobRow
+    position: int | None
+
+
 async def mark_queued(
     engine: AsyncEngine, job: JobRow, cost_credits: int, now: datetime
-) -> JobRow | None:
+) -> Queued | None:
     """Queues a pending job behind the others of its mode, with the next number of its queue."""
     params = {"job_id": job.id, "cost": cost_credits}
     async with engine.begin() as connection:
@@ -614,7 +621,9 @@ async def mark_queued(
         if not queued:  # hands the number back, so that the mode's numbers keep no gap
             await connection.rollback()
             return None
-    return queued[0]
+        # Read here, on the connection at hand, rather than by the caller on another one.
+        place = await connection.execute(QUEUE_POSITION, queue_position_params(queued[0]))
+    return Queued(queued[0], _position(queued[0], *place.one()))
 
 
 async def fail_pending(

@@ -84,4 +84,5 @@ async def test_jobs_in_line_before_0003_are_numbered_in_the_order_they_were_queu
     }
     assert position == 0
     assert queued is not None
-    assert queued.queue_seq == 4
+    assert queued.job.queue_seq == 4
+    assert queued.position == 2  # behind the second and the third

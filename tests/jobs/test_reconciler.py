@@ -61,7 +61,7 @@ class World:
     async def queued_job(self) -> JobRow:
         await self.billing.grant(1)
         pending = await self.pending_job(utcnow())
-        return await self.settlement.hold(pending, store.spec_of(pending))
+        return (await self.settlement.hold(pending, store.spec_of(pending))).job
 
     async def reserve(self, job: JobRow) -> None:
         """Holds the job's credits as its CreateJob's Reserve does."""
@@ -302,7 +302,7 @@ async def test_a_job_abandoned_as_its_create_queues_it_is_not_run_without_a_hold
     created = utcnow()
     job = await world.pending_job(created)
     await world.reserve(job)
-    queued: list[JobRow | None] = []
+    queued: list[store.Queued | None] = []
 
     async def create_job_queues_it() -> None:
         # The late CreateJob's Reserve returned: it queues the job while it is being abandoned.

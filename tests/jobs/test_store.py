@@ -114,7 +114,8 @@ async def test_queueing_an_abandoned_job_hands_its_number_back(engine: AsyncEngi
     assert job is not None
     queued = await store.mark_queued(engine, job, 1, now)
     assert queued is not None
-    assert queued.queue_seq == 1  # the mode's numbers keep no gap
+    assert queued.job.queue_seq == 1  # the mode's numbers keep no gap
+    assert queued.position == 0
     current = await store.get_job(engine, abandoned.id)
     assert current is not None
     assert (current.state, current.queue_seq) == (State.FAILED, None)
