@@ -9,7 +9,8 @@ folder and imported ahead of this checkout, so none of prometheus-client, the Op
 SDK or an instrumentation is loaded. Each variant serves the mesh without inference (so jobs
 stay queued) pinned to CPU 0 with wrk on CPU 1, as `bench/jobs.py http` does; the variants
 take turns, a fresh mesh each time, and each figure is the median over the rounds. Ratios are
-to the baseline.
+to the baseline, and to `metrics` (this code with tracing off): REV's code differs from this
+checkout in more than its instrumentation, so the second says what tracing alone costs.
 """
 
 import argparse
@@ -178,19 +179,18 @@ def compare(rev: str, seconds: int, rounds: int) -> None:
                     file=sys.stderr,
                     flush=True,
                 )
-    bare_rate = statistics.median(load.per_second for load in figures["baseline"])
-    bare_cpu = statistics.median(load.cpu_us for load in figures["baseline"])
+    rate = {v: statistics.median(load.per_second for load in figures[v]) for v in variants}
+    cpu = {v: statistics.median(load.cpu_us for load in figures[v]) for v in variants}
     print(
-        f"POST /v1/jobs, median of {rounds} rounds of {seconds} s (req/s per round in brackets);"
-        " CPU per request, and the baseline's over it"
+        f"POST /v1/jobs, median of {rounds} rounds of {seconds} s (req/s per round in brackets),"
+        " as a share of the baseline's and of metrics'; CPU per request, and the same shares"
     )
     for variant in variants:
-        rate = statistics.median(load.per_second for load in figures[variant])
-        cpu = statistics.median(load.cpu_us for load in figures[variant])
         runs = ", ".join(f"{load.per_second:,.0f}" for load in figures[variant])
         print(
-            f"  {variant:13} {rate:8,.0f} req/s = {rate / bare_rate:6.1%} of baseline  [{runs}]"
-            f"  {cpu:6,.0f} us CPU = {bare_cpu / cpu:6.1%}"
+            f"  {variant:13} {rate[variant]:5,.0f} req/s = {rate[variant] / rate['baseline']:6.1%}"
+            f" {rate[variant] / rate['metrics']:6.1%}  [{runs}]  {cpu[variant]:6,.0f} us CPU"
+            f" = {cpu['baseline'] / cpu[variant]:6.1%} {cpu['metrics'] / cpu[variant]:6.1%}"
         )
 
 
