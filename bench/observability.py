@@ -9,7 +9,8 @@ folder and imported ahead of this checkout, so none of prometheus-client, the Op
 SDK or an instrumentation is loaded. Each variant serves the mesh without inference (so jobs
 stay queued) pinned to CPU 0 with wrk on CPU 1, as `bench/jobs.py http` does; the variants
 take turns, a fresh mesh each time, and each figure is the median over the rounds. Ratios are
-to the baseline.
+to the baseline, and to `metrics` (this code with tracing off): REV's code differs from this
+checkout in more than its instrumentation, so the second says what tracing alone costs.
 """
 
 import argparse
@@ -29,7 +30,7 @@ from io import BytesIO
 from pathlib import Path
 
 import httpx
-from jobs import BODY, post_script, wait_listening
+from jobs import BODY, Load, cpu_seconds, post_script, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 PORT = 18082
@@ -60,6 +61,7 @@ def serve_mesh(port: int, data_dir: str, traced: bool) -> None:
 
 
 def _traced() -> object:
+    """Spans into memory, wired as `configure_from_environment` wires an exporter."""
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -69,7 +71,7 @@ def _traced() -> object:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(exporter))
-    tracing.enable(provider)
+    tracing.install(provider)
     return exporter
 
 
@@ -95,7 +97,7 @@ def export_tree(rev: str, folder: Path) -> Path:
     return folder / "path"
 
 
-def one_run(variant: str, baseline_path: Path, seconds: int) -> float:
+def one_run(variant: str, baseline_path: Path, seconds: int) -> Load:
     env = dict(os.environ)
     arguments = [sys.executable, __file__, "serve-mesh", "--port", str(PORT)]
     if variant == "baseline":
@@ -115,8 +117,8 @@ def one_run(variant: str, baseline_path: Path, seconds: int) -> float:
             wait_listening(f"http://127.0.0.1:{PORT}/healthz")
             script = post_script(Path(name), _funded_token(name))
             url = f"http://127.0.0.1:{PORT}/v1/jobs"
-            _wrk(url, 2, script)  # warm-up
-            return _wrk(url, seconds, script)
+            _wrk(url, 2, script, mesh.pid)  # warm-up
+            return _wrk(url, seconds, script, mesh.pid)
         finally:
             _stop(mesh, log)
 
@@ -133,18 +135,21 @@ def _stop(mesh: subprocess.Popen[bytes], log: Path) -> None:
         print(f"  the mesh did not stop within 60 s: see {log}", file=sys.stderr)
 
 
-def _wrk(url: str, seconds: int, script: Path) -> float:
-    """Requests per second; answers other than 2xx (a busy shared machine times some out) are
-    reported, not counted as throughput."""
+def _wrk(url: str, seconds: int, script: Path, server: int) -> Load:
+    """Requests per second and the server's CPU microseconds per request (every thread's, the
+    exporter's included: a busy shared machine moves it far less than the throughput); answers
+    other than 2xx (a busy machine times some out) are reported, not counted as throughput."""
     command = ["taskset", "-c", "1", "wrk", "-t1", "-c32", f"-d{seconds}s", "-s", str(script)]
+    cpu_before = cpu_seconds(server)
     output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(server) - cpu_before
     rate = float(re.findall(r"Requests/sec:\s+([\d.]+)", output)[0])
     total = int(re.findall(r"(\d+) requests in", output)[0])
     failed = re.findall(r"Non-2xx or 3xx responses: (\d+)", output)
     if failed:
         print(f"  ({failed[0]} of {total} answers were errors)", file=sys.stderr)
         rate *= 1 - int(failed[0]) / total
-    return rate
+    return Load(rate, cpu * 1e6 / max(total, 1))
 
 
 def _funded_token(data_dir: str) -> str:
@@ -162,20 +167,31 @@ def _funded_token(data_dir: str) -> str:
 
 def compare(rev: str, seconds: int, rounds: int) -> None:
     variants = ("baseline", "metrics", "traced", "traced-no-sql")
-    figures: dict[str, list[float]] = {variant: [] for variant in variants}
+    figures: dict[str, list[Load]] = {variant: [] for variant in variants}
     with tempfile.TemporaryDirectory() as name:
         baseline_path = export_tree(rev, Path(name))
         for _ in range(rounds):
             for variant in variants:
                 figures[variant].append(one_run(variant, baseline_path, seconds))
-                figure = figures[variant][-1]
-                print(f"  {variant}: {figure:,.0f} req/s", file=sys.stderr, flush=True)
-    bare = statistics.median(figures["baseline"])
-    print(f"POST /v1/jobs, median of {rounds} rounds of {seconds} s (req/s per round in brackets)")
+                load = figures[variant][-1]
+                print(
+                    f"  {variant}: {load.per_second:,.0f} req/s, {load.cpu_us:,.0f} us CPU",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    rate = {v: statistics.median(load.per_second for load in figures[v]) for v in variants}
+    cpu = {v: statistics.median(load.cpu_us for load in figures[v]) for v in variants}
+    print(
+        f"POST /v1/jobs, median of {rounds} rounds of {seconds} s (req/s per round in brackets),"
+        " as a share of the baseline's and of metrics'; CPU per request, and the same shares"
+    )
     for variant in variants:
-        median = statistics.median(figures[variant])
-        runs = ", ".join(f"{figure:,.0f}" for figure in figures[variant])
-        print(f"  {variant:13} {median:8,.0f} req/s = {median / bare:6.1%} of baseline  [{runs}]")
+        runs = ", ".join(f"{load.per_second:,.0f}" for load in figures[variant])
+        print(
+            f"  {variant:13} {rate[variant]:5,.0f} req/s = {rate[variant] / rate['baseline']:6.1%}"
+            f" {rate[variant] / rate['metrics']:6.1%}  [{runs}]  {cpu[variant]:6,.0f} us CPU"
+            f" = {cpu['baseline'] / cpu[variant]:6.1%} {cpu['metrics'] / cpu[variant]:6.1%}"
+        )
 
 
 def main() -> None:

@@ -52,6 +52,7 @@ def create_app(mesh: Mesh, settings: GatewaySettings) -> ASGIApp:
         description="Generation jobs, assets and credits. See the project's docs/API.md.",
         default_response_class=JSONResponse,
         lifespan=_lifespan,
+        telemetry=tracing.FASTAPI_TELEMETRY_OFF,
     )
     app.state.gateway = shared = Gateway(mesh, settings)
     for module in (accounts, keys, billing, jobs, assets, openai_images, ops):

@@ -6,6 +6,7 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -121,6 +122,7 @@ async def test_one_job_is_one_trace_without_secrets(
         lease.parent and by_id[lease.parent.span_id].name,
     ]
     assert any(span.attributes and "db.statement" in span.attributes for span in job_trace)
+    assert "connect" not in names  # a pool checkout is no span: its statements are
 
     secrets = (token, PROMPT, signed_url.split("?")[1], "test-service-token")
     for span in spans.get_finished_spans():
@@ -159,3 +161,17 @@ def test_console_exporter_prints_the_spans_of_up(tmp_path: Path) -> None:
     for name in ("POST /v1/accounts", "/magicpixels.auth.v1.AuthService/CreateAccount"):
         assert f'"name": "{name}"' in printed, name
     assert '"service.name": "magicpixels"' in printed
+    # The process's provider is the global one here, which FastAPI's own telemetry would take
+    # up: the request is still one HTTP span (the ASGI instrumentation's), with no FastAPI span.
+    spans = printed_spans(printed)
+    http = [span["name"] for span in spans if span["kind"] == "SpanKind.SERVER"]
+    assert http.count("POST /v1/accounts") == 1, http
+    assert "POST" not in http, http  # FastAPI's, named by the method alone
+    assert not [span["name"] for span in spans if span["name"].startswith("fastapi.")]
+
+
+def printed_spans(printed: str) -> list[dict[str, Any]]:
+    """The console exporter's spans among the log lines: each a JSON object over many lines,
+    from a line "{" to a line "}"."""
+    blocks = re.findall(r"^\{\n.*?^\}$", printed, flags=re.MULTILINE | re.DOTALL)
+    return [json.loads(block) for block in blocks]

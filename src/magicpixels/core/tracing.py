@@ -23,6 +23,7 @@ import grpc
 from opentelemetry import context, propagate, trace
 
 if TYPE_CHECKING:
+    from fastapi.telemetry import TelemetryConfig
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
     from starlette.types import ASGIApp
@@ -56,9 +57,14 @@ def configure_from_environment(default_service_name: str = "magicpixels") -> boo
     provider = TracerProvider(resource=resource)  # the sampler: OTEL_TRACES_SAMPLER(_ARG)
     for name in names:
         provider.add_span_processor(BatchSpanProcessor(_exporter(name)))
+    install(provider)
+    return True
+
+
+def install(provider: "TracerProvider") -> None:
+    """`provider` as the process's global tracer provider too (once a process), then `enable`."""
     trace.set_tracer_provider(provider)
     enable(provider)
-    return True
 
 
 def _exporter(name: str) -> "SpanExporter":
@@ -83,6 +89,17 @@ def enable(provider: "TracerProvider") -> None:
     for name, (instrumentor, options) in _instrumentors().items():
         if name not in disabled:
             instrumentor.instrument(tracer_provider=provider, **options)
+    _without_connect_spans()
+
+
+def _without_connect_spans() -> None:
+    """The SQLAlchemy instrumentation also times each pool checkout as a `connect` span (three
+    in one POST /v1/jobs, a fifth of its spans) that says nothing its statements' spans do not:
+    its patch of Engine.connect is taken back, the statements' event listeners stay."""
+    from opentelemetry.instrumentation.utils import unwrap
+    from sqlalchemy.engine.base import Engine
+
+    unwrap(Engine, "connect")
 
 
 def disable() -> None:
@@ -148,6 +165,13 @@ def grpc_client_interceptors() -> list[Any]:
     ]
 
 
+# FastAPI's own telemetry turns itself on once a global tracer provider is set (`install`):
+# a second server span per request, beside the ASGI instrumentation's, and spans of its own
+# for dependencies and endpoints, whose attributes (a query string) are not ours to choose.
+# The gateway's one HTTP span is the ASGI instrumentation's, around the middleware too.
+FASTAPI_TELEMETRY_OFF: "TelemetryConfig" = {"tracing": False, "metrics": False, "logs": False}
+
+
 def instrument_asgi(app: "ASGIApp") -> "ASGIApp":
     """The app inside a server span per request, named by method until the route is known."""
     if _provider is None:
@@ -165,14 +189,15 @@ def instrument_asgi(app: "ASGIApp") -> "ASGIApp":
 
 
 def _path_without_query(span: Any, scope: Mapping[str, Any]) -> None:
-    """A signed URL's query holds its signature: spans keep the path alone."""
+    """A signed URL's query holds its signature: spans keep the path alone (in those of the
+    old and the new semantic conventions' attributes that the instrumentation set)."""
     if not span.is_recording():
         return
     path = scope.get("path", "")
-    for key in ("http.target", "url.query"):
-        span.set_attribute(key, path if key == "http.target" else "")
-    for key in ("http.url", "url.full"):
-        span.set_attribute(key, path)
+    kept = {"http.target": path, "http.url": path, "url.full": path, "url.query": ""}
+    for key, value in kept.items():
+        if key in span.attributes:
+            span.set_attribute(key, value)
 
 
 def name_request_span(scope: Mapping[str, Any]) -> None:
