@@ -8,9 +8,10 @@ SQLite (a fresh file) and drives pairs of Reserve(1 credit) + Capture from this 
 - N callers, 1 account: every pair contends for one balance row, whose lock each
   statement holds until its commit is durable, so this measures commits in a row.
 
-After each database's runs it reads every account's ledger back over gRPC and checks that each
-pair left exactly one HOLD and one CAPTURE entry, that the entries sum to the balance and that
-nothing is still reserved: zero lost or duplicated entries.
+Each run prints pairs per second and the CPU time the billing process spent per pair (steadier
+than throughput on a busy machine). After each database's runs it reads every account's ledger
+back over gRPC and checks that each pair left exactly one HOLD and one CAPTURE entry, that the
+entries sum to the balance and that nothing is still reserved: zero lost or duplicated entries.
 
     .venv/bin/python bench/billing.py [--pairs 4000] [--callers 32] [--only postgres|sqlite]
 """
@@ -28,8 +29,10 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import asyncpg
+import psutil
 from sqlalchemy.engine import make_url
 
 from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
@@ -45,8 +48,10 @@ PAIR_KINDS = (billing_pb2.LEDGER_ENTRY_KIND_HOLD, billing_pb2.LEDGER_ENTRY_KIND_
 
 
 @contextmanager
-def billing_process(data_dir: Path, database: dict[str, str]) -> Iterator[str]:
-    """Runs the billing service on its own; yields its address once it listens."""
+def billing_process(
+    data_dir: Path, database: dict[str, str]
+) -> Iterator[tuple[str, psutil.Process]]:
+    """Runs the billing service on its own; yields its address, once it listens, and it."""
     env = {**os.environ, "MP_DATA_DIR": str(data_dir), "MP_LOG_LEVEL": "warning", **database}
     command = [sys.executable, "-m", "magicpixels.cli", "serve", "billing"]
     process = subprocess.Popen(command, env=env)
@@ -60,7 +65,7 @@ def billing_process(data_dir: Path, database: dict[str, str]) -> Iterator[str]:
             time.sleep(0.05)
         else:
             raise SystemExit("billing did not start")
-        yield marker.read_text().strip()
+        yield marker.read_text().strip(), psutil.Process(process.pid)
     finally:
         process.terminate()
         process.wait(timeout=15)
@@ -69,8 +74,11 @@ def billing_process(data_dir: Path, database: dict[str, str]) -> Iterator[str]:
 class Bench:
     """Makes pairs and remembers, per account, the references it made."""
 
-    def __init__(self, stub: billing_pb2_grpc.BillingServiceStub, credits: int) -> None:
+    def __init__(
+        self, stub: billing_pb2_grpc.BillingServiceStub, server: psutil.Process, credits: int
+    ) -> None:
         self.stub = stub
+        self.server = server
         self.credits = credits
         self.made: dict[str, list[str]] = {}
         self._numbers = itertools.count()
@@ -91,9 +99,9 @@ class Bench:
         )
         await self.stub.Capture(billing_pb2.CaptureRequest(reference=reference))
 
-    async def run(self, pairs: int, callers: int, accounts: int) -> float:
+    async def run(self, pairs: int, callers: int, accounts: int) -> "Figures":
         """Pairs per second of `pairs` pairs made by `callers` concurrent callers, caller k
-        paying from account k modulo `accounts`."""
+        paying from account k modulo `accounts`, and the server's CPU time per pair."""
         names = [f"acct_bench_{n}" for n in range(accounts)]
         for name in names:
             await self.fund(name)
@@ -105,9 +113,10 @@ class Bench:
                 left -= 1
                 await self.pair(account_id)
 
-        started = time.perf_counter()
+        started, cpu_before = time.perf_counter(), _cpu_seconds(self.server)
         await asyncio.gather(*(caller(names[k % accounts]) for k in range(callers)))
-        return pairs / (time.perf_counter() - started)
+        seconds, cpu = time.perf_counter() - started, _cpu_seconds(self.server) - cpu_before
+        return Figures(pairs / seconds, cpu / pairs * 1e6)
 
     async def check_books(self) -> None:
         """Every pair made one HOLD and one CAPTURE entry; the entries sum to the balance."""
@@ -152,11 +161,24 @@ class Bench:
                 return kinds, total
 
 
-async def measure(address: str, data_dir: Path, pairs: int, callers: int) -> dict[str, float]:
+class Figures(NamedTuple):
+    pairs_per_second: float
+    server_cpu_us_per_pair: float
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+async def measure(
+    address: str, server: psutil.Process, data_dir: Path, pairs: int, callers: int
+) -> dict[str, Figures]:
     token = MeshSettings(data_dir=data_dir).internal_token()
     channel = open_channel(address, service_token=token, timeout=30.0)
     try:
-        bench = Bench(billing_pb2_grpc.BillingServiceStub(channel), WARM_UP_PAIRS + 3 * pairs)
+        stub = billing_pb2_grpc.BillingServiceStub(channel)
+        bench = Bench(stub, server, WARM_UP_PAIRS + 3 * pairs)
         await bench.run(WARM_UP_PAIRS, callers, callers)
         figures = {
             "sequential": await bench.run(pairs, 1, 1),
@@ -178,15 +200,15 @@ async def drop_schema(schema: str) -> None:
         await connection.close()
 
 
-def bench_database(name: str, pairs: int, callers: int) -> dict[str, float]:
+def bench_database(name: str, pairs: int, callers: int) -> dict[str, Figures]:
     schema = f"bench_{secrets.token_hex(4)}"
     database = {}
     if name == "postgres":
         database = {"MP_BILLING_DATABASE_URL": POSTGRES_URL, "MP_BILLING_DATABASE_SCHEMA": schema}
     with tempfile.TemporaryDirectory() as folder:
         try:
-            with billing_process(Path(folder), database) as address:
-                return asyncio.run(measure(address, Path(folder), pairs, callers))
+            with billing_process(Path(folder), database) as (address, server):
+                return asyncio.run(measure(address, server, Path(folder), pairs, callers))
         finally:
             if name == "postgres":
                 asyncio.run(drop_schema(schema))
@@ -199,8 +221,11 @@ def main() -> None:
     parser.add_argument("--only", choices=("postgres", "sqlite"))
     args = parser.parse_args()
     for name in (args.only,) if args.only else ("postgres", "sqlite"):
-        for run, pairs_per_second in bench_database(name, args.pairs, args.callers).items():
-            print(f"{name:<8} {run:<24} {pairs_per_second:7.0f} reserve+capture pairs/s")
+        for run, figures in bench_database(name, args.pairs, args.callers).items():
+            print(
+                f"{name:<8} {run:<24} {figures.pairs_per_second:7.0f} reserve+capture pairs/s"
+                f" {figures.server_cpu_us_per_pair:7.0f} us billing CPU/pair"
+            )
         print(f"{name:<8} ledgers checked: no lost or duplicated entries")
 
 
