@@ -1,8 +1,8 @@
 """Group commit: calls that arrive together run together, each caller getting its own answer.
 
 A Reserve or a Capture alone costs a commit (a WAL flush on PostgreSQL) and the CPU of a
-statement on both sides. Calls made in the same turn of the event loop, or while the batches
-before them were running, go to the database as one batch, in the order they came: the cost of
+statement on both sides. Calls made in the same turn of the event loop, or while the batch
+before them was running, go to the database as one batch, in the order they came: the cost of
 a statement and of a commit is shared by all of them (as TigerBeetle batches its transfers).
 """
 
@@ -19,13 +19,12 @@ Run = Callable[[Sequence[Item]], Awaitable[Sequence[Outcome[Answer]]]]
 
 
 class Batcher(Generic[Item, Answer]):
-    """Runs the items submitted with `run`, in batches; at most `in_flight` batches at once, so
-    that under load the calls that wait meanwhile make the next batch, not batches of one."""
+    """Runs the items submitted with `run`, in batches, one batch at a time: under load, the
+    calls that come while a batch runs make the next one, rather than batches of one."""
 
-    def __init__(self, run: Run[Item, Answer], in_flight: int) -> None:
+    def __init__(self, run: Run[Item, Answer]) -> None:
         self._run = run
-        self._in_flight = in_flight
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: asyncio.Task[None] | None = None
         self._waiting: list[tuple[Item, asyncio.Future[Answer]]] = []
         self._flush_due = False
 
@@ -41,11 +40,9 @@ class Batcher(Generic[Item, Answer]):
 
     def _flush(self) -> None:
         self._flush_due = False
-        if not self._waiting or len(self._running) >= self._in_flight:
-            return  # a batch that ends flushes again
-        batch, self._waiting = self._waiting, []
-        task = asyncio.create_task(self._run_batch(batch))
-        self._running.add(task)
+        if self._waiting and self._running is None:  # else the batch running flushes as it ends
+            batch, self._waiting = self._waiting, []
+            self._running = asyncio.create_task(self._run_batch(batch))
 
     async def _run_batch(self, batch: list[tuple[Item, asyncio.Future[Answer]]]) -> None:
         try:
@@ -58,7 +55,7 @@ class Batcher(Generic[Item, Answer]):
             if not isinstance(error, Exception):
                 raise
         finally:
-            self._running.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._running = None
             self._flush()
 
 

@@ -358,9 +358,6 @@ _HOLDS_OF = _Hot(
         holds.c.reference == any_(bindparam("hold_references", type_=ARRAY(String)))
     )
 )
-# Batches of Reserves (and of resolutions) that may run at once; the calls that come meanwhile
-# wait for one to end, and make the next batch.
-_BATCHES_IN_FLIGHT = 2
 
 
 class BillingStore:
@@ -376,8 +373,8 @@ class BillingStore:
         self._single = (
             engine.execution_options(isolation_level="AUTOCOMMIT") if self._fused else engine
         )
-        self._reserves = Batcher(self._reserve_batch, _BATCHES_IN_FLIGHT)
-        self._resolutions = Batcher(self._resolve_batch, _BATCHES_IN_FLIGHT)
+        self._reserves = Batcher(self._reserve_batch)
+        self._resolutions = Batcher(self._resolve_batch)
 
     async def get_balance(self, account_id: str) -> Balance:
         """The account's credits; an account billing has never seen has none."""
