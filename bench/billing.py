@@ -8,10 +8,11 @@ SQLite (a fresh file) and drives pairs of Reserve(1 credit) + Capture from this 
 - N callers, 1 account: every pair contends for one balance row, whose lock each
   statement holds until its commit is durable, so this measures commits in a row.
 
-Each run prints pairs per second and the CPU time the billing process spent per pair (steadier
-than throughput on a busy machine). After each database's runs it reads every account's ledger
-back over gRPC and checks that each pair left exactly one HOLD and one CAPTURE entry, that the
-entries sum to the balance and that nothing is still reserved: zero lost or duplicated entries.
+Each run prints pairs per second and the CPU time spent per pair (steadier than throughput on a
+busy machine) by the billing process and, on PostgreSQL, by the backends of its connections.
+After each database's runs it reads every account's ledger back over gRPC and checks that each
+pair left exactly one HOLD and one CAPTURE entry, that the entries sum to the balance and that
+nothing is still reserved: zero lost or duplicated entries.
 
     .venv/bin/python bench/billing.py [--pairs 4000] [--callers 32] [--only postgres|sqlite]
 """
@@ -48,9 +49,7 @@ PAIR_KINDS = (billing_pb2.LEDGER_ENTRY_KIND_HOLD, billing_pb2.LEDGER_ENTRY_KIND_
 
 
 @contextmanager
-def billing_process(
-    data_dir: Path, database: dict[str, str]
-) -> Iterator[tuple[str, psutil.Process]]:
+def billing_process(data_dir: Path, database: dict[str, str]) -> Iterator[tuple[str, "Server"]]:
     """Runs the billing service on its own; yields its address, once it listens, and it."""
     env = {**os.environ, "MP_DATA_DIR": str(data_dir), "MP_LOG_LEVEL": "warning", **database}
     command = [sys.executable, "-m", "magicpixels.cli", "serve", "billing"]
@@ -65,7 +64,7 @@ def billing_process(
             time.sleep(0.05)
         else:
             raise SystemExit("billing did not start")
-        yield marker.read_text().strip(), psutil.Process(process.pid)
+        yield marker.read_text().strip(), Server(psutil.Process(process.pid))
     finally:
         process.terminate()
         process.wait(timeout=15)
@@ -75,7 +74,7 @@ class Bench:
     """Makes pairs and remembers, per account, the references it made."""
 
     def __init__(
-        self, stub: billing_pb2_grpc.BillingServiceStub, server: psutil.Process, credits: int
+        self, stub: billing_pb2_grpc.BillingServiceStub, server: "Server", credits: int
     ) -> None:
         self.stub = stub
         self.server = server
@@ -113,10 +112,13 @@ class Bench:
                 left -= 1
                 await self.pair(account_id)
 
-        started, cpu_before = time.perf_counter(), _cpu_seconds(self.server)
+        started, cpu_before = time.perf_counter(), self.server.cpu_seconds()
         await asyncio.gather(*(caller(names[k % accounts]) for k in range(callers)))
-        seconds, cpu = time.perf_counter() - started, _cpu_seconds(self.server) - cpu_before
-        return Figures(pairs / seconds, cpu / pairs * 1e6)
+        seconds, cpu_after = time.perf_counter() - started, self.server.cpu_seconds()
+        billing, backends = (
+            after - before for after, before in zip(cpu_after, cpu_before, strict=True)
+        )
+        return Figures(pairs / seconds, billing / pairs * 1e6, backends / pairs * 1e6)
 
     async def check_books(self) -> None:
         """Every pair made one HOLD and one CAPTURE entry; the entries sum to the balance."""
@@ -163,16 +165,46 @@ class Bench:
 
 class Figures(NamedTuple):
     pairs_per_second: float
-    server_cpu_us_per_pair: float
+    billing_cpu_us_per_pair: float
+    postgres_cpu_us_per_pair: float
+
+
+class Server:
+    """The billing process and the PostgreSQL backends of its connections."""
+
+    def __init__(self, process: psutil.Process) -> None:
+        self.process = process
+        self._backends: dict[int, psutil.Process] = {}
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU seconds so far of the billing process, and of the backends it has used."""
+        self._find_backends()
+        return _cpu_seconds(self.process), sum(map(_cpu_seconds, self._backends.values()))
+
+    def _find_backends(self) -> None:
+        """Adds the backends of the connections opened since last time (a pool opens them as
+        it needs them, and keeps them)."""
+        port = make_url(POSTGRES_URL).port or 5432
+        ours = {
+            c.laddr.port
+            for c in self.process.net_connections("tcp")
+            if c.raddr and c.raddr.port == port
+        }
+        for c in psutil.net_connections("tcp"):
+            if c.pid and c.laddr.port == port and c.raddr and c.raddr.port in ours:
+                self._backends.setdefault(c.pid, psutil.Process(c.pid))
 
 
 def _cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
+    try:
+        times = process.cpu_times()
+    except psutil.NoSuchProcess:  # a backend whose connection closed: its time is lost
+        return 0.0
     return times.user + times.system
 
 
 async def measure(
-    address: str, server: psutil.Process, data_dir: Path, pairs: int, callers: int
+    address: str, server: Server, data_dir: Path, pairs: int, callers: int
 ) -> dict[str, Figures]:
     token = MeshSettings(data_dir=data_dir).internal_token()
     channel = open_channel(address, service_token=token, timeout=30.0)
@@ -223,8 +255,13 @@ def main() -> None:
     for name in (args.only,) if args.only else ("postgres", "sqlite"):
         for run, figures in bench_database(name, args.pairs, args.callers).items():
             print(
-                f"{name:<8} {run:<24} {figures.pairs_per_second:7.0f} reserve+capture pairs/s"
-                f" {figures.server_cpu_us_per_pair:7.0f} us billing CPU/pair"
+                f"{name:<8} {run:<24} {figures.pairs_per_second:7.0f} reserve+capture pairs/s,"
+                f" CPU per pair: billing {figures.billing_cpu_us_per_pair:5.0f} us"
+                + (
+                    f", postgres {figures.postgres_cpu_us_per_pair:5.0f} us"
+                    if name == "postgres"
+                    else ""
+                )
             )
         print(f"{name:<8} ledgers checked: no lost or duplicated entries")
 
