@@ -8,6 +8,12 @@ resolution reads the hold, for the domain to decide what it becomes, then is one
 too, guarded by the hold still being held. SQLite cannot modify data in a CTE; it runs the same
 statements in one transaction, and it serialises every writer.
 
+Concurrent Reserves, and concurrent resolutions, run in batches (batching.py): on SQLite a
+batch is one transaction; on PostgreSQL one statement over arrays, one row per call (after one
+read of the holds, for resolutions), does what it can (an account must be able to pay for all
+of its holds in the batch), and the rest goes one by one, as above, so that each call gets the
+answer it would get alone.
+
 The hot statements are built and compiled once, with bind parameters. On PostgreSQL they run on
 asyncpg directly: SQLAlchemy's work per execution (parameters, result rows, events) cost several
 times the CPU of the round trip itself, on every job (profiled under bench/billing.py).
@@ -481,13 +487,18 @@ class BillingStore:
         autocommit, each of its statements atomic alone; on SQLite one transaction."""
         return self._single.connect() if self._fused else self.engine.begin()
 
+    def _many(self, batch: Sequence[object]) -> bool:
+        """Whether the batch goes to PostgreSQL in one statement: a call alone costs it less
+        CPU one by one."""
+        return self._fused and len(batch) > 1
+
     async def _reserve_batch(self, drafts: Sequence[Hold]) -> list[Outcome[Hold]]:
-        """Each Reserve's answer. On PostgreSQL the batch's live holds are made in one statement
+        """Each Reserve's answer. On PostgreSQL a batch's live holds are made in one statement
         first; the rest go one by one, in order: those it could not make (their reference
         holds credits already, or their account cannot pay for all of its holds in the batch)
         get the exact answer of a Reserve alone."""
         async with self._unit() as connection:
-            made = await _reserve_many(connection, drafts) if self._fused else {}
+            made = await _reserve_many(connection, drafts) if self._many(drafts) else {}
             return [
                 hold
                 if made.get(hold.reference) is hold
@@ -511,10 +522,10 @@ class BillingStore:
         return domain.insufficient_credits(hold.amount, available)
 
     async def _resolve_batch(self, asked: Sequence["_Resolving"]) -> list[Outcome[Hold]]:
-        """Each resolution's answer. On PostgreSQL the batch's live holds are resolved in one
+        """Each resolution's answer. On PostgreSQL a batch's live holds are resolved in one
         statement first; the rest go one by one, in order."""
         async with self._unit() as connection:
-            settled = await _resolve_many(connection, asked) if self._fused else {}
+            settled = await _resolve_many(connection, asked) if self._many(asked) else {}
             return [
                 settled[index] if index in settled else await self._resolve_one(connection, one)
                 for index, one in enumerate(asked)
