@@ -40,8 +40,12 @@ class Batcher(Generic[Item, Answer]):
 
     def _flush(self) -> None:
         self._flush_due = False
-        if self._waiting and self._running is None:  # else the batch running flushes as it ends
-            batch, self._waiting = self._waiting, []
+        if self._running is not None:  # the batch running flushes as it ends
+            return
+        # A call cancelled before its batch began (its caller gave up) is not made.
+        batch = [(item, answer) for item, answer in self._waiting if not answer.done()]
+        self._waiting = []
+        if batch:
             self._running = asyncio.create_task(self._run_batch(batch))
 
     async def _run_batch(self, batch: list[tuple[Item, asyncio.Future[Answer]]]) -> None:

@@ -95,3 +95,15 @@ async def test_a_cancelled_call_leaves_the_others_of_its_batch_their_answers() -
     with pytest.raises(asyncio.CancelledError):
         await calls[1]
     assert await batcher.submit(4) == 8
+
+
+async def test_a_call_cancelled_before_its_batch_began_is_not_made() -> None:
+    doubler = Doubler()
+    batcher = Batcher(doubler.run)
+    calls = [asyncio.ensure_future(batcher.submit(n)) for n in (1, 2, 3)]
+    await asyncio.sleep(0)  # each call has joined the waiting ones; no batch has begun
+
+    calls[0].cancel()
+
+    assert await asyncio.gather(*calls[1:]) == [4, 6]
+    assert doubler.batches == [[2, 3]]
