@@ -8,6 +8,8 @@ SQLite (a fresh file) and drives pairs of Reserve(1 credit) + Capture from this 
 - N callers, 1 account: every pair contends for one balance row, whose lock each
   statement holds until its commit is durable, so this measures commits in a row.
 
+Each run prints pairs per second and the CPU time spent per pair (steadier than throughput on a
+busy machine) by the billing process and, on PostgreSQL, by the backends of its connections.
 After each database's runs it reads every account's ledger back over gRPC and checks that each
 pair left exactly one HOLD and one CAPTURE entry, that the entries sum to the balance and that
 nothing is still reserved: zero lost or duplicated entries.
@@ -28,8 +30,10 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import asyncpg
+import psutil
 from sqlalchemy.engine import make_url
 
 from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
@@ -45,8 +49,8 @@ PAIR_KINDS = (billing_pb2.LEDGER_ENTRY_KIND_HOLD, billing_pb2.LEDGER_ENTRY_KIND_
 
 
 @contextmanager
-def billing_process(data_dir: Path, database: dict[str, str]) -> Iterator[str]:
-    """Runs the billing service on its own; yields its address once it listens."""
+def billing_process(data_dir: Path, database: dict[str, str]) -> Iterator[tuple[str, "Server"]]:
+    """Runs the billing service on its own; yields its address, once it listens, and it."""
     env = {**os.environ, "MP_DATA_DIR": str(data_dir), "MP_LOG_LEVEL": "warning", **database}
     command = [sys.executable, "-m", "magicpixels.cli", "serve", "billing"]
     process = subprocess.Popen(command, env=env)
@@ -60,7 +64,7 @@ def billing_process(data_dir: Path, database: dict[str, str]) -> Iterator[str]:
             time.sleep(0.05)
         else:
             raise SystemExit("billing did not start")
-        yield marker.read_text().strip()
+        yield marker.read_text().strip(), Server(psutil.Process(process.pid))
     finally:
         process.terminate()
         process.wait(timeout=15)
@@ -69,8 +73,11 @@ def billing_process(data_dir: Path, database: dict[str, str]) -> Iterator[str]:
 class Bench:
     """Makes pairs and remembers, per account, the references it made."""
 
-    def __init__(self, stub: billing_pb2_grpc.BillingServiceStub, credits: int) -> None:
+    def __init__(
+        self, stub: billing_pb2_grpc.BillingServiceStub, server: "Server", credits: int
+    ) -> None:
         self.stub = stub
+        self.server = server
         self.credits = credits
         self.made: dict[str, list[str]] = {}
         self._numbers = itertools.count()
@@ -91,9 +98,9 @@ class Bench:
         )
         await self.stub.Capture(billing_pb2.CaptureRequest(reference=reference))
 
-    async def run(self, pairs: int, callers: int, accounts: int) -> float:
+    async def run(self, pairs: int, callers: int, accounts: int) -> "Figures":
         """Pairs per second of `pairs` pairs made by `callers` concurrent callers, caller k
-        paying from account k modulo `accounts`."""
+        paying from account k modulo `accounts`, and the server's CPU time per pair."""
         names = [f"acct_bench_{n}" for n in range(accounts)]
         for name in names:
             await self.fund(name)
@@ -105,9 +112,13 @@ class Bench:
                 left -= 1
                 await self.pair(account_id)
 
-        started = time.perf_counter()
+        started, cpu_before = time.perf_counter(), self.server.cpu_seconds()
         await asyncio.gather(*(caller(names[k % accounts]) for k in range(callers)))
-        return pairs / (time.perf_counter() - started)
+        seconds, cpu_after = time.perf_counter() - started, self.server.cpu_seconds()
+        billing, backends = (
+            after - before for after, before in zip(cpu_after, cpu_before, strict=True)
+        )
+        return Figures(pairs / seconds, billing / pairs * 1e6, backends / pairs * 1e6)
 
     async def check_books(self) -> None:
         """Every pair made one HOLD and one CAPTURE entry; the entries sum to the balance."""
@@ -152,11 +163,54 @@ class Bench:
                 return kinds, total
 
 
-async def measure(address: str, data_dir: Path, pairs: int, callers: int) -> dict[str, float]:
+class Figures(NamedTuple):
+    pairs_per_second: float
+    billing_cpu_us_per_pair: float
+    postgres_cpu_us_per_pair: float
+
+
+class Server:
+    """The billing process and the PostgreSQL backends of its connections."""
+
+    def __init__(self, process: psutil.Process) -> None:
+        self.process = process
+        self._backends: dict[int, psutil.Process] = {}
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU seconds so far of the billing process, and of the backends it has used."""
+        self._find_backends()
+        return _cpu_seconds(self.process), sum(map(_cpu_seconds, self._backends.values()))
+
+    def _find_backends(self) -> None:
+        """Adds the backends of the connections opened since last time (a pool opens them as
+        it needs them, and keeps them)."""
+        port = make_url(POSTGRES_URL).port or 5432
+        ours = {
+            c.laddr.port
+            for c in self.process.net_connections("tcp")
+            if c.raddr and c.raddr.port == port
+        }
+        for c in psutil.net_connections("tcp"):
+            if c.pid and c.laddr.port == port and c.raddr and c.raddr.port in ours:
+                self._backends.setdefault(c.pid, psutil.Process(c.pid))
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+    except psutil.NoSuchProcess:  # a backend whose connection closed: its time is lost
+        return 0.0
+    return times.user + times.system
+
+
+async def measure(
+    address: str, server: Server, data_dir: Path, pairs: int, callers: int
+) -> dict[str, Figures]:
     token = MeshSettings(data_dir=data_dir).internal_token()
     channel = open_channel(address, service_token=token, timeout=30.0)
     try:
-        bench = Bench(billing_pb2_grpc.BillingServiceStub(channel), WARM_UP_PAIRS + 3 * pairs)
+        stub = billing_pb2_grpc.BillingServiceStub(channel)
+        bench = Bench(stub, server, WARM_UP_PAIRS + 3 * pairs)
         await bench.run(WARM_UP_PAIRS, callers, callers)
         figures = {
             "sequential": await bench.run(pairs, 1, 1),
@@ -178,15 +232,15 @@ async def drop_schema(schema: str) -> None:
         await connection.close()
 
 
-def bench_database(name: str, pairs: int, callers: int) -> dict[str, float]:
+def bench_database(name: str, pairs: int, callers: int) -> dict[str, Figures]:
     schema = f"bench_{secrets.token_hex(4)}"
     database = {}
     if name == "postgres":
         database = {"MP_BILLING_DATABASE_URL": POSTGRES_URL, "MP_BILLING_DATABASE_SCHEMA": schema}
     with tempfile.TemporaryDirectory() as folder:
         try:
-            with billing_process(Path(folder), database) as address:
-                return asyncio.run(measure(address, Path(folder), pairs, callers))
+            with billing_process(Path(folder), database) as (address, server):
+                return asyncio.run(measure(address, server, Path(folder), pairs, callers))
         finally:
             if name == "postgres":
                 asyncio.run(drop_schema(schema))
@@ -199,8 +253,16 @@ def main() -> None:
     parser.add_argument("--only", choices=("postgres", "sqlite"))
     args = parser.parse_args()
     for name in (args.only,) if args.only else ("postgres", "sqlite"):
-        for run, pairs_per_second in bench_database(name, args.pairs, args.callers).items():
-            print(f"{name:<8} {run:<24} {pairs_per_second:7.0f} reserve+capture pairs/s")
+        for run, figures in bench_database(name, args.pairs, args.callers).items():
+            print(
+                f"{name:<8} {run:<24} {figures.pairs_per_second:7.0f} reserve+capture pairs/s,"
+                f" CPU per pair: billing {figures.billing_cpu_us_per_pair:5.0f} us"
+                + (
+                    f", postgres {figures.postgres_cpu_us_per_pair:5.0f} us"
+                    if name == "postgres"
+                    else ""
+                )
+            )
         print(f"{name:<8} ledgers checked: no lost or duplicated entries")
 
 

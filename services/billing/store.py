@@ -8,20 +8,27 @@ resolution reads the hold, for the domain to decide what it becomes, then is one
 too, guarded by the hold still being held. SQLite cannot modify data in a CTE; it runs the same
 statements in one transaction, and it serialises every writer.
 
+Concurrent Reserves, and concurrent resolutions, run in batches (batching.py): on SQLite a
+batch is one transaction; on PostgreSQL one statement over arrays, one row per call (after one
+read of the holds, for resolutions), does what it can (an account must be able to pay for all
+of its holds in the batch), and the rest goes one by one, as above, so that each call gets the
+answer it would get alone.
+
 The hot statements are built and compiled once, with bind parameters. On PostgreSQL they run on
 asyncpg directly: SQLAlchemy's work per execution (parameters, result rows, events) cost several
 times the CPU of the round trip itself, on every job (profiled under bench/billing.py).
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 from sqlalchemy import (
     BigInteger,
+    BindParameter,
     Boolean,
     CheckConstraint,
     Column,
@@ -37,23 +44,28 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    any_,
     bindparam,
     case,
+    column,
     exists,
     func,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.selectable import CTE, TableValuedAlias
 
 from magicpixels.core import metrics
 from magicpixels.core.db import row_fields
-from magicpixels.core.errors import NotFound
+from magicpixels.core.errors import DomainError, NotFound
 from magicpixels.core.ids import new_id
 from magicpixels.services.billing import domain
+from magicpixels.services.billing.batching import Batcher, Outcome
 from magicpixels.services.billing.domain import (
     Balance,
     EntryKind,
@@ -160,6 +172,13 @@ class _Hot:
             return
         await _driver(connection).execute(self._compiled.string, *self._values(params))
 
+    async def all(
+        self, connection: AsyncConnection, params: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Its rows as dicts; PostgreSQL only."""
+        records = await _driver(connection).fetch(self._compiled.string, *self._values(params))
+        return [dict(record) for record in records]
+
     def _values(self, params: dict[str, Any]) -> list[Any]:
         values = self._compiled.construct_params(params)
         return [values[name] for name in self._compiled.positiontup or ()]
@@ -174,19 +193,23 @@ def _driver(connection: AsyncConnection) -> asyncpg.Connection:
 _ACCOUNT = bindparam("move_account", type_=String)
 _AVAILABLE = bindparam("move_available", type_=BigInteger)
 _RESERVED = bindparam("move_reserved", type_=BigInteger)
-_ENTRY_VALUES = (
-    bindparam("entry_id", type_=String),
-    _ACCOUNT,
-    bindparam("entry_kind", type_=String),
-    _AVAILABLE,
-)
+_ENTRY_ID = bindparam("entry_id", type_=String)
+_ENTRY_KIND = bindparam("entry_kind", type_=String)
+_ENTRY_VALUES = (_ENTRY_ID, _ACCOUNT, _ENTRY_KIND, _AVAILABLE)
 _ENTRY_TAIL = (
     bindparam("entry_reference", type_=String),
     bindparam("entry_description", type_=Text),
     bindparam("entry_created_at", type_=DateTime(timezone=True)),
 )
+_MOVEMENT = (_ACCOUNT, _AVAILABLE, _RESERVED, _ENTRY_ID, _ENTRY_KIND, *_ENTRY_TAIL)
 # A hold's parameters: `hold_<column>`.
 _HOLD = {column.name: bindparam(f"hold_{column.name}", type_=column.type) for column in holds.c}
+# A resolution's: the hold's columns it sets.
+_RESOLUTION = {
+    "state": bindparam("resolve_state", type_=String),
+    "captured_amount": bindparam("resolve_captured", type_=BigInteger),
+    "resolved_at": bindparam("resolve_time", type_=DateTime(timezone=True)),
+}
 
 # The guarded change of a balance, which answers the available credits after it.
 _MOVE = (
@@ -215,11 +238,7 @@ _GET_HOLD = _Hot(select(holds).where(holds.c.reference == _HOLD["reference"]))
 _RESOLVE = _Hot(
     update(holds)
     .where(holds.c.reference == _HOLD["reference"], holds.c.state == HoldState.HELD.value)
-    .values(
-        state=bindparam("resolve_state", type_=String),
-        captured_amount=bindparam("resolve_captured", type_=BigInteger),
-        resolved_at=bindparam("resolve_time", type_=DateTime(timezone=True)),
-    )
+    .values(_RESOLUTION)
     .returning(*holds.c)
 )
 
@@ -245,6 +264,108 @@ _FUSED_RESERVE = _Hot(_fused_reserve())
 _FUSED_RESOLUTION = _Hot(_fused_resolution())
 
 
+# PostgreSQL's statements for a batch of Reserves or of resolutions (see batching.py): the
+# batch's rows are the positions of the arrays bound to the single statements' parameter names.
+
+
+def _rows_of(*params: BindParameter[Any]) -> TableValuedAlias:
+    """The batch's rows, with its order as `position`."""
+    arrays = [bindparam(param.key, type_=ARRAY(param.type)) for param in params]
+    columns = [column(param.key, param.type) for param in params]
+    rows = func.unnest(*arrays).table_valued(*columns, with_ordinality="position")
+    return rows.render_derived("asked")
+
+
+def _moved_many(source: CTE) -> tuple[CTE, CTE]:
+    """Applies the movements of `source`'s rows where each account can pay for all of its rows;
+    answers those rows with the balance after each, and the insert of their entries.
+
+    The balance rows are locked in the order of their accounts, so batches over several
+    accounts at once never deadlock one another.
+    """
+    totals = (
+        select(
+            source.c.move_account,
+            func.sum(source.c.move_available).label("available"),
+            func.sum(source.c.move_reserved).label("reserved"),
+        )
+        .group_by(source.c.move_account)
+        .cte("totals")
+    )
+    locked = (
+        select(balances.c.account_id)
+        .join(totals, balances.c.account_id == totals.c.move_account)
+        .order_by(balances.c.account_id)
+        .with_for_update()
+        .cte("locked")
+    )
+    moved = (
+        update(balances)
+        .where(
+            balances.c.account_id == locked.c.account_id,
+            balances.c.account_id == totals.c.move_account,
+            balances.c.available >= -totals.c.available,
+        )
+        .values(
+            available=balances.c.available + totals.c.available,
+            reserved=balances.c.reserved + totals.c.reserved,
+        )
+        .returning(balances.c.account_id, balances.c.available)
+        .cte("moved")
+    )
+    # A row's balance after: the balance after the batch, less the movements after the row's.
+    this_and_later = func.sum(source.c.move_available).over(
+        partition_by=source.c.move_account, order_by=source.c.position.desc()
+    )
+    balance_after = moved.c.available - this_and_later + source.c.move_available
+    made = (
+        select(source, balance_after.label("balance_after"))
+        .join(moved, moved.c.account_id == source.c.move_account)
+        .cte("made")
+    )
+    entries = select(
+        *(made.c[param.key] for param in _ENTRY_VALUES),
+        made.c.balance_after,
+        *(made.c[param.key] for param in _ENTRY_TAIL),
+    )
+    names = [c.name for c in ledger_entries.c]
+    return made, ledger_entries.insert().from_select(names, entries).cte("entries")
+
+
+def _reserve_many_statement() -> Select[Any]:
+    """Records the holds whose reference holds nothing yet, with their entries, for the
+    accounts that can pay for all of theirs; answers the references of the holds made."""
+    asked = _rows_of(*_HOLD.values(), *_MOVEMENT)
+    unheld = ~exists().where(holds.c.reference == asked.c.hold_reference)
+    made, entries = _moved_many(select(asked).where(unheld).cte("unheld"))
+    held = holds.insert().from_select(list(_HOLD), select(*(made.c[p.key] for p in _HOLD.values())))
+    return select(made.c.hold_reference).add_cte(held.cte("held"), entries)
+
+
+def _resolve_many_statement() -> Select[Any]:
+    """Resolves the holds still held, returns their credits and records the entries; answers
+    the holds resolved."""
+    asked = _rows_of(_HOLD["reference"], *_RESOLUTION.values(), *_MOVEMENT)
+    resolved = (
+        update(holds)
+        .where(holds.c.reference == asked.c.hold_reference, holds.c.state == HoldState.HELD.value)
+        .values({name: asked.c[param.key] for name, param in _RESOLUTION.items()})
+        .returning(*holds.c, *(asked.c[param.key] for param in _MOVEMENT), asked.c.position)
+        .cte("resolved")
+    )
+    made, entries = _moved_many(resolved)
+    return select(*(made.c[c.name] for c in holds.c)).add_cte(entries)
+
+
+_RESERVE_MANY = _Hot(_reserve_many_statement())
+_RESOLVE_MANY = _Hot(_resolve_many_statement())
+_HOLDS_OF = _Hot(
+    select(holds).where(
+        holds.c.reference == any_(bindparam("hold_references", type_=ARRAY(String)))
+    )
+)
+
+
 class BillingStore:
     """The billing database.
 
@@ -258,32 +379,19 @@ class BillingStore:
         self._single = (
             engine.execution_options(isolation_level="AUTOCOMMIT") if self._fused else engine
         )
+        self._reserves = Batcher(self._reserve_batch)
+        self._resolutions = Batcher(self._resolve_batch)
 
     async def get_balance(self, account_id: str) -> Balance:
         """The account's credits; an account billing has never seen has none."""
         async with self._single.connect() as connection:
-            row = (await connection.execute(_balance_of(account_id))).first()
-        return Balance(account_id, 0, 0) if row is None else Balance(**row._mapping)
+            return await _get_balance(connection, account_id)
 
     async def reserve(self, hold: Hold) -> Hold:
         """Records the hold and takes its credits, or answers the hold already under its
         reference; raises insufficient credits when there is none and the account cannot pay.
-
-        Of concurrent Reserves with one reference, the losers' inserts conflict with the
-        winner's hold, so their statements roll back, credits included.
-        """
-        try:
-            async with self._unit() as connection:
-                made = await self._hold(connection, hold)
-        except (IntegrityError, asyncpg.UniqueViolationError):
-            made = False
-        if made:
-            return hold
-        earlier = await self.find_hold(hold.reference)
-        if earlier is not None:
-            return earlier
-        available = (await self.get_balance(hold.account_id)).available
-        raise domain.insufficient_credits(hold.amount, available)
+        Concurrent Reserves go to the database together (batching.py)."""
+        return await self._reserves.submit(hold)
 
     async def find_hold(self, reference: str) -> Hold | None:
         async with self._single.connect() as connection:
@@ -296,19 +404,9 @@ class BillingStore:
     async def resolve_hold(
         self, reference: str, decide: Callable[[Hold], Resolution], now: datetime
     ) -> Hold:
-        """Resolves the held hold as `decide` says; a hold resolved before is answered as it is."""
-        async with self._unit() as connection:
-            hold = await _get_hold(connection, reference)
-            if hold.state is not HoldState.HELD:
-                return hold
-            resolved = await self._resolve(connection, hold, decide(hold), now)
-            answer = resolved or await _get_hold(connection, reference)
-        if resolved is not None:  # counted once, by the call that resolved it
-            metrics.CREDITS_CAPTURED.labels("billing").inc(resolved.captured_amount)
-            metrics.CREDITS_RELEASED.labels("billing").inc(
-                resolved.amount - resolved.captured_amount
-            )
-        return answer
+        """Resolves the held hold as `decide` says; a hold resolved before is answered as it is.
+        Concurrent resolutions go to the database together (batching.py)."""
+        return await self._resolutions.submit(_Resolving(reference, decide, now))
 
     async def held_credits(self, now: datetime) -> tuple[int, int]:
         """Credits held over every account (holds not yet captured, released or expired), and
@@ -385,9 +483,64 @@ class BillingStore:
         return True
 
     def _unit(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        """Where a Reserve or a resolution runs: on PostgreSQL a connection in autocommit, each
-        of its statements atomic alone; on SQLite one transaction."""
+        """Where a batch of Reserves or of resolutions runs: on PostgreSQL a connection in
+        autocommit, each of its statements atomic alone; on SQLite one transaction."""
         return self._single.connect() if self._fused else self.engine.begin()
+
+    def _many(self, batch: Sequence[object]) -> bool:
+        """Whether the batch goes to PostgreSQL in one statement: a call alone costs it less
+        CPU one by one."""
+        return self._fused and len(batch) > 1
+
+    async def _reserve_batch(self, drafts: Sequence[Hold]) -> list[Outcome[Hold]]:
+        """Each Reserve's answer. On PostgreSQL a batch's live holds are made in one statement
+        first; the rest go one by one, in order: those it could not make (their reference
+        holds credits already, or their account cannot pay for all of its holds in the batch)
+        get the exact answer of a Reserve alone."""
+        async with self._unit() as connection:
+            made = await _reserve_many(connection, drafts) if self._many(drafts) else {}
+            return [
+                hold
+                if made.get(hold.reference) is hold
+                else await self._reserve_one(connection, hold)
+                for hold in drafts
+            ]
+
+    async def _reserve_one(self, connection: AsyncConnection, hold: Hold) -> Outcome[Hold]:
+        """Of concurrent Reserves with one reference, the losers' inserts conflict with the
+        winner's hold, so their statements roll back, credits included."""
+        try:
+            made = await self._hold(connection, hold)
+        except (IntegrityError, asyncpg.UniqueViolationError):
+            made = False
+        if made:
+            return hold
+        earlier = await _find_hold(connection, hold.reference)
+        if earlier is not None:
+            return earlier
+        available = (await _get_balance(connection, hold.account_id)).available
+        return domain.insufficient_credits(hold.amount, available)
+
+    async def _resolve_batch(self, asked: Sequence["_Resolving"]) -> list[Outcome[Hold]]:
+        """Each resolution's answer. On PostgreSQL a batch's live holds are resolved in one
+        statement first; the rest go one by one, in order."""
+        async with self._unit() as connection:
+            settled = await _resolve_many(connection, asked) if self._many(asked) else {}
+            return [
+                settled[index] if index in settled else await self._resolve_one(connection, one)
+                for index, one in enumerate(asked)
+            ]
+
+    async def _resolve_one(self, connection: AsyncConnection, asked: "_Resolving") -> Outcome[Hold]:
+        hold = await _find_hold(connection, asked.reference)
+        decided = _decided(asked, hold)
+        if hold is None or not isinstance(decided, Resolution):
+            return decided
+        resolved = await self._resolve(connection, hold, decided, asked.now)
+        if resolved is None:  # a concurrent call resolved it first
+            return await _get_hold(connection, asked.reference)
+        _count_resolved(resolved)
+        return resolved
 
     async def _hold(self, connection: AsyncConnection, hold: Hold) -> bool:
         """Records the hold and takes a live hold's credits; False, changing nothing, when the
@@ -410,23 +563,117 @@ class BillingStore:
         self, connection: AsyncConnection, hold: Hold, resolution: Resolution, now: datetime
     ) -> Hold | None:
         """None when a concurrent call resolved the hold first: only a held hold changes."""
-        params = {
-            "hold_reference": hold.reference,
-            "resolve_state": resolution.state.value,
-            "resolve_captured": resolution.captured,
-            "resolve_time": now,
-        }
+        params = _resolution_params(hold, resolution, now)
         if not hold.livemode:
             row = await _RESOLVE.first(connection, params)
         elif self._fused:
-            movement = domain.resolution_movement(hold, resolution)
-            params |= _movement_params(movement, now)
             row = await _FUSED_RESOLUTION.first(connection, params)
         else:
             row = await _RESOLVE.first(connection, params)
             if row is not None:
                 await _apply(connection, domain.resolution_movement(hold, resolution), now)
         return None if row is None else _hold(row)
+
+
+@dataclass(frozen=True)
+class _Resolving:
+    """A resolution asked for: of the hold under `reference`, as `decide` says, at `now`."""
+
+    reference: str
+    decide: Callable[[Hold], Resolution]
+    now: datetime
+
+
+def _decided(asked: _Resolving, hold: Hold | None) -> Resolution | Outcome[Hold]:
+    """A held hold's resolution; a hold resolved before, as it is; or the error to answer."""
+    try:
+        if hold is None:
+            return _no_hold(asked.reference)
+        return asked.decide(hold) if hold.state is HoldState.HELD else hold
+    except DomainError as error:
+        return error
+
+
+def _count_resolved(hold: Hold) -> None:
+    """Counted once, by the call that resolved the hold."""
+    metrics.CREDITS_CAPTURED.labels("billing").inc(hold.captured_amount)
+    metrics.CREDITS_RELEASED.labels("billing").inc(hold.amount - hold.captured_amount)
+
+
+async def _reserve_many(connection: AsyncConnection, drafts: Sequence[Hold]) -> dict[str, Hold]:
+    """The live holds (the first of each reference) that one statement made, by reference;
+    none when a concurrent call took one of their references first, or a deadlock broke it."""
+    firsts: dict[str, Hold] = {}
+    for hold in drafts:
+        if hold.livemode:
+            firsts.setdefault(hold.reference, hold)
+    if not firsts:
+        return {}
+    rows = [
+        _hold_params(hold) | _movement_params(domain.hold_movement(hold), hold.created_at)
+        for hold in firsts.values()
+    ]
+    try:
+        made = await _RESERVE_MANY.all(connection, _columns(rows))
+    except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
+        return {}
+    return {row["hold_reference"]: firsts[row["hold_reference"]] for row in made}
+
+
+async def _resolve_many(
+    connection: AsyncConnection, asked: Sequence[_Resolving]
+) -> dict[int, Outcome[Hold]]:
+    """The answers, by position in `asked`, that one read of the holds and one statement
+    settle: of the first resolution of each reference, unless its hold is in test mode or a
+    concurrent call resolved it between the two."""
+    firsts: dict[str, int] = {}
+    for index, one in enumerate(asked):
+        firsts.setdefault(one.reference, index)
+    found = await _HOLDS_OF.all(connection, {"hold_references": list(firsts)})
+    holds_found = {row["reference"]: _hold(row) for row in found}
+    settled: dict[int, Outcome[Hold]] = {}
+    resolving: dict[str, tuple[int, dict[str, Any]]] = {}
+    for reference, index in firsts.items():
+        hold = holds_found.get(reference)
+        decided = _decided(asked[index], hold)
+        if hold is None or not isinstance(decided, Resolution):
+            settled[index] = decided
+        elif hold.livemode:
+            resolving[reference] = (index, _resolution_params(hold, decided, asked[index].now))
+    if not resolving:
+        return settled
+    try:
+        rows = await _RESOLVE_MANY.all(connection, _columns([p for _, p in resolving.values()]))
+    except asyncpg.DeadlockDetectedError:
+        return settled
+    for row in rows:
+        resolved = _hold(row)
+        _count_resolved(resolved)
+        settled[resolving[resolved.reference][0]] = resolved
+    return settled
+
+
+def _resolution_params(hold: Hold, resolution: Resolution, now: datetime) -> dict[str, Any]:
+    """The parameters of `_RESOLVE`, and for a live hold those of its movement."""
+    params = {
+        "hold_reference": hold.reference,
+        "resolve_state": resolution.state.value,
+        "resolve_captured": resolution.captured,
+        "resolve_time": now,
+    }
+    if hold.livemode:
+        params |= _movement_params(domain.resolution_movement(hold, resolution), now)
+    return params
+
+
+def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """A batch's parameters: the values of each of its rows' parameters, in order."""
+    return {name: [row[name] for row in rows] for name in rows[0]}
+
+
+async def _get_balance(connection: AsyncConnection, account_id: str) -> Balance:
+    row = (await connection.execute(_balance_of(account_id))).first()
+    return Balance(account_id, 0, 0) if row is None else Balance(**row._mapping)
 
 
 async def _apply(connection: AsyncConnection, movement: Movement, now: datetime) -> LedgerEntry:
@@ -498,8 +745,12 @@ async def _find_hold(connection: AsyncConnection, reference: str) -> Hold | None
 async def _get_hold(connection: AsyncConnection, reference: str) -> Hold:
     hold = await _find_hold(connection, reference)
     if hold is None:
-        raise NotFound("HOLD_NOT_FOUND", f"no hold with the reference {reference}")
+        raise _no_hold(reference)
     return hold
+
+
+def _no_hold(reference: str) -> NotFound:
+    return NotFound("HOLD_NOT_FOUND", f"no hold with the reference {reference}")
 
 
 async def _find_entry(connection: AsyncConnection, movement: Movement) -> LedgerEntry | None:

@@ -1,4 +1,5 @@
 import asyncio
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -6,7 +7,7 @@ import grpc
 import pytest
 
 from magicpixels.billing.v1 import billing_pb2
-from magicpixels.core.errors import remote_error
+from magicpixels.core.errors import FailedPrecondition, remote_error
 from magicpixels.core.timestamps import utcnow
 from magicpixels.services.billing import domain
 from magicpixels.services.billing.domain import Balance, EntryKind, HoldState
@@ -149,3 +150,115 @@ async def test_a_test_mode_hold_is_recorded_once_and_resolved_without_credits(
     assert (released.state, released.amount) == (HoldState.RELEASED, 0)
     assert await ledger.list_ledger_entries("acct_ada", 100, "") == []
     assert await ledger.get_balance("acct_ada") == Balance("acct_ada", 0, 0)
+
+
+def audio_hold(reference: str, credits: int, *, account_id: str = "acct_ada") -> domain.Hold:
+    """A live hold of `credits` credits (audio costs 1 per started 10 seconds)."""
+    return domain.new_hold(
+        account_id,
+        reference,
+        "text_to_audio",
+        10 * credits,
+        livemode=True,
+        now=utcnow(),
+        timeout=timedelta(hours=1),
+    )
+
+
+async def balance_after(ledger: BillingStore, account_id: str = "acct_ada") -> dict[str, int]:
+    """The balance after each hold's HOLD entry, by reference."""
+    entries = await ledger.list_ledger_entries(account_id, 100, "")
+    return {e.reference or "": e.balance_after for e in entries if e.kind is EntryKind.HOLD}
+
+
+async def test_concurrent_reserves_get_the_answers_of_reserves_made_one_at_a_time(
+    ledger: BillingStore, books: Books
+) -> None:
+    """The three arrive together; the account cannot pay for all of them: the first is held,
+    the second refused, and the third, which the rest can pay, held."""
+    await ledger.grant(domain.grant_movement("acct_ada", 5, "welcome", None), utcnow())
+    holds = [audio_hold("job_4", 4), audio_hold("job_3", 3), audio_hold("job_1", 1)]
+
+    outcomes = await asyncio.gather(*(ledger.reserve(h) for h in holds), return_exceptions=True)
+
+    await books.check()
+    assert outcomes[0] == holds[0]
+    assert isinstance(outcomes[1], FailedPrecondition)
+    assert (outcomes[1].reason, outcomes[1].message) == (
+        "INSUFFICIENT_CREDITS",
+        "this job needs 3 credits, 1 available",
+    )
+    assert outcomes[2] == holds[2]
+    assert await ledger.get_balance("acct_ada") == Balance("acct_ada", 0, 5)
+    assert await balance_after(ledger) == {"job_4": 1, "job_1": 0}
+
+
+async def test_concurrent_reserves_over_accounts_record_each_entry_with_its_balance_after(
+    ledger: BillingStore, books: Books
+) -> None:
+    now = utcnow()
+    for account_id in ("acct_ada", "acct_bob"):
+        await ledger.grant(domain.grant_movement(account_id, 10, "welcome", None), now)
+    holds = [
+        audio_hold(f"job_{n}", n, account_id=("acct_bob", "acct_ada")[n % 2]) for n in range(1, 6)
+    ]
+
+    made = await asyncio.gather(*(ledger.reserve(hold) for hold in holds))
+
+    await books.check()
+    assert made == holds
+    assert await balance_after(ledger, "acct_ada") == {"job_1": 9, "job_3": 6, "job_5": 1}
+    assert await balance_after(ledger, "acct_bob") == {"job_2": 8, "job_4": 4}
+
+
+async def test_concurrent_reserves_of_one_reference_make_one_hold(
+    ledger: BillingStore, books: Books
+) -> None:
+    """Whatever each asked: the service refuses a replay that asks something else."""
+    await ledger.grant(domain.grant_movement("acct_ada", 10, "welcome", None), utcnow())
+    asked = [audio_hold("job_1", 2), audio_hold("job_1", 2), audio_hold("job_1", 3)]
+    free = replace(asked[0], reference="job_free", amount=0, livemode=False)
+
+    made = await asyncio.gather(*(ledger.reserve(hold) for hold in [*asked, free, free]))
+
+    await books.check()
+    assert made == [asked[0]] * 3 + [free] * 2
+    assert await ledger.get_balance("acct_ada") == Balance("acct_ada", 8, 2)
+    assert await entry_kinds(ledger, "job_1") == [EntryKind.HOLD]
+
+
+async def test_concurrent_resolutions_each_get_their_own_answer(
+    ledger: BillingStore, books: Books
+) -> None:
+    await ledger.grant(domain.grant_movement("acct_ada", 10, "welcome", None), utcnow())
+    for reference in ("job_1", "job_2", "job_3"):
+        await ledger.reserve(audio_hold(reference, 2))
+
+    def capture(amount: int | None) -> Any:
+        return lambda held: domain.capture(held, amount)
+
+    asked = [
+        ("job_1", capture(1)),
+        ("job_1", capture(1)),
+        ("job_2", lambda _: domain.RELEASE),
+        ("job_2", capture(None)),
+        ("job_3", capture(5)),
+        ("job_missing", capture(None)),
+    ]
+    outcomes = await asyncio.gather(
+        *(ledger.resolve_hold(ref, decide, utcnow()) for ref, decide in asked),
+        return_exceptions=True,
+    )
+
+    await books.check()
+    states = [getattr(outcome, "state", None) for outcome in outcomes]
+    assert states[:4] == [HoldState.CAPTURED] * 2 + [HoldState.RELEASED] * 2
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0].captured_amount == 1  # type: ignore[union-attr]
+    assert [getattr(o, "reason", None) for o in outcomes[4:]] == [
+        "PARAMETER_INVALID",
+        "HOLD_NOT_FOUND",
+    ]
+    assert (await ledger.get_hold("job_3")).state is HoldState.HELD
+    assert await ledger.get_balance("acct_ada") == Balance("acct_ada", 7, 2)
+    assert await entry_kinds(ledger, "job_1") == [EntryKind.HOLD, EntryKind.CAPTURE]

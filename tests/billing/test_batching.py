@@ -1,0 +1,109 @@
+"""The group commit of concurrent calls (batching.py): who runs with whom, and who is told what."""
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from magicpixels.services.billing.batching import Batcher, Outcome
+
+
+class Doubler:
+    """Answers each item doubled, or the error it is; remembers its batches. A batch waits for
+    `gate` when one is set, so that tests can submit while it runs."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[object]] = []
+        self.gate: asyncio.Event | None = None
+
+    async def run(self, items: Sequence[object]) -> list[Outcome[object]]:
+        self.batches.append(list(items))
+        if self.gate is not None:
+            await self.gate.wait()
+        return [item if isinstance(item, Exception) else 2 * item for item in items]  # type: ignore[operator]
+
+
+async def test_calls_made_in_one_turn_of_the_loop_run_as_one_batch_in_their_order() -> None:
+    doubler = Doubler()
+    batcher = Batcher(doubler.run)
+
+    answers = await asyncio.gather(*(batcher.submit(n) for n in range(5)))
+
+    assert answers == [0, 2, 4, 6, 8]
+    assert doubler.batches == [[0, 1, 2, 3, 4]]
+
+
+async def test_the_calls_made_while_a_batch_runs_make_the_next_batch() -> None:
+    doubler = Doubler()
+    doubler.gate = asyncio.Event()
+    batcher = Batcher(doubler.run)
+    first = asyncio.ensure_future(batcher.submit(1))
+    while not doubler.batches:
+        await asyncio.sleep(0)
+
+    later = [asyncio.ensure_future(batcher.submit(n)) for n in (2, 3)]
+    await asyncio.sleep(0.01)
+    batches_while_running = len(doubler.batches)
+    doubler.gate.set()
+
+    assert await asyncio.gather(first, *later) == [2, 4, 6]
+    assert batches_while_running == 1
+    assert doubler.batches == [[1], [2, 3]]
+
+
+async def test_an_error_answered_to_one_call_is_raised_to_that_call_only() -> None:
+    batcher = Batcher(Doubler().run)
+    refused = ValueError("no")
+
+    answers = await asyncio.gather(
+        batcher.submit(1), batcher.submit(refused), batcher.submit(3), return_exceptions=True
+    )
+
+    assert answers == [2, refused, 6]
+
+
+async def test_a_batch_that_fails_fails_each_of_its_calls_and_the_next_batch_runs() -> None:
+    calls = 0
+
+    async def fails_once(items: Sequence[int]) -> list[Outcome[int]]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("the database went away")
+        return list(items)
+
+    batcher = Batcher(fails_once)
+    failed = await asyncio.gather(batcher.submit(1), batcher.submit(2), return_exceptions=True)
+
+    assert [type(error) for error in failed] == [ConnectionError, ConnectionError]
+    assert await batcher.submit(3) == 3
+
+
+async def test_a_cancelled_call_leaves_the_others_of_its_batch_their_answers() -> None:
+    doubler = Doubler()
+    doubler.gate = asyncio.Event()
+    batcher = Batcher(doubler.run)
+    calls = [asyncio.ensure_future(batcher.submit(n)) for n in (1, 2, 3)]
+    while not doubler.batches:
+        await asyncio.sleep(0)
+
+    calls[1].cancel()
+    doubler.gate.set()
+
+    assert await calls[0] == 2
+    assert await calls[2] == 6
+    with pytest.raises(asyncio.CancelledError):
+        await calls[1]
+    assert await batcher.submit(4) == 8
+
+
+async def test_a_call_cancelled_before_its_batch_began_is_not_made() -> None:
+    doubler = Doubler()
+    batcher = Batcher(doubler.run)
+    calls = [asyncio.ensure_future(batcher.submit(n)) for n in (1, 2, 3)]
+    await asyncio.sleep(0)  # each call has joined the waiting ones; no batch has begun
+
+    calls[0].cancel()
+
+    assert await asyncio.gather(*calls[1:]) == [4, 6]
+    assert doubler.batches == [[2, 3]]
