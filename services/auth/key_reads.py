@@ -112,10 +112,10 @@ class KeyReader:
 
 
 def _sqlite_reader(engine: AsyncEngine) -> sqlite3.Connection | None:
-    """A read-only connection to the engine's SQLite file; None for any other database (and an
-    in-memory one, which another connection would not see)."""
+    """A read-only connection to the engine's SQLite file (core/db.py makes no in-memory
+    engine); None for any other database."""
     database = engine.url.database
-    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+    if engine.dialect.name != "sqlite" or database is None:
         return None
     # Autocommit, so that each read is a transaction of its own (it sees the latest commit).
     connection = sqlite3.connect(database, timeout=0, isolation_level=None)
