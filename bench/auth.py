@@ -59,8 +59,7 @@ def serve_auth(settings: MeshSettings, auth: AuthSettings) -> None:
     configure_logging("warning", "console")
 
     async def run() -> None:
-        service_settings = {"auth": auth}
-        running = await start_mesh(settings, None, only=("auth",), service_settings=service_settings)
+        running = await start_mesh(settings, None, only=("auth",), service_settings={"auth": auth})
         await run_until_stopped(running)
 
     asyncio.run(run())
