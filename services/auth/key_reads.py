@@ -85,13 +85,14 @@ class KeyReader:
         return self._key([] if record is None else [tuple(record.values())])
 
     async def _hold(self) -> tuple[AsyncConnection, asyncpg.Connection]:
+        """One more connection of the engine's pool, kept until `close`."""
         self._held += 1
         try:
             connection = await self._engine.connect().start()
-            pooled = await connection.get_raw_connection()
         except BaseException:
             self._held -= 1
             raise
+        pooled = await connection.get_raw_connection()  # the one just checked out: no trip
         return connection, pooled.driver_connection
 
     async def _let_go(self, connection: AsyncConnection, driver: asyncpg.Connection) -> None:

@@ -84,9 +84,11 @@ class _RpcScope:
         request_id = metadata.get(REQUEST_ID_HEADER) or new_id("req")
         self._started = time.perf_counter()
         metrics.current_service.set(self._interceptor.service)
-        self._bound = structlog.contextvars.bind_contextvars(
+        # Not bind_contextvars' tokens: a stream its caller left is closed in another context.
+        self._bound = structlog.contextvars.bound_contextvars(
             request_id=request_id, rpc=self._method
         )
+        self._bound.__enter__()
         if not self._interceptor.authorized(metadata):
             self._code = grpc.StatusCode.UNAUTHENTICATED
             try:
@@ -127,7 +129,7 @@ class _RpcScope:
         code = self._code.name
         metrics.observe_rpc(True, self._interceptor.service, self._method, code, seconds)
         log.info("rpc", code=code, duration_ms=round(seconds * 1000, 2))
-        structlog.contextvars.reset_contextvars(**self._bound)
+        self._bound.__exit__(None, None, None)
 
 
 def _wrap_handler(
