@@ -18,6 +18,7 @@ from magicpixels.core.settings import AuthSettings, secret_value
 from magicpixels.core.timestamps import from_timestamp, to_timestamp, utcnow
 from magicpixels.services.auth import domain, store
 from magicpixels.services.auth.domain import Account, ApiKey, Mode, Peppers
+from magicpixels.services.auth.key_reads import KeyReader
 from magicpixels.services.auth.usage import UsageMarks
 
 SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
@@ -28,9 +29,15 @@ log = structlog.get_logger("magicpixels.auth")
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def __init__(
-        self, engine: AsyncEngine, peppers: Peppers, bus: EventBus, usage: UsageMarks
+        self,
+        engine: AsyncEngine,
+        keys: KeyReader,
+        peppers: Peppers,
+        bus: EventBus,
+        usage: UsageMarks,
     ) -> None:
         self._engine = engine
+        self._keys = keys
         self._peppers = peppers
         self._bus = bus
         self._usage = usage
@@ -107,7 +114,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.Principal:
         now = utcnow()
         token = domain.parse_token(request.token)
-        found = await store.find_api_key(self._engine, token.key_id)
+        found = await self._keys.find(token.key_id)
         key = domain.authenticate(found, token, self._peppers, now)
         self._usage.note(key.id, now)
         upgraded = domain.rehashed(key, token, self._peppers)
@@ -141,7 +148,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         """The account's usable key that asks for a new one; None when no key asks."""
         if not key_id:
             return None
-        found = await store.find_api_key(self._engine, key_id)
+        found = await self._keys.find(key_id)
         if found is None or found.account_id != account_id:
             raise NotFound("API_KEY_NOT_FOUND", f"no API key {key_id}")
         return domain.usable(found, utcnow())
@@ -208,6 +215,7 @@ class AuthService:
         self.settings = settings
         self._mesh = mesh
         self._engine: AsyncEngine | None = None
+        self._keys: KeyReader | None = None
         self._usage: UsageMarks | None = None
         self._flushing: asyncio.Task[None] | None = None
 
@@ -216,9 +224,10 @@ class AuthService:
         self._engine = await open_database(
             self._mesh.settings, self.settings, self.name, _MIGRATIONS
         )
+        self._keys = KeyReader(self._engine)
         self._usage = UsageMarks(self._engine, self.settings.last_used_flush_seconds)
         self._flushing = asyncio.create_task(self._usage.run())
-        servicer = AuthServicer(self._engine, peppers, self._mesh.bus, self._usage)
+        servicer = AuthServicer(self._engine, self._keys, peppers, self._mesh.bus, self._usage)
         return [
             ServiceBinding(SERVICE_NAME, servicer, auth_pb2_grpc.add_AuthServiceServicer_to_server)
         ]
@@ -234,5 +243,7 @@ class AuthService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flushing
             await self._usage.flush()
+        if self._keys is not None:
+            await self._keys.close()
         if self._engine is not None:
             await self._engine.dispose()

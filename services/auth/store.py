@@ -84,15 +84,15 @@ async def add_api_key(engine: AsyncEngine, key: ApiKey) -> None:
         await _insert_key(connection, key)
 
 
-# Every verification runs it: built once, as building it (and its cache key) cost more CPU than
-# SQLAlchemy's run of its cached SQL.
-_API_KEY_BY_ID = select(api_keys).where(api_keys.c.id == bindparam("key_id"))
+# Every verification runs it (key_reads.py): built once, as building it (and its cache key) cost
+# more CPU than SQLAlchemy's run of its cached SQL.
+API_KEY_BY_ID = select(api_keys).where(api_keys.c.id == bindparam("key_id"))
 
 
 async def find_api_key(engine: AsyncEngine, key_id: str) -> ApiKey | None:
     async with engine.connect() as connection:
-        row = (await connection.execute(_API_KEY_BY_ID, {"key_id": key_id})).first()
-    return None if row is None else _api_key(row)
+        row = (await connection.execute(API_KEY_BY_ID, {"key_id": key_id})).first()
+    return None if row is None else api_key_of(row)
 
 
 async def list_api_keys(
@@ -106,7 +106,7 @@ async def list_api_keys(
         query = query.where(api_keys.c.mode == mode)
     async with engine.connect() as connection:
         rows = await connection.execute(query.order_by(api_keys.c.id.desc()).limit(limit))
-    return [_api_key(row) for row in rows]
+    return [api_key_of(row) for row in rows]
 
 
 async def revoke_api_key(
@@ -124,7 +124,7 @@ async def revoke_api_key(
         row = (await connection.execute(select(api_keys).where(owned))).first()
     if row is None:
         raise NotFound("API_KEY_NOT_FOUND", f"no API key {key_id}")
-    return _api_key(row)
+    return api_key_of(row)
 
 
 async def rehash_api_key(engine: AsyncEngine, key: ApiKey, old_version: int) -> None:
@@ -186,5 +186,7 @@ async def _insert_key(connection: AsyncConnection, key: ApiKey) -> None:
     await connection.execute(api_keys.insert().values(values))
 
 
-def _api_key(row: Row[Any]) -> ApiKey:
-    return ApiKey(**{**row_fields(row), "scopes": tuple(row.scopes.split(","))})
+def api_key_of(row: Row[Any] | Mapping[str, Any]) -> ApiKey:
+    """The key a row of `api_keys` holds (a Row, or its columns by name)."""
+    fields = row_fields(row)
+    return ApiKey(**{**fields, "scopes": tuple(fields["scopes"].split(","))})

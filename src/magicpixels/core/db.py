@@ -14,7 +14,7 @@ service's tables in its own schema when one is configured.
 """
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, nullcontext
 from datetime import datetime
 from functools import partial
@@ -34,11 +34,13 @@ from magicpixels.core import sqlite
 from magicpixels.core.timestamps import as_utc
 
 
-def row_fields(row: Row[Any]) -> dict[str, Any]:
-    """A row's columns by name, with the naive datetimes SQLite answers made aware (UTC)."""
+def row_fields(row: Row[Any] | Mapping[str, Any]) -> dict[str, Any]:
+    """A row's columns by name (of a Row, or a mapping of them), with the naive datetimes
+    SQLite answers made aware (UTC)."""
+    fields = row._mapping if isinstance(row, Row) else row
     return {
         name: as_utc(value) if isinstance(value, datetime) else value
-        for name, value in row._mapping.items()
+        for name, value in fields.items()
     }
 
 

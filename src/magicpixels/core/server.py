@@ -4,9 +4,9 @@ import asyncio
 import hmac
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import grpc
@@ -34,17 +34,16 @@ class ServiceBinding:
     add_to_server: Callable[[Any, grpc.aio.Server], None]
 
 
-class _RpcOutcome:
-    code: grpc.StatusCode = grpc.StatusCode.OK
-
-
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     """Checks the service token, binds the request id and deadline, maps errors, logs and
     measures each RPC (as `service`, which the calls it makes are counted for too)."""
 
     def __init__(self, service_token: str, service: str = "mesh") -> None:
         self._expected = f"Bearer {service_token}".encode()
-        self._service = service
+        self.service = service
+        # Each method's handler and its wrapped one, so that a call does not wrap it anew (a
+        # method has one handler; should one answer another, that one is wrapped).
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -54,62 +53,87 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or details.method.startswith(_OPEN_SERVICES):
             return handler
-        return _wrap_handler(handler, self._scope(details.method))
+        wrapped = self._wrapped.get(details.method)
+        if wrapped is None or wrapped[0] is not handler:
+            scope = partial(_RpcScope, self, details.method)
+            wrapped = self._wrapped[details.method] = (handler, _wrap_handler(handler, scope))
+        return wrapped[1]
 
-    def _scope(self, method: str) -> Callable[[grpc.aio.ServicerContext], Any]:
-        @asynccontextmanager
-        async def scope(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-            metadata = dict(context.invocation_metadata() or ())
-            request_id = metadata.get(REQUEST_ID_HEADER) or new_id("req")
-            outcome = _RpcOutcome()
-            started = time.perf_counter()
-            metrics.current_service.set(self._service)
-            with structlog.contextvars.bound_contextvars(request_id=request_id, rpc=method):
-                try:
-                    if not self._authorized(metadata):
-                        outcome.code = grpc.StatusCode.UNAUTHENTICATED
-                        await context.abort(outcome.code, "missing or wrong service token")
-                    set_deadline(context.time_remaining())
-                    async with _mapped_errors(context, outcome):
-                        yield
-                finally:
-                    seconds = time.perf_counter() - started
-                    code = outcome.code.name
-                    metrics.observe_rpc(True, self._service, method, code, seconds)
-                    log.info("rpc", code=code, duration_ms=round(seconds * 1000, 2))
-
-        return scope
-
-    def _authorized(self, metadata: dict[str, Any]) -> bool:
+    def authorized(self, metadata: dict[str, Any]) -> bool:
         presented = metadata.get("authorization", "")
         presented = presented.encode() if isinstance(presented, str) else presented
         return hmac.compare_digest(presented, self._expected)
 
 
-@asynccontextmanager
-async def _mapped_errors(
-    context: grpc.aio.ServicerContext, outcome: _RpcOutcome
-) -> AsyncIterator[None]:
-    try:
-        yield
-    except DomainError as error:
-        outcome.code = error.code
-        await context.abort_with_status(error.to_status())
-    except grpc.aio.AioRpcError as error:  # a call this RPC made failed: answer what it said
-        status = passthrough_status(error)
-        outcome.code = status.code
-        await context.abort_with_status(status)
-    except (asyncio.CancelledError, grpc.aio.AbortError):
-        outcome.code = context.code() or grpc.StatusCode.CANCELLED  # type: ignore[assignment]
-        raise
-    except Exception:
-        log.exception("rpc_failed")
-        outcome.code = grpc.StatusCode.INTERNAL
-        await context.abort_with_status(INTERNAL_STATUS)
+class _RpcScope:
+    """One RPC, around its servicer method: a class rather than an @asynccontextmanager, as
+    this runs on every call of every service and a generator costs several times more."""
+
+    __slots__ = ("_bound", "_code", "_context", "_interceptor", "_method", "_started")
+
+    def __init__(
+        self, interceptor: ServerInterceptor, method: str, context: grpc.aio.ServicerContext
+    ) -> None:
+        self._interceptor = interceptor
+        self._method = method
+        self._context = context
+        self._code = grpc.StatusCode.OK
+
+    async def __aenter__(self) -> None:
+        metadata = dict(self._context.invocation_metadata() or ())
+        request_id = metadata.get(REQUEST_ID_HEADER) or new_id("req")
+        self._started = time.perf_counter()
+        metrics.current_service.set(self._interceptor.service)
+        # Not bind_contextvars' tokens: a stream its caller left is closed in another context.
+        self._bound = structlog.contextvars.bound_contextvars(
+            request_id=request_id, rpc=self._method
+        )
+        self._bound.__enter__()
+        if not self._interceptor.authorized(metadata):
+            self._code = grpc.StatusCode.UNAUTHENTICATED
+            try:
+                await self._context.abort(self._code, "missing or wrong service token")
+            finally:
+                self._end()
+        set_deadline(self._context.time_remaining())
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _traceback: Any
+    ) -> None:
+        try:
+            if error is not None:
+                await self._answer(error)
+        finally:
+            self._end()
+
+    async def _answer(self, error: BaseException) -> None:
+        """Maps an error the servicer raised to the status the caller gets (by aborting)."""
+        context = self._context
+        if isinstance(error, DomainError):
+            self._code = error.code
+            await context.abort_with_status(error.to_status())
+        elif isinstance(error, grpc.aio.AioRpcError):  # a call this RPC made failed: answer that
+            status = passthrough_status(error)
+            self._code = status.code
+            await context.abort_with_status(status)
+        elif isinstance(error, (asyncio.CancelledError, grpc.aio.AbortError)):
+            self._code = context.code() or grpc.StatusCode.CANCELLED  # type: ignore[assignment]
+        elif isinstance(error, Exception):
+            log.exception("rpc_failed", exc_info=error)
+            self._code = grpc.StatusCode.INTERNAL
+            await context.abort_with_status(INTERNAL_STATUS)
+
+    def _end(self) -> None:
+        """Measures and logs the call, then unbinds its request id."""
+        seconds = time.perf_counter() - self._started
+        code = self._code.name
+        metrics.observe_rpc(True, self._interceptor.service, self._method, code, seconds)
+        log.info("rpc", code=code, duration_ms=round(seconds * 1000, 2))
+        self._bound.__exit__(None, None, None)
 
 
 def _wrap_handler(
-    handler: grpc.RpcMethodHandler, scope: Callable[..., Any]
+    handler: grpc.RpcMethodHandler, scope: Callable[[grpc.aio.ServicerContext], _RpcScope]
 ) -> grpc.RpcMethodHandler:
     codec = {
         "request_deserializer": handler.request_deserializer,
