@@ -34,6 +34,7 @@ import grpc
 from sqlalchemy import make_url
 
 from magicpixels.auth.v1 import auth_pb2
+from magicpixels.core import eventloop
 from magicpixels.core.bus import RedisBus
 from magicpixels.core.logging import configure_logging
 from magicpixels.core.service import Mesh
@@ -62,7 +63,7 @@ def serve_auth(settings: MeshSettings, auth: AuthSettings) -> None:
         running = await start_mesh(settings, None, only=("auth",), service_settings={"auth": auth})
         await run_until_stopped(running)
 
-    asyncio.run(run())
+    eventloop.run(run())
 
 
 @contextlib.asynccontextmanager
@@ -192,7 +193,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     configure_logging("warning", "console")
-    asyncio.run(run(args))
+    eventloop.run(run(args))
 
 
 async def run(args: argparse.Namespace) -> None:

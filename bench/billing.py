@@ -37,6 +37,7 @@ import psutil
 from sqlalchemy.engine import make_url
 
 from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
+from magicpixels.core import eventloop
 from magicpixels.core.clients import open_channel
 from magicpixels.core.settings import MeshSettings
 
@@ -240,10 +241,10 @@ def bench_database(name: str, pairs: int, callers: int) -> dict[str, Figures]:
     with tempfile.TemporaryDirectory() as folder:
         try:
             with billing_process(Path(folder), database) as (address, server):
-                return asyncio.run(measure(address, server, Path(folder), pairs, callers))
+                return eventloop.run(measure(address, server, Path(folder), pairs, callers))
         finally:
             if name == "postgres":
-                asyncio.run(drop_schema(schema))
+                eventloop.run(drop_schema(schema))
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
+from magicpixels.core import eventloop
 from magicpixels.core.settings import GatewaySettings, MeshSettings
 from magicpixels.mesh import start_mesh
 from magicpixels_sdk import AsyncMagicPixels
@@ -111,7 +112,7 @@ def report(name: str, runs: list[tuple[float, int]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20)
-    asyncio.run(bench(parser.parse_args().rounds))
+    eventloop.run(bench(parser.parse_args().rounds))
 
 
 if __name__ == "__main__":

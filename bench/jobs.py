@@ -10,8 +10,8 @@ than it moves the latency. `http` serves the baseline app
 of ../shared/bench (bare_starlette.py) and then the mesh's gateway (every service but
 inference, in one process, so jobs stay queued), each pinned to CPU 0 with wrk on CPU 1, and
 prints POST /v1/jobs and GET /v1/jobs/{id} requests per second and the ratios (median of 3
-runs after a 2 s warm-up). Both servers run on the asyncio loop: the mesh's grpc.aio runs on
-it, so the baseline does too, for a like-for-like ratio.
+runs after a 2 s warm-up). Both servers run on uvloop, as the mesh's processes do
+(core/eventloop.py) and as ../shared/bench/README.md serves the baseline.
 
 Beside each figure it prints the server's CPU time per request (its process's user + system
 time over the run, every thread included, divided by the requests served) and the ratio of
@@ -107,6 +107,7 @@ async def _drop_schemas(prefix: str) -> None:
 
 def serve_mesh(port: int, data_dir: str) -> None:
     """The mesh without inference, until SIGTERM (run pinned by `http`)."""
+    from magicpixels.core import eventloop
     from magicpixels.core.logging import configure_logging
     from magicpixels.core.settings import SERVICES, GatewaySettings, MeshSettings
     from magicpixels.mesh import run_until_stopped, start_mesh
@@ -120,7 +121,7 @@ def serve_mesh(port: int, data_dir: str) -> None:
         running = await start_mesh(MeshSettings(data_dir=Path(data_dir)), gateway, services)
         await run_until_stopped(running)
 
-    asyncio.run(run())
+    eventloop.run(run())
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,7 @@ def http(seconds: int) -> None:
                 "--port",
                 "18080",
                 "--loop",
-                "asyncio",
+                "uvloop",
                 "--http",
                 "httptools",
                 "--no-access-log",
@@ -301,7 +302,9 @@ def main() -> None:
     serve.add_argument("--data-dir", required=True)
     args = parser.parse_args()
     if args.command == "latency":
-        asyncio.run(latency(args.jobs, args.postgres))
+        from magicpixels.core import eventloop
+
+        eventloop.run(latency(args.jobs, args.postgres))
     elif args.command == "http":
         http(args.seconds)
     else:

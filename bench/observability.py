@@ -30,6 +30,7 @@ from io import BytesIO
 from pathlib import Path
 
 import httpx
+import uvloop
 from jobs import BODY, Load, cpu_seconds, post_script, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +58,7 @@ def serve_mesh(port: int, data_dir: str, traced: bool) -> None:
         if clearing:
             clearing.cancel()
 
-    asyncio.run(run())
+    uvloop.run(run())  # as core/eventloop.py runs every process (which REV may lack)
 
 
 def _traced() -> object:

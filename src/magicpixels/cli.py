@@ -1,14 +1,13 @@
 """The `magicpixels` command: run the mesh, run one service, operator commands."""
 
 import argparse
-import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from magicpixels import client_commands
+from magicpixels.core import eventloop, tracing
 from magicpixels.core import settings as config
-from magicpixels.core import tracing
 from magicpixels.core.logging import configure_logging
 
 if TYPE_CHECKING:
@@ -127,7 +126,7 @@ def _up(args: argparse.Namespace, mesh_settings: config.MeshSettings) -> None:
         )
         await run_until_stopped(running)
 
-    asyncio.run(run())
+    eventloop.run(run())
 
 
 def _up_processes(
@@ -140,7 +139,7 @@ def _up_processes(
     environments = topology(mesh_settings, gateway, os.environ, args.database_url)
     announce = f"MagicPixels mesh on {gateway.base_url()}  (data: {mesh_settings.data_dir})"
     try:
-        asyncio.run(run_processes(environments, mesh_settings.grace_seconds, announce))
+        eventloop.run(run_processes(environments, mesh_settings.grace_seconds, announce))
     except ProcessFailed as failed:
         raise SystemExit(f"magicpixels: {failed}") from None
 
@@ -152,7 +151,7 @@ def _migrate(args: argparse.Namespace, mesh_settings: config.MeshSettings) -> No
     if unknown:
         raise SystemExit(f"magicpixels: no database service {', '.join(sorted(unknown))}")
     for service in args.services or config.DATABASE_SERVICES:
-        asyncio.run(migrate_database(mesh_settings, service))
+        eventloop.run(migrate_database(mesh_settings, service))
         print(f"migrated {service}", flush=True)
 
 
@@ -178,7 +177,7 @@ def _serve(args: argparse.Namespace, mesh_settings: config.MeshSettings) -> None
         finally:
             exporter.shutdown()
 
-    asyncio.run(run())
+    eventloop.run(run())
 
 
 def _grant_credits(args: argparse.Namespace, mesh_settings: config.MeshSettings) -> None:
@@ -229,7 +228,7 @@ def _billing_admin(
     from magicpixels.core.errors import DomainError
 
     try:
-        return asyncio.run(_call_billing(mesh_settings, account_id, call))
+        return eventloop.run(_call_billing(mesh_settings, account_id, call))
     except DomainError as error:
         raise SystemExit(f"magicpixels: {error.message}") from None
     except grpc.aio.AioRpcError as error:
