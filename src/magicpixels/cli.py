@@ -1,6 +1,7 @@
 """The `magicpixels` command: run the mesh, run one service, operator commands."""
 
 import argparse
+import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -139,7 +140,9 @@ def _up_processes(
     environments = topology(mesh_settings, gateway, os.environ, args.database_url)
     announce = f"MagicPixels mesh on {gateway.base_url()}  (data: {mesh_settings.data_dir})"
     try:
-        eventloop.run(run_processes(environments, mesh_settings.grace_seconds, announce))
+        # asyncio's own loop: the supervisor serves nothing, and uvloop cannot start a child
+        # in a process group of its own.
+        asyncio.run(run_processes(environments, mesh_settings.grace_seconds, announce))
     except ProcessFailed as failed:
         raise SystemExit(f"magicpixels: {failed}") from None
 

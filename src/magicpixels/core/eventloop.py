@@ -1,4 +1,4 @@
-"""The event loop every process of the mesh runs on: uvloop (libuv), as uvicorn would pick.
+"""The event loop every serving process of the mesh runs on: uvloop (libuv), as uvicorn picks.
 
 grpc.aio works on any asyncio loop. On uvloop a call between two services costs about a tenth
 less CPU than on asyncio's own loop, and the gateway's HTTP less still (bench/jobs.py serves
