@@ -19,13 +19,11 @@ from magicpixels.gateway.hinted import HintedCache, follow
 from magicpixels.gateway.principal import Principal, resolved_principal
 from magicpixels.gateway.responses import JSONResponse
 from magicpixels.jobs.v1 import jobs_pb2
+from magicpixels.services.jobs.public import TERMINAL
 from magicpixels.services.jobs.signals import VIEWS_CHANNEL
 
 _JOBS_PATH = "/v1/jobs/"
 _HEADERS = [(b"content-type", JSONResponse.media_type.encode())]
-_TERMINAL = frozenset(
-    {jobs_pb2.JOB_STATE_COMPLETED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELED}
-)
 
 
 @dataclass(frozen=True)
@@ -72,7 +70,7 @@ class JobViews:
         view = JobView(
             job.account_id,
             job.livemode,
-            job.state in _TERMINAL,
+            job.state in TERMINAL,
             ticket.queue_moves if queued else None,
             body,
         )

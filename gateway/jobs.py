@@ -29,9 +29,7 @@ MODES = {name: mode for mode, name in public.MODE_NAMES.items()} | {
     "audio": jobs_pb2.JOB_MODE_TEXT_TO_AUDIO
 }
 STATES = {name: state for state, name in public.STATUS_NAMES.items()}
-TERMINAL = frozenset(
-    {jobs_pb2.JOB_STATE_COMPLETED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELED}
-)
+TERMINAL = public.TERMINAL
 # The longest a request may wait for a job (`?wait=`, `Prefer: wait=`).
 MAX_WAIT_SECONDS = 60
 # An event stream lasts at most this long; a client reconnects to follow a longer job.

@@ -2,11 +2,11 @@
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import pytest
@@ -17,6 +17,9 @@ from magicpixels.core.service import Mesh, Service, start_service, stop_service
 from magicpixels.core.settings import DatabaseServiceSettings, ServiceSettings
 from magicpixels.mesh import RunningMesh
 from magicpixels.services.jobs.signals import QueueSignal
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 POSTGRES_URL = os.environ.get(
     "MP_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -125,3 +128,23 @@ class LeaseWaits:
             self.ended.append("woken" if ticket.is_set() else "ran out")
 
         monkeypatch.setattr(QueueSignal, "wait", staticmethod(followed))
+
+
+@contextmanager
+def recorded_spans() -> Iterator["InMemorySpanExporter"]:
+    """Tracing on, every span into memory, for the body of the block."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from magicpixels.core import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.enable(provider)
+    try:
+        yield exporter
+    finally:
+        tracing.disable()
+        provider.shutdown()

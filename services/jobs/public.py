@@ -23,6 +23,10 @@ STATUS_NAMES = {
     jobs_pb2.JOB_STATE_FAILED: "failed",
     jobs_pb2.JOB_STATE_CANCELED: "canceled",
 }
+# The states a job ends in: nothing about it changes after them.
+TERMINAL = frozenset(
+    {jobs_pb2.JOB_STATE_COMPLETED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELED}
+)
 # Resolved parameters echoed under "params", in this order, when the job has them.
 _PARAMS = (
     "width",

@@ -542,26 +542,28 @@ _ERROR = {"error_code": bindparam("code"), "error_message": bindparam("message")
 _ENDED = {"completed_at": _NOW, "lease_expires_at": None}
 
 _NEXT_IN_QUEUE = _queue_statement()
-_QUEUE = _move_statement(
-    State.QUEUED,
-    _JOB_ID,
-    jobs.c.state == State.PENDING,
-    cost_credits=bindparam("cost"),
-    billing=HoldStatus.HELD,
-    queued_at=bindparam("queued", type_=DateTime(timezone=True)),
-    queue_seq=bindparam("seq"),
-)
+
+
+def _queueing(queued_at: Any, queue_seq: Any) -> Update:
+    """The move of a pending job whose hold is confirmed into its queue, at this place."""
+    return _move_statement(
+        State.QUEUED,
+        _JOB_ID,
+        jobs.c.state == State.PENDING,
+        cost_credits=bindparam("cost"),
+        billing=HoldStatus.HELD,
+        queued_at=queued_at,
+        queue_seq=queue_seq,
+    )
+
+
+_QUEUE = _queueing(bindparam("queued", type_=DateTime(timezone=True)), bindparam("seq"))
 # On PostgreSQL, the queue number is taken in the statement that queues the job (a
 # data-modifying CTE), one round trip fewer.
 _TAKEN = _NEXT_IN_QUEUE.cte("taken")
-_QUEUE_NEXT = _move_statement(
-    State.QUEUED,
-    _JOB_ID,
-    jobs.c.state == State.PENDING,
-    cost_credits=bindparam("cost"),
-    billing=HoldStatus.HELD,
-    queued_at=select(_TAKEN.c.last_queued_at).scalar_subquery(),
-    queue_seq=select(_TAKEN.c.last_seq).scalar_subquery(),
+_QUEUE_NEXT = _queueing(
+    select(_TAKEN.c.last_queued_at).scalar_subquery(),
+    select(_TAKEN.c.last_seq).scalar_subquery(),
 )
 _RECORD_PROGRESS = (
     update(jobs)

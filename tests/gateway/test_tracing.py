@@ -11,8 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import structlog
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -22,7 +21,7 @@ from magicpixels.core.logging import configure_logging
 from magicpixels.mesh import RunningMesh
 from tests.gateway.conftest import API_EXAMPLE, sign_up
 from tests.processes import free_port, magicpixels, ready, stop, wait_for
-from tests.support import eventually
+from tests.support import eventually, recorded_spans
 
 PROMPT = "A secret lighthouse prompt, never in a span"
 JOB = {**API_EXAMPLE, "prompt": PROMPT, "width": 64, "height": 64}
@@ -47,13 +46,8 @@ ALLOWED_ATTRIBUTES = {
 def spans() -> Iterator[InMemorySpanExporter]:
     """Every span into memory, on before the mesh starts (its servers and channels are traced
     as they are made)."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.enable(provider)
-    yield exporter
-    tracing.disable()
-    provider.shutdown()
+    with recorded_spans() as exporter:
+        yield exporter
 
 
 def trace_of(exporter: InMemorySpanExporter, root_name: str) -> list[ReadableSpan]:

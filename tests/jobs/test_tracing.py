@@ -6,13 +6,11 @@ from pathlib import Path
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from magicpixels.core import tracing
 from tests.jobs.test_webhooks import Receiver, received, world
-from tests.support import Database
+from tests.support import Database, recorded_spans
 
 
 @pytest.fixture
@@ -23,13 +21,8 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.enable(provider)
-    yield exporter
-    tracing.disable()
-    provider.shutdown()
+    with recorded_spans() as exporter:
+        yield exporter
 
 
 async def test_webhooks_carry_the_trace_of_the_request_that_created_the_job(

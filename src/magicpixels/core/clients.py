@@ -9,7 +9,8 @@ still sit in the channel beneath.
 
 import asyncio
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Generator
+from functools import partialmethod
 from typing import Any
 
 import grpc
@@ -145,24 +146,14 @@ class MeshChannel:
     async def __aexit__(self, *exc_info: object) -> None:
         await self._channel.close()
 
-    def _kind(self, kind: str) -> Callable[..., _MultiCallable]:
-        def multicallable(method: str, *args: Any, **kwargs: Any) -> _MultiCallable:
-            inner = getattr(self._channel, kind)(method, *args, **kwargs)
-            return _MultiCallable(inner, method, self._context, kind)
+    def _multicallable(self, kind: str, method: str, *args: Any, **kwargs: Any) -> _MultiCallable:
+        inner = getattr(self._channel, kind)(method, *args, **kwargs)
+        return _MultiCallable(inner, method, self._context, kind)
 
-        return multicallable
-
-    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> _MultiCallable:
-        return self._kind("unary_unary")(method, *args, **kwargs)
-
-    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> _MultiCallable:
-        return self._kind("unary_stream")(method, *args, **kwargs)
-
-    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> _MultiCallable:
-        return self._kind("stream_unary")(method, *args, **kwargs)
-
-    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> _MultiCallable:
-        return self._kind("stream_stream")(method, *args, **kwargs)
+    unary_unary = partialmethod(_multicallable, "unary_unary")
+    unary_stream = partialmethod(_multicallable, "unary_stream")
+    stream_unary = partialmethod(_multicallable, "stream_unary")
+    stream_stream = partialmethod(_multicallable, "stream_stream")
 
 
 def open_channel(address: str, *, service_token: str, timeout: float) -> Any:
