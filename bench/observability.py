@@ -2,15 +2,16 @@
 metrics (tracing off), and with tracing on into an in-memory exporter (all of it, and all but
 the SQLAlchemy spans).
 
-    .venv/bin/python bench/observability.py --baseline-rev REV [--seconds 10] [--rounds 3]
+    .venv/bin/python bench/observability.py [--seconds 10] [--rounds 3]
 
-The baseline is the code of REV (a commit before observability), exported to a temporary
-folder and imported ahead of this checkout, so none of prometheus-client, the OpenTelemetry
-SDK or an instrumentation is loaded. Each variant serves the mesh without inference (so jobs
-stay queued) pinned to CPU 0 with wrk on CPU 1, as `bench/jobs.py http` does; the variants
-take turns, a fresh mesh each time, and each figure is the median over the rounds. Ratios are
-to the baseline, and to `metrics` (this code with tracing off): REV's code differs from this
-checkout in more than its instrumentation, so the second says what tracing alone costs.
+`bare` is this checkout with no instrumentation package loaded: bench/uninstrumented holds a
+prometheus-client that records nothing, put ahead of the installed one, and tracing is off (the
+serving process checks that no OpenTelemetry SDK or instrumentation module was imported). What
+`bare` still runs is ours: the timing around each call and request, request ids, log binding.
+Each variant serves the mesh without inference (so jobs stay queued) pinned to CPU 0 with wrk
+on CPU 1, as `bench/jobs.py http` does; the variants take turns, a fresh mesh each time, and
+each figure is the median over the rounds. Ratios are to `bare`, and to `metrics` (tracing
+off), so that the second says what tracing alone costs.
 """
 
 import argparse
@@ -18,23 +19,21 @@ import asyncio
 import faulthandler
 import os
 import re
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-from io import BytesIO
 from pathlib import Path
 
 import httpx
-import uvloop
 from jobs import BODY, Load, cpu_seconds, post_script, wait_listening
 
-ROOT = Path(__file__).resolve().parent.parent
+UNINSTRUMENTED = Path(__file__).resolve().parent / "uninstrumented"
 PORT = 18082
+# What tracing loads once on; a process with tracing off must have none of it.
+_TRACING_MODULES = ("opentelemetry.sdk.trace", "opentelemetry.instrumentation")
 # Spans kept in memory are dropped this often, so that a long run measures export, not growth.
 _CLEAR_SECONDS = 1.0
 
@@ -42,6 +41,7 @@ _CLEAR_SECONDS = 1.0
 def serve_mesh(port: int, data_dir: str, traced: bool) -> None:
     """The mesh without inference, until SIGTERM; `traced`: every span into memory."""
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    from magicpixels.core import eventloop
     from magicpixels.core.logging import configure_logging
     from magicpixels.core.settings import SERVICES, GatewaySettings, MeshSettings
     from magicpixels.mesh import run_until_stopped, start_mesh
@@ -53,12 +53,15 @@ def serve_mesh(port: int, data_dir: str, traced: bool) -> None:
         services = tuple(name for name in SERVICES if name != "inference")
         gateway = GatewaySettings(port=port, rate_limit_per_key=1_000_000)
         running = await start_mesh(MeshSettings(data_dir=Path(data_dir)), gateway, services)
+        if not traced:
+            loaded = sorted(name for name in sys.modules if name.startswith(_TRACING_MODULES))
+            assert not loaded, f"tracing is off, yet these were imported: {loaded}"
         clearing = asyncio.create_task(_keep_clearing(exporter)) if exporter else None
         await run_until_stopped(running)
         if clearing:
             clearing.cancel()
 
-    uvloop.run(run())  # as core/eventloop.py runs every process (which REV may lack)
+    eventloop.run(run())
 
 
 def _traced() -> object:
@@ -82,27 +85,11 @@ async def _keep_clearing(exporter: object) -> None:
         exporter.clear()  # type: ignore[attr-defined]
 
 
-def export_tree(rev: str, folder: Path) -> Path:
-    """REV's code as an importable `magicpixels` package tree (src/magicpixels, with services
-    and gateway placed as the installed package has them); the folder to put on PYTHONPATH."""
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True
-    ).stdout
-    checkout = folder / "checkout"
-    with tarfile.open(fileobj=BytesIO(archive)) as tar:
-        tar.extractall(checkout, filter="data")
-    package = folder / "path" / "magicpixels"
-    shutil.copytree(checkout / "src" / "magicpixels", package)
-    shutil.copytree(checkout / "services", package / "services")
-    shutil.copytree(checkout / "gateway", package / "gateway")
-    return folder / "path"
-
-
-def one_run(variant: str, baseline_path: Path, seconds: int) -> Load:
+def one_run(variant: str, seconds: int) -> Load:
     env = dict(os.environ)
     arguments = [sys.executable, __file__, "serve-mesh", "--port", str(PORT)]
-    if variant == "baseline":
-        env["PYTHONPATH"] = str(baseline_path)
+    if variant == "bare":
+        env["PYTHONPATH"] = str(UNINSTRUMENTED)
     if variant.startswith("traced"):
         arguments.append("--traced")
     if variant == "traced-no-sql":  # every span but SQLAlchemy's, the most numerous
@@ -166,32 +153,30 @@ def _funded_token(data_dir: str) -> str:
     return str(token)
 
 
-def compare(rev: str, seconds: int, rounds: int) -> None:
-    variants = ("baseline", "metrics", "traced", "traced-no-sql")
+def compare(seconds: int, rounds: int) -> None:
+    variants = ("bare", "metrics", "traced", "traced-no-sql")
     figures: dict[str, list[Load]] = {variant: [] for variant in variants}
-    with tempfile.TemporaryDirectory() as name:
-        baseline_path = export_tree(rev, Path(name))
-        for _ in range(rounds):
-            for variant in variants:
-                figures[variant].append(one_run(variant, baseline_path, seconds))
-                load = figures[variant][-1]
-                print(
-                    f"  {variant}: {load.per_second:,.0f} req/s, {load.cpu_us:,.0f} us CPU",
-                    file=sys.stderr,
-                    flush=True,
-                )
+    for _ in range(rounds):
+        for variant in variants:
+            figures[variant].append(one_run(variant, seconds))
+            load = figures[variant][-1]
+            print(
+                f"  {variant}: {load.per_second:,.0f} req/s, {load.cpu_us:,.0f} us CPU",
+                file=sys.stderr,
+                flush=True,
+            )
     rate = {v: statistics.median(load.per_second for load in figures[v]) for v in variants}
     cpu = {v: statistics.median(load.cpu_us for load in figures[v]) for v in variants}
     print(
         f"POST /v1/jobs, median of {rounds} rounds of {seconds} s (req/s per round in brackets),"
-        " as a share of the baseline's and of metrics'; CPU per request, and the same shares"
+        " as a share of bare's and of metrics'; CPU per request, and the same shares"
     )
     for variant in variants:
         runs = ", ".join(f"{load.per_second:,.0f}" for load in figures[variant])
         print(
-            f"  {variant:13} {rate[variant]:5,.0f} req/s = {rate[variant] / rate['baseline']:6.1%}"
+            f"  {variant:13} {rate[variant]:5,.0f} req/s = {rate[variant] / rate['bare']:6.1%}"
             f" {rate[variant] / rate['metrics']:6.1%}  [{runs}]  {cpu[variant]:6,.0f} us CPU"
-            f" = {cpu['baseline'] / cpu[variant]:6.1%} {cpu['metrics'] / cpu[variant]:6.1%}"
+            f" = {cpu['bare'] / cpu[variant]:6.1%} {cpu['metrics'] / cpu[variant]:6.1%}"
         )
 
 
@@ -202,16 +187,13 @@ def main() -> None:
     serve.add_argument("--port", type=int, required=True)
     serve.add_argument("--data-dir", required=True)
     serve.add_argument("--traced", action="store_true")
-    parser.add_argument("--baseline-rev", help="a commit without metrics and traces")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if args.command == "serve-mesh":
         serve_mesh(args.port, args.data_dir, args.traced)
-    elif args.baseline_rev:
-        compare(args.baseline_rev, args.seconds, args.rounds)
     else:
-        parser.error("--baseline-rev is required")
+        compare(args.seconds, args.rounds)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@ every call, and each call measured.
 
 The channel wraps grpc.aio's rather than adding client interceptors: grpc.aio runs an
 intercepted call in a task of its own, around the call's own task, which is about a fifth of
-the CPU of a call between two services of one process. Tracing's interceptors, when it is on,
-still sit in the channel beneath.
+the CPU of a call between two services of one process. For the same reason a call has no
+client span of its own (the grpc instrumentation's client interceptors would add that task):
+while tracing is on, its metadata carries the caller's trace context, and the callee's server
+span, a child of the caller's span, times it.
 """
 
 import asyncio
@@ -115,12 +117,10 @@ class _MultiCallable:
         self, request: Any = None, *, timeout: float | None = None, metadata: Any = None, **kw: Any
     ) -> Any:
         started = time.perf_counter()
-        # Tracing's interceptors inject into the other kinds; none wraps stream-unary calls.
-        traced = self._kind == "stream_unary" and tracing.enabled()
         call = self._inner(
             request,
             timeout=self._context.timeout(timeout),
-            metadata=self._context.metadata(metadata, traced),
+            metadata=self._context.metadata(metadata, tracing.enabled()),
             **kw,
         )
         if self._kind == "unary_unary":
@@ -161,7 +161,5 @@ def open_channel(address: str, *, service_token: str, timeout: float) -> Any:
 
     `timeout` is the deadline of a call that sets none and inherits none from the RPC it serves.
     """
-    channel = grpc.aio.insecure_channel(
-        address, options=_CHANNEL_OPTIONS, interceptors=tracing.grpc_client_interceptors()
-    )
+    channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
     return MeshChannel(channel, _CallContext(service_token, timeout))

@@ -5,8 +5,9 @@ mesh has no collector), `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`, `OTE
 and the rest are read by the SDK itself. While tracing is off, nothing here loads the SDK or an
 instrumentation, and every helper is a no-op.
 
-W3C trace context crosses every gRPC hop (the grpc instrumentation's interceptors, added by
-core/server.py and core/clients.py) and the queue: a job stores the `traceparent` of the
+W3C trace context crosses every gRPC hop (core/clients.py injects it into each call's metadata;
+the grpc instrumentation's server interceptor, added by core/server.py, takes it up) and the
+queue: a job stores the `traceparent` of the
 request that created it, so that the worker's spans and the webhook deliveries join that trace.
 
 Span attributes are the instrumentations' (methods, routes, status codes, statement shapes,
@@ -19,7 +20,6 @@ from collections.abc import Iterator, Mapping
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-import grpc
 from opentelemetry import context, propagate, trace
 
 if TYPE_CHECKING:
@@ -148,21 +148,6 @@ def grpc_server_interceptors() -> list[Any]:
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
     return [aio_server_interceptor(tracer_provider=_provider)]
-
-
-def grpc_client_interceptors() -> list[Any]:
-    if _provider is None:
-        return []
-    from opentelemetry.instrumentation.grpc import aio_client_interceptors
-
-    # Its stream-unary interceptor waits for the answer before the call is handed back, so a
-    # caller that writes the requests itself (the gateway's uploads) would wait forever. Those
-    # calls carry the caller's context instead (core/clients.py), without a span of their own.
-    return [
-        interceptor
-        for interceptor in aio_client_interceptors(tracer_provider=_provider)
-        if not isinstance(interceptor, grpc.aio.StreamUnaryClientInterceptor)
-    ]
 
 
 # FastAPI's own telemetry turns itself on once a global tracer provider is set (`install`):
