@@ -1,5 +1,6 @@
 """Migrations: services that share one database keep separate histories. Engines: reads never
-wait for writers, writes are atomic, SQLite's writers of one process take turns."""
+wait for writers, writes are atomic, SQLite's writers of one process take turns on one
+connection."""
 
 import asyncio
 from collections.abc import AsyncIterator
@@ -159,3 +160,29 @@ async def test_each_statement_of_a_read_sees_what_was_committed_before_it(
         after = (await reading.execute(select(_COUNTERS.c.value))).scalar_one()
 
     assert (before, after) == (0, 5)
+
+
+async def test_a_writer_cancelled_midway_leaves_nothing_and_the_next_one_writes(
+    counters: AsyncEngine,
+) -> None:
+    """SQLite's writers share one kept connection: a transaction cancelled between two of its
+    statements is rolled back, and the next writer starts a transaction of its own."""
+    changed = asyncio.Event()
+
+    async def change_then_wait() -> None:
+        async with counters.begin() as connection:
+            await connection.execute(update(_COUNTERS).values(value=7))
+            changed.set()
+            await asyncio.Event().wait()
+
+    writer = asyncio.create_task(change_then_wait())
+    await changed.wait()
+    writer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await writer
+    assert await _value(counters) == 0
+
+    async with counters.begin() as connection:
+        await connection.execute(update(_COUNTERS).values(value=_COUNTERS.c.value + 1))
+
+    assert await _value(counters) == 1

@@ -15,7 +15,7 @@ service's tables in its own schema when one is configured.
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -53,36 +53,65 @@ _POOL_SIZE = 30
 
 
 class _ReadWriteEngine(AsyncEngine):
-    """An engine whose `connect()` gives reading connections and `begin()` writing ones.
+    """An engine whose `connect()` gives reading connections and `begin()` writing ones."""
 
-    On SQLite the writers of this process take turns on `writers`: the file's lock admits one
-    at a time anyway, and SQLite's busy handler makes a writer that finds it taken sleep (1, 2,
-    5, 10 ms...) before trying again, where the asyncio lock hands it over at once, in order.
-    Writers in other processes still wait on the file's lock (busy_timeout).
-    """
-
-    def __init__(
-        self, engine: AsyncEngine, reads: AsyncEngine, writers: asyncio.Lock | None = None
-    ) -> None:
+    def __init__(self, engine: AsyncEngine, reads: AsyncEngine) -> None:
         super().__init__(engine.sync_engine)
         self._reads = reads
-        self._writers = writers
 
     def connect(self) -> AsyncConnection:
         return self._reads.connect()
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
-        writers = self._writers or nullcontext()
-        async with writers, super().connect() as connection, connection.begin():
+        async with super().connect() as connection, connection.begin():
             yield connection
+
+
+class _SQLiteEngine(_ReadWriteEngine):
+    """The writers of this process take turns on one connection, kept open.
+
+    The file's lock admits one writer at a time anyway, and SQLite's busy handler makes a
+    writer that finds it taken sleep (1, 2, 5, 10 ms...) before trying again, where an asyncio
+    lock hands it over at once, in order. Writers in other processes still wait on the file's
+    lock (busy_timeout). Each writer taking the one connection, rather than one from the pool,
+    saves the checkout and return: about half of the CPU of a short transaction.
+    """
+
+    def __init__(self, engine: AsyncEngine, reads: AsyncEngine) -> None:
+        super().__init__(engine, reads)
+        self._writers = asyncio.Lock()
+        self._writer: AsyncConnection | None = None
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        async with self._writers:
+            writer = await self._writing_connection()
+            async with writer.begin():
+                yield writer
+
+    async def _writing_connection(self) -> AsyncConnection:
+        writer = self._writer
+        if writer is None or writer.closed or writer.invalidated:
+            writer = self._writer = await AsyncEngine.connect(self).start()
+        else:
+            # A transaction whose rollback was cancelled midway is still open: end it first.
+            driver: sqlite.Connection = writer.sync_connection.connection.driver_connection
+            await driver.rollback()
+        return writer
+
+    async def dispose(self, close: bool = True) -> None:
+        async with self._writers:
+            if self._writer is not None:
+                await self._writer.close()
+                self._writer = None
+        await super().dispose(close)
 
 
 def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
     if make_url(url).get_backend_name() == "sqlite":
         engine = _sqlite_engine(url)
-        reads = engine.execution_options(**{_READS_ONLY: True})
-        return _ReadWriteEngine(engine, reads, asyncio.Lock())
+        return _SQLiteEngine(engine, engine.execution_options(**{_READS_ONLY: True}))
     connect_args: dict[str, Any] = {}
     if schema:
         connect_args["server_settings"] = {"search_path": schema}
