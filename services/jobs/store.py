@@ -557,7 +557,25 @@ def _queueing(queued_at: Any, queue_seq: Any) -> Update:
     )
 
 
-_QUEUE = _queueing(bindparam("queued", type_=DateTime(timezone=True)), bindparam("seq"))
+def _placed(queueing: Update) -> Update:
+    """The queueing, returning the job's `queue_head` and `left_early` too (see `_queue_place`).
+
+    For SQLite, whose writers take turns, so that the statement sees every job queued before
+    it. Whether its subqueries see the job it queues does not matter: every other queued job of
+    the mode has a lower number than the one just taken, so the head is the job itself when
+    they find none. A PostgreSQL statement reads the snapshot it began with, which misses a job
+    queued by the transaction it waited for (on its mode's row): there, a second statement asks.
+    SQLAlchemy writes a RETURNING clause's columns without their table, so the job's own are
+    named in full here, apart from the subqueries' table (an alias of it).
+    """
+    mode, queue_seq = literal_column("jobs.mode"), literal_column("jobs.queue_seq")
+    head, left_early = _queue_place(mode, queue_seq)
+    return queueing.returning(
+        func.coalesce(head, queue_seq).label("queue_head"), left_early.label("left_early")
+    )
+
+
+_QUEUE = _placed(_queueing(bindparam("queued", type_=DateTime(timezone=True)), bindparam("seq")))
 # On PostgreSQL, the queue number is taken in the statement that queues the job (a
 # data-modifying CTE), one round trip fewer.
 _TAKEN = _NEXT_IN_QUEUE.cte("taken")
@@ -623,9 +641,12 @@ async def mark_queued(
         if not queued:  # hands the number back, so that the mode's numbers keep no gap
             await connection.rollback()
             return None
+        (job,) = queued
+        if connection.dialect.name != "postgresql":
+            return Queued(job, _position(job, job.queue_head, job.left_early))
         # Read here, on the connection at hand, rather than by the caller on another one.
-        place = await connection.execute(QUEUE_POSITION, queue_position_params(queued[0]))
-    return Queued(queued[0], _position(queued[0], *place.one()))
+        place = await connection.execute(QUEUE_POSITION, queue_position_params(job))
+    return Queued(job, _position(job, *place.one()))
 
 
 async def fail_pending(
