@@ -85,7 +85,7 @@ async def start_mesh(
 
     The gateway's port is taken first, so a port in use stops the start before anything runs.
     """
-    mesh = Mesh(mesh_settings, open_bus(mesh_settings.redis_url))
+    mesh = Mesh(mesh_settings, open_bus(mesh_settings.redis_url), served_here=frozenset(only))
     running = RunningMesh(mesh, [])
     try:
         if gateway_settings is not None:
