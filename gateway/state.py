@@ -40,10 +40,11 @@ class Gateway:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """While the app serves, revocations and job changes are followed into its memory."""
-        followers = [
-            asyncio.create_task(follow_revocations(self.mesh.bus, self.principals)),
-            asyncio.create_task(self.job_views.follow(self.mesh.bus)),
-        ]
+        followers = [asyncio.create_task(follow_revocations(self.mesh.bus, self.principals))]
+        # Unfollowed, the views keep nothing: every poll asks the jobs service, as it must when
+        # its announcements cannot reach this process (no Redis, jobs served elsewhere).
+        if self.mesh.hears("jobs"):
+            followers.append(asyncio.create_task(self.job_views.follow(self.mesh.bus)))
         try:
             yield
         finally:

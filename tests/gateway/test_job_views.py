@@ -124,6 +124,28 @@ async def test_a_change_through_one_gateway_reaches_another_s_memory(
     assert seen.json()["status"] == "queued"
 
 
+async def test_a_gateway_that_cannot_hear_the_jobs_service_answers_no_poll_from_memory(
+    database: Database, tmp_path: Path
+) -> None:
+    """Two processes on in-process buses (no Redis), as `serve` runs them: the jobs service's
+    announcements never reach the second gateway, so a view it kept would stay stale."""
+    data_dir = tmp_path / "mesh"
+    kept = {"job_cache_seconds": 3600}
+    services = ("auth", "billing", "assets", "jobs")
+    async with (
+        gateway_client(database, data_dir, only=services, **kept) as (first, one),
+        gateway_client(database, data_dir, only=(), **kept) as (_, other),
+    ):
+        auth, job_id = await _funded_job(one, first)
+        seen = await other.get(f"/v1/jobs/{job_id}", headers=auth)
+        await one.post(f"/v1/jobs/{job_id}/cancel", headers=auth)
+
+        after = await other.get(f"/v1/jobs/{job_id}", headers=auth)
+
+    assert seen.json()["status"] == "queued"
+    assert after.json()["status"] == "canceled"
+
+
 async def _views_following(running: RunningMesh) -> bool:
     return gateway_state(running).job_views.cache.following
 

@@ -17,6 +17,9 @@ _QUEUE_LIMIT = 1000
 
 
 class EventBus(Protocol):
+    # Whether other processes hear what is published here, or only this process does.
+    crosses_processes: bool
+
     async def publish(self, channel: str, message: bytes) -> None: ...
 
     def subscribe(self, channel: str) -> "AsyncIterator[AsyncIterator[bytes]]": ...
@@ -25,6 +28,8 @@ class EventBus(Protocol):
 
 
 class LocalBus:
+    crosses_processes = False
+
     def __init__(self) -> None:
         self._subscribers: dict[str, set[asyncio.Queue[bytes]]] = defaultdict(set)
 
@@ -55,6 +60,8 @@ async def _drain(queue: asyncio.Queue[bytes]) -> AsyncIterator[bytes]:
 
 
 class RedisBus:
+    crosses_processes = True
+
     def __init__(self, url: str) -> None:
         self._redis = redis.Redis.from_url(url)
 

@@ -14,6 +14,7 @@ from magicpixels.core.db import create_engine, migrate, require_migrated
 from magicpixels.core.errors import Unavailable
 from magicpixels.core.server import RunningServer, ServiceBinding, start_server
 from magicpixels.core.settings import (
+    SERVICES,
     DatabaseServiceSettings,
     MeshSettings,
     ServiceSettings,
@@ -41,8 +42,14 @@ class Mesh:
 
     settings: MeshSettings
     bus: EventBus
+    # The services this process runs: all that an in-process bus carries announcements from.
+    served_here: frozenset[str] = frozenset(SERVICES)
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
     _stubs: dict[tuple[str, object], Any] = field(default_factory=dict)
+
+    def hears(self, service: str) -> bool:
+        """Whether what the service announces on the bus reaches this process."""
+        return self.bus.crosses_processes or service in self.served_here
 
     def channel(self, service: str) -> grpc.aio.Channel:
         if service not in self._channels:
