@@ -3,6 +3,7 @@ metrics (tracing off), and with tracing on into an in-memory exporter (all of it
 the SQLAlchemy spans).
 
     .venv/bin/python bench/observability.py [--seconds 10] [--rounds 3]
+    .venv/bin/python bench/observability.py --instructions 200
 
 `bare` is this checkout with no instrumentation package loaded: bench/uninstrumented holds a
 prometheus-client that records nothing, put ahead of the installed one, and tracing is off (the
@@ -11,11 +12,14 @@ serving process checks that no OpenTelemetry SDK or instrumentation module was i
 Each variant serves the mesh without inference (so jobs stay queued) pinned to CPU 0 with wrk
 on CPU 1, as `bench/jobs.py http` does; the variants take turns, a fresh mesh each time, and
 each figure is the median over the rounds. Ratios are to `bare`, and to `metrics` (tracing
-off), so that the second says what tracing alone costs.
+off), so that the second says what tracing alone costs. `--instructions` counts instead what
+the mesh's process runs per request under callgrind (valgrind's), which a busy machine does not
+move: the throughput on a machine whose other work comes and goes moves 10-20% between runs.
 """
 
 import argparse
 import asyncio
+import contextlib
 import faulthandler
 import os
 import re
@@ -25,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -85,9 +90,12 @@ async def _keep_clearing(exporter: object) -> None:
         exporter.clear()  # type: ignore[attr-defined]
 
 
-def one_run(variant: str, seconds: int) -> Load:
+@contextlib.contextmanager
+def serving(variant: str, command: Sequence[str]) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """The variant's mesh, started by `command` (its first words), with a funded account: the
+    process and the account's token."""
     env = dict(os.environ)
-    arguments = [sys.executable, __file__, "serve-mesh", "--port", str(PORT)]
+    arguments = [*command, sys.executable, __file__, "serve-mesh", "--port", str(PORT)]
     if variant == "bare":
         env["PYTHONPATH"] = str(UNINSTRUMENTED)
     if variant.startswith("traced"):
@@ -96,19 +104,63 @@ def one_run(variant: str, seconds: int) -> Load:
         env["OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"] = "sqlalchemy"
     with tempfile.TemporaryDirectory() as name:
         log = Path(tempfile.gettempdir()) / f"observability-{variant}.log"
-        mesh = subprocess.Popen(
-            ["taskset", "-c", "0", *arguments, "--data-dir", name],
-            env=env,
-            stderr=log.open("wb"),
-        )
+        mesh = subprocess.Popen([*arguments, "--data-dir", name], env=env, stderr=log.open("wb"))
         try:
             wait_listening(f"http://127.0.0.1:{PORT}/healthz")
-            script = post_script(Path(name), _funded_token(name))
-            url = f"http://127.0.0.1:{PORT}/v1/jobs"
-            _wrk(url, 2, script, mesh.pid)  # warm-up
-            return _wrk(url, seconds, script, mesh.pid)
+            yield mesh, _funded_token(name)
         finally:
             _stop(mesh, log)
+
+
+def one_run(variant: str, seconds: int) -> Load:
+    with (
+        serving(variant, ["taskset", "-c", "0"]) as (mesh, token),
+        tempfile.TemporaryDirectory() as name,
+    ):
+        script = post_script(Path(name), token)
+        url = f"http://127.0.0.1:{PORT}/v1/jobs"
+        _wrk(url, 2, script, mesh.pid)  # warm-up
+        return _wrk(url, seconds, script, mesh.pid)
+
+
+def count_instructions(variant: str, requests: int) -> float:
+    """The instructions the mesh's process runs per POST /v1/jobs, counted by callgrind over
+    `requests` of them, 16 at a time, after a warm-up: the same count on a busy machine as on
+    an idle one. Only user space is counted: the kernel's share (sockets, thread hand-overs) is
+    the same with or without instrumentation, so the ratios it gives are the strict ones."""
+    with tempfile.TemporaryDirectory() as name:
+        counts = Path(name) / "callgrind.out"
+        valgrind = [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={counts}",
+        ]
+        with serving(variant, valgrind) as (mesh, token):
+            asyncio.run(_posts(token, 20))
+            subprocess.run(
+                ["callgrind_control", "--instr=on", str(mesh.pid)], check=True, capture_output=True
+            )
+            asyncio.run(_posts(token, requests))
+            subprocess.run(
+                ["callgrind_control", "--dump", str(mesh.pid)], check=True, capture_output=True
+            )
+        (dumped,) = Path(name).glob("callgrind.out.*")
+        total = re.search(r"^summary: (\d+)", dumped.read_text(), re.MULTILINE)
+    assert total is not None, f"no summary in {dumped}"
+    return int(total.group(1)) / requests
+
+
+async def _posts(token: str, count: int) -> None:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{PORT}", timeout=300) as client:
+        ready = asyncio.Semaphore(16)
+
+        async def post() -> None:
+            async with ready:
+                (await client.post("/v1/jobs", json=BODY, headers=headers)).raise_for_status()
+
+        await asyncio.gather(*(post() for _ in range(count)))
 
 
 def _stop(mesh: subprocess.Popen[bytes], log: Path) -> None:
@@ -180,6 +232,24 @@ def compare(seconds: int, rounds: int) -> None:
         )
 
 
+def compare_instructions(requests: int) -> None:
+    variants = ("bare", "metrics", "traced", "traced-no-sql")
+    counted = {}
+    for variant in variants:
+        counted[variant] = count_instructions(variant, requests)
+        print(f"  {variant}: {counted[variant]:,.0f} instructions", file=sys.stderr, flush=True)
+    print(
+        f"POST /v1/jobs, instructions per request over {requests} (callgrind), and the share of"
+        " bare's and of metrics' that a request costs (the throughput the CPU allows)"
+    )
+    for variant in variants:
+        count = counted[variant]
+        print(
+            f"  {variant:13} {count / 1e6:6.2f} M = {counted['bare'] / count:6.1%}"
+            f" {counted['metrics'] / count:6.1%}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command")
@@ -189,9 +259,14 @@ def main() -> None:
     serve.add_argument("--traced", action="store_true")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--instructions", type=int, metavar="REQUESTS", help="count instructions instead"
+    )
     args = parser.parse_args()
     if args.command == "serve-mesh":
         serve_mesh(args.port, args.data_dir, args.traced)
+    elif args.instructions:
+        compare_instructions(args.instructions)
     else:
         compare(args.seconds, args.rounds)
 
