@@ -498,6 +498,8 @@ class BillingStore:
         holds credits already, or their account cannot pay for all of its holds in the batch)
         get the exact answer of a Reserve alone."""
         async with self._unit() as connection:
+            if not self._fused and len(drafts) > 1:
+                return await self._reserve_in_turn(connection, drafts)
             made = await _reserve_many(connection, drafts) if self._many(drafts) else {}
             return [
                 hold
@@ -506,6 +508,40 @@ class BillingStore:
                 for hold in drafts
             ]
 
+    async def _reserve_in_turn(
+        self, connection: AsyncConnection, drafts: Sequence[Hold]
+    ) -> list[Outcome[Hold]]:
+        """A batch on SQLite, in its one transaction: each live hold takes its credits in turn
+        (one statement each), and the holds and entries of those taken are recorded together
+        after them, two statements whatever the batch's size. A reference seen earlier in the
+        batch is answered after those, as a Reserve alone would be."""
+        taken: list[dict[str, Any]] = []
+        references: set[str] = set()
+        outcomes: list[Outcome[Hold] | None] = []
+        for hold in drafts:
+            if hold.reference in references:
+                outcomes.append(None)
+            elif not hold.livemode:  # free: recorded at once, as alone
+                outcomes.append(await self._reserve_one(connection, hold))
+            else:
+                params = _hold_params(hold) | _movement_params(
+                    domain.hold_movement(hold), hold.created_at
+                )
+                available = (await connection.execute(_MOVE_UNLESS_HELD, params)).scalar()
+                if available is None:
+                    outcomes.append(await _unmade(connection, hold))
+                else:
+                    taken.append({**params, "entry_balance_after": available})
+                    outcomes.append(hold)
+            references.add(hold.reference)
+        if taken:
+            await connection.execute(_ADD_HOLD.statement, taken)
+            await connection.execute(_ADD_ENTRY, taken)
+        return [
+            await self._reserve_one(connection, hold) if outcome is None else outcome
+            for hold, outcome in zip(drafts, outcomes, strict=True)
+        ]
+
     async def _reserve_one(self, connection: AsyncConnection, hold: Hold) -> Outcome[Hold]:
         """Of concurrent Reserves with one reference, the losers' inserts conflict with the
         winner's hold, so their statements roll back, credits included."""
@@ -513,13 +549,7 @@ class BillingStore:
             made = await self._hold(connection, hold)
         except (IntegrityError, asyncpg.UniqueViolationError):
             made = False
-        if made:
-            return hold
-        earlier = await _find_hold(connection, hold.reference)
-        if earlier is not None:
-            return earlier
-        available = (await _get_balance(connection, hold.account_id)).available
-        return domain.insufficient_credits(hold.amount, available)
+        return hold if made else await _unmade(connection, hold)
 
     async def _resolve_batch(self, asked: Sequence["_Resolving"]) -> list[Outcome[Hold]]:
         """Each resolution's answer. On PostgreSQL a batch's live holds are resolved in one
@@ -598,6 +628,16 @@ def _count_resolved(hold: Hold) -> None:
     """Counted once, by the call that resolved the hold."""
     metrics.CREDITS_CAPTURED.labels("billing").inc(hold.captured_amount)
     metrics.CREDITS_RELEASED.labels("billing").inc(hold.amount - hold.captured_amount)
+
+
+async def _unmade(connection: AsyncConnection, hold: Hold) -> Outcome[Hold]:
+    """The answer to a Reserve whose hold was not made: the hold its reference made before, or
+    the account's credits fall short."""
+    earlier = await _find_hold(connection, hold.reference)
+    if earlier is not None:
+        return earlier
+    available = (await _get_balance(connection, hold.account_id)).available
+    return domain.insufficient_credits(hold.amount, available)
 
 
 async def _reserve_many(connection: AsyncConnection, drafts: Sequence[Hold]) -> dict[str, Hold]:
