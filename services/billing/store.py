@@ -553,20 +553,33 @@ class BillingStore:
 
     async def _resolve_batch(self, asked: Sequence["_Resolving"]) -> list[Outcome[Hold]]:
         """Each resolution's answer. On PostgreSQL a batch's live holds are resolved in one
-        statement first; the rest go one by one, in order."""
+        statement first; the rest go one by one, in order. On SQLite, whose batch is one
+        transaction, the entries of the batch's resolutions are recorded together at its end
+        (none of them reads an entry)."""
         async with self._unit() as connection:
             settled = await _resolve_many(connection, asked) if self._many(asked) else {}
-            return [
-                settled[index] if index in settled else await self._resolve_one(connection, one)
+            entries: list[dict[str, Any]] | None = None if self._fused else []
+            outcomes = [
+                settled[index]
+                if index in settled
+                else await self._resolve_one(connection, one, entries)
                 for index, one in enumerate(asked)
             ]
+            if entries:
+                await connection.execute(_ADD_ENTRY, entries)
+            return outcomes
 
-    async def _resolve_one(self, connection: AsyncConnection, asked: "_Resolving") -> Outcome[Hold]:
+    async def _resolve_one(
+        self,
+        connection: AsyncConnection,
+        asked: "_Resolving",
+        entries: list[dict[str, Any]] | None,
+    ) -> Outcome[Hold]:
         hold = await _find_hold(connection, asked.reference)
         decided = _decided(asked, hold)
         if hold is None or not isinstance(decided, Resolution):
             return decided
-        resolved = await self._resolve(connection, hold, decided, asked.now)
+        resolved = await self._resolve(connection, hold, decided, asked.now, entries)
         if resolved is None:  # a concurrent call resolved it first
             return await _get_hold(connection, asked.reference)
         _count_resolved(resolved)
@@ -590,9 +603,15 @@ class BillingStore:
         return True
 
     async def _resolve(
-        self, connection: AsyncConnection, hold: Hold, resolution: Resolution, now: datetime
+        self,
+        connection: AsyncConnection,
+        hold: Hold,
+        resolution: Resolution,
+        now: datetime,
+        entries: list[dict[str, Any]] | None,
     ) -> Hold | None:
-        """None when a concurrent call resolved the hold first: only a held hold changes."""
+        """None when a concurrent call resolved the hold first: only a held hold changes.
+        `entries`: where the movement's entry waits to be recorded, if it waits."""
         params = _resolution_params(hold, resolution, now)
         if not hold.livemode:
             row = await _RESOLVE.first(connection, params)
@@ -601,7 +620,8 @@ class BillingStore:
         else:
             row = await _RESOLVE.first(connection, params)
             if row is not None:
-                await _apply(connection, domain.resolution_movement(hold, resolution), now)
+                movement = domain.resolution_movement(hold, resolution)
+                await _apply(connection, movement, now, entries)
         return None if row is None else _hold(row)
 
 
@@ -716,8 +736,14 @@ async def _get_balance(connection: AsyncConnection, account_id: str) -> Balance:
     return Balance(account_id, 0, 0) if row is None else Balance(**row._mapping)
 
 
-async def _apply(connection: AsyncConnection, movement: Movement, now: datetime) -> LedgerEntry:
-    """Moves the credits and appends their entry, in the caller's transaction.
+async def _apply(
+    connection: AsyncConnection,
+    movement: Movement,
+    now: datetime,
+    entries: list[dict[str, Any]] | None = None,
+) -> LedgerEntry:
+    """Moves the credits and appends their entry, in the caller's transaction: at once, or to
+    `entries`, which the caller records before it commits.
 
     The availability check and the change are one statement, so concurrent movements can never
     take available credits below zero.
@@ -727,7 +753,11 @@ async def _apply(connection: AsyncConnection, movement: Movement, now: datetime)
     if available is None:
         balance = (await connection.execute(_balance_of(movement.account_id))).first()
         raise domain.insufficient_credits(-movement.available, balance.available if balance else 0)
-    await connection.execute(_ADD_ENTRY, {**params, "entry_balance_after": available})
+    entry = {**params, "entry_balance_after": available}
+    if entries is None:
+        await connection.execute(_ADD_ENTRY, entry)
+    else:
+        entries.append(entry)
     return LedgerEntry(
         id=params["entry_id"],
         account_id=movement.account_id,
