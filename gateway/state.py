@@ -40,9 +40,14 @@ class Gateway:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """While the app serves, revocations and job changes are followed into its memory."""
-        followers = [asyncio.create_task(follow_revocations(self.mesh.bus, self.principals))]
-        # Unfollowed, the views keep nothing: every poll asks the jobs service, as it must when
-        # its announcements cannot reach this process (no Redis, jobs served elsewhere).
+        # Unfollowed, a cache keeps nothing: every request asks the service that owns what it
+        # would keep, as it must when that service's announcements cannot reach this process
+        # (no Redis, the service served elsewhere).
+        followers = []
+        if self.mesh.hears("auth"):
+            followers.append(
+                asyncio.create_task(follow_revocations(self.mesh.bus, self.principals))
+            )
         if self.mesh.hears("jobs"):
             followers.append(asyncio.create_task(self.job_views.follow(self.mesh.bus)))
         try:

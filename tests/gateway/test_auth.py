@@ -437,6 +437,28 @@ async def test_a_key_revoked_through_one_gateway_fails_through_another(
     assert error_of(refused) == (401, "api_key_revoked")
 
 
+async def test_a_gateway_that_cannot_hear_auth_caches_no_key(
+    database: Database, tmp_path: Path
+) -> None:
+    """Two processes on in-process buses (no Redis), as `serve` runs them: auth's revocations
+    never reach the second gateway, so a key it kept would stay usable for the cache's hour."""
+    data_dir = tmp_path / "mesh"
+    cached = {"key_cache_seconds": 3600}
+    async with (
+        gateway_client(database, data_dir, **cached) as (_, one),
+        gateway_client(database, data_dir, only=(), **cached) as (_, other),
+    ):
+        token = (await sign_up_as(one))["api_key"]["token"]
+        spare = await new_key(one, token)
+        accepted = await other.get("/v1/api_keys", headers=bearer(spare["token"]))
+        await one.delete(f"/v1/api_keys/{spare['id']}", headers=bearer(token))
+
+        refused = await other.get("/v1/api_keys", headers=bearer(spare["token"]))
+
+    assert accepted.status_code == 200
+    assert error_of(refused) == (401, "api_key_revoked")
+
+
 def test_a_verification_that_started_before_a_revocation_is_not_cached() -> None:
     cache = PrincipalCache(ttl=3600)
     cache.following = True
