@@ -29,7 +29,6 @@ MODES = {name: mode for mode, name in public.MODE_NAMES.items()} | {
     "audio": jobs_pb2.JOB_MODE_TEXT_TO_AUDIO
 }
 STATES = {name: state for state, name in public.STATUS_NAMES.items()}
-TERMINAL = public.TERMINAL
 # The longest a request may wait for a job (`?wait=`, `Prefer: wait=`).
 MAX_WAIT_SECONDS = 60
 # An event stream lasts at most this long; a client reconnects to follow a longer job.
@@ -96,7 +95,7 @@ async def settled(
 ) -> jobs_pb2.Job:
     """The job once its status changed (`until="change"`) or it ended (`"end"`), or as it is
     after `seconds`, whichever comes first."""
-    if seconds <= 0 or job.state in TERMINAL:
+    if seconds <= 0 or job.state in public.TERMINAL:
         return job
     stream = _watch(request, job.id, principal, seconds)
     first_state = job.state
@@ -104,7 +103,7 @@ async def settled(
         async with asyncio.timeout(seconds):
             async for event in stream:
                 job = event.job
-                if job.state in TERMINAL or (until == "change" and job.state != first_state):
+                if job.state in public.TERMINAL or (until == "change" and job.state != first_state):
                     break
     except TimeoutError:
         pass
@@ -148,7 +147,7 @@ async def create_job(
     if wait is not None:
         headers["Preference-Applied"] = f"wait={wait}"
         created = await settled(request, principal, created, wait, until="end")
-    status = 200 if created.state in TERMINAL and wait is not None else 201
+    status = 200 if created.state in public.TERMINAL and wait is not None else 201
     return JSONResponse(await job_json(request, created), status_code=status, headers=headers)
 
 
@@ -300,7 +299,10 @@ class EventPump:
             while isinstance(event, jobs_pb2.JobEvent):
                 data = json.dumps(await job_json(request, event.job), separators=(",", ":"))
                 yield f"event: {_EVENT_NAMES[event.type]}\ndata: {data}\n\n".encode()
-                if event.type == jobs_pb2.JOB_EVENT_TYPE_STATUS and event.job.state in TERMINAL:
+                if (
+                    event.type == jobs_pb2.JOB_EVENT_TYPE_STATUS
+                    and event.job.state in public.TERMINAL
+                ):
                     return
                 event = await self._next_or_keepalive()
                 while event is _KEEPALIVE:

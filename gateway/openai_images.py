@@ -26,12 +26,13 @@ from magicpixels.assets.v1 import assets_pb2
 from magicpixels.gateway import multipart
 from magicpixels.gateway.assets import DOWNLOAD_SECONDS, AssetUpload
 from magicpixels.gateway.errors import ApiError
-from magicpixels.gateway.jobs import TERMINAL, settled
+from magicpixels.gateway.jobs import settled
 from magicpixels.gateway.principal import Principal, require
 from magicpixels.gateway.responses import JSONResponse
 from magicpixels.gateway.state import gateway
 from magicpixels.jobs.v1 import jobs_pb2
 from magicpixels.services.assets import media
+from magicpixels.services.jobs.public import TERMINAL
 
 # An OpenAI client waits up to 10 minutes by default; so may the jobs of one request.
 FINISH_SECONDS = 600

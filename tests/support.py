@@ -17,6 +17,7 @@ from magicpixels.core.service import Mesh, Service, start_service, stop_service
 from magicpixels.core.settings import DatabaseServiceSettings, ServiceSettings
 from magicpixels.mesh import RunningMesh
 from magicpixels.services.jobs.signals import QueueSignal
+from magicpixels.services.jobs.webhooks import WebhookDispatcher
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -135,7 +136,8 @@ class LeaseWaits:
 
 def _in_webhook_dispatcher() -> bool:
     task = asyncio.current_task()
-    return task is not None and task.get_coro().__qualname__ == "WebhookDispatcher.run"
+    coroutine = task.get_coro() if task is not None else None
+    return getattr(coroutine, "cr_code", None) is WebhookDispatcher.run.__code__
 
 
 @contextmanager

@@ -498,7 +498,7 @@ class BillingStore:
         holds credits already, or their account cannot pay for all of its holds in the batch)
         get the exact answer of a Reserve alone."""
         async with self._unit() as connection:
-            if not self._fused and len(drafts) > 1:
+            if not self._fused:
                 return await self._reserve_in_turn(connection, drafts)
             made = await _reserve_many(connection, drafts) if self._many(drafts) else {}
             return [
@@ -519,20 +519,8 @@ class BillingStore:
         references: set[str] = set()
         outcomes: list[Outcome[Hold] | None] = []
         for hold in drafts:
-            if hold.reference in references:
-                outcomes.append(None)
-            elif not hold.livemode:  # free: recorded at once, as alone
-                outcomes.append(await self._reserve_one(connection, hold))
-            else:
-                params = _hold_params(hold) | _movement_params(
-                    domain.hold_movement(hold), hold.created_at
-                )
-                available = (await connection.execute(_MOVE_UNLESS_HELD, params)).scalar()
-                if available is None:
-                    outcomes.append(await _unmade(connection, hold))
-                else:
-                    taken.append({**params, "entry_balance_after": available})
-                    outcomes.append(hold)
+            repeated = hold.reference in references
+            outcomes.append(None if repeated else await self._reserve_one(connection, hold, taken))
             references.add(hold.reference)
         if taken:
             await connection.execute(_ADD_HOLD.statement, taken)
@@ -542,11 +530,13 @@ class BillingStore:
             for hold, outcome in zip(drafts, outcomes, strict=True)
         ]
 
-    async def _reserve_one(self, connection: AsyncConnection, hold: Hold) -> Outcome[Hold]:
+    async def _reserve_one(
+        self, connection: AsyncConnection, hold: Hold, taken: list[dict[str, Any]] | None = None
+    ) -> Outcome[Hold]:
         """Of concurrent Reserves with one reference, the losers' inserts conflict with the
-        winner's hold, so their statements roll back, credits included."""
+        winner's hold, so their statements roll back, credits included. `taken`: see `_hold`."""
         try:
-            made = await self._hold(connection, hold)
+            made = await self._hold(connection, hold, taken)
         except (IntegrityError, asyncpg.UniqueViolationError):
             made = False
         return hold if made else await _unmade(connection, hold)
@@ -585,9 +575,14 @@ class BillingStore:
         _count_resolved(resolved)
         return resolved
 
-    async def _hold(self, connection: AsyncConnection, hold: Hold) -> bool:
+    async def _hold(
+        self, connection: AsyncConnection, hold: Hold, taken: list[dict[str, Any]] | None = None
+    ) -> bool:
         """Records the hold and takes a live hold's credits; False, changing nothing, when the
-        reference holds credits already or the account cannot pay."""
+        reference holds credits already or the account cannot pay. A live hold on SQLite whose
+        credits were taken waits in `taken`, when given, to be recorded with its entry by the
+        caller before it commits; a free one is recorded at once (its insert checks its
+        reference)."""
         params = _hold_params(hold)
         if not hold.livemode:
             await _ADD_HOLD.run(connection, params)
@@ -598,8 +593,12 @@ class BillingStore:
         available = (await connection.execute(_MOVE_UNLESS_HELD, params)).scalar()
         if available is None:
             return False
-        await _ADD_HOLD.run(connection, params)
-        await connection.execute(_ADD_ENTRY, {**params, "entry_balance_after": available})
+        made = {**params, "entry_balance_after": available}
+        if taken is not None:
+            taken.append(made)
+            return True
+        await _ADD_HOLD.run(connection, made)
+        await connection.execute(_ADD_ENTRY, made)
         return True
 
     async def _resolve(
