@@ -45,14 +45,13 @@ async def announce(bus: EventBus, *jobs: JobRow) -> None:
     for job in jobs:
         if job.state in TERMINAL:  # every move is announced once, by the caller that won it
             metrics.JOBS_ENDED.labels("jobs", job.mode, job.state).inc()
+        if job.state == State.QUEUED:  # first: a waiting worker is what the job waits on
+            await _publish(bus, QUEUED_CHANNEL, job.mode)
         await _publish(bus, changed_channel(job.id), job.state)
         moved_queue = _moves_others_in_queue(job)
         await _publish(bus, VIEWS_CHANNEL, f"{job.id} queue" if moved_queue else job.id)
-        if job.state == State.QUEUED:
-            await _publish(bus, QUEUED_CHANNEL, job.mode)
-            if job.deadline_at is not None:
-                deadline = as_utc(job.deadline_at).isoformat()
-                await _publish(bus, DEADLINES_CHANNEL, deadline)
+        if job.state == State.QUEUED and job.deadline_at is not None:
+            await _publish(bus, DEADLINES_CHANNEL, as_utc(job.deadline_at).isoformat())
         if moved_queue:
             await _publish(bus, QUEUE_MOVED_CHANNEL, job.mode)
         if webhook_event_of(job):

@@ -13,7 +13,8 @@ the same transaction, so no event is lost or sent for a move that did not happen
 
 The statements of the hot path (create, lease, heartbeat, complete, get) are built once, with
 bind parameters: building one and its cache key on each call cost more CPU than running it
-(profiled under bench/jobs.py). On PostgreSQL a move and its status events are one statement.
+(profiled under bench/jobs.py). A move and its status events are one statement: a
+data-modifying CTE on PostgreSQL, triggers on SQLite (migration 0005).
 """
 
 import json
@@ -36,6 +37,7 @@ from sqlalchemy import (
     MetaData,
     PrimaryKeyConstraint,
     Row,
+    ScalarSelect,
     Select,
     String,
     Table,
@@ -120,9 +122,10 @@ jobs = Table(
     Index("ix_jobs_billing_state", "billing", "state"),
 )
 
-# One row per mode: the last queue_seq it handed out, and the queued_at given with it. Taking the
-# next number locks the row until the transaction that queues the job commits, so numbers are
-# committed in order and every snapshot sees each mode's numbers from 1 without a gap.
+# One row per mode: the last queue_seq it handed out, and the queued_at given with it. On
+# PostgreSQL taking the next number locks the row until the transaction that queues the job
+# commits (on SQLite writers take turns anyway), so numbers are committed in order and every
+# snapshot sees each mode's numbers from 1 without a gap.
 job_queues = Table(
     "job_queues",
     metadata,
@@ -575,9 +578,21 @@ def _placed(queueing: Update) -> Update:
     )
 
 
-_QUEUE = _placed(_queueing(bindparam("queued", type_=DateTime(timezone=True)), bindparam("seq")))
-# On PostgreSQL, the queue number is taken in the statement that queues the job (a
-# data-modifying CTE), one round trip fewer.
+def _next_of_mode() -> tuple[ScalarSelect[Any], ScalarSelect[Any]]:
+    """The queued_at and the queue number the job's mode gives next, read from its row in
+    `job_queues`; on SQLite, whose writers take turns, a trigger records them as taken."""
+    mode_of_job = job_queues.c.mode == jobs.c.mode
+    last_queued_at = job_queues.c.last_queued_at
+    queued_at = case((last_queued_at > _NOW, last_queued_at), else_=_NOW)
+    return (
+        select(queued_at).where(mode_of_job).scalar_subquery(),
+        select(job_queues.c.last_seq + 1).where(mode_of_job).scalar_subquery(),
+    )
+
+
+_QUEUE = _placed(_queueing(*_next_of_mode()))
+# On PostgreSQL, the queue number is taken (its row locked) by the CTE of the statement that
+# queues the job.
 _TAKEN = _NEXT_IN_QUEUE.cte("taken")
 _QUEUE_NEXT = _queueing(
     select(_TAKEN.c.last_queued_at).scalar_subquery(),
@@ -630,20 +645,17 @@ async def mark_queued(
     """Queues a pending job behind the others of its mode, with the next number of its queue."""
     params = {"job_id": job.id, "cost": cost_credits}
     async with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            queued = await _move(connection, _QUEUE_NEXT, now, queue_mode=job.mode, **params)
-        else:
-            taken = await connection.execute(_NEXT_IN_QUEUE, {"queue_mode": job.mode, "now": now})
-            seq, queued_at = taken.one()
-            queued = await _move(
-                connection, _QUEUE, now, queued=as_utc(queued_at), seq=seq, **params
-            )
+        if connection.dialect.name != "postgresql":
+            queued = await _move(connection, _QUEUE, now, **params)
+            if not queued:
+                return None
+            (job,) = queued
+            return Queued(job, _position(job, job.queue_head, job.left_early))
+        queued = await _move(connection, _QUEUE_NEXT, now, queue_mode=job.mode, **params)
         if not queued:  # hands the number back, so that the mode's numbers keep no gap
             await connection.rollback()
             return None
         (job,) = queued
-        if connection.dialect.name != "postgresql":
-            return Queued(job, _position(job, job.queue_head, job.left_early))
         # Read here, on the connection at hand, rather than by the caller on another one.
         place = await connection.execute(QUEUE_POSITION, queue_position_params(job))
     return Queued(job, _position(job, *place.one()))
@@ -832,22 +844,15 @@ async def _move_one(
     return moved[0] if moved else None
 
 
-_INSERT_EVENTS = insert(job_events)
-
-
 async def _move(
     connection: AsyncConnection, statement: Update, now: datetime, **params: Any
 ) -> list[JobRow]:
-    """Runs a move (a `_move_statement`) with its parameters; writes the events of the jobs it
-    moved: in the same statement on PostgreSQL (`_with_events`), in a second one on SQLite."""
+    """Runs a move (a `_move_statement`) with its parameters: in the same statement, the jobs
+    it moved get their status events (`_with_events` on PostgreSQL, a trigger on SQLite)."""
     params["now"] = now
     if connection.dialect.name == "postgresql":
-        moved = list((await connection.execute(_with_events(statement), params)).all())
-    else:
-        moved = list((await connection.execute(statement, params)).all())
-        if moved:
-            events = [_status_event(job, now) for job in moved]
-            await connection.execute(_INSERT_EVENTS, events)
+        statement = _with_events(statement)
+    moved = list((await connection.execute(statement, params)).all())
     if moved:
         await _enqueue_webhooks(connection, moved, now)
     return moved
@@ -868,16 +873,6 @@ def _with_events(move: Update) -> Select[Any]:
         .cte("events")
     )
     return select(moved).add_cte(events)
-
-
-def _status_event(job: JobRow, now: datetime) -> dict[str, Any]:
-    return {
-        "job_id": job.id,
-        "type": "status",
-        "state": job.state,
-        "progress": job.progress,
-        "created_at": now,
-    }
 
 
 async def _enqueue_webhooks(

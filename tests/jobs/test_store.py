@@ -1,10 +1,12 @@
 """The store: idempotency keys, claimed with the job they create and freed when it fails early;
-queue positions, which agree with the order of the leases through any sequence of moves."""
+queue positions, which agree with the order of the leases through any sequence of moves; a move
+and its status event in one statement."""
 
 import random
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from magicpixels.core.timestamps import as_utc, utcnow
@@ -119,6 +121,48 @@ async def test_queueing_an_abandoned_job_hands_its_number_back(engine: AsyncEngi
     current = await store.get_job(engine, abandoned.id)
     assert current is not None
     assert (current.state, current.queue_seq) == (State.FAILED, None)
+
+
+async def test_a_move_and_its_status_event_are_one_statement(engine: AsyncEngine) -> None:
+    """On PostgreSQL by a data-modifying CTE, on SQLite by a trigger (migration 0005), which also
+    takes the queue number: queueing is one statement there (PostgreSQL reads the position in
+    a second one), and each lease or completion is one."""
+    now = utcnow()
+    statements: list[str] = []
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    first = await store.insert_pending(engine, ACCOUNT, True, text_to_image(), None, now)
+    second = await store.insert_pending(engine, ACCOUNT, True, text_to_image(), None, now)
+    assert first is not None
+    assert second is not None
+    statements.clear()
+    queued = [await store.mark_queued(engine, job, 1, now) for job in (first, second)]
+    queueing = len(statements)
+    statements.clear()
+    leased = await store.lease_next(engine, ["text_to_image"], "w", timedelta(seconds=30), now)
+    assert leased is not None
+    await store.complete(engine, leased.id, leased.lease_token, _RESULT, now)
+
+    assert queueing == (4 if engine.dialect.name == "postgresql" else 2)
+    assert len(statements) == 2
+    assert [(q.job.queue_seq, q.position) for q in queued if q] == [(1, 0), (2, 1)]
+    events = select(store.job_events.c.job_id, store.job_events.c.state).order_by("id")
+    async with engine.connect() as connection:
+        written = [tuple(row) for row in await connection.execute(events)]
+        numbers = select(store.job_queues.c.last_seq, store.job_queues.c.last_queued_at)
+        last = (
+            await connection.execute(numbers.where(store.job_queues.c.mode == "text_to_image"))
+        ).one()
+    assert written == [
+        (first.id, State.QUEUED),
+        (second.id, State.QUEUED),
+        (first.id, State.RUNNING),
+        (first.id, State.COMPLETED),
+    ]
+    assert (last.last_seq, as_utc(last.last_queued_at)) == (2, now)
 
 
 async def test_queue_positions_agree_with_the_lease_order_through_any_moves(
