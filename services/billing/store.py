@@ -61,7 +61,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.selectable import CTE, TableValuedAlias
 
 from magicpixels.core import metrics
-from magicpixels.core.db import row_fields
+from magicpixels.core.db import row_fields, statements_alone
 from magicpixels.core.errors import DomainError, NotFound
 from magicpixels.core.ids import new_id
 from magicpixels.services.billing import domain
@@ -367,24 +367,19 @@ _HOLDS_OF = _Hot(
 
 
 class BillingStore:
-    """The billing database.
-
-    On PostgreSQL, `_single` runs each statement in autocommit: no BEGIN and COMMIT round trips
-    around statements that are atomic alone. On SQLite it is the engine.
-    """
+    """The billing database. Reads, and on PostgreSQL the batches of Reserves and resolutions,
+    run in autocommit (`statements_alone`): no BEGIN and COMMIT round trips around statements
+    that are atomic alone."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._fused = engine.dialect.name == "postgresql"
-        self._single = (
-            engine.execution_options(isolation_level="AUTOCOMMIT") if self._fused else engine
-        )
         self._reserves = Batcher(self._reserve_batch)
         self._resolutions = Batcher(self._resolve_batch)
 
     async def get_balance(self, account_id: str) -> Balance:
         """The account's credits; an account billing has never seen has none."""
-        async with self._single.connect() as connection:
+        async with self.engine.connect() as connection:
             return await _get_balance(connection, account_id)
 
     async def reserve(self, hold: Hold) -> Hold:
@@ -394,11 +389,11 @@ class BillingStore:
         return await self._reserves.submit(hold)
 
     async def find_hold(self, reference: str) -> Hold | None:
-        async with self._single.connect() as connection:
+        async with self.engine.connect() as connection:
             return await _find_hold(connection, reference)
 
     async def get_hold(self, reference: str) -> Hold:
-        async with self._single.connect() as connection:
+        async with self.engine.connect() as connection:
             return await _get_hold(connection, reference)
 
     async def resolve_hold(
@@ -415,7 +410,7 @@ class BillingStore:
         query = select(
             func.coalesce(func.sum(holds.c.amount), 0), func.coalesce(func.sum(overdue), 0)
         ).where(holds.c.state == HoldState.HELD)
-        async with self._single.connect() as connection:
+        async with self.engine.connect() as connection:
             held, past_expiry = (await connection.execute(query)).one()
         return int(held), int(past_expiry)
 
@@ -424,7 +419,7 @@ class BillingStore:
         overdue = select(holds.c.reference).where(
             holds.c.state == HoldState.HELD, holds.c.expires_at <= now
         )
-        async with self._single.connect() as connection:
+        async with self.engine.connect() as connection:
             references = (await connection.execute(overdue)).scalars().all()
         ended = [await self.resolve_hold(ref, lambda _: domain.EXPIRY, now) for ref in references]
         return [hold for hold in ended if hold.state is HoldState.EXPIRED]
@@ -444,12 +439,12 @@ class BillingStore:
         query = select(ledger_entries).where(ledger_entries.c.account_id == account_id)
         if before_id:
             query = query.where(ledger_entries.c.id < before_id)
-        async with self._single.connect() as connection:
+        async with self.engine.connect() as connection:
             rows = await connection.execute(query.order_by(ledger_entries.c.id.desc()).limit(limit))
         return [_entry(row) for row in rows]
 
     async def find_subscription(self, account_id: str) -> Subscription | None:
-        async with self._single.connect() as connection:
+        async with self.engine.connect() as connection:
             return await _find_subscription(connection, account_id)
 
     async def due_subscriptions(self, now: datetime) -> list[Subscription]:
@@ -457,7 +452,7 @@ class BillingStore:
             subscriptions.c.status == SubscriptionStatus.ACTIVE,
             subscriptions.c.current_period_end <= now,
         )
-        async with self._single.connect() as connection:
+        async with self.engine.connect() as connection:
             return [_subscription(row) for row in await connection.execute(query)]
 
     async def save_subscription(
@@ -483,9 +478,9 @@ class BillingStore:
         return True
 
     def _unit(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        """Where a batch of Reserves or of resolutions runs: on PostgreSQL a connection in
-        autocommit, each of its statements atomic alone; on SQLite one transaction."""
-        return self._single.connect() if self._fused else self.engine.begin()
+        """Where a batch of Reserves or of resolutions runs: on PostgreSQL each of its
+        statements atomic alone, on SQLite one transaction."""
+        return statements_alone(self.engine)
 
     def _many(self, batch: Sequence[object]) -> bool:
         """Whether the batch goes to PostgreSQL in one statement: a call alone costs it less

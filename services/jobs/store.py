@@ -59,6 +59,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import ColumnElement
 
+from magicpixels.core.db import statements_alone
 from magicpixels.core.ids import new_id
 from magicpixels.core.timestamps import as_utc, to_timestamp
 from magicpixels.jobs.v1 import jobs_pb2
@@ -259,7 +260,7 @@ async def insert_pending(
     """
     values = {**_pending_values(account_id, livemode, spec, now), "trace_parent": trace_parent}
     try:
-        async with engine.begin() as connection:
+        async with statements_alone(engine) if claim is None else engine.begin() as connection:
             job = (await connection.execute(_INSERT_JOB, values)).one()
             if claim is not None:
                 await _claim(connection, account_id, claim, job.id, now)

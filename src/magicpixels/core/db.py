@@ -1,10 +1,12 @@
 """One async SQLAlchemy engine per service and its Alembic migrations.
 
-`engine.begin()` writes: one transaction, committed at the end. `engine.connect()` only reads
-(nothing it does is ever committed), in autocommit: each statement on its own sees what was
-committed before it (as in a READ COMMITTED transaction), with no BEGIN and ROLLBACK around
-it, and never waits for a writer. A read that needs one snapshot across its statements runs in
-`engine.begin()`; so does one that streams its rows on PostgreSQL, whose cursors need one.
+`engine.begin()` writes: one transaction, committed at the end. `engine.connect()` reads, in
+autocommit: each statement on its own sees what was committed before it (as in a READ
+COMMITTED transaction), with no BEGIN and ROLLBACK around it, and never waits for a writer.
+Writes that are each atomic alone go through `statements_alone`: that connection on
+PostgreSQL (each committed alone), the writers' transaction on SQLite. A read that needs one
+snapshot across its statements runs in `engine.begin()`; so does one that streams its rows on
+PostgreSQL, whose cursors need one.
 
 SQLite (the embedded default) runs in WAL mode and starts every writing transaction with BEGIN
 IMMEDIATE: writers queue on the lock (busy_timeout) instead of failing when a read turns into
@@ -15,7 +17,7 @@ service's tables in its own schema when one is configured.
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -106,6 +108,14 @@ class _SQLiteEngine(_ReadWriteEngine):
                 await self._writer.close()
                 self._writer = None
         await super().dispose(close)
+
+
+def statements_alone(engine: AsyncEngine) -> AbstractAsyncContextManager[AsyncConnection]:
+    """Where writes run that are each atomic alone (one statement, or several that need not
+    commit together): on PostgreSQL a connection in autocommit, without the BEGIN and COMMIT
+    round trips; on SQLite a transaction in the writers' turn, since a connection outside it
+    would wait for the file's lock in the busy handler's sleeps."""
+    return engine.connect() if engine.dialect.name == "postgresql" else engine.begin()
 
 
 def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:

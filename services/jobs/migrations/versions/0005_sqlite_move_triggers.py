@@ -8,6 +8,10 @@ SQLite runs one writer at a time, so no other queueing reads the number in betwe
 keeps its statements as they were: there, the number is taken by updating (and so locking) the
 mode's row first.
 
+A later migration that rebuilds `jobs` on SQLite (Alembic's batch mode copies the table and
+drops the old one) drops these triggers with it: it has to create them again (`TRIGGERS`).
+tests/jobs/test_store.py fails on SQLite when a move writes no event.
+
 Revision ID: 0005
 Revises: 0004
 Create Date: 2026-11-26 00:00:00
