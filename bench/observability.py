@@ -4,6 +4,7 @@ the SQLAlchemy spans).
 
     .venv/bin/python bench/observability.py [--seconds 10] [--rounds 3]
     .venv/bin/python bench/observability.py --instructions 200
+    .venv/bin/python bench/observability.py --span-floor 2000
 
 `bare` is this checkout with no instrumentation package loaded: bench/uninstrumented holds a
 prometheus-client that records nothing, put ahead of the installed one, and tracing is off (the
@@ -15,6 +16,9 @@ each figure is the median over the rounds. Ratios are to `bare`, and to `metrics
 off), so that the second says what tracing alone costs. `--instructions` counts instead what
 the mesh's process runs per request under callgrind (valgrind's), which a busy machine does not
 move: the throughput on a machine whose other work comes and goes moves 10-20% between runs.
+`--span-floor` counts what one span costs the SDK alone, with no instrumentation around it (a
+statement's five attributes, into memory as above): times the spans of a request, the least
+that tracing can add to it.
 """
 
 import argparse
@@ -232,6 +236,44 @@ def compare(seconds: int, rounds: int) -> None:
         )
 
 
+# Spans like a statement's, children of one span, into memory as `_traced` wires it.
+_SPANS = """
+import sys
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(BatchSpanProcessor(exporter))
+tracer = provider.get_tracer("floor")
+attributes = {"db.system": "sqlite", "db.name": "jobs.db", "db.statement": "UPDATE jobs SET",
+              "net.peer.name": "localhost", "net.peer.port": 5432}
+with tracer.start_as_current_span("request"):
+    for made in range(int(sys.argv[1])):
+        with tracer.start_as_current_span("UPDATE", attributes=attributes):
+            pass
+        if made % 1000 == 0:
+            exporter.clear()
+provider.shutdown()
+"""
+
+
+def span_floor(spans: int) -> None:
+    """Instructions per span: two runs, of `spans` and of three times as many, the difference
+    over the spans between them (what starting Python costs drops out)."""
+    counted = []
+    with tempfile.TemporaryDirectory() as name:
+        for made in (spans, 3 * spans):
+            counts = Path(name) / f"callgrind.{made}"
+            command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={counts}"]
+            command += [sys.executable, "-c", _SPANS, str(made)]
+            subprocess.run(command, check=True, capture_output=True)
+            total = re.search(r"^summary: (\d+)", counts.read_text(), re.MULTILINE)
+            assert total is not None, f"no summary in {counts}"
+            counted.append(int(total.group(1)))
+    print(f"one span, the SDK alone: {(counted[1] - counted[0]) / (2 * spans):,.0f} instructions")
+
+
 def compare_instructions(requests: int) -> None:
     variants = ("bare", "metrics", "traced", "traced-no-sql")
     counted = {}
@@ -262,9 +304,14 @@ def main() -> None:
     parser.add_argument(
         "--instructions", type=int, metavar="REQUESTS", help="count instructions instead"
     )
+    parser.add_argument(
+        "--span-floor", type=int, metavar="SPANS", help="count what one SDK span costs"
+    )
     args = parser.parse_args()
     if args.command == "serve-mesh":
         serve_mesh(args.port, args.data_dir, args.traced)
+    elif args.span_floor:
+        span_floor(args.span_floor)
     elif args.instructions:
         compare_instructions(args.instructions)
     else:

@@ -727,7 +727,7 @@ async def record_progress(
         "lease_until": now + lease_for,
         "now": now,
     }
-    async with engine.begin() as connection:
+    async with statements_alone(engine) as connection:
         return (await connection.execute(_RECORD_PROGRESS, params)).one_or_none()
 
 
@@ -788,7 +788,7 @@ async def set_billing(
     engine: AsyncEngine, job_id: str, billing: HoldStatus, now: datetime
 ) -> JobRow:
     params = {"job_id": job_id, "hold_status": billing, "now": now}
-    async with engine.begin() as connection:
+    async with statements_alone(engine) as connection:
         return (await connection.execute(_SET_BILLING, params)).one()
 
 
