@@ -367,9 +367,9 @@ _HOLDS_OF = _Hot(
 
 
 class BillingStore:
-    """The billing database. Reads, and on PostgreSQL the batches of Reserves and resolutions,
-    run in autocommit (`statements_alone`): no BEGIN and COMMIT round trips around statements
-    that are atomic alone."""
+    """The billing database. Reads run in autocommit (`engine.connect()`), and so do the
+    batches of Reserves and resolutions on PostgreSQL (`statements_alone`): no BEGIN and COMMIT
+    round trips around statements that are atomic alone."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine

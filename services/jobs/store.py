@@ -495,18 +495,32 @@ def _move_statement(target: State, *guards: ColumnElement[bool], **values: Any) 
     )
 
 
+# A mode's next queue number, and the queued_at that goes with it: `now`, or the last one given
+# when that is later (clocks of several processes differ).
+_NEXT_SEQ = job_queues.c.last_seq + 1
+_LAST_QUEUED_AT = job_queues.c.last_queued_at
+_NEXT_QUEUED_AT = case((_LAST_QUEUED_AT > _NOW, _LAST_QUEUED_AT), else_=_NOW)
+
+
 def _queue_statement() -> Update:
-    """Takes the mode's next queue number and the queued_at that goes with it: `now`, or the
-    last one given when that is later (clocks of several processes differ)."""
-    last_queued_at = job_queues.c.last_queued_at
+    """Takes the mode's next queue number and its queued_at (PostgreSQL): the update locks the
+    mode's row until the transaction that queues the job commits."""
     return (
         update(job_queues)
         .where(job_queues.c.mode == bindparam("queue_mode"))
-        .values(
-            last_seq=job_queues.c.last_seq + 1,
-            last_queued_at=case((last_queued_at > _NOW, last_queued_at), else_=_NOW),
-        )
-        .returning(job_queues.c.last_seq, last_queued_at)
+        .values(last_seq=_NEXT_SEQ, last_queued_at=_NEXT_QUEUED_AT)
+        .returning(job_queues.c.last_seq, _LAST_QUEUED_AT)
+    )
+
+
+def _next_of_mode() -> tuple[ScalarSelect[Any], ScalarSelect[Any]]:
+    """The queued_at and the queue number the job's mode gives next, read from its row by the
+    statement that queues the job (SQLite): writers take turns there, and a trigger records
+    them as taken (migration 0005)."""
+    of_job = job_queues.c.mode == jobs.c.mode
+    return (
+        select(_NEXT_QUEUED_AT).where(of_job).scalar_subquery(),
+        select(_NEXT_SEQ).where(of_job).scalar_subquery(),
     )
 
 
@@ -545,8 +559,6 @@ _LEASED = (_JOB_ID, jobs.c.state == State.RUNNING, jobs.c.lease_token == bindpar
 _ERROR = {"error_code": bindparam("code"), "error_message": bindparam("message")}
 _ENDED = {"completed_at": _NOW, "lease_expires_at": None}
 
-_NEXT_IN_QUEUE = _queue_statement()
-
 
 def _queueing(queued_at: Any, queue_seq: Any) -> Update:
     """The move of a pending job whose hold is confirmed into its queue, at this place."""
@@ -579,22 +591,10 @@ def _placed(queueing: Update) -> Update:
     )
 
 
-def _next_of_mode() -> tuple[ScalarSelect[Any], ScalarSelect[Any]]:
-    """The queued_at and the queue number the job's mode gives next, read from its row in
-    `job_queues`; on SQLite, whose writers take turns, a trigger records them as taken."""
-    mode_of_job = job_queues.c.mode == jobs.c.mode
-    last_queued_at = job_queues.c.last_queued_at
-    queued_at = case((last_queued_at > _NOW, last_queued_at), else_=_NOW)
-    return (
-        select(queued_at).where(mode_of_job).scalar_subquery(),
-        select(job_queues.c.last_seq + 1).where(mode_of_job).scalar_subquery(),
-    )
-
-
 _QUEUE = _placed(_queueing(*_next_of_mode()))
 # On PostgreSQL, the queue number is taken (its row locked) by the CTE of the statement that
 # queues the job.
-_TAKEN = _NEXT_IN_QUEUE.cte("taken")
+_TAKEN = _queue_statement().cte("taken")
 _QUEUE_NEXT = _queueing(
     select(_TAKEN.c.last_queued_at).scalar_subquery(),
     select(_TAKEN.c.last_seq).scalar_subquery(),
