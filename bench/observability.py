@@ -3,22 +3,28 @@ metrics (tracing off), and with tracing on into an in-memory exporter (all of it
 the SQLAlchemy spans).
 
     .venv/bin/python bench/observability.py [--seconds 10] [--rounds 3]
-    .venv/bin/python bench/observability.py --instructions 200
+    .venv/bin/python bench/observability.py --instructions 200 [--callers 16]
     .venv/bin/python bench/observability.py --span-floor 2000
+    .venv/bin/python bench/observability.py --hop-floor 300
 
 `bare` is this checkout with no instrumentation package loaded: bench/uninstrumented holds a
 prometheus-client that records nothing, put ahead of the installed one, and tracing is off (the
 serving process checks that no OpenTelemetry SDK or instrumentation module was imported). What
 `bare` still runs is ours: the timing around each call and request, request ids, log binding.
-Each variant serves the mesh without inference (so jobs stay queued) pinned to CPU 0 with wrk
-on CPU 1, as `bench/jobs.py http` does; the variants take turns, a fresh mesh each time, and
-each figure is the median over the rounds. Ratios are to `bare`, and to `metrics` (tracing
-off), so that the second says what tracing alone costs. `--instructions` counts instead what
-the mesh's process runs per request under callgrind (valgrind's), which a busy machine does not
-move: the throughput on a machine whose other work comes and goes moves 10-20% between runs.
-`--span-floor` counts what one span costs the SDK alone, with no instrumentation around it (a
-statement's five attributes, into memory as above): times the spans of a request, the least
-that tracing can add to it.
+Each variant serves the mesh without inference (so jobs stay queued) pinned to CPU 0 with wrk on
+CPU 1, as `bench/jobs.py http` does; the variants take turns, a fresh mesh each time, and each
+figure is the median over the rounds. Ratios are to `bare`, and to `metrics` (tracing off), so
+that the second says what tracing alone costs. `--instructions` counts instead what the mesh's
+process runs per request under callgrind (valgrind's), which a busy machine does not move: the
+throughput on a machine whose other work comes and goes moves 10-20% between runs. With more
+than one caller, how concurrent requests fall into billing's batches moves each variant's count
+by a few percent; `--callers 1` keeps the variants' ratios from that. It also counts a POST of
+the bare Starlette baseline of ../shared/bench the same way, the denominator of issue 6's
+target. `--span-floor` counts what one span costs the SDK alone, with no instrumentation around
+it (a statement's five attributes, into memory as above): times the spans of a request, the
+least that tracing can add to it. `--hop-floor` counts one grpc.aio unary call with client and
+server in one process and nothing around it: times the hops of a request, the least that talking
+gRPC costs it.
 """
 
 import argparse
@@ -37,7 +43,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
-from jobs import BODY, Load, cpu_seconds, post_script, wait_listening
+from jobs import BASELINE, BODY, Load, cpu_seconds, post_script, wait_listening
 
 UNINSTRUMENTED = Path(__file__).resolve().parent / "uninstrumented"
 PORT = 18082
@@ -127,38 +133,61 @@ def one_run(variant: str, seconds: int) -> Load:
         return _wrk(url, seconds, script, mesh.pid)
 
 
-def count_instructions(variant: str, requests: int) -> float:
+def count_instructions(variant: str, requests: int, callers: int) -> float:
     """The instructions the mesh's process runs per POST /v1/jobs, counted by callgrind over
-    `requests` of them, 16 at a time, after a warm-up: the same count on a busy machine as on
-    an idle one. Only user space is counted: the kernel's share (sockets, thread hand-overs) is
-    the same with or without instrumentation, so the ratios it gives are the strict ones."""
+    `requests` of them, `callers` at a time, after a warm-up: the same count on a busy machine
+    as on an idle one. Only user space is counted: the kernel's share (sockets, thread
+    hand-overs) is the same with or without instrumentation, so the ratios it gives are the
+    strict ones."""
     with tempfile.TemporaryDirectory() as name:
-        counts = Path(name) / "callgrind.out"
-        valgrind = [
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            f"--callgrind-out-file={counts}",
-        ]
-        with serving(variant, valgrind) as (mesh, token):
-            asyncio.run(_posts(token, 20))
-            subprocess.run(
-                ["callgrind_control", "--instr=on", str(mesh.pid)], check=True, capture_output=True
-            )
-            asyncio.run(_posts(token, requests))
-            subprocess.run(
-                ["callgrind_control", "--dump", str(mesh.pid)], check=True, capture_output=True
-            )
-        (dumped,) = Path(name).glob("callgrind.out.*")
-        total = re.search(r"^summary: (\d+)", dumped.read_text(), re.MULTILINE)
+        with serving(variant, _callgrind(Path(name))) as (mesh, token):
+            _count_posts(mesh.pid, token, requests, callers)
+        return _instructions(Path(name)) / requests
+
+
+def bare_post_instructions(requests: int, callers: int) -> float:
+    """What one POST /v1/jobs of the bare Starlette baseline (../shared/bench) runs, counted
+    as `count_instructions` counts the mesh's."""
+    app = ["-m", "uvicorn", "bare_starlette:app", "--app-dir", str(BASELINE), "--port", str(PORT)]
+    app += ["--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+    with tempfile.TemporaryDirectory() as name:
+        server = subprocess.Popen(
+            [*_callgrind(Path(name)), sys.executable, *app], stderr=subprocess.DEVNULL
+        )
+        try:
+            wait_listening(f"http://127.0.0.1:{PORT}/v1/jobs/seed")
+            _count_posts(server.pid, "tok-anchor", requests, callers)
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+        return _instructions(Path(name)) / requests
+
+
+def _callgrind(folder: Path) -> list[str]:
+    """valgrind's callgrind, counting nothing until told to, its counts into `folder`."""
+    out = f"--callgrind-out-file={folder / 'callgrind.out'}"
+    return ["valgrind", "--tool=callgrind", "--instr-atstart=no", out]
+
+
+def _count_posts(pid: int, token: str, requests: int, callers: int) -> None:
+    """20 POSTs to warm the server up, then `requests` counted, and the counts dumped."""
+    asyncio.run(_posts(token, 20, callers))
+    subprocess.run(["callgrind_control", "--instr=on", str(pid)], check=True, capture_output=True)
+    asyncio.run(_posts(token, requests, callers))
+    subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True)
+
+
+def _instructions(folder: Path) -> int:
+    (dumped,) = folder.glob("callgrind.out.*")
+    total = re.search(r"^summary: (\d+)", dumped.read_text(), re.MULTILINE)
     assert total is not None, f"no summary in {dumped}"
-    return int(total.group(1)) / requests
+    return int(total.group(1))
 
 
-async def _posts(token: str, count: int) -> None:
+async def _posts(token: str, count: int, callers: int) -> None:
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{PORT}", timeout=300) as client:
-        ready = asyncio.Semaphore(16)
+        ready = asyncio.Semaphore(callers)
 
         async def post() -> None:
             async with ready:
@@ -258,31 +287,67 @@ provider.shutdown()
 """
 
 
+# One unary call after another, server and client in this process as the embedded mesh runs
+# them: a message of a job's size (about 600 bytes) each way, no interceptor, no handler work.
+_HOPS = """
+import asyncio, sys
+import grpc, uvloop
+
+async def main(calls):
+    server = grpc.aio.server()
+    async def echo(request, context):
+        return request
+    handler = grpc.unary_unary_rpc_method_handler(echo)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("f.F", {"E": handler}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary("/f.F/E")
+        for _ in range(calls):
+            await call(b"x" * 600, timeout=10)
+    await server.stop(None)
+
+uvloop.run(main(int(sys.argv[1])))
+"""
+
+
 def span_floor(spans: int) -> None:
-    """Instructions per span: two runs, of `spans` and of three times as many, the difference
-    over the spans between them (what starting Python costs drops out)."""
+    each = _per_unit(_SPANS, spans)
+    print(f"one span, the SDK alone: {each:,.0f} instructions")
+
+
+def hop_floor(calls: int) -> None:
+    each = _per_unit(_HOPS, calls)
+    print(f"one grpc.aio unary call, client and server in one process: {each:,.0f} instructions")
+
+
+def _per_unit(script: str, units: int) -> float:
+    """Instructions per unit of `script`'s work: two runs, of `units` and of three times as
+    many, the difference over the units between them (what starting Python costs drops out)."""
     counted = []
     with tempfile.TemporaryDirectory() as name:
-        for made in (spans, 3 * spans):
+        for made in (units, 3 * units):
             counts = Path(name) / f"callgrind.{made}"
             command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={counts}"]
-            command += [sys.executable, "-c", _SPANS, str(made)]
+            command += [sys.executable, "-c", script, str(made)]
             subprocess.run(command, check=True, capture_output=True)
             total = re.search(r"^summary: (\d+)", counts.read_text(), re.MULTILINE)
             assert total is not None, f"no summary in {counts}"
             counted.append(int(total.group(1)))
-    print(f"one span, the SDK alone: {(counted[1] - counted[0]) / (2 * spans):,.0f} instructions")
+    return (counted[1] - counted[0]) / (2 * units)
 
 
-def compare_instructions(requests: int) -> None:
+def compare_instructions(requests: int, callers: int) -> None:
     variants = ("bare", "metrics", "traced", "traced-no-sql")
     counted = {}
     for variant in variants:
-        counted[variant] = count_instructions(variant, requests)
+        counted[variant] = count_instructions(variant, requests, callers)
         print(f"  {variant}: {counted[variant]:,.0f} instructions", file=sys.stderr, flush=True)
+    baseline = bare_post_instructions(requests, callers)
     print(
-        f"POST /v1/jobs, instructions per request over {requests} (callgrind), and the share of"
-        " bare's and of metrics' that a request costs (the throughput the CPU allows)"
+        f"POST /v1/jobs, instructions per request over {requests}, {callers} at a time"
+        " (callgrind), and the share of bare's and of metrics' that a request costs (the"
+        " throughput the CPU allows)"
     )
     for variant in variants:
         count = counted[variant]
@@ -290,6 +355,11 @@ def compare_instructions(requests: int) -> None:
             f"  {variant:13} {count / 1e6:6.2f} M = {counted['bare'] / count:6.1%}"
             f" {counted['metrics'] / count:6.1%}"
         )
+    print(
+        f"  the bare Starlette baseline (../shared/bench): {baseline / 1e6:.2f} M; the mesh's POST"
+        f" with metrics runs {counted['metrics'] / baseline:.1f} times as many"
+        f" ({baseline / counted['metrics']:.1%})"
+    )
 
 
 def main() -> None:
@@ -304,16 +374,22 @@ def main() -> None:
     parser.add_argument(
         "--instructions", type=int, metavar="REQUESTS", help="count instructions instead"
     )
+    parser.add_argument("--callers", type=int, default=16, help="with --instructions")
     parser.add_argument(
         "--span-floor", type=int, metavar="SPANS", help="count what one SDK span costs"
+    )
+    parser.add_argument(
+        "--hop-floor", type=int, metavar="CALLS", help="count what one grpc.aio call costs"
     )
     args = parser.parse_args()
     if args.command == "serve-mesh":
         serve_mesh(args.port, args.data_dir, args.traced)
     elif args.span_floor:
         span_floor(args.span_floor)
+    elif args.hop_floor:
+        hop_floor(args.hop_floor)
     elif args.instructions:
-        compare_instructions(args.instructions)
+        compare_instructions(args.instructions, args.callers)
     else:
         compare(args.seconds, args.rounds)
 
