@@ -237,13 +237,18 @@ async def cancel_job(
     principal: Annotated[Principal, Depends(require("jobs:write"))],
 ) -> JSONResponse:
     """Cancels a queued or running job and releases its hold; a finished one is 409."""
-    canceled = await gateway(request).jobs.CancelJob(
+    return JSONResponse(await job_json(request, await cancel(request, principal, job_id)))
+
+
+async def cancel(request: Request, principal: Principal, job_id: str) -> jobs_pb2.Job:
+    """Cancels the job for the principal; what the gateway keeps of it is dropped."""
+    canceled: jobs_pb2.Job = await gateway(request).jobs.CancelJob(
         jobs_pb2.CancelJobRequest(
             id=job_id, account_id=principal.account_id, livemode=principal.livemode
         )
     )
     gateway(request).job_views.forget(job_id)
-    return JSONResponse(await job_json(request, canceled))
+    return canceled
 
 
 @router.get("/jobs/{job_id}/events", response_class=StreamingResponse)

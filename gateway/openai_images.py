@@ -26,7 +26,7 @@ from magicpixels.assets.v1 import assets_pb2
 from magicpixels.gateway import multipart
 from magicpixels.gateway.assets import DOWNLOAD_SECONDS, AssetUpload
 from magicpixels.gateway.errors import ApiError
-from magicpixels.gateway.jobs import settled
+from magicpixels.gateway.jobs import cancel, settled
 from magicpixels.gateway.principal import Principal, require
 from magicpixels.gateway.responses import JSONResponse
 from magicpixels.gateway.state import gateway
@@ -291,9 +291,20 @@ async def _run_jobs(
     """`n` jobs of the spec, each with its own seed, once they all ended; a repeated
     Idempotency-Key gives the same jobs back."""
     key = request.headers.get("idempotency-key", "")
-    created = await asyncio.gather(
-        *(_create(request, principal, spec, f"{key}#{i}" if key else "") for i in range(n))
+    answers = await asyncio.gather(
+        *(_create(request, principal, spec, f"{key}#{i}" if key else "") for i in range(n)),
+        return_exceptions=True,
     )
+    created = [answer for answer in answers if isinstance(answer, jobs_pb2.Job)]
+    refused = next((answer for answer in answers if isinstance(answer, BaseException)), None)
+    if refused is not None:
+        # One answer for all n, as OpenAI gives: when one create is refused (402 when the
+        # credits cover some images only), the others are canceled, so their holds are released
+        # and nothing is charged for images the client would never see.
+        await asyncio.gather(
+            *(cancel(request, principal, job.id) for job in created), return_exceptions=True
+        )
+        raise refused
     ended = await asyncio.gather(
         *(settled(request, principal, job, FINISH_SECONDS, until="end") for job in created)
     )

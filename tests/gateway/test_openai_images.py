@@ -1,5 +1,6 @@
 """The OpenAI Images routes driven by the official `openai` package, pointed at the gateway."""
 
+import asyncio
 import base64
 import io
 
@@ -8,8 +9,10 @@ import openai
 import pytest
 from PIL import Image
 
+from magicpixels import cli
 from magicpixels.mesh import RunningMesh
 from tests.assets.samples import encode_image
+from tests.gateway.conftest import sign_up
 from tests.gateway.test_jobs import funded
 
 
@@ -87,3 +90,37 @@ async def test_errors_take_the_openai_shape(
     assert isinstance(body, dict)
     assert set(body) == {"message", "type", "param", "code", "request_id"}
     assert (body["type"], body["param"]) == ("authentication_error", None)
+
+
+@pytest.mark.without_workers
+async def test_images_the_credits_cover_in_part_are_refused_whole_and_charge_nothing(
+    client: httpx.AsyncClient, running_mesh: RunningMesh
+) -> None:
+    """Two credits, three images: the one answer is 402, and the two jobs created before the
+    third was refused are canceled with their holds released (no worker runs, so none can
+    complete first)."""
+    account_id, token = await sign_up(client)
+    grant = ["admin", "grant-credits", account_id, "2"]
+    await asyncio.to_thread(
+        cli.main, [*grant, "--data-dir", str(running_mesh.mesh.settings.data_dir)]
+    )
+    auth = {"Authorization": f"Bearer {token}"}
+    async with openai.AsyncOpenAI(
+        api_key=token, base_url=f"{client.base_url}/v1", max_retries=0
+    ) as ai:
+        with pytest.raises(openai.APIStatusError) as refused:
+            await ai.images.generate(prompt="a teapot", n=3, size="64x64")  # type: ignore[arg-type]
+
+    assert (refused.value.status_code, refused.value.code) == (402, "insufficient_credits")
+    jobs = (await client.get("/v1/jobs", headers=auth)).json()["data"]
+    assert [job["status"] for job in jobs] == ["canceled", "canceled"]
+    account = (await client.get("/v1/account", headers=auth)).json()
+    assert account["credits"] == {"available": 2, "reserved": 0}
+    ledger = (await client.get("/v1/credits/ledger", headers=auth)).json()["data"]
+    assert sorted(entry["type"] for entry in ledger) == [
+        "grant",
+        "hold",
+        "hold",
+        "release",
+        "release",
+    ]
