@@ -46,7 +46,7 @@ async def latency(jobs: int, postgres: bool) -> None:
     from magicpixels.core.logging import configure_logging
     from magicpixels.core.settings import BillingSettings, JobsSettings, MeshSettings
     from magicpixels.jobs.v1 import jobs_pb2, jobs_pb2_grpc
-    from magicpixels.mesh import start_mesh
+    from magicpixels.mesh import settle_heap, start_mesh
 
     configure_logging("warning", "console")
     with tempfile.TemporaryDirectory() as folder:
@@ -62,6 +62,7 @@ async def latency(jobs: int, postgres: bool) -> None:
         running = await start_mesh(
             MeshSettings(data_dir=Path(folder)), None, ("billing", "jobs"), settings
         )
+        settle_heap()  # as a mesh's process does once started (run_until_stopped)
         try:
             billing = billing_pb2_grpc.BillingServiceStub(running.mesh.channel("billing"))
             await billing.Grant(billing_pb2.GrantRequest(account_id="acct_bench", amount=jobs + 10))

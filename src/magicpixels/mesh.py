@@ -117,7 +117,7 @@ def _gateway(mesh: Mesh, settings: config.GatewaySettings) -> "GatewayServer":
 _GC_YOUNG_THRESHOLD = 10_000
 
 
-def _settle_heap() -> None:
+def settle_heap() -> None:
     """Once started: what startup made lives as long as the process, so the collector stops
     walking it (gc.freeze), and collects the young generation less often."""
     gc.collect()
@@ -127,7 +127,7 @@ def _settle_heap() -> None:
 
 
 async def run_until_stopped(running: RunningMesh) -> None:
-    _settle_heap()
+    settle_heap()
     stop = asyncio.create_task(wait_for_stop_signal())
     waiting = {stop, *([running.gateway_task] if running.gateway_task else [])}
     try:
