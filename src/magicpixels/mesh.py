@@ -92,7 +92,10 @@ async def start_mesh(
         if gateway_settings is not None:
             running.gateway = _gateway(mesh, gateway_settings)
         for name in only:
-            service = build_service(name, mesh, (service_settings or {}).get(name))
+            settings = (service_settings or {}).get(name)
+            if name == "jobs" and running.gateway is not None:
+                settings = _on_gateway_origin(settings, running.gateway.settings)
+            service = build_service(name, mesh, settings)
             running.services.append((service, await start_service(service, mesh)))
         if running.gateway is not None:
             running.gateway_task = await running.gateway.start()
@@ -100,6 +103,19 @@ async def start_mesh(
         await running.stop()
         raise
     return running
+
+
+def _on_gateway_origin(
+    settings: config.ServiceSettings | None, gateway: config.GatewaySettings
+) -> config.ServiceSettings:
+    """The jobs service's settings with the origin of the gateway started beside it (its
+    --port, or the free port it took) as the one webhook payloads' result URLs name, unless
+    they name one already: the environment alone does not know it."""
+    jobs = settings or config.JobsSettings()
+    assert isinstance(jobs, config.JobsSettings)
+    if jobs.public_url is not None:
+        return jobs
+    return jobs.model_copy(update={"public_url": gateway.base_url()})
 
 
 def _gateway(mesh: Mesh, settings: config.GatewaySettings) -> "GatewayServer":

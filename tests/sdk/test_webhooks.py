@@ -101,3 +101,6 @@ async def test_real_deliveries_verify(
     ]
     assert [event["type"] for event in events] == ["job.running", "job.completed"]
     assert events[1]["data"]["id"] == job.id
+    # The result URL names the gateway as it was started (on a free port here), and opens.
+    result = await client.get(events[1]["data"]["result"]["url"])
+    assert (result.status_code, result.headers["content-type"]) == (200, "image/png")
