@@ -14,6 +14,7 @@ from magicpixels.mesh import RunningMesh
 from tests.assets.samples import encode_image
 from tests.gateway.conftest import sign_up
 from tests.gateway.test_jobs import funded
+from tests.support import eventually
 
 
 async def _openai(client: httpx.AsyncClient, running_mesh: RunningMesh) -> openai.AsyncOpenAI:
@@ -97,7 +98,7 @@ async def test_images_the_credits_cover_in_part_are_refused_whole_and_charge_not
     client: httpx.AsyncClient, running_mesh: RunningMesh
 ) -> None:
     """Two credits, three images: the one answer is 402, and the two jobs created before the
-    third was refused are canceled with their holds released (no worker runs, so none can
+    third was refused are canceled and their holds released (no worker runs, so none can
     complete first)."""
     account_id, token = await sign_up(client)
     grant = ["admin", "grant-credits", account_id, "2"]
@@ -114,8 +115,12 @@ async def test_images_the_credits_cover_in_part_are_refused_whole_and_charge_not
     assert (refused.value.status_code, refused.value.code) == (402, "insufficient_credits")
     jobs = (await client.get("/v1/jobs", headers=auth)).json()["data"]
     assert [job["status"] for job in jobs] == ["canceled", "canceled"]
-    account = (await client.get("/v1/account", headers=auth)).json()
-    assert account["credits"] == {"available": 2, "reserved": 0}
+
+    async def released() -> bool:  # a cancel's release follows its move
+        account = (await client.get("/v1/account", headers=auth)).json()
+        return bool(account["credits"] == {"available": 2, "reserved": 0})
+
+    await eventually(released)
     ledger = (await client.get("/v1/credits/ledger", headers=auth)).json()["data"]
     assert sorted(entry["type"] for entry in ledger) == [
         "grant",
