@@ -6,11 +6,12 @@ from typing import Annotated, Any
 import grpc
 from fastapi import APIRouter, Depends, Request
 from google.protobuf.duration_pb2 import Duration
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from magicpixels.auth.v1 import auth_pb2
 from magicpixels.billing.v1 import billing_pb2
 from magicpixels.gateway import render
+from magicpixels.gateway.bodies import Body
 from magicpixels.gateway.principal import Principal, require, require_live
 from magicpixels.gateway.responses import JSONResponse
 from magicpixels.gateway.state import gateway
@@ -18,7 +19,7 @@ from magicpixels.gateway.state import gateway
 router = APIRouter(prefix="/v1", tags=["accounts"])
 
 
-class AccountCreate(BaseModel):
+class AccountCreate(Body):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     email: str
@@ -67,7 +68,7 @@ async def _subscribed_plan(request: Request, account_id: str) -> str | None:
     return found.plan_id if found.status == billing_pb2.SUBSCRIPTION_STATUS_ACTIVE else None
 
 
-class WebhookSecretRotate(BaseModel):
+class WebhookSecretRotate(Body):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     # How long the replaced secret stays valid: 0..604800, 86400 when omitted.

@@ -9,11 +9,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 from starlette.requests import ClientDisconnect
 
 from magicpixels.assets.v1 import assets_pb2, assets_pb2_grpc
 from magicpixels.gateway import multipart, render
+from magicpixels.gateway.bodies import Body
 from magicpixels.gateway.errors import ApiError
 from magicpixels.gateway.jobs import Int32
 from magicpixels.gateway.listing import Page, list_object, page
@@ -37,7 +38,7 @@ _FORM = "multipart/form-data"
 FILE_PART = "file"
 
 
-class UrlCreate(BaseModel):
+class UrlCreate(Body):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     # The assets service checks the bounds (60..86400 seconds).

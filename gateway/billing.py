@@ -9,10 +9,11 @@ from typing import Annotated, Any
 
 import grpc
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from magicpixels.billing.v1 import billing_pb2
 from magicpixels.core.errors import RemoteError, remote_error
+from magicpixels.gateway.bodies import Body
 from magicpixels.gateway.errors import ApiError, from_remote
 from magicpixels.gateway.listing import Page, list_object, page
 from magicpixels.gateway.principal import Principal, require, require_live
@@ -36,7 +37,7 @@ _JOB_KINDS = {
 }
 
 
-class SubscriptionCreate(BaseModel):
+class SubscriptionCreate(Body):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     plan: str

@@ -10,8 +10,9 @@ from typing import Annotated, Any
 import grpc
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from magicpixels.gateway.bodies import Body
 from magicpixels.gateway.errors import ApiError
 from magicpixels.gateway.listing import Page, list_object, page
 from magicpixels.gateway.principal import Principal, require
@@ -40,7 +41,7 @@ JOB_PATH = "/v1/jobs/{job_id}"
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+)")
 
 
-class JobCreate(BaseModel):
+class JobCreate(Body):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     mode: str

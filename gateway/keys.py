@@ -7,11 +7,12 @@ gets no scope that the key making it lacks (auth decides, from the issuing key).
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, ConfigDict, Field
 
 from magicpixels.auth.v1 import auth_pb2
 from magicpixels.core.timestamps import to_timestamp
 from magicpixels.gateway import render
+from magicpixels.gateway.bodies import Body
 from magicpixels.gateway.listing import Page, list_object, page
 from magicpixels.gateway.principal import Principal, require
 from magicpixels.gateway.responses import JSONResponse
@@ -22,7 +23,7 @@ router = APIRouter(prefix="/v1", tags=["api keys"])
 _MODES = {"live": auth_pb2.KEY_MODE_LIVE, "test": auth_pb2.KEY_MODE_TEST}
 
 
-class ApiKeyCreate(BaseModel):
+class ApiKeyCreate(Body):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from magicpixels.assets.v1 import assets_pb2
 from magicpixels.gateway import multipart
 from magicpixels.gateway.assets import DOWNLOAD_SECONDS, AssetUpload
+from magicpixels.gateway.bodies import Body
 from magicpixels.gateway.errors import ApiError
 from magicpixels.gateway.jobs import cancel, settled
 from magicpixels.gateway.principal import Principal, require
@@ -78,7 +79,7 @@ def _with_param(response: Response) -> Response:
 router = APIRouter(prefix="/v1", tags=["openai compatibility"], route_class=OpenAIShapedRoute)
 
 
-class ImageGenerationRequest(BaseModel):
+class ImageGenerationRequest(Body):
     """OpenAI's fields; `model`, `quality`, `style`, `user` and `moderation` are accepted and
     ignored (the operator's configuration chooses the model)."""
 

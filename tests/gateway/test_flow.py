@@ -5,6 +5,7 @@ import asyncio
 import io
 
 import httpx
+import pytest
 from PIL import Image
 
 from magicpixels import cli
@@ -112,6 +113,27 @@ async def test_invalid_json_is_400_in_the_error_shape(client: httpx.AsyncClient)
         }
     }
     assert response.headers["x-request-id"] == "client-chosen-id"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/jobs", b'{"mode": "text_to_image", "prompt": "\\ud800"}', "prompt"),
+        ("/v1/jobs", b'{"mode": "text_to_image", "metadata": {"\\udc00": "x"}}', "metadata"),
+        ("/v1/accounts", b'{"email": "s\\ud800@example.com"}', "email"),
+        ("/v1/api_keys", b'{"name": "\\ud800", "mode": "test"}', "name"),
+    ],
+)
+async def test_a_lone_surrogate_escape_is_400_naming_the_field(
+    client: httpx.AsyncClient, path: str, body: bytes, param: str
+) -> None:
+    """Valid JSON, yet not text: refused as the field's fault, never a 500."""
+    _, token = await sign_up(client)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    response = await client.post(path, content=body, headers=headers)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("parameter_invalid", param)
 
 
 async def test_idempotency_key_replays_the_job_and_charges_once(
