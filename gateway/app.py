@@ -1,5 +1,6 @@
 """The gateway's ASGI app: routes, the one error shape for every failure, request context."""
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -35,6 +36,8 @@ from magicpixels.gateway.responses import JSONResponse
 from magicpixels.gateway.state import Gateway
 
 log = structlog.get_logger("magicpixels.gateway")
+# application/json, or a structured syntax suffix (application/merge-patch+json), any parameters.
+_JSON_CONTENT_TYPE = re.compile(r"application/([\w.-]+\+)?json\s*(;|$)", re.IGNORECASE)
 
 _HTTP_ERRORS = {
     404: ("not_found_error", "route_not_found"),
@@ -107,7 +110,7 @@ async def _domain_error(_request: Request, error: Exception) -> JSONResponse:
     return from_domain_error(error).response()
 
 
-async def _validation_error(_request: Request, error: Exception) -> JSONResponse:
+async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     first = error.errors()[0]
     kind = first.get("type", "")
@@ -115,6 +118,8 @@ async def _validation_error(_request: Request, error: Exception) -> JSONResponse
         return ApiError(
             400, "invalid_request_error", "json_invalid", "The body is not valid JSON."
         ).response()
+    if tuple(first.get("loc", ())) == ("body",):
+        return _whole_body_error(request.headers.get("content-type", ""), kind).response()
     # FastAPI locates a fault as ("body" | "query" | "path" | "header", name...).
     location = [str(part) for part in first.get("loc", ())[1:]]
     param = ".".join(location) or None
@@ -127,6 +132,20 @@ async def _validation_error(_request: Request, error: Exception) -> JSONResponse
         else str(first.get("msg", "invalid body"))
     )
     return ApiError(400, "invalid_request_error", code, message, param=param).response()
+
+
+def _whole_body_error(content_type: str, kind: str) -> ApiError:
+    """The body as a whole is wrong: missing, sent as another type than JSON (`curl -d` sends
+    a form), or JSON that is not an object."""
+    if kind == "missing":
+        message = "The request needs a JSON body (Content-Type: application/json)."
+        return ApiError(400, "invalid_request_error", "parameter_missing", message)
+    if not _JSON_CONTENT_TYPE.match(content_type):
+        message = "The body must be JSON, sent with Content-Type: application/json."
+        return ApiError(415, "invalid_request_error", "unsupported_media_type", message)
+    return ApiError(
+        400, "invalid_request_error", "parameter_invalid", "The body must be a JSON object."
+    )
 
 
 async def _http_error(_request: Request, error: Exception) -> JSONResponse:

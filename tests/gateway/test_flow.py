@@ -136,6 +136,31 @@ async def test_a_lone_surrogate_escape_is_400_naming_the_field(
     assert (error["code"], error["param"]) == ("parameter_invalid", param)
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "code"),
+    [
+        (b'{"mode": "text_to_image"}', "text/plain", 415, "unsupported_media_type"),
+        (b"mode=text_to_image", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+        (b"", None, 400, "parameter_missing"),
+        (b'["text_to_image"]', "application/json", 400, "parameter_invalid"),
+    ],
+)
+async def test_a_body_that_is_no_json_object_is_refused_as_a_whole(
+    client: httpx.AsyncClient, body: bytes, content_type: str | None, status: int, code: str
+) -> None:
+    """A JSON body sent as another type (`curl -d` sends a form), none, or JSON that is no
+    object: one error about the body, naming no field."""
+    _, token = await sign_up(client)
+    headers = {"Authorization": f"Bearer {token}"}
+    if content_type:
+        headers["Content-Type"] = content_type
+    response = await client.post("/v1/jobs", content=body, headers=headers)
+    error = response.json()["error"]
+    assert (response.status_code, error["code"]) == (status, code)
+    assert "param" not in error
+    assert "JSON" in error["message"]
+
+
 async def test_idempotency_key_replays_the_job_and_charges_once(
     client: httpx.AsyncClient, running_mesh: RunningMesh
 ) -> None:
