@@ -42,6 +42,8 @@ MAX_IMAGES = 10
 _MAX_FIELD_BYTES = 16 * 1024
 _SIZE = re.compile(r"(\d{1,5})x(\d{1,5})")
 _FORMATS = ("png", "jpeg", "webp")
+# What the jobs service names when a `size` made a job of a width or height it refuses.
+_SIZE_PARAMS = frozenset({"width", "height"})
 
 
 class OpenAIShapedRoute(APIRoute):
@@ -71,7 +73,10 @@ async def _answer_as_the_app_does(request: Request, error: Exception) -> Respons
 
 def _with_param(response: Response) -> Response:
     body = json.loads(bytes(response.body))
-    body["error"].setdefault("param", None)
+    error = body["error"]
+    error.setdefault("param", None)
+    if error["param"] in _SIZE_PARAMS:
+        error["param"] = "size"
     headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
     return JSONResponse(body, status_code=response.status_code, headers=headers)
 

@@ -73,6 +73,8 @@ async def test_errors_take_the_openai_shape(
             await ai.images.generate(prompt="x", size="huge")  # type: ignore[arg-type]
         with pytest.raises(openai.BadRequestError) as too_many:
             await ai.images.generate(prompt="x", n=11)
+        with pytest.raises(openai.BadRequestError) as refused_size:
+            await ai.images.generate(prompt="x", size="100x100")  # type: ignore[arg-type]
         with pytest.raises(openai.BadRequestError) as masked:
             await ai.images.edit(
                 image=("a.png", encode_image("PNG", (64, 64)), "image/png"),
@@ -82,6 +84,8 @@ async def test_errors_take_the_openai_shape(
     assert bad_size.value.code == "parameter_invalid"
     assert bad_size.value.param == "size"
     assert (too_many.value.param, masked.value.code) == ("n", "parameter_unsupported")
+    # The jobs service refused the width the size made: the client is told of its size.
+    assert (refused_size.value.code, refused_size.value.param) == ("parameter_invalid", "size")
     async with openai.AsyncOpenAI(
         api_key="mp_live_wrong", base_url=f"{client.base_url}/v1", max_retries=0
     ) as stranger:
