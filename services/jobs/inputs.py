@@ -2,6 +2,8 @@
 
 import asyncio
 
+import grpc
+
 from magicpixels.assets.v1 import assets_pb2, assets_pb2_grpc
 from magicpixels.core.errors import NotFound
 from magicpixels.core.service import Mesh
@@ -30,10 +32,7 @@ class InputLookup:
             return {}
         assets = self._mesh.stub("assets", assets_pb2_grpc.AssetsServiceStub)
         found = await asyncio.gather(
-            *(
-                assets.GetAsset(assets_pb2.GetAssetRequest(id=asset_id, account_id=account_id))
-                for asset_id in named.values()
-            )
+            *(_owned(assets, account_id, field, asset_id) for field, asset_id in named.items())
         )
         described = {}
         for (field, asset_id), asset in zip(named.items(), found, strict=True):
@@ -41,6 +40,22 @@ class InputLookup:
                 raise NotFound("ASSET_NOT_FOUND", f"no asset {asset_id}", param=field)
             described[field] = _described(asset)
         return described
+
+
+async def _owned(
+    assets: assets_pb2_grpc.AssetsServiceStub, account_id: str, field: str, asset_id: str
+) -> assets_pb2.Asset:
+    """The account's asset; NOT_FOUND names the field that named it, as the other refusals
+    of a job's inputs do (assets' own NOT_FOUND knows no field)."""
+    try:
+        asset: assets_pb2.Asset = await assets.GetAsset(
+            assets_pb2.GetAssetRequest(id=asset_id, account_id=account_id)
+        )
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            raise NotFound("ASSET_NOT_FOUND", f"no asset {asset_id}", param=field) from None
+        raise
+    return asset
 
 
 def _described(asset: assets_pb2.Asset) -> InputAsset:

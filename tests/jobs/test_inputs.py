@@ -120,7 +120,7 @@ async def test_another_accounts_asset_is_not_found(services: RunningMesh) -> Non
         services, mode=jobs_pb2.JOB_MODE_IMAGE_TO_IMAGE, prompt="p", input_asset_id=theirs
     )
 
-    assert found[:2] == (grpc.StatusCode.NOT_FOUND, "ASSET_NOT_FOUND")
+    assert found == (grpc.StatusCode.NOT_FOUND, "ASSET_NOT_FOUND", "input_asset_id")
 
 
 async def test_a_test_key_cannot_use_a_live_asset(services: RunningMesh) -> None:
