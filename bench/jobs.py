@@ -194,23 +194,7 @@ def measure(url: str, seconds: int, script: Path, server: int) -> Load:
 def http(seconds: int) -> None:
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
-        baseline = _pinned(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "bare_starlette:app",
-                "--app-dir",
-                str(BASELINE),
-                "--port",
-                "18080",
-                "--loop",
-                "uvloop",
-                "--http",
-                "httptools",
-                "--no-access-log",
-            ]
-        )
+        baseline = _pinned(baseline_command(18080))
         try:
             wait_listening("http://127.0.0.1:18080/v1/jobs/seed")
             post = measure(
@@ -246,6 +230,13 @@ def http(seconds: int) -> None:
             _stop(mesh)
     _report("POST /v1/jobs", post, mesh_post)
     _report("GET /v1/jobs/{id}", get, mesh_get)
+
+
+def baseline_command(port: int) -> list[str]:
+    """The bare Starlette app of ../shared/bench, served as its README serves it."""
+    app = ["bare_starlette:app", "--app-dir", str(BASELINE), "--port", str(port)]
+    served = ["--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+    return [sys.executable, "-m", "uvicorn", *app, *served]
 
 
 def _report(route: str, bare: Load, mesh: Load) -> None:

@@ -43,7 +43,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
-from jobs import BASELINE, BODY, Load, cpu_seconds, post_script, wait_listening
+from jobs import BODY, Load, baseline_command, cpu_seconds, post_script, wait_listening
 
 UNINSTRUMENTED = Path(__file__).resolve().parent / "uninstrumented"
 PORT = 18082
@@ -148,11 +148,9 @@ def count_instructions(variant: str, requests: int, callers: int) -> float:
 def bare_post_instructions(requests: int, callers: int) -> float:
     """What one POST /v1/jobs of the bare Starlette baseline (../shared/bench) runs, counted
     as `count_instructions` counts the mesh's."""
-    app = ["-m", "uvicorn", "bare_starlette:app", "--app-dir", str(BASELINE), "--port", str(PORT)]
-    app += ["--loop", "uvloop", "--http", "httptools", "--no-access-log"]
     with tempfile.TemporaryDirectory() as name:
         server = subprocess.Popen(
-            [*_callgrind(Path(name)), sys.executable, *app], stderr=subprocess.DEVNULL
+            [*_callgrind(Path(name)), *baseline_command(PORT)], stderr=subprocess.DEVNULL
         )
         try:
             wait_listening(f"http://127.0.0.1:{PORT}/v1/jobs/seed")
@@ -178,9 +176,15 @@ def _count_posts(pid: int, token: str, requests: int, callers: int) -> None:
 
 
 def _instructions(folder: Path) -> int:
+    """The count of the one dump `_count_posts` asked for."""
     (dumped,) = folder.glob("callgrind.out.*")
-    total = re.search(r"^summary: (\d+)", dumped.read_text(), re.MULTILINE)
-    assert total is not None, f"no summary in {dumped}"
+    return _summary(dumped)
+
+
+def _summary(counts: Path) -> int:
+    """The instructions a callgrind output file counted in all."""
+    total = re.search(r"^summary: (\d+)", counts.read_text(), re.MULTILINE)
+    assert total is not None, f"no summary in {counts}"
     return int(total.group(1))
 
 
@@ -331,9 +335,7 @@ def _per_unit(script: str, units: int) -> float:
             command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={counts}"]
             command += [sys.executable, "-c", script, str(made)]
             subprocess.run(command, check=True, capture_output=True)
-            total = re.search(r"^summary: (\d+)", counts.read_text(), re.MULTILINE)
-            assert total is not None, f"no summary in {counts}"
-            counted.append(int(total.group(1)))
+            counted.append(_summary(counts))
     return (counted[1] - counted[0]) / (2 * units)
 
 

@@ -32,29 +32,34 @@ class InputLookup:
             return {}
         assets = self._mesh.stub("assets", assets_pb2_grpc.AssetsServiceStub)
         found = await asyncio.gather(
-            *(_owned(assets, account_id, field, asset_id) for field, asset_id in named.items())
+            *(
+                _owned(assets, account_id, livemode, field, asset_id)
+                for field, asset_id in named.items()
+            )
         )
-        described = {}
-        for (field, asset_id), asset in zip(named.items(), found, strict=True):
-            if asset.livemode != livemode:
-                raise NotFound("ASSET_NOT_FOUND", f"no asset {asset_id}", param=field)
-            described[field] = _described(asset)
-        return described
+        return {field: _described(asset) for field, asset in zip(named, found, strict=True)}
 
 
 async def _owned(
-    assets: assets_pb2_grpc.AssetsServiceStub, account_id: str, field: str, asset_id: str
+    assets: assets_pb2_grpc.AssetsServiceStub,
+    account_id: str,
+    livemode: bool,
+    field: str,
+    asset_id: str,
 ) -> assets_pb2.Asset:
-    """The account's asset; NOT_FOUND names the field that named it, as the other refusals
-    of a job's inputs do (assets' own NOT_FOUND knows no field)."""
+    """The account's asset of the key's mode; NOT_FOUND names the field that named it (the
+    assets service's own NOT_FOUND knows no field)."""
+    not_found = NotFound("ASSET_NOT_FOUND", f"no asset {asset_id}", param=field)
     try:
         asset: assets_pb2.Asset = await assets.GetAsset(
             assets_pb2.GetAssetRequest(id=asset_id, account_id=account_id)
         )
     except grpc.aio.AioRpcError as error:
         if error.code() == grpc.StatusCode.NOT_FOUND:
-            raise NotFound("ASSET_NOT_FOUND", f"no asset {asset_id}", param=field) from None
+            raise not_found from None
         raise
+    if asset.livemode != livemode:
+        raise not_found
     return asset
 
 
