@@ -10,7 +10,7 @@ from pydantic import ConfigDict
 
 from magicpixels.auth.v1 import auth_pb2
 from magicpixels.billing.v1 import billing_pb2
-from magicpixels.gateway import render
+from magicpixels.gateway import idempotency, render
 from magicpixels.gateway.bodies import Body
 from magicpixels.gateway.principal import Principal, require, require_live
 from magicpixels.gateway.responses import JSONResponse
@@ -28,18 +28,22 @@ class AccountCreate(Body):
 
 @router.post("/accounts", status_code=201)
 async def create_account(body: AccountCreate, request: Request) -> JSONResponse:
-    """Creates an account with its first API key (every scope). The token is shown only here."""
-    mesh = gateway(request)
-    created = await mesh.auth.CreateAccount(
-        auth_pb2.CreateAccountRequest(email=body.email, name=body.name or "")
+    """Creates an account with its first API key (every scope). The token is shown only here,
+    and in the replays of the request when it had an Idempotency-Key (for 24 hours, to the
+    same key and email)."""
+    call = gateway(request).auth.CreateAccount(
+        auth_pb2.CreateAccountRequest(
+            email=body.email, name=body.name or "", idempotency_key=idempotency.key_of(request)
+        )
     )
+    created = await call
     balance = billing_pb2.Balance(account_id=created.account.id)
     payload = {
         "account": render.account(created.account, balance),
         "api_key": render.api_key(created.api_key, created.token),
         "webhook_secret": created.webhook_secret,
     }
-    return JSONResponse(payload, status_code=201)
+    return JSONResponse(payload, status_code=201, headers=await idempotency.replay_headers(call))
 
 
 @router.get("/account")

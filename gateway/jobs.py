@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ConfigDict, Field
 
+from magicpixels.gateway import idempotency
 from magicpixels.gateway.bodies import Body
 from magicpixels.gateway.errors import ApiError
 from magicpixels.gateway.listing import Page, list_object, page
@@ -136,14 +137,11 @@ async def create_job(
             account_id=principal.account_id,
             livemode=principal.livemode,
             spec=body.to_spec(),
-            idempotency_key=request.headers.get("idempotency-key", ""),
+            idempotency_key=idempotency.key_of(request),
         )
     )
     created = await call
-    trailers = await call.trailing_metadata()
-    headers = {}
-    if trailers is not None and trailers.get("idempotent-replayed") == "true":
-        headers["Idempotent-Replayed"] = "true"
+    headers = await idempotency.replay_headers(call)
     wait = _preferred_wait(request)
     if wait is not None:
         headers["Preference-Applied"] = f"wait={wait}"

@@ -11,7 +11,7 @@ from pydantic import AwareDatetime, ConfigDict, Field
 
 from magicpixels.auth.v1 import auth_pb2
 from magicpixels.core.timestamps import to_timestamp
-from magicpixels.gateway import render
+from magicpixels.gateway import idempotency, render
 from magicpixels.gateway.bodies import Body
 from magicpixels.gateway.listing import Page, list_object, page
 from magicpixels.gateway.principal import Principal, require
@@ -45,8 +45,9 @@ async def create_api_key(
     request: Request,
     principal: Annotated[Principal, Depends(require("keys:write"))],
 ) -> JSONResponse:
-    """Creates a key; its `token` is in this response only."""
-    created = await gateway(request).auth.CreateApiKey(
+    """Creates a key; its `token` is in this response only, and in the replays of the request
+    when it had an Idempotency-Key (for 24 hours, to the same issuing key)."""
+    call = gateway(request).auth.CreateApiKey(
         auth_pb2.CreateApiKeyRequest(
             account_id=principal.account_id,
             name=body.name,
@@ -54,9 +55,14 @@ async def create_api_key(
             scopes=body.scopes or [],
             expire_time=to_timestamp(body.expires_at),
             issuer_api_key_id=principal.api_key_id,
+            idempotency_key=idempotency.key_of(request),
         )
     )
-    return JSONResponse(render.api_key(created.api_key, created.token), status_code=201)
+    created = await call
+    headers = await idempotency.replay_headers(call)
+    return JSONResponse(
+        render.api_key(created.api_key, created.token), status_code=201, headers=headers
+    )
 
 
 @router.get("/api_keys")

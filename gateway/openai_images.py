@@ -23,7 +23,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from magicpixels.assets.v1 import assets_pb2
-from magicpixels.gateway import multipart
+from magicpixels.gateway import idempotency, multipart
 from magicpixels.gateway.assets import DOWNLOAD_SECONDS, AssetUpload
 from magicpixels.gateway.bodies import Body
 from magicpixels.gateway.errors import ApiError
@@ -296,7 +296,7 @@ async def _run_jobs(
 ) -> list[jobs_pb2.Job]:
     """`n` jobs of the spec, each with its own seed, once they all ended; a repeated
     Idempotency-Key gives the same jobs back."""
-    key = request.headers.get("idempotency-key", "")
+    key = idempotency.key_of(request)
     answers = await asyncio.gather(
         *(_create(request, principal, spec, f"{key}#{i}" if key else "") for i in range(n)),
         return_exceptions=True,

@@ -501,15 +501,9 @@ def _add_examples(paths: dict[str, Any]) -> None:
     quote = paths["/v1/jobs/quote"]["post"]
     quote["requestBody"]["content"]["application/json"]["example"] = body["example"]
     quote["responses"]["200"]["content"]["application/json"]["example"] = QUOTE_EXAMPLE
-    create["parameters"] = [
-        {
-            "name": "Idempotency-Key",
-            "in": "header",
-            "required": False,
-            "description": "Same key, account and body within 24 h: the first answer is replayed "
-            "(Idempotent-Replayed: true), nothing is created or charged twice.",
-            "schema": {"type": "string", "maxLength": 255},
-        },
+    for path in IDEMPOTENT_CREATES:
+        paths[path]["post"].setdefault("parameters", []).append(IDEMPOTENCY_KEY)
+    create["parameters"] += [
         {
             "name": "Prefer",
             "in": "header",
@@ -530,6 +524,23 @@ def _add_examples(paths: dict[str, Any]) -> None:
         }
     }
 
+
+# The creates that take an Idempotency-Key (a quote or a cancel changes nothing twice anyway).
+IDEMPOTENT_CREATES = (
+    "/v1/accounts",
+    "/v1/api_keys",
+    "/v1/jobs",
+    "/v1/images/generations",
+    "/v1/images/edits",
+)
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Same key, account (for a signup: email) and body within 24 h: the first "
+    "answer is replayed (Idempotent-Replayed: true), nothing is created or charged twice.",
+    "schema": {"type": "string", "maxLength": 255},
+}
 
 DEADLINE_DESCRIPTION = (
     "1..86400: a job not completed this many seconds after it was created is canceled "

@@ -7,6 +7,10 @@ token be refused before any lookup and a leaked one be recognised offline (`TOKE
 Each stored hash records the pepper version it was made with, so a new pepper can be introduced
 without invalidating keys; a key verified under an older pepper is hashed again under the
 current one.
+
+A key made by a request with an Idempotency-Key keeps its token for that request's replays
+(24 hours), sealed with AES-GCM under a key derived from the pepper: the database alone does
+not give it away.
 """
 
 import base64
@@ -20,6 +24,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal, NamedTuple
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from magicpixels.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from magicpixels.core.ids import new_id
@@ -124,6 +130,36 @@ class Peppers:
     def matches(self, secret: str, version: int, stored_hash: str) -> bool:
         pepper = self._by_version.get(version)
         return pepper is not None and hmac.compare_digest(hash_secret(pepper, secret), stored_hash)
+
+    def seal(self, token: str, context: str) -> "SealedToken":
+        """`token` encrypted under the current pepper, bound to `context` (where it is kept)."""
+        nonce = secrets.token_bytes(_NONCE_BYTES)
+        sealed = _sealing(self._by_version[self.current]).encrypt(
+            nonce, token.encode(), context.encode()
+        )
+        return SealedToken(nonce + sealed, self.current)
+
+    def unseal(self, sealed: "SealedToken", context: str) -> str:
+        pepper = self._by_version[sealed.pepper_version]
+        nonce, data = sealed.data[:_NONCE_BYTES], sealed.data[_NONCE_BYTES:]
+        return _sealing(pepper).decrypt(nonce, data, context.encode()).decode()
+
+
+@dataclass(frozen=True)
+class SealedToken:
+    """A token kept for the replays of the request that made it, and its pepper's version."""
+
+    data: bytes
+    pepper_version: int
+
+
+_NONCE_BYTES = 12
+
+
+def _sealing(pepper: str) -> AESGCM:
+    """The AES-256-GCM key of sealed tokens: the pepper's HMAC of a fixed label, so that it is
+    not the key that hashes secrets."""
+    return AESGCM(hmac.new(pepper.encode(), b"magicpixels sealed token", hashlib.sha256).digest())
 
 
 def hash_secret(pepper: str, secret: str) -> str:
@@ -270,6 +306,18 @@ def checked_grace_period(grace: timedelta | None) -> timedelta:
     return grace
 
 
+def signup_scope(email: str) -> str:
+    """Where a signup's Idempotency-Key is claimed: its email (normalized), as it has no
+    account yet. A replay hands out the first key's token again, so the key, like a UUID,
+    should be unguessable."""
+    return f"email:{normalize_email(email)}"
+
+
+def account_scope(account_id: str) -> str:
+    """Where the Idempotency-Key of a key made for the account is claimed."""
+    return f"account:{account_id}"
+
+
 def new_account(email: str, name: str, now: datetime) -> Account:
     return Account(
         id=new_id("acct"),
@@ -290,7 +338,8 @@ def issue_key(
     now: datetime,
     expires_at: datetime | None = None,
 ) -> tuple[ApiKey, str]:
-    """A new key and its token; the token exists only in this return value, never in storage."""
+    """A new key and its token; the token is stored only sealed, for an idempotent request's
+    replays (`Peppers.seal`)."""
     key_id = new_id("key")
     secret = new_secret()
     key = ApiKey(

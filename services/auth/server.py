@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import functools
 
 import grpc
 import structlog
@@ -9,7 +10,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from magicpixels.auth.v1 import auth_pb2, auth_pb2_grpc
-from magicpixels.core import paging
+from magicpixels.core import idempotency, paging
 from magicpixels.core.bus import EventBus
 from magicpixels.core.errors import NotFound
 from magicpixels.core.server import ServiceBinding
@@ -50,7 +51,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         key, token = domain.issue_key(
             account.id, domain.FIRST_KEY_NAME, "live", domain.SCOPES, self._peppers, now
         )
-        await store.create_account(self._engine, account, key)
+        claim = self._key_claim(request, domain.signup_scope(request.email), token)
+        earlier = await store.create_account(self._engine, account, key, claim)
+        if earlier is not None:
+            assert claim is not None  # only a claimed key stops the insert
+            key, token = self._replay(claim, earlier, context)
+            account = await store.get_account(self._engine, key.account_id)
         return auth_pb2.CreateAccountResponse(
             account=_account_message(account),
             api_key=_api_key_message(key),
@@ -81,8 +87,38 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             now,
             domain.checked_expiry(expires_at, now),
         )
-        await store.add_api_key(self._engine, key)
+        claim = self._key_claim(request, domain.account_scope(request.account_id), token)
+        earlier = await store.add_api_key(self._engine, key, claim)
+        if earlier is not None:
+            assert claim is not None  # only a claimed key stops the insert
+            key, token = self._replay(claim, earlier, context)
         return auth_pb2.CreateApiKeyResponse(api_key=_api_key_message(key), token=token)
+
+    def _key_claim(
+        self,
+        request: auth_pb2.CreateAccountRequest | auth_pb2.CreateApiKeyRequest,
+        scope: str,
+        token: str,
+    ) -> store.KeyClaim | None:
+        """The claim of the request's Idempotency-Key on the new key, its token sealed; None
+        without a key. The hash covers the request but its key."""
+        asked = type(request)()
+        asked.CopyFrom(request)
+        asked.ClearField("idempotency_key")
+        claim = idempotency.claim(request.idempotency_key, asked)
+        if claim is None:
+            return None
+        return store.KeyClaim(scope, claim, self._peppers.seal(token, _sealed_in(scope, claim)))
+
+    def _replay(
+        self, claim: store.KeyClaim, earlier: store.Claimed, context: grpc.aio.ServicerContext
+    ) -> tuple[ApiKey, str]:
+        """The key an earlier request with the same Idempotency-Key made, as it is now, and its
+        token, if this is the same request."""
+        idempotency.check_same_request(claim.claim, earlier.request_hash)
+        context.set_trailing_metadata(idempotency.REPLAYED)
+        token = self._peppers.unseal(earlier.token, _sealed_in(claim.scope, claim.claim))
+        return earlier.key, token
 
     async def ListApiKeys(
         self, request: auth_pb2.ListApiKeysRequest, context: grpc.aio.ServicerContext
@@ -162,6 +198,11 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             log.warning("revocation_not_announced", api_key_id=key_id, exc_info=True)
 
 
+def _sealed_in(scope: str, claim: idempotency.Claim) -> str:
+    """What a sealed token is bound to: the claim that keeps it."""
+    return f"{scope}\n{claim.key}"
+
+
 def _mode(mode: auth_pb2.KeyMode.ValueType) -> Mode:
     """Unspecified means live, the mode of every key the API creates without asking."""
     return "test" if mode == auth_pb2.KEY_MODE_TEST else "live"
@@ -218,6 +259,7 @@ class AuthService:
         self._keys: KeyReader | None = None
         self._usage: UsageMarks | None = None
         self._flushing: asyncio.Task[None] | None = None
+        self._forgetting: asyncio.Task[None] | None = None
 
     async def start(self) -> list[ServiceBinding]:
         peppers = self._peppers()
@@ -227,6 +269,8 @@ class AuthService:
         self._keys = KeyReader(self._engine)
         self._usage = UsageMarks(self._engine, self.settings.last_used_flush_seconds)
         self._flushing = asyncio.create_task(self._usage.run())
+        forget = functools.partial(store.forget_claims, self._engine)
+        self._forgetting = asyncio.create_task(idempotency.keep_forgetting(forget))
         servicer = AuthServicer(self._engine, self._keys, peppers, self._mesh.bus, self._usage)
         return [
             ServiceBinding(SERVICE_NAME, servicer, auth_pb2_grpc.add_AuthServiceServicer_to_server)
@@ -238,6 +282,10 @@ class AuthService:
         return Peppers({domain.FIRST_PEPPER_VERSION: first, **later}, self.settings.pepper_version)
 
     async def close(self) -> None:
+        if self._forgetting is not None:
+            self._forgetting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._forgetting
         if self._flushing is not None and self._usage is not None:
             self._flushing.cancel()
             with contextlib.suppress(asyncio.CancelledError):

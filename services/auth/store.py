@@ -1,7 +1,7 @@
 """The auth tables and the queries on them."""
 
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -11,12 +11,14 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Row,
     String,
     Table,
     Text,
     bindparam,
+    delete,
     or_,
     select,
     update,
@@ -26,7 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from magicpixels.core.db import row_fields
 from magicpixels.core.errors import AlreadyExists, NotFound
-from magicpixels.services.auth.domain import Account, ApiKey, Mode
+from magicpixels.core.idempotency import WINDOW, Claim
+from magicpixels.services.auth.domain import Account, ApiKey, Mode, SealedToken
 
 metadata = MetaData()
 
@@ -61,16 +64,57 @@ api_keys = Table(
     Index("ix_api_keys_account_id_id", "account_id", "id"),
 )
 
+# The Idempotency-Keys of the last 24 hours' creates, each with the key it made and its token.
+idempotency_keys = Table(
+    "api_key_idempotency_keys",
+    metadata,
+    Column("scope", String(300), primary_key=True),  # domain.signup_scope, account_scope
+    Column("key", String(255), primary_key=True),
+    Column("request_hash", String(64), nullable=False),  # sha256, hex
+    Column("api_key_id", String(40), ForeignKey("api_keys.id"), nullable=False),
+    Column("sealed_token", LargeBinary, nullable=False),
+    Column("pepper_version", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_api_key_idempotency_keys_created_at", "created_at"),
+)
 
-async def create_account(engine: AsyncEngine, account: Account, first_key: ApiKey) -> None:
-    """Stores the account with its first key, both or neither; an email is taken only once."""
+
+@dataclass(frozen=True)
+class KeyClaim:
+    """A create's claim of its Idempotency-Key: where, the request, and the token it made."""
+
+    scope: str
+    claim: Claim
+    token: SealedToken
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What an earlier request with the same Idempotency-Key made."""
+
+    request_hash: str
+    key: ApiKey
+    token: SealedToken
+
+
+async def create_account(
+    engine: AsyncEngine, account: Account, first_key: ApiKey, claim: KeyClaim | None = None
+) -> Claimed | None:
+    """Stores the account with its first key and the claim of its Idempotency-Key, all or
+    none; an email is taken only once. What the key made instead, when it was claimed."""
     try:
         async with engine.begin() as connection:
             await connection.execute(accounts.insert().values(asdict(account)))
             await _insert_key(connection, first_key)
+            if claim is not None:
+                await _claim(connection, claim, first_key)
     except IntegrityError as error:
-        message = f"an account with the email {account.email} already exists"
-        raise AlreadyExists("ACCOUNT_EXISTS", message) from error
+        earlier = None if claim is None else await claimed(engine, claim)
+        if earlier is None:
+            message = f"an account with the email {account.email} already exists"
+            raise AlreadyExists("ACCOUNT_EXISTS", message) from error
+        return earlier
+    return None
 
 
 async def get_account(engine: AsyncEngine, account_id: str) -> Account:
@@ -78,10 +122,69 @@ async def get_account(engine: AsyncEngine, account_id: str) -> Account:
         return await _get_account(connection, account_id)
 
 
-async def add_api_key(engine: AsyncEngine, key: ApiKey) -> None:
+async def add_api_key(
+    engine: AsyncEngine, key: ApiKey, claim: KeyClaim | None = None
+) -> Claimed | None:
+    """Stores the key and the claim of its Idempotency-Key, both or neither; what the
+    Idempotency-Key made instead, when it was claimed."""
+    try:
+        async with engine.begin() as connection:
+            await _get_account(connection, key.account_id)
+            await _insert_key(connection, key)
+            if claim is not None:
+                await _claim(connection, claim, key)
+    except IntegrityError:
+        earlier = None if claim is None else await claimed(engine, claim)
+        if earlier is None:
+            raise
+        return earlier
+    return None
+
+
+async def _claim(connection: AsyncConnection, claim: KeyClaim, key: ApiKey) -> None:
+    """Claims the Idempotency-Key for `key` (inserted before: the claim refers to it). A claim
+    older than the window is replaced; a newer one is kept and the insert fails on the primary
+    key (on PostgreSQL a concurrent one waits for the transaction that inserts it, then fails).
+    """
+    same_key = (idempotency_keys.c.scope == claim.scope, idempotency_keys.c.key == claim.claim.key)
+    expired = idempotency_keys.c.created_at < key.created_at - WINDOW
+    await connection.execute(delete(idempotency_keys).where(*same_key, expired))
+    await connection.execute(
+        idempotency_keys.insert().values(
+            scope=claim.scope,
+            key=claim.claim.key,
+            request_hash=claim.claim.request_hash,
+            api_key_id=key.id,
+            sealed_token=claim.token.data,
+            pepper_version=claim.token.pepper_version,
+            created_at=key.created_at,
+        )
+    )
+
+
+async def claimed(engine: AsyncEngine, claim: KeyClaim) -> Claimed | None:
+    query = (
+        select(idempotency_keys, api_keys)
+        .join(api_keys, api_keys.c.id == idempotency_keys.c.api_key_id)
+        .where(idempotency_keys.c.scope == claim.scope, idempotency_keys.c.key == claim.claim.key)
+    )
+    async with engine.connect() as connection:
+        row = (await connection.execute(query)).first()
+    if row is None:
+        return None
+    found = row._mapping  # both tables have a pepper_version: columns, not names
+    token = SealedToken(
+        found[idempotency_keys.c.sealed_token], found[idempotency_keys.c.pepper_version]
+    )
+    key = api_key_of({column.name: found[column] for column in api_keys.c})
+    return Claimed(found[idempotency_keys.c.request_hash], key, token)
+
+
+async def forget_claims(engine: AsyncEngine, created_before: datetime) -> None:
+    """Deletes the Idempotency-Keys claimed before `created_before`, and their sealed tokens."""
+    statement = delete(idempotency_keys).where(idempotency_keys.c.created_at < created_before)
     async with engine.begin() as connection:
-        await _get_account(connection, key.account_id)
-        await _insert_key(connection, key)
+        await connection.execute(statement)
 
 
 # Every verification runs it (key_reads.py): built once, as building it (and its cache key) cost

@@ -19,7 +19,8 @@ from types import MappingProxyType
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from magicpixels.core.errors import Aborted, AlreadyExists, InvalidArgument
+from magicpixels.core import idempotency
+from magicpixels.core.errors import InvalidArgument
 from magicpixels.core.timestamps import as_utc
 from magicpixels.jobs.v1 import jobs_pb2
 
@@ -30,8 +31,6 @@ MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 64, 2048, 8
 _MAX_URL_LENGTH = 2048
 
 # An Idempotency-Key answers the same request again for this long; after that it is free.
-IDEMPOTENCY_WINDOW = timedelta(hours=24)
-MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
 # The longest a LeaseJob call holds on waiting for work.
 MAX_LEASE_WAIT_SECONDS = 60.0
@@ -427,41 +426,21 @@ def _refuse_unused_fields(spec: jobs_pb2.JobSpec, rules: tuple[Rule, ...]) -> No
             raise _invalid(descriptor.name, f"absent in {mode_name(spec.mode)} jobs")
 
 
-@dataclass(frozen=True)
-class Claim:
-    """An Idempotency-Key and the hash of the request that came with it."""
-
-    key: str
-    request_hash: str
-
-
-def idempotency_claim(key: str, livemode: bool, spec: jobs_pb2.JobSpec) -> Claim | None:
+def idempotency_claim(key: str, livemode: bool, spec: jobs_pb2.JobSpec) -> idempotency.Claim | None:
     """The claim a CreateJob request makes on its key; None without a key.
 
     The hash covers the request as the client sent it (its spec before defaults: a resolved
     spec has a random seed) and its livemode; the account is the key's scope.
     """
-    if not key:
-        return None
-    if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
-        raise _invalid("idempotency_key", f"at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters")
-    request = jobs_pb2.CreateJobRequest(livemode=livemode, spec=spec)
-    return Claim(key, hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest())
+    return idempotency.claim(key, jobs_pb2.CreateJobRequest(livemode=livemode, spec=spec))
 
 
-def check_replay(claim: Claim, stored_hash: str, job_state: str) -> None:
+def check_replay(claim: idempotency.Claim, stored_hash: str, job_state: str) -> None:
     """Refuses to answer a request with the job its key created unless it is the same request
     and that job was created."""
-    if stored_hash != claim.request_hash:
-        message = "this Idempotency-Key was used with a different request"
-        raise AlreadyExists("IDEMPOTENCY_KEY_REUSED", message)
+    idempotency.check_same_request(claim, stored_hash)
     if job_state == State.PENDING:
-        raise key_in_use()
-
-
-def key_in_use() -> Aborted:
-    message = "a request with this Idempotency-Key is still in progress; retry later"
-    return Aborted("IDEMPOTENCY_KEY_IN_USE", message)
+        raise idempotency.key_in_use()
 
 
 def _mode_unknown(param: str) -> InvalidArgument:

@@ -13,13 +13,13 @@ from datetime import datetime
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from magicpixels.core import metrics
+from magicpixels.core import idempotency, metrics
 from magicpixels.core.bus import EventBus
 from magicpixels.core.settings import JobsSettings
 from magicpixels.core.timestamps import utcnow
 from magicpixels.jobs.v1 import jobs_pb2
 from magicpixels.services.jobs import store
-from magicpixels.services.jobs.domain import IDEMPOTENCY_WINDOW, MODES, PENDING_TIMEOUT, State
+from magicpixels.services.jobs.domain import MODES, PENDING_TIMEOUT, State
 from magicpixels.services.jobs.settlement import Settlement
 from magicpixels.services.jobs.signals import announce
 
@@ -91,7 +91,7 @@ class Reconciler:
 
     async def forget_idempotency_keys(self, now: datetime) -> None:
         """Frees the idempotency keys past their window."""
-        await store.forget_claims(self._engine, now - IDEMPOTENCY_WINDOW)
+        await store.forget_claims(self._engine, now - idempotency.WINDOW)
 
     async def settle_holds(self) -> None:
         """Retries the captures and releases that failed when their job ended."""

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from magicpixels.core import metrics, paging, tracing
+from magicpixels.core import idempotency, metrics, paging, tracing
 from magicpixels.core.bus import EventBus
 from magicpixels.core.context import time_left
 from magicpixels.core.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
@@ -41,9 +41,6 @@ from magicpixels.services.jobs.webhooks import WebhookDispatcher
 SERVICE_NAME = jobs_pb2.DESCRIPTOR.services_by_name["JobsService"].full_name
 # A waiting LeaseJob answers this long before its caller's deadline, so the answer arrives.
 _DEADLINE_MARGIN_SECONDS = 0.5
-# Trailing metadata of a CreateJob answered with the job an earlier request with the same
-# idempotency key created: the gateway sends it as the Idempotent-Replayed header.
-REPLAYED = (("idempotent-replayed", "true"),)
 
 
 class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
@@ -109,12 +106,12 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         return resolved
 
     async def _replay(
-        self, account_id: str, claim: domain.Claim, context: grpc.aio.ServicerContext
+        self, account_id: str, claim: idempotency.Claim, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
         """The job an earlier request with the same key created, if this is the same request."""
         created = await store.claimed(self._engine, account_id, claim.key)
         if created is None:  # the claim was freed since: its create failed; try again
-            raise domain.key_in_use()
+            raise idempotency.key_in_use()
         job: JobRow = created
         if (
             created.request_hash == claim.request_hash
@@ -124,7 +121,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
             job = (await self._settlement.hold(created, store.spec_of(created))).job
             await announce(self._bus, job)
         domain.check_replay(claim, created.request_hash, job.state)
-        context.set_trailing_metadata(REPLAYED)
+        context.set_trailing_metadata(idempotency.REPLAYED)
         return await self._encode(job)
 
     async def QuoteJob(

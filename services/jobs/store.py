@@ -60,13 +60,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import ColumnElement
 
 from magicpixels.core.db import statements_alone
+from magicpixels.core.idempotency import WINDOW, Claim
 from magicpixels.core.ids import new_id
 from magicpixels.core.timestamps import as_utc, to_timestamp
 from magicpixels.jobs.v1 import jobs_pb2
 from magicpixels.services.jobs.domain import (
-    IDEMPOTENCY_WINDOW,
     TERMINAL,
-    Claim,
     DeliveryState,
     HoldStatus,
     State,
@@ -302,7 +301,7 @@ async def _claim(
     """Claims the key for the job; a claim older than the window is replaced, a newer one is
     kept and the insert fails on the unique (account_id, key)."""
     same_key = (idempotency_keys.c.account_id == account_id, idempotency_keys.c.key == claim.key)
-    expired = idempotency_keys.c.created_at < now - IDEMPOTENCY_WINDOW
+    expired = idempotency_keys.c.created_at < now - WINDOW
     await connection.execute(delete(idempotency_keys).where(*same_key, expired))
     await connection.execute(
         insert(idempotency_keys).values(

@@ -520,3 +520,127 @@ async def test_verified_keys_get_their_last_use_time_written_in_the_background(
         listed = await auth.ListApiKeys(auth_pb2.ListApiKeysRequest(account_id=created.account.id))
 
     assert from_timestamp(listed.api_keys[0].last_use_time) >= before.replace(microsecond=0)
+
+
+# Idempotency-Key on signups and key creates: a repeat answers what the first made, token
+# included; the token is kept sealed, and only for the key's 24 hours.
+
+
+async def signup(auth: Any, key: str, email: str = "ada@example.com", name: str = "Ada") -> Any:
+    """The answer and whether it was a replay."""
+    request = auth_pb2.CreateAccountRequest(email=email, name=name, idempotency_key=key)
+    return await answered(auth.CreateAccount(request))
+
+
+async def answered(call: Any) -> tuple[Any, bool]:
+    """The call's answer and whether its trailing metadata says it was a replay."""
+    answer = await call
+    return answer, (await call.trailing_metadata()).get("idempotent-replayed") == "true"
+
+
+async def rows_of(database: Database, table: Any) -> list[Any]:
+    engine = create_engine(database.url, schema=database.schema)
+    try:
+        async with engine.connect() as connection:
+            return list((await connection.execute(select(table))).all())
+    finally:
+        await engine.dispose()
+
+
+async def test_a_signup_repeated_with_its_idempotency_key_answers_the_same_account_and_token(
+    auth: Any, database: Database
+) -> None:
+    first, first_replayed = await signup(auth, "signup-1")
+    again, again_replayed = await signup(auth, "signup-1")
+
+    assert (first_replayed, again_replayed) == (False, True)
+    assert again == first
+    assert (await verify(auth, again.token)).api_key_id == first.api_key.id
+    assert len(await rows_of(database, store.accounts)) == 1
+
+
+async def test_a_signup_key_sent_with_another_name_is_refused_and_makes_nothing(
+    auth: Any, database: Database
+) -> None:
+    await signup(auth, "signup-1")
+
+    error = await refused(signup(auth, "signup-1", name="Ada L."))
+    other_email, replayed = await signup(auth, "signup-1", email="bob@example.com")
+
+    assert (error.code, error.reason) == (grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED")
+    # The key's scope is the email: another address is another signup.
+    assert (other_email.account.email, replayed) == ("bob@example.com", False)
+    assert len(await rows_of(database, store.accounts)) == 2
+
+
+async def test_concurrent_signups_with_one_idempotency_key_all_get_the_one_account(
+    auth: Any, database: Database
+) -> None:
+    answers = await asyncio.gather(*(signup(auth, "signup-race") for _ in range(10)))
+
+    assert len({answer.token for answer, _ in answers}) == 1
+    assert sorted(replayed for _, replayed in answers) == [False] + [True] * 9
+    assert len(await rows_of(database, store.accounts)) == 1
+
+
+async def test_a_key_create_repeated_with_its_idempotency_key_answers_the_same_key(
+    auth: Any, database: Database
+) -> None:
+    ada = await new_account(auth)
+    request = auth_pb2.CreateApiKeyRequest(
+        account_id=ada.account.id,
+        issuer_api_key_id=ada.api_key.id,
+        name="ci",
+        mode=auth_pb2.KEY_MODE_TEST,
+        idempotency_key="key-1",
+    )
+    first, first_replayed = await answered(auth.CreateApiKey(request))
+    again, again_replayed = await answered(auth.CreateApiKey(request))
+    renamed = auth_pb2.CreateApiKeyRequest()
+    renamed.CopyFrom(request)
+    renamed.name = "deploy"
+    other_body = await refused(auth.CreateApiKey(renamed))
+    child = await create_key(auth, ada.account.id, ada.api_key.id, name="child")
+    other_issuer = auth_pb2.CreateApiKeyRequest()
+    other_issuer.CopyFrom(request)
+    other_issuer.issuer_api_key_id = child.api_key.id
+    by_another_key = await refused(auth.CreateApiKey(other_issuer))
+
+    assert (first_replayed, again_replayed) == (False, True)
+    assert again == first
+    assert (await verify(auth, again.token)).api_key_id == first.api_key.id
+    # The hash covers the issuer: another key of the account may not fetch this one's token.
+    for error in (other_body, by_another_key):
+        assert (error.code, error.reason) == (
+            grpc.StatusCode.ALREADY_EXISTS,
+            "IDEMPOTENCY_KEY_REUSED",
+        )
+    assert len(await rows_of(database, store.api_keys)) == 3
+
+
+async def test_replayable_tokens_are_stored_sealed_and_forgotten_after_the_window(
+    auth: Any, database: Database
+) -> None:
+    first, _ = await signup(auth, "signup-1")
+    secret = domain.parse_token(first.token).secret
+    (claim,) = await rows_of(database, store.idempotency_keys)
+    assert not any(secret in str(value) for value in claim)
+    assert secret.encode() not in claim.sealed_token
+
+    engine = create_engine(database.url, schema=database.schema)
+    try:
+        await store.forget_claims(engine, utcnow() + timedelta(seconds=1))
+    finally:
+        await engine.dispose()
+    forgotten = await refused(signup(auth, "signup-1"))
+
+    assert await rows_of(database, store.idempotency_keys) == []
+    # Past the window the key is free: a new signup, refused only for its email.
+    assert (forgotten.code, forgotten.reason) == (grpc.StatusCode.ALREADY_EXISTS, "ACCOUNT_EXISTS")
+
+
+async def test_an_idempotency_key_over_255_characters_is_refused(auth: Any) -> None:
+    error = await refused(signup(auth, "k" * 256))
+
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PARAMETER_INVALID")
+    assert error.metadata == {"param": "idempotency_key"}

@@ -590,3 +590,33 @@ def _run_flow(base_url: str, env: dict[str, str]) -> list[str]:
         rotated["secret"],
         signature,
     ]
+
+
+async def test_a_signup_and_a_key_repeated_with_their_idempotency_keys_are_replayed(
+    client: httpx.AsyncClient,
+) -> None:
+    body = {"email": "retry@example.com", "name": "Retry"}
+    once = {"Idempotency-Key": "signup-7f3a"}
+    signup = await client.post("/v1/accounts", json=body, headers=once)
+    signup_again = await client.post("/v1/accounts", json=body, headers=once)
+    signup_renamed = await client.post("/v1/accounts", json={**body, "name": "R"}, headers=once)
+    token = signup.json()["api_key"]["token"]
+    key_headers = {**bearer(token), "Idempotency-Key": "key-9c1e"}
+    key_body = {"name": "deploy", "mode": "test"}
+    key = await client.post("/v1/api_keys", json=key_body, headers=key_headers)
+    key_again = await client.post("/v1/api_keys", json=key_body, headers=key_headers)
+    key_renamed = await client.post(
+        "/v1/api_keys", json={**key_body, "name": "d"}, headers=key_headers
+    )
+    listed = await client.get("/v1/api_keys", headers=bearer(token))
+
+    assert (signup.status_code, signup_again.status_code) == (201, 201)
+    assert signup_again.json() == signup.json()
+    assert "idempotent-replayed" not in signup.headers
+    assert signup_again.headers["idempotent-replayed"] == "true"
+    assert error_of(signup_renamed) == (409, "idempotency_key_reused")
+    assert (key.status_code, key_again.status_code) == (201, 201)
+    assert key_again.json() == key.json()
+    assert key_again.headers["idempotent-replayed"] == "true"
+    assert error_of(key_renamed) == (409, "idempotency_key_reused")
+    assert len(listed.json()["data"]) == 2  # the first key and one "deploy"

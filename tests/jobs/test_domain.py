@@ -3,6 +3,7 @@ from typing import Any
 
 import pytest
 
+from magicpixels.core import idempotency
 from magicpixels.core.errors import Aborted, AlreadyExists, InvalidArgument
 from magicpixels.jobs.v1 import jobs_pb2
 from magicpixels.services.jobs import domain
@@ -319,7 +320,7 @@ def test_a_claim_key_has_at_most_255_characters() -> None:
 
 
 def test_only_the_same_request_replays_a_created_job() -> None:
-    claim = domain.Claim("key-1", "hash-1")
+    claim = idempotency.Claim("key-1", "hash-1")
 
     domain.check_replay(claim, "hash-1", State.QUEUED)
     domain.check_replay(claim, "hash-1", State.FAILED)

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
+from magicpixels.core import idempotency
 from magicpixels.core.bus import LocalBus
 from magicpixels.core.db import create_engine
 from magicpixels.core.errors import Unavailable
@@ -417,9 +418,9 @@ async def test_idempotency_keys_are_forgotten_after_a_day(world: World) -> None:
     created = utcnow()
     await store.insert_pending(world.engine, ACCOUNT, True, spec, claim, created)
 
-    await world.reconciler.forget_idempotency_keys(created + domain.IDEMPOTENCY_WINDOW / 2)
+    await world.reconciler.forget_idempotency_keys(created + idempotency.WINDOW / 2)
     kept = await store.claimed(world.engine, ACCOUNT, "key-1")
-    await world.reconciler.forget_idempotency_keys(created + domain.IDEMPOTENCY_WINDOW * 2)
+    await world.reconciler.forget_idempotency_keys(created + idempotency.WINDOW * 2)
 
     assert kept is not None
     assert await store.claimed(world.engine, ACCOUNT, "key-1") is None

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from magicpixels.core import idempotency
 from magicpixels.core.timestamps import as_utc, utcnow
 from magicpixels.jobs.v1 import jobs_pb2
 from magicpixels.services.jobs import domain, store
@@ -30,8 +31,8 @@ async def test_a_claimed_key_inserts_no_second_job_for_a_day(engine: AsyncEngine
     claimed_at = utcnow()
     first = await insert(engine, claimed_at)
 
-    within = await insert(engine, claimed_at + domain.IDEMPOTENCY_WINDOW - timedelta(seconds=1))
-    after = await insert(engine, claimed_at + domain.IDEMPOTENCY_WINDOW + timedelta(seconds=1))
+    within = await insert(engine, claimed_at + idempotency.WINDOW - timedelta(seconds=1))
+    after = await insert(engine, claimed_at + idempotency.WINDOW + timedelta(seconds=1))
 
     assert first is not None
     assert within is None

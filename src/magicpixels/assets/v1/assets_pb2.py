@@ -25,43 +25,43 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"magicpixels/assets/v1/assets.proto\x12\x15magicpixels.assets.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8a\x03\n\x05\x41sset\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12.\n\x04kind\x18\x03 \x01(\x0e\x32 .magicpixels.assets.v1.AssetKind\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x12\n\x05width\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06height\x18\x08 \x01(\x05H\x01\x88\x01\x01\x12\x1d\n\x10\x64uration_seconds\x18\t \x01(\x01H\x02\x88\x01\x01\x12\x32\n\x06origin\x18\n \x01(\x0e\x32\".magicpixels.assets.v1.AssetOrigin\x12\x0e\n\x06job_id\x18\x0b \x01(\t\x12\x10\n\x08livemode\x18\x0c \x01(\x08\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x08\n\x06_widthB\t\n\x07_heightB\x13\n\x11_duration_seconds\"\xb6\x01\n\x0cUploadHeader\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08livemode\x18\x02 \x01(\x08\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x32\n\x06origin\x18\x04 \x01(\x0e\x32\".magicpixels.assets.v1.AssetOrigin\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12\x17\n\nsize_bytes\x18\x06 \x01(\x03H\x00\x88\x01\x01\x42\r\n\x0b_size_bytes\"g\n\x12UploadAssetRequest\x12\x35\n\x06header\x18\x01 \x01(\x0b\x32#.magicpixels.assets.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"v\n\x10ReadAssetRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0e\n\x06length\x18\x04 \x01(\x03\x12\x15\n\x08livemode\x18\x05 \x01(\x08H\x00\x88\x01\x01\x42\x0b\n\t_livemode\"^\n\x11ReadAssetResponse\x12-\n\x05\x61sset\x18\x01 \x01(\x0b\x32\x1c.magicpixels.assets.v1.AssetH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"U\n\x0fGetAssetRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x15\n\x08livemode\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x0b\n\t_livemode\"`\n\x11ListAssetsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08livemode\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"[\n\x12ListAssetsResponse\x12,\n\x06\x61ssets\x18\x01 \x03(\x0b\x32\x1c.magicpixels.assets.v1.Asset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"X\n\x12\x44\x65leteAssetRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x15\n\x08livemode\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x0b\n\t_livemode\"\x15\n\x13\x44\x65leteAssetResponse\"p\n\x0eSignUrlRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x1a\n\x12\x65xpires_in_seconds\x18\x03 \x01(\x05\x12\x15\n\x08livemode\x18\x04 \x01(\x08H\x00\x88\x01\x01\x42\x0b\n\t_livemode\"Q\n\x0fSignUrlResponse\x12\r\n\x05query\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"-\n\x10VerifyUrlRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t*i\n\tAssetKind\x12\x1a\n\x16\x41SSET_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41SSET_KIND_IMAGE\x10\x01\x12\x14\n\x10\x41SSET_KIND_AUDIO\x10\x02\x12\x14\n\x10\x41SSET_KIND_VIDEO\x10\x03*`\n\x0b\x41ssetOrigin\x12\x1c\n\x18\x41SSET_ORIGIN_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41SSET_ORIGIN_UPLOAD\x10\x01\x12\x1a\n\x16\x41SSET_ORIGIN_GENERATED\x10\x02\x32\x94\x05\n\rAssetsService\x12X\n\x0bUploadAsset\x12).magicpixels.assets.v1.UploadAssetRequest\x1a\x1c.magicpixels.assets.v1.Asset(\x01\x12`\n\tReadAsset\x12\'.magicpixels.assets.v1.ReadAssetRequest\x1a(.magicpixels.assets.v1.ReadAssetResponse0\x01\x12P\n\x08GetAsset\x12&.magicpixels.assets.v1.GetAssetRequest\x1a\x1c.magicpixels.assets.v1.Asset\x12\x61\n\nListAssets\x12(.magicpixels.assets.v1.ListAssetsRequest\x1a).magicpixels.assets.v1.ListAssetsResponse\x12\x64\n\x0b\x44\x65leteAsset\x12).magicpixels.assets.v1.DeleteAssetRequest\x1a*.magicpixels.assets.v1.DeleteAssetResponse\x12X\n\x07SignUrl\x12%.magicpixels.assets.v1.SignUrlRequest\x1a&.magicpixels.assets.v1.SignUrlResponse\x12R\n\tVerifyUrl\x12\'.magicpixels.assets.v1.VerifyUrlRequest\x1a\x1c.magicpixels.assets.v1.Assetb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"magicpixels/assets/v1/assets.proto\x12\x15magicpixels.assets.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8a\x03\n\x05\x41sset\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12.\n\x04kind\x18\x03 \x01(\x0e\x32 .magicpixels.assets.v1.AssetKind\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x12\n\x05width\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06height\x18\x08 \x01(\x05H\x01\x88\x01\x01\x12\x1d\n\x10\x64uration_seconds\x18\t \x01(\x01H\x02\x88\x01\x01\x12\x32\n\x06origin\x18\n \x01(\x0e\x32\".magicpixels.assets.v1.AssetOrigin\x12\x0e\n\x06job_id\x18\x0b \x01(\t\x12\x10\n\x08livemode\x18\x0c \x01(\x08\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x08\n\x06_widthB\t\n\x07_heightB\x13\n\x11_duration_seconds\"\xcf\x01\n\x0cUploadHeader\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08livemode\x18\x02 \x01(\x08\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x32\n\x06origin\x18\x04 \x01(\x0e\x32\".magicpixels.assets.v1.AssetOrigin\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12\x17\n\nsize_bytes\x18\x06 \x01(\x03H\x00\x88\x01\x01\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\tB\r\n\x0b_size_bytes\"g\n\x12UploadAssetRequest\x12\x35\n\x06header\x18\x01 \x01(\x0b\x32#.magicpixels.assets.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"v\n\x10ReadAssetRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0e\n\x06length\x18\x04 \x01(\x03\x12\x15\n\x08livemode\x18\x05 \x01(\x08H\x00\x88\x01\x01\x42\x0b\n\t_livemode\"^\n\x11ReadAssetResponse\x12-\n\x05\x61sset\x18\x01 \x01(\x0b\x32\x1c.magicpixels.assets.v1.AssetH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"U\n\x0fGetAssetRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x15\n\x08livemode\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x0b\n\t_livemode\"`\n\x11ListAssetsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08livemode\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"[\n\x12ListAssetsResponse\x12,\n\x06\x61ssets\x18\x01 \x03(\x0b\x32\x1c.magicpixels.assets.v1.Asset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"X\n\x12\x44\x65leteAssetRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x15\n\x08livemode\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x0b\n\t_livemode\"\x15\n\x13\x44\x65leteAssetResponse\"p\n\x0eSignUrlRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x1a\n\x12\x65xpires_in_seconds\x18\x03 \x01(\x05\x12\x15\n\x08livemode\x18\x04 \x01(\x08H\x00\x88\x01\x01\x42\x0b\n\t_livemode\"Q\n\x0fSignUrlResponse\x12\r\n\x05query\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"-\n\x10VerifyUrlRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t*i\n\tAssetKind\x12\x1a\n\x16\x41SSET_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41SSET_KIND_IMAGE\x10\x01\x12\x14\n\x10\x41SSET_KIND_AUDIO\x10\x02\x12\x14\n\x10\x41SSET_KIND_VIDEO\x10\x03*`\n\x0b\x41ssetOrigin\x12\x1c\n\x18\x41SSET_ORIGIN_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41SSET_ORIGIN_UPLOAD\x10\x01\x12\x1a\n\x16\x41SSET_ORIGIN_GENERATED\x10\x02\x32\x94\x05\n\rAssetsService\x12X\n\x0bUploadAsset\x12).magicpixels.assets.v1.UploadAssetRequest\x1a\x1c.magicpixels.assets.v1.Asset(\x01\x12`\n\tReadAsset\x12\'.magicpixels.assets.v1.ReadAssetRequest\x1a(.magicpixels.assets.v1.ReadAssetResponse0\x01\x12P\n\x08GetAsset\x12&.magicpixels.assets.v1.GetAssetRequest\x1a\x1c.magicpixels.assets.v1.Asset\x12\x61\n\nListAssets\x12(.magicpixels.assets.v1.ListAssetsRequest\x1a).magicpixels.assets.v1.ListAssetsResponse\x12\x64\n\x0b\x44\x65leteAsset\x12).magicpixels.assets.v1.DeleteAssetRequest\x1a*.magicpixels.assets.v1.DeleteAssetResponse\x12X\n\x07SignUrl\x12%.magicpixels.assets.v1.SignUrlRequest\x1a&.magicpixels.assets.v1.SignUrlResponse\x12R\n\tVerifyUrl\x12\'.magicpixels.assets.v1.VerifyUrlRequest\x1a\x1c.magicpixels.assets.v1.Assetb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'magicpixels.assets.v1.assets_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ASSETKIND']._serialized_start=1632
-  _globals['_ASSETKIND']._serialized_end=1737
-  _globals['_ASSETORIGIN']._serialized_start=1739
-  _globals['_ASSETORIGIN']._serialized_end=1835
+  _globals['_ASSETKIND']._serialized_start=1657
+  _globals['_ASSETKIND']._serialized_end=1762
+  _globals['_ASSETORIGIN']._serialized_start=1764
+  _globals['_ASSETORIGIN']._serialized_end=1860
   _globals['_ASSET']._serialized_start=95
   _globals['_ASSET']._serialized_end=489
   _globals['_UPLOADHEADER']._serialized_start=492
-  _globals['_UPLOADHEADER']._serialized_end=674
-  _globals['_UPLOADASSETREQUEST']._serialized_start=676
-  _globals['_UPLOADASSETREQUEST']._serialized_end=779
-  _globals['_READASSETREQUEST']._serialized_start=781
-  _globals['_READASSETREQUEST']._serialized_end=899
-  _globals['_READASSETRESPONSE']._serialized_start=901
-  _globals['_READASSETRESPONSE']._serialized_end=995
-  _globals['_GETASSETREQUEST']._serialized_start=997
-  _globals['_GETASSETREQUEST']._serialized_end=1082
-  _globals['_LISTASSETSREQUEST']._serialized_start=1084
-  _globals['_LISTASSETSREQUEST']._serialized_end=1180
-  _globals['_LISTASSETSRESPONSE']._serialized_start=1182
-  _globals['_LISTASSETSRESPONSE']._serialized_end=1273
-  _globals['_DELETEASSETREQUEST']._serialized_start=1275
-  _globals['_DELETEASSETREQUEST']._serialized_end=1363
-  _globals['_DELETEASSETRESPONSE']._serialized_start=1365
-  _globals['_DELETEASSETRESPONSE']._serialized_end=1386
-  _globals['_SIGNURLREQUEST']._serialized_start=1388
-  _globals['_SIGNURLREQUEST']._serialized_end=1500
-  _globals['_SIGNURLRESPONSE']._serialized_start=1502
-  _globals['_SIGNURLRESPONSE']._serialized_end=1583
-  _globals['_VERIFYURLREQUEST']._serialized_start=1585
-  _globals['_VERIFYURLREQUEST']._serialized_end=1630
-  _globals['_ASSETSSERVICE']._serialized_start=1838
-  _globals['_ASSETSSERVICE']._serialized_end=2498
+  _globals['_UPLOADHEADER']._serialized_end=699
+  _globals['_UPLOADASSETREQUEST']._serialized_start=701
+  _globals['_UPLOADASSETREQUEST']._serialized_end=804
+  _globals['_READASSETREQUEST']._serialized_start=806
+  _globals['_READASSETREQUEST']._serialized_end=924
+  _globals['_READASSETRESPONSE']._serialized_start=926
+  _globals['_READASSETRESPONSE']._serialized_end=1020
+  _globals['_GETASSETREQUEST']._serialized_start=1022
+  _globals['_GETASSETREQUEST']._serialized_end=1107
+  _globals['_LISTASSETSREQUEST']._serialized_start=1109
+  _globals['_LISTASSETSREQUEST']._serialized_end=1205
+  _globals['_LISTASSETSRESPONSE']._serialized_start=1207
+  _globals['_LISTASSETSRESPONSE']._serialized_end=1298
+  _globals['_DELETEASSETREQUEST']._serialized_start=1300
+  _globals['_DELETEASSETREQUEST']._serialized_end=1388
+  _globals['_DELETEASSETRESPONSE']._serialized_start=1390
+  _globals['_DELETEASSETRESPONSE']._serialized_end=1411
+  _globals['_SIGNURLREQUEST']._serialized_start=1413
+  _globals['_SIGNURLREQUEST']._serialized_end=1525
+  _globals['_SIGNURLRESPONSE']._serialized_start=1527
+  _globals['_SIGNURLRESPONSE']._serialized_end=1608
+  _globals['_VERIFYURLREQUEST']._serialized_start=1610
+  _globals['_VERIFYURLREQUEST']._serialized_end=1655
+  _globals['_ASSETSSERVICE']._serialized_start=1863
+  _globals['_ASSETSSERVICE']._serialized_end=2523
 # @@protoc_insertion_point(module_scope)

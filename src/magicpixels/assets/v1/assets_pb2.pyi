@@ -135,6 +135,7 @@ class UploadHeader(_message.Message):
     ORIGIN_FIELD_NUMBER: _builtins.int
     JOB_ID_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     livemode: _builtins.bool
     content_type: _builtins.str
@@ -143,6 +144,10 @@ class UploadHeader(_message.Message):
     job_id: _builtins.str
     size_bytes: _builtins.int
     """The declared size when the client knows it, so oversized uploads are refused at once."""
+    idempotency_key: _builtins.str
+    """The client's Idempotency-Key, scoped to the account: the same bytes, type and mode sent
+    again within 24 hours answer the asset the first upload made.
+    """
     def __init__(
         self,
         *,
@@ -152,10 +157,11 @@ class UploadHeader(_message.Message):
         origin: Global___AssetOrigin.ValueType = ...,
         job_id: _builtins.str = ...,
         size_bytes: _builtins.int | None = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_size_bytes", b"_size_bytes", "size_bytes", b"size_bytes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_size_bytes", b"_size_bytes", "account_id", b"account_id", "content_type", b"content_type", "job_id", b"job_id", "livemode", b"livemode", "origin", b"origin", "size_bytes", b"size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_size_bytes", b"_size_bytes", "account_id", b"account_id", "content_type", b"content_type", "idempotency_key", b"idempotency_key", "job_id", b"job_id", "livemode", b"livemode", "origin", b"origin", "size_bytes", b"size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__size_bytes: _TypeAlias = _typing.Literal["size_bytes"]  # noqa: Y015
     _WhichOneofArgType__size_bytes: _TypeAlias = _typing.Literal["_size_bytes", b"_size_bytes"]  # noqa: Y015

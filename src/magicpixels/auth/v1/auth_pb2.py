@@ -26,15 +26,15 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emagicpixels/auth/v1/auth.proto\x12\x13magicpixels.auth.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"q\n\x07\x41\x63\x63ount\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04plan\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc8\x02\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12*\n\x04mode\x18\x04 \x01(\x0e\x32\x1c.magicpixels.auth.v1.KeyMode\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12\x0e\n\x06prefix\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_use_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x86\x01\n\tPrincipal\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\napi_key_id\x18\x02 \x01(\t\x12\x10\n\x08livemode\x18\x03 \x01(\x08\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x86\x01\n\rWebhookSecret\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06secret\x18\x02 \x01(\t\x12\x17\n\x0fprevious_secret\x18\x03 \x01(\t\x12\x38\n\x14previous_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"3\n\x14\x43reateAccountRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\x9b\x01\n\x15\x43reateAccountResponse\x12-\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1c.magicpixels.auth.v1.Account\x12,\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x1b.magicpixels.auth.v1.ApiKey\x12\r\n\x05token\x18\x03 \x01(\t\x12\x16\n\x0ewebhook_secret\x18\x04 \x01(\t\"\x1f\n\x11GetAccountRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xbf\x01\n\x13\x43reateApiKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12*\n\x04mode\x18\x03 \x01(\x0e\x32\x1c.magicpixels.auth.v1.KeyMode\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11issuer_api_key_id\x18\x06 \x01(\t\"S\n\x14\x43reateApiKeyResponse\x12,\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x1b.magicpixels.auth.v1.ApiKey\x12\r\n\x05token\x18\x02 \x01(\t\"{\n\x12ListApiKeysRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12*\n\x04mode\x18\x04 \x01(\x0e\x32\x1c.magicpixels.auth.v1.KeyMode\"]\n\x13ListApiKeysResponse\x12-\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x1b.magicpixels.auth.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"a\n\x13RevokeApiKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12*\n\x04mode\x18\x03 \x01(\x0e\x32\x1c.magicpixels.auth.v1.KeyMode\"$\n\x13VerifyApiKeyRequest\x12\r\n\x05token\x18\x01 \x01(\t\"-\n\x17GetWebhookSecretRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"a\n\x1aRotateWebhookSecretRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12/\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration*I\n\x07KeyMode\x12\x18\n\x14KEY_MODE_UNSPECIFIED\x10\x00\x12\x11\n\rKEY_MODE_LIVE\x10\x01\x12\x11\n\rKEY_MODE_TEST\x10\x02\x32\x93\x06\n\x0b\x41uthService\x12\x66\n\rCreateAccount\x12).magicpixels.auth.v1.CreateAccountRequest\x1a*.magicpixels.auth.v1.CreateAccountResponse\x12R\n\nGetAccount\x12&.magicpixels.auth.v1.GetAccountRequest\x1a\x1c.magicpixels.auth.v1.Account\x12\x63\n\x0c\x43reateApiKey\x12(.magicpixels.auth.v1.CreateApiKeyRequest\x1a).magicpixels.auth.v1.CreateApiKeyResponse\x12`\n\x0bListApiKeys\x12\'.magicpixels.auth.v1.ListApiKeysRequest\x1a(.magicpixels.auth.v1.ListApiKeysResponse\x12U\n\x0cRevokeApiKey\x12(.magicpixels.auth.v1.RevokeApiKeyRequest\x1a\x1b.magicpixels.auth.v1.ApiKey\x12X\n\x0cVerifyApiKey\x12(.magicpixels.auth.v1.VerifyApiKeyRequest\x1a\x1e.magicpixels.auth.v1.Principal\x12\x64\n\x10GetWebhookSecret\x12,.magicpixels.auth.v1.GetWebhookSecretRequest\x1a\".magicpixels.auth.v1.WebhookSecret\x12j\n\x13RotateWebhookSecret\x12/.magicpixels.auth.v1.RotateWebhookSecretRequest\x1a\".magicpixels.auth.v1.WebhookSecretb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emagicpixels/auth/v1/auth.proto\x12\x13magicpixels.auth.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"q\n\x07\x41\x63\x63ount\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04plan\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc8\x02\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12*\n\x04mode\x18\x04 \x01(\x0e\x32\x1c.magicpixels.auth.v1.KeyMode\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12\x0e\n\x06prefix\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_use_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x86\x01\n\tPrincipal\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\napi_key_id\x18\x02 \x01(\t\x12\x10\n\x08livemode\x18\x03 \x01(\x08\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x86\x01\n\rWebhookSecret\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06secret\x18\x02 \x01(\t\x12\x17\n\x0fprevious_secret\x18\x03 \x01(\t\x12\x38\n\x14previous_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"L\n\x14\x43reateAccountRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"\x9b\x01\n\x15\x43reateAccountResponse\x12-\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1c.magicpixels.auth.v1.Account\x12,\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x1b.magicpixels.auth.v1.ApiKey\x12\r\n\x05token\x18\x03 \x01(\t\x12\x16\n\x0ewebhook_secret\x18\x04 \x01(\t\"\x1f\n\x11GetAccountRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xd8\x01\n\x13\x43reateApiKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12*\n\x04mode\x18\x03 \x01(\x0e\x32\x1c.magicpixels.auth.v1.KeyMode\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11issuer_api_key_id\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\"S\n\x14\x43reateApiKeyResponse\x12,\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x1b.magicpixels.auth.v1.ApiKey\x12\r\n\x05token\x18\x02 \x01(\t\"{\n\x12ListApiKeysRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12*\n\x04mode\x18\x04 \x01(\x0e\x32\x1c.magicpixels.auth.v1.KeyMode\"]\n\x13ListApiKeysResponse\x12-\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x1b.magicpixels.auth.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"a\n\x13RevokeApiKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12*\n\x04mode\x18\x03 \x01(\x0e\x32\x1c.magicpixels.auth.v1.KeyMode\"$\n\x13VerifyApiKeyRequest\x12\r\n\x05token\x18\x01 \x01(\t\"-\n\x17GetWebhookSecretRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"a\n\x1aRotateWebhookSecretRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12/\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration*I\n\x07KeyMode\x12\x18\n\x14KEY_MODE_UNSPECIFIED\x10\x00\x12\x11\n\rKEY_MODE_LIVE\x10\x01\x12\x11\n\rKEY_MODE_TEST\x10\x02\x32\x93\x06\n\x0b\x41uthService\x12\x66\n\rCreateAccount\x12).magicpixels.auth.v1.CreateAccountRequest\x1a*.magicpixels.auth.v1.CreateAccountResponse\x12R\n\nGetAccount\x12&.magicpixels.auth.v1.GetAccountRequest\x1a\x1c.magicpixels.auth.v1.Account\x12\x63\n\x0c\x43reateApiKey\x12(.magicpixels.auth.v1.CreateApiKeyRequest\x1a).magicpixels.auth.v1.CreateApiKeyResponse\x12`\n\x0bListApiKeys\x12\'.magicpixels.auth.v1.ListApiKeysRequest\x1a(.magicpixels.auth.v1.ListApiKeysResponse\x12U\n\x0cRevokeApiKey\x12(.magicpixels.auth.v1.RevokeApiKeyRequest\x1a\x1b.magicpixels.auth.v1.ApiKey\x12X\n\x0cVerifyApiKey\x12(.magicpixels.auth.v1.VerifyApiKeyRequest\x1a\x1e.magicpixels.auth.v1.Principal\x12\x64\n\x10GetWebhookSecret\x12,.magicpixels.auth.v1.GetWebhookSecretRequest\x1a\".magicpixels.auth.v1.WebhookSecret\x12j\n\x13RotateWebhookSecret\x12/.magicpixels.auth.v1.RotateWebhookSecretRequest\x1a\".magicpixels.auth.v1.WebhookSecretb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'magicpixels.auth.v1.auth_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KEYMODE']._serialized_start=1866
-  _globals['_KEYMODE']._serialized_end=1939
+  _globals['_KEYMODE']._serialized_start=1916
+  _globals['_KEYMODE']._serialized_end=1989
   _globals['_ACCOUNT']._serialized_start=120
   _globals['_ACCOUNT']._serialized_end=233
   _globals['_APIKEY']._serialized_start=236
@@ -44,27 +44,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WEBHOOKSECRET']._serialized_start=704
   _globals['_WEBHOOKSECRET']._serialized_end=838
   _globals['_CREATEACCOUNTREQUEST']._serialized_start=840
-  _globals['_CREATEACCOUNTREQUEST']._serialized_end=891
-  _globals['_CREATEACCOUNTRESPONSE']._serialized_start=894
-  _globals['_CREATEACCOUNTRESPONSE']._serialized_end=1049
-  _globals['_GETACCOUNTREQUEST']._serialized_start=1051
-  _globals['_GETACCOUNTREQUEST']._serialized_end=1082
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1085
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1276
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1278
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1361
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1363
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1486
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1488
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1581
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1583
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1680
-  _globals['_VERIFYAPIKEYREQUEST']._serialized_start=1682
-  _globals['_VERIFYAPIKEYREQUEST']._serialized_end=1718
-  _globals['_GETWEBHOOKSECRETREQUEST']._serialized_start=1720
-  _globals['_GETWEBHOOKSECRETREQUEST']._serialized_end=1765
-  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_start=1767
-  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_end=1864
-  _globals['_AUTHSERVICE']._serialized_start=1942
-  _globals['_AUTHSERVICE']._serialized_end=2729
+  _globals['_CREATEACCOUNTREQUEST']._serialized_end=916
+  _globals['_CREATEACCOUNTRESPONSE']._serialized_start=919
+  _globals['_CREATEACCOUNTRESPONSE']._serialized_end=1074
+  _globals['_GETACCOUNTREQUEST']._serialized_start=1076
+  _globals['_GETACCOUNTREQUEST']._serialized_end=1107
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1110
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1326
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1328
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1411
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1413
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1536
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1538
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1631
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1633
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1730
+  _globals['_VERIFYAPIKEYREQUEST']._serialized_start=1732
+  _globals['_VERIFYAPIKEYREQUEST']._serialized_end=1768
+  _globals['_GETWEBHOOKSECRETREQUEST']._serialized_start=1770
+  _globals['_GETWEBHOOKSECRETREQUEST']._serialized_end=1815
+  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_start=1817
+  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_end=1914
+  _globals['_AUTHSERVICE']._serialized_start=1992
+  _globals['_AUTHSERVICE']._serialized_end=2779
 # @@protoc_insertion_point(module_scope)

@@ -200,17 +200,23 @@ class CreateAccountRequest(_message.Message):
 
     EMAIL_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     email: _builtins.str
     name: _builtins.str
+    idempotency_key: _builtins.str
+    """The client's Idempotency-Key, scoped to the email: a repeat of the same request within
+    24 hours answers the account it created, its first key's token included.
+    """
     def __init__(
         self,
         *,
         email: _builtins.str = ...,
         name: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "idempotency_key", b"idempotency_key", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -275,12 +281,17 @@ class CreateApiKeyRequest(_message.Message):
     SCOPES_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     ISSUER_API_KEY_ID_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     name: _builtins.str
     mode: Global___KeyMode.ValueType
     issuer_api_key_id: _builtins.str
     """The key asking for this one, when a key asks: the new key gets no scope the issuer lacks
     (no scopes requested means the issuer's), and a test-mode issuer makes only test-mode keys.
+    """
+    idempotency_key: _builtins.str
+    """The client's Idempotency-Key, scoped to the account: a repeat of the same request (by the
+    same issuer) within 24 hours answers the key it created, its token included.
     """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -297,10 +308,11 @@ class CreateApiKeyRequest(_message.Message):
         scopes: _abc.Iterable[_builtins.str] | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         issuer_api_key_id: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "expire_time", b"expire_time", "issuer_api_key_id", b"issuer_api_key_id", "mode", b"mode", "name", b"name", "scopes", b"scopes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "expire_time", b"expire_time", "idempotency_key", b"idempotency_key", "issuer_api_key_id", b"issuer_api_key_id", "mode", b"mode", "name", b"name", "scopes", b"scopes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

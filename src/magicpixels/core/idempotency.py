@@ -1,0 +1,72 @@
+"""Idempotency-Key claims, as API.md defines them for every create.
+
+A service claims the key in the transaction that records what the request creates, so of two
+requests with the same key one creates and the other finds the claim: it is answered with what
+the first created (the servicer sets `REPLAYED` as trailing metadata, which the gateway sends
+as `Idempotent-Replayed: true`), or refused when its request differs. A claim lasts 24 hours.
+"""
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+from google.protobuf.message import Message
+from sqlalchemy.exc import SQLAlchemyError
+
+from magicpixels.core.errors import Aborted, AlreadyExists, InvalidArgument
+from magicpixels.core.timestamps import utcnow
+
+WINDOW = timedelta(hours=24)
+MAX_KEY_LENGTH = 255
+# Trailing metadata of a create answered with what an earlier request with its key created.
+REPLAYED = (("idempotent-replayed", "true"),)
+# How often a service forgets the claims past the window.
+FORGET_EVERY_SECONDS = 600.0
+
+log = structlog.get_logger("magicpixels.idempotency")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An Idempotency-Key and the hash of the request that came with it."""
+
+    key: str
+    request_hash: str
+
+
+def claim(key: str, request: Message | bytes) -> Claim | None:
+    """The claim a request (its fields that say what to create, or their bytes) makes on
+    `key`; None without a key."""
+    if not key:
+        return None
+    if len(key) > MAX_KEY_LENGTH:
+        message = f"idempotency_key must be at most {MAX_KEY_LENGTH} characters"
+        raise InvalidArgument("PARAMETER_INVALID", message, param="idempotency_key")
+    data = request if isinstance(request, bytes) else request.SerializeToString(deterministic=True)
+    return Claim(key, hashlib.sha256(data).hexdigest())
+
+
+def check_same_request(claim: Claim, stored_hash: str) -> None:
+    """Refuses to replay what the key created for a different request."""
+    if stored_hash != claim.request_hash:
+        message = "this Idempotency-Key was used with a different request"
+        raise AlreadyExists("IDEMPOTENCY_KEY_REUSED", message)
+
+
+def key_in_use() -> Aborted:
+    message = "a request with this Idempotency-Key is still in progress; retry later"
+    return Aborted("IDEMPOTENCY_KEY_IN_USE", message)
+
+
+async def keep_forgetting(forget: Callable[[datetime], Awaitable[None]]) -> None:
+    """Calls `forget(created_before)` with the start of the window, every
+    FORGET_EVERY_SECONDS, until cancelled: claims past it are free again."""
+    while True:
+        try:
+            await forget(utcnow() - WINDOW)
+        except SQLAlchemyError:  # the next pass tries again
+            log.warning("idempotency_keys_not_forgotten", exc_info=True)
+        await asyncio.sleep(FORGET_EVERY_SECONDS)
