@@ -11,7 +11,7 @@ from fastapi import Request
 from magicpixels.assets.v1 import assets_pb2_grpc
 from magicpixels.auth.v1 import auth_pb2, auth_pb2_grpc
 from magicpixels.billing.v1 import billing_pb2_grpc
-from magicpixels.core import metrics
+from magicpixels.core import eventloop, metrics
 from magicpixels.core.service import Mesh
 from magicpixels.core.settings import GatewaySettings
 from magicpixels.gateway.job_views import JobViews
@@ -54,9 +54,7 @@ class Gateway:
             yield
         finally:
             for following in followers:
-                following.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await following
+                await eventloop.stopped(following)
             await self.limiter.close()
 
     @cached_property

@@ -1,7 +1,6 @@
 """The BillingService servicer and the billing Service that runs it with its sweeper."""
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import datetime, timedelta
@@ -10,7 +9,7 @@ import grpc
 import structlog
 
 from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
-from magicpixels.core import metrics, paging
+from magicpixels.core import eventloop, metrics, paging
 from magicpixels.core.server import ServiceBinding
 from magicpixels.core.service import Mesh, open_database
 from magicpixels.core.settings import BillingSettings
@@ -285,9 +284,6 @@ class BillingService:
         metrics.CREDITS_HELD_PAST_EXPIRY.labels("billing").set(past_expiry)
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await eventloop.stopped(self._sweeper)
         if self._store is not None:
             await self._store.engine.dispose()

@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack
 import structlog
 from redis.exceptions import RedisError
 
-from magicpixels.core import metrics
+from magicpixels.core import eventloop, metrics
 from magicpixels.core.bus import EventBus
 from magicpixels.core.timestamps import as_utc
 from magicpixels.services.jobs.domain import TERMINAL, State
@@ -96,7 +96,7 @@ class Hints:
     def follow(self, name: str, hints: AsyncIterator[object]) -> None:
         """Follows the stream under this name until the stack closes."""
         forwarding = asyncio.create_task(self._forward(name, hints))
-        self._stack.push_async_callback(_stopped, forwarding)
+        self._stack.push_async_callback(eventloop.stopped, forwarding)
 
     async def _forward(self, name: str, hints: AsyncIterator[object]) -> None:
         async for _ in hints:
@@ -108,12 +108,6 @@ class Hints:
         self._arrived.clear()
         hinted, self._hinted = self._hinted, set()
         return hinted
-
-
-async def _stopped(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 class QueueSignal:

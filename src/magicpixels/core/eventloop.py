@@ -5,6 +5,8 @@ less CPU than on asyncio's own loop, and the gateway's HTTP less still (bench/jo
 the bare Starlette baseline on uvloop too, for a like-for-like ratio).
 """
 
+import asyncio
+import contextlib
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -16,3 +18,12 @@ T = TypeVar("T")
 def run(main: Coroutine[Any, Any, T]) -> T:
     """Runs `main` to completion on a new uvloop loop, as `asyncio.run` would on its own."""
     return uvloop.run(main)
+
+
+async def stopped(task: "asyncio.Task[Any] | None") -> None:
+    """Cancels a background task and waits until it has ended; nothing for None."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
