@@ -13,7 +13,7 @@ from pydantic import ConfigDict
 from starlette.requests import ClientDisconnect
 
 from magicpixels.assets.v1 import assets_pb2, assets_pb2_grpc
-from magicpixels.gateway import multipart, render
+from magicpixels.gateway import idempotency, multipart, render
 from magicpixels.gateway.bodies import Body
 from magicpixels.gateway.errors import ApiError
 from magicpixels.gateway.jobs import Int32
@@ -86,6 +86,10 @@ class AssetUpload:
         asset: assets_pb2.Asset = await self._call
         return asset
 
+    async def replay_headers(self) -> dict[str, str]:
+        """Once finished: the headers that say whether the upload replayed an earlier one."""
+        return await idempotency.replay_headers(self._call)
+
     async def _flush(self) -> None:
         if self._pending:
             await self._send(assets_pb2.UploadAssetRequest(chunk=bytes(self._pending)))
@@ -104,9 +108,15 @@ async def upload_asset(
     request: Request, principal: Annotated[Principal, Depends(require("assets:write"))]
 ) -> JSONResponse:
     """Uploads a file, streamed to the assets service as it arrives: the raw bytes with their
-    `Content-Type`, or `multipart/form-data` with one `file` part (and its `Content-Type`)."""
+    `Content-Type`, or `multipart/form-data` with one `file` part (and its `Content-Type`).
+    With an Idempotency-Key, the same bytes (type and mode) sent again within 24 h answer the
+    asset the first upload made."""
     content_type = request.headers.get("content-type", "")
-    header = assets_pb2.UploadHeader(account_id=principal.account_id, livemode=principal.livemode)
+    header = assets_pb2.UploadHeader(
+        account_id=principal.account_id,
+        livemode=principal.livemode,
+        idempotency_key=idempotency.key_of(request),
+    )
     try:
         async with AssetUpload(gateway(request).assets) as upload:
             if content_type.split(";", 1)[0].strip().lower() == _FORM:
@@ -114,6 +124,7 @@ async def upload_asset(
             else:
                 await _stream_raw(upload, header, content_type, request)
             asset = await upload.finish()
+            headers = await upload.replay_headers()
     except ClientDisconnect:
         raise ApiError(
             400,
@@ -121,7 +132,7 @@ async def upload_asset(
             "body_incomplete",
             "The connection closed before the whole body arrived.",
         ) from None
-    return JSONResponse(render.asset(asset), status_code=201)
+    return JSONResponse(render.asset(asset), status_code=201, headers=headers)
 
 
 async def _stream_raw(

@@ -221,7 +221,13 @@ async def _read_edit_form(
 ) -> tuple[dict[str, str], assets_pb2.Asset]:
     """The form's text fields, and its `image` part streamed into a new asset."""
     fields: dict[str, str] = {}
-    header = assets_pb2.UploadHeader(account_id=principal.account_id, livemode=principal.livemode)
+    key = idempotency.key_of(request)
+    header = assets_pb2.UploadHeader(
+        account_id=principal.account_id,
+        livemode=principal.livemode,
+        # A retried edit uploads its image again: the same asset, so the same jobs' spec.
+        idempotency_key=f"{key}#image" if key else "",
+    )
     async with AssetUpload(gateway(request).assets) as upload:
         image = _ImagePart(upload, header)
         current: multipart.Part | None = None

@@ -384,8 +384,9 @@ _EXTRA_ERRORS: dict[str, tuple[str, ...]] = {
     "POST /v1/jobs": ("402", "404", "409"),
     "POST /v1/jobs/quote": ("404",),
     "POST /v1/images/generations": ("402", "409"),
-    "POST /v1/images/edits": ("402", "413", "415"),
-    "POST /v1/assets": ("413", "415"),
+    "POST /v1/images/edits": ("402", "409", "413", "415"),
+    "POST /v1/api_keys": ("409",),
+    "POST /v1/assets": ("409", "413", "415"),
     "GET /v1/assets/{asset_id}/content": ("404", "410", "416"),
     "HEAD /v1/assets/{asset_id}/content": ("404", "410", "416"),
     "POST /v1/jobs/{job_id}/cancel": ("404", "409"),
@@ -529,6 +530,7 @@ def _add_examples(paths: dict[str, Any]) -> None:
 IDEMPOTENT_CREATES = (
     "/v1/accounts",
     "/v1/api_keys",
+    "/v1/assets",
     "/v1/jobs",
     "/v1/images/generations",
     "/v1/images/edits",
@@ -537,7 +539,8 @@ IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",
     "required": False,
-    "description": "Same key, account (for a signup: email) and body within 24 h: the first "
+    "description": "Same key, account (for a signup: email) and body (for an upload: bytes, "
+    "type and mode) within 24 h: the first "
     "answer is replayed (Idempotent-Replayed: true), nothing is created or charged twice.",
     "schema": {"type": "string", "maxLength": 255},
 }

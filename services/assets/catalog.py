@@ -6,14 +6,21 @@ checks, under the blob's row lock, that the blob is still there. A blob is remov
 that same lock, when no live asset references it. So no live asset ever loses its bytes; an
 upload that loses the race to the removal of identical bytes is refused (ABORTED) and can simply
 be sent again. A refused upload never reaches the store.
+
+An upload's Idempotency-Key is claimed in that same transaction, once the bytes are known: an
+upload that finds its key claimed by the same bytes records nothing and answers the asset the
+first one made (the blob, the same, stays referenced by it).
 """
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
+from datetime import datetime
 from pathlib import Path
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from magicpixels.core import idempotency
 from magicpixels.core.errors import Aborted
 from magicpixels.core.timestamps import utcnow
 from magicpixels.services.assets import domain, store
@@ -26,8 +33,12 @@ class Catalog:
         self._engine = engine
         self._blobs = blobs
 
-    async def upload(self, plan: UploadPlan, chunks: AsyncIterator[bytes]) -> AssetRecord:
-        """Stages, validates, stores and records the bytes; a refused upload leaves nothing."""
+    async def upload(
+        self, plan: UploadPlan, chunks: AsyncIterator[bytes]
+    ) -> tuple[AssetRecord, bool]:
+        """Stages, validates, stores and records the bytes; a refused upload leaves nothing.
+        With an Idempotency-Key claimed by the same upload already, the asset that one made,
+        and True: this one is then not recorded."""
         async with self._blobs.stage(_within_limit(plan, chunks)) as draft:
             domain.ensure_received(plan, draft.size)
             content = await asyncio.to_thread(_inspect, plan, draft.path)
@@ -39,13 +50,17 @@ class Catalog:
                 sha256=draft.sha256,
                 now=utcnow(),
             )
+            claim = domain.upload_claim(plan, draft.sha256)
             try:
                 await _to_the_end(self._blobs.publish(draft))
-                await self._claim(record)
+                earlier = await self._claim(record, claim)
             except BaseException:  # cancellation included: the blob must not be left unreferenced
                 await self._release(record.blob_key)
                 raise
-        return record
+        if earlier is None:
+            return record, False
+        await self._release(record.blob_key)  # kept: the earlier asset has the same bytes
+        return earlier, True
 
     async def get(self, asset_id: str, account_id: str) -> AssetRecord:
         return domain.visible(await self._find(asset_id), asset_id, account_id)
@@ -82,12 +97,38 @@ class Catalog:
         async with self._engine.connect() as connection:
             return await store.find_asset(connection, asset_id)
 
-    async def _claim(self, record: AssetRecord) -> None:
+    async def forget_claims(self, created_before: datetime) -> None:
         async with self._engine.begin() as connection:
-            await store.reference_blob(connection, record.blob_key)
-            await store.insert_asset(connection, record)
-            if not await self._blobs.exists(record.blob_key):
-                raise _upload_conflict()
+            await store.forget_claims(connection, created_before)
+
+    async def _claim(
+        self, record: AssetRecord, claim: idempotency.Claim | None
+    ) -> AssetRecord | None:
+        """Records the asset as the blob's new reference, and its claim; what the claim's key
+        made instead, when it was claimed already."""
+        try:
+            async with self._engine.begin() as connection:
+                await store.reference_blob(connection, record.blob_key)
+                await store.insert_asset(connection, record)
+                if claim is not None:
+                    await store.claim_key(connection, claim, record)
+                if not await self._blobs.exists(record.blob_key):
+                    raise _upload_conflict()
+        except IntegrityError:
+            if claim is None:
+                raise
+            return await self._claimed(record.account_id, claim)
+        return None
+
+    async def _claimed(self, account_id: str, claim: idempotency.Claim) -> AssetRecord:
+        """The asset the key made, if this is the same upload."""
+        async with self._engine.connect() as connection:
+            found = await store.claimed(connection, account_id, claim.key)
+        if found is None:  # its asset was deleted meanwhile: the key is being freed
+            raise idempotency.key_in_use()
+        request_hash, record = found
+        idempotency.check_same_request(claim, request_hash)
+        return record
 
     async def _release(self, key: str) -> None:
         """Removes the blob if no live asset references it."""

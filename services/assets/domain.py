@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import BinaryIO
 from urllib.parse import parse_qsl
 
+from magicpixels.core import idempotency
 from magicpixels.core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from magicpixels.core.ids import new_id
 from magicpixels.services.assets import media
@@ -76,6 +77,7 @@ class UploadPlan:
     job_id: str | None
     declared_size: int | None
     max_bytes: int
+    idempotency_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,9 +106,11 @@ def plan_upload(
     origin: Origin | None,
     job_id: str,
     declared_size: int | None,
+    idempotency_key: str = "",
 ) -> UploadPlan:
     _require(account_id, "account_id")
     _require(content_type, "content_type")
+    idempotency.check_key(idempotency_key)
     if origin is None:
         raise InvalidArgument("PARAMETER_INVALID", "unknown asset origin", param="origin")
     canonical = canonical_content_type(content_type)
@@ -123,7 +127,15 @@ def plan_upload(
         job_id=_job_of(origin, job_id),
         declared_size=declared_size,
         max_bytes=SIZE_LIMITS[kind],
+        idempotency_key=idempotency_key,
     )
+
+
+def upload_claim(plan: UploadPlan, sha256: str) -> idempotency.Claim | None:
+    """The claim an upload makes on its Idempotency-Key, once its bytes are known: the same
+    bytes with the same type, mode and origin are the same request."""
+    request = f"{plan.livemode}\n{plan.content_type}\n{plan.origin}\n{plan.job_id}\n{sha256}"
+    return idempotency.claim(plan.idempotency_key, request.encode())
 
 
 def _require(value: str, param: str) -> None:

@@ -1,5 +1,6 @@
 """The AssetsService servicer and the assets Service."""
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -8,7 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from magicpixels.assets.v1 import assets_pb2, assets_pb2_grpc
-from magicpixels.core import metrics, paging
+from magicpixels.core import eventloop, idempotency, metrics, paging
 from magicpixels.core.errors import DomainError, InvalidArgument, NotFound
 from magicpixels.core.server import ServiceBinding
 from magicpixels.core.service import Mesh, open_database
@@ -74,17 +75,21 @@ class AssetsServicer(assets_pb2_grpc.AssetsServiceServicer):
             origin=_DECLARED_ORIGINS.get(header.origin),
             job_id=header.job_id,
             declared_size=header.size_bytes if header.HasField("size_bytes") else None,
+            idempotency_key=header.idempotency_key,
         )
         # Says the header was accepted: a client waits for this before sending the bytes, so
         # a refused header (a declared size over the limit) is answered before any write races
         # the refusal.
         await context.send_initial_metadata(UPLOAD_ACCEPTED)
         try:
-            record = await self._catalog.upload(plan, _chunks(messages))
+            record, replayed = await self._catalog.upload(plan, _chunks(messages))
         except DomainError:
             await _drain(messages)
             raise
-        metrics.UPLOAD_BYTES.labels("assets", str(plan.origin)).inc(record.size_bytes)
+        if replayed:
+            context.set_trailing_metadata(idempotency.REPLAYED)
+        else:
+            metrics.UPLOAD_BYTES.labels("assets", str(plan.origin)).inc(record.size_bytes)
         return _asset(record)
 
     async def ReadAsset(
@@ -203,6 +208,7 @@ class AssetsService:
         self.settings = settings
         self._mesh = mesh
         self._engine: AsyncEngine | None = None
+        self._forgetting: asyncio.Task[None] | None = None
 
     async def start(self) -> Sequence[ServiceBinding]:
         mesh_settings = self._mesh.settings
@@ -213,10 +219,13 @@ class AssetsService:
         signing_key = secret_value(
             self.settings.url_signing_key, mesh_settings.data_dir, "assets_url_signing_key"
         )
-        servicer = AssetsServicer(Catalog(self._engine, blobs), signing_key.encode())
+        catalog = Catalog(self._engine, blobs)
+        self._forgetting = asyncio.create_task(idempotency.keep_forgetting(catalog.forget_claims))
+        servicer = AssetsServicer(catalog, signing_key.encode())
         add_to_server = assets_pb2_grpc.add_AssetsServiceServicer_to_server
         return [ServiceBinding(SERVICE_NAME, servicer, add_to_server)]
 
     async def close(self) -> None:
+        await eventloop.stopped(self._forgetting)
         if self._engine is not None:
             await self._engine.dispose()

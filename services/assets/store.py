@@ -16,12 +16,15 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
     String,
     Table,
     delete,
+    exists,
+    or_,
     select,
     update,
 )
@@ -29,7 +32,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from magicpixels.core.timestamps import as_utc
+from magicpixels.core.idempotency import WINDOW, Claim
+from magicpixels.core.timestamps import as_utc, utcnow
 from magicpixels.services.assets.domain import AssetRecord, Kind, Origin
 
 metadata = MetaData()
@@ -60,6 +64,18 @@ blobs = Table(
     metadata,
     Column("key", String(64), primary_key=True),
     Column("ref_count", BigInteger, nullable=False),
+)
+
+# The Idempotency-Keys of the last 24 hours' uploads, each with the asset it made.
+idempotency_keys = Table(
+    "asset_idempotency_keys",
+    metadata,
+    Column("account_id", String(40), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("request_hash", String(64), nullable=False),  # sha256, hex
+    Column("asset_id", String(40), ForeignKey("assets.id"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_asset_idempotency_keys_created_at", "created_at"),
 )
 
 _UPSERTS: dict[str, Callable[[Table], Any]] = {
@@ -113,6 +129,51 @@ async def mark_deleted(
         .returning(assets.c.blob_key)
     )
     return (await connection.execute(statement)).scalar_one_or_none()
+
+
+async def claim_key(connection: AsyncConnection, claim: Claim, record: AssetRecord) -> None:
+    """Claims the Idempotency-Key for the asset (inserted before: the claim refers to it). A
+    claim older than the window, or whose asset was deleted since, is replaced; another one is
+    kept and the insert fails on the primary key (on PostgreSQL a concurrent one waits for the
+    transaction that inserts it, then fails)."""
+    claims = idempotency_keys.c
+    deleted = exists().where(assets.c.id == claims.asset_id, assets.c.deleted_at.is_not(None))
+    stale = or_(claims.created_at < record.created_at - WINDOW, deleted)
+    same_key = (claims.account_id == record.account_id, claims.key == claim.key)
+    await connection.execute(delete(idempotency_keys).where(*same_key, stale))
+    await connection.execute(
+        idempotency_keys.insert().values(
+            account_id=record.account_id,
+            key=claim.key,
+            request_hash=claim.request_hash,
+            asset_id=record.id,
+            created_at=record.created_at,
+        )
+    )
+
+
+async def claimed(
+    connection: AsyncConnection, account_id: str, key: str
+) -> tuple[str, AssetRecord] | None:
+    """The hash of the request that claimed the account's key, and the live asset it made."""
+    query = (
+        select(idempotency_keys.c.request_hash, assets)
+        .join(assets, assets.c.id == idempotency_keys.c.asset_id)
+        .where(
+            idempotency_keys.c.account_id == account_id,
+            idempotency_keys.c.key == key,
+            idempotency_keys.c.created_at >= utcnow() - WINDOW,
+            assets.c.deleted_at.is_(None),
+        )
+    )
+    row = (await connection.execute(query)).one_or_none()
+    return None if row is None else (row.request_hash, _record(row))
+
+
+async def forget_claims(connection: AsyncConnection, created_before: datetime) -> None:
+    """Deletes the Idempotency-Keys claimed before `created_before`: they are free again."""
+    statement = delete(idempotency_keys).where(idempotency_keys.c.created_at < created_before)
+    await connection.execute(statement)
 
 
 async def reference_blob(connection: AsyncConnection, key: str) -> None:

@@ -1,16 +1,16 @@
 """The AuthService servicer and the auth Service that runs it."""
 
 import asyncio
-import contextlib
 import functools
 
 import grpc
 import structlog
+from google.protobuf.message import Message
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from magicpixels.auth.v1 import auth_pb2, auth_pb2_grpc
-from magicpixels.core import idempotency, paging
+from magicpixels.core import eventloop, idempotency, paging
 from magicpixels.core.bus import EventBus
 from magicpixels.core.errors import NotFound
 from magicpixels.core.server import ServiceBinding
@@ -51,7 +51,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         key, token = domain.issue_key(
             account.id, domain.FIRST_KEY_NAME, "live", domain.SCOPES, self._peppers, now
         )
-        claim = self._key_claim(request, domain.signup_scope(request.email), token)
+        # The request as it is meant: an email differing only in case is the same signup.
+        asked = auth_pb2.CreateAccountRequest(email=account.email, name=account.name)
+        scope = domain.signup_scope(account.email)
+        claim = self._key_claim(request.idempotency_key, asked, scope, token)
         earlier = await store.create_account(self._engine, account, key, claim)
         if earlier is not None:
             assert claim is not None  # only a claimed key stops the insert
@@ -87,25 +90,21 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             now,
             domain.checked_expiry(expires_at, now),
         )
-        claim = self._key_claim(request, domain.account_scope(request.account_id), token)
+        asked = auth_pb2.CreateApiKeyRequest()
+        asked.CopyFrom(request)
+        asked.ClearField("idempotency_key")
+        scope = domain.account_scope(request.account_id)
+        claim = self._key_claim(request.idempotency_key, asked, scope, token)
         earlier = await store.add_api_key(self._engine, key, claim)
         if earlier is not None:
             assert claim is not None  # only a claimed key stops the insert
             key, token = self._replay(claim, earlier, context)
         return auth_pb2.CreateApiKeyResponse(api_key=_api_key_message(key), token=token)
 
-    def _key_claim(
-        self,
-        request: auth_pb2.CreateAccountRequest | auth_pb2.CreateApiKeyRequest,
-        scope: str,
-        token: str,
-    ) -> store.KeyClaim | None:
-        """The claim of the request's Idempotency-Key on the new key, its token sealed; None
-        without a key. The hash covers the request but its key."""
-        asked = type(request)()
-        asked.CopyFrom(request)
-        asked.ClearField("idempotency_key")
-        claim = idempotency.claim(request.idempotency_key, asked)
+    def _key_claim(self, key: str, asked: Message, scope: str, token: str) -> store.KeyClaim | None:
+        """The claim of an Idempotency-Key on the new API key, for the request `asked` (what it
+        asks for, without the key), its token sealed; None without a key."""
+        claim = idempotency.claim(key, asked)
         if claim is None:
             return None
         return store.KeyClaim(scope, claim, self._peppers.seal(token, _sealed_in(scope, claim)))
@@ -282,14 +281,9 @@ class AuthService:
         return Peppers({domain.FIRST_PEPPER_VERSION: first, **later}, self.settings.pepper_version)
 
     async def close(self) -> None:
-        if self._forgetting is not None:
-            self._forgetting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._forgetting
+        await eventloop.stopped(self._forgetting)
         if self._flushing is not None and self._usage is not None:
-            self._flushing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flushing
+            await eventloop.stopped(self._flushing)
             await self._usage.flush()
         if self._keys is not None:
             await self._keys.close()

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from magicpixels.core.db import row_fields
 from magicpixels.core.errors import AlreadyExists, NotFound
 from magicpixels.core.idempotency import WINDOW, Claim
+from magicpixels.core.timestamps import utcnow
 from magicpixels.services.auth.domain import Account, ApiKey, Mode, SealedToken
 
 metadata = MetaData()
@@ -166,7 +167,12 @@ async def claimed(engine: AsyncEngine, claim: KeyClaim) -> Claimed | None:
     query = (
         select(idempotency_keys, api_keys)
         .join(api_keys, api_keys.c.id == idempotency_keys.c.api_key_id)
-        .where(idempotency_keys.c.scope == claim.scope, idempotency_keys.c.key == claim.claim.key)
+        .where(
+            idempotency_keys.c.scope == claim.scope,
+            idempotency_keys.c.key == claim.claim.key,
+            # A signup's insert fails on its email before it could replace an expired claim.
+            idempotency_keys.c.created_at >= utcnow() - WINDOW,
+        )
     )
     async with engine.connect() as connection:
         row = (await connection.execute(query)).first()

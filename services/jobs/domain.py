@@ -30,8 +30,6 @@ MAX_SEED = 2**32 - 1
 MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 64, 2048, 8
 _MAX_URL_LENGTH = 2048
 
-# An Idempotency-Key answers the same request again for this long; after that it is free.
-
 # The longest a LeaseJob call holds on waiting for work.
 MAX_LEASE_WAIT_SECONDS = 60.0
 # A job still pending this long has lost its CreateJob call (the reserve call's own deadline

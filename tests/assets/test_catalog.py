@@ -1,14 +1,16 @@
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from magicpixels.core.errors import Aborted, DomainError, InvalidArgument
+from magicpixels.core.errors import Aborted, AlreadyExists, DomainError, InvalidArgument
 from magicpixels.core.service import Mesh, open_database
 from magicpixels.core.settings import AssetsSettings
+from magicpixels.core.timestamps import utcnow
 from magicpixels.services.assets import domain
 from magicpixels.services.assets.blobs import LocalBlobStore
 from magicpixels.services.assets.catalog import Catalog
@@ -17,14 +19,15 @@ from magicpixels.services.assets.server import open_blob_store
 from tests.assets.stores import StoreUnderTest, on_every_store
 
 ACCOUNT = "acct_owner"
-PLAN = domain.plan_upload(
-    account_id=ACCOUNT,
-    livemode=False,
-    content_type="image/png",
-    origin=Origin.UPLOAD,
-    job_id="",
-    declared_size=None,
-)
+HEADER: dict[str, Any] = {
+    "account_id": ACCOUNT,
+    "livemode": False,
+    "content_type": "image/png",
+    "origin": Origin.UPLOAD,
+    "job_id": "",
+    "declared_size": None,
+}
+PLAN = domain.plan_upload(**HEADER)
 
 
 class _RemovedBeforeClaim(LocalBlobStore):
@@ -102,7 +105,7 @@ async def test_an_upload_whose_blob_vanishes_before_its_claim_is_aborted_and_not
     with pytest.raises(Aborted) as caught:
         await Catalog(engine, _RemovedBeforeClaim(tmp_path / "racing")).upload(PLAN, _chunks(data))
     listed = await catalog.list_assets(ACCOUNT, False, 10, None)
-    again = await catalog.upload(PLAN, _chunks(data))
+    again, _ = await catalog.upload(PLAN, _chunks(data))
 
     assert caught.value.reason == "UPLOAD_CONFLICT"
     assert listed == []
@@ -118,7 +121,7 @@ async def test_deletes_racing_uploads_of_the_same_bytes_never_strand_an_asset(
     data = encode_image("PNG", (64, 64))
 
     for _ in range(5):
-        victim = await catalog.upload(PLAN, _chunks(data))
+        victim, _ = await catalog.upload(PLAN, _chunks(data))
         outcomes = await asyncio.gather(
             catalog.delete(victim.id, ACCOUNT),
             *(catalog.upload(PLAN, _chunks(data, 500)) for _ in range(3)),
@@ -137,9 +140,81 @@ async def test_deletes_racing_uploads_of_the_same_bytes_never_strand_an_asset(
 async def test_get_hides_other_accounts_and_get_signed_does_not(
     catalog: Catalog, encode_image: Any
 ) -> None:
-    record = await catalog.upload(PLAN, _chunks(encode_image("PNG")))
+    record, _ = await catalog.upload(PLAN, _chunks(encode_image("PNG")))
 
     assert await catalog.get(record.id, ACCOUNT) == record
     assert await catalog.get_signed(record.id) == record
     with pytest.raises(DomainError, match=f"no asset {record.id}"):
         await catalog.get(record.id, "acct_other")
+
+
+# Idempotency-Key: the same bytes sent again answer the first asset; nothing else is recorded.
+KEYED = replace(PLAN, idempotency_key="upload-1")
+
+
+async def test_an_upload_repeated_with_its_idempotency_key_answers_the_first_asset(
+    catalog: Catalog, encode_image: Any
+) -> None:
+    data = encode_image("PNG")
+
+    first, first_replayed = await catalog.upload(KEYED, _chunks(data))
+    again, again_replayed = await catalog.upload(KEYED, _chunks(data, 700))
+    with pytest.raises(AlreadyExists) as other_bytes:
+        await catalog.upload(KEYED, _chunks(encode_image("PNG", (32, 32))))
+    with pytest.raises(AlreadyExists) as other_mode:
+        await catalog.upload(replace(KEYED, livemode=True), _chunks(data))
+
+    assert (first_replayed, again_replayed) == (False, True)
+    assert again == first
+    assert other_bytes.value.reason == other_mode.value.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert await catalog.list_assets(ACCOUNT, False, 10, None) == [first]
+    assert await catalog.list_assets(ACCOUNT, True, 10, None) == []
+
+
+@on_every_store
+async def test_concurrent_uploads_with_one_key_record_one_asset_and_leave_no_blob_behind(
+    catalog: Catalog, blob_store: StoreUnderTest, encode_image: Any
+) -> None:
+    """Five uploads of the same bytes and three of other bytes, all with one key, at once: one
+    asset, which every upload of its bytes answers; the others are refused and stored nothing."""
+    data = encode_image("PNG", (64, 64))
+    others = [encode_image("PNG", (16 + size, 16)) for size in range(3)]
+
+    outcomes = await asyncio.gather(
+        *(catalog.upload(KEYED, _chunks(data, 500)) for _ in range(5)),
+        *(catalog.upload(KEYED, _chunks(other, 500)) for other in others),
+        return_exceptions=True,
+    )
+
+    answers = [outcome for outcome in outcomes if isinstance(outcome, tuple)]
+    refusals = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    live = await catalog.list_assets(ACCOUNT, False, 100, None)
+    assert len(live) == 1
+    assert {record for record, _ in answers} == {live[0]}
+    assert sorted(replayed for _, replayed in answers) == [False] + [True] * (len(answers) - 1)
+    assert all(isinstance(error, AlreadyExists) for error in refusals), refusals
+    assert len(answers) + len(refusals) == 8
+    await catalog.delete(live[0].id, ACCOUNT)
+    assert blob_store.leftovers() == []
+
+
+async def test_an_idempotency_key_is_free_again_once_its_asset_is_deleted_or_its_day_is_over(
+    catalog: Catalog, encode_image: Any
+) -> None:
+    data = encode_image("PNG")
+    first, _ = await catalog.upload(KEYED, _chunks(data))
+    await catalog.delete(first.id, ACCOUNT)
+
+    after_delete, replayed_after_delete = await catalog.upload(KEYED, _chunks(data))
+    await catalog.forget_claims(utcnow() + timedelta(seconds=1))
+    after_window, replayed_after_window = await catalog.upload(KEYED, _chunks(data))
+
+    assert (replayed_after_delete, replayed_after_window) == (False, False)
+    assert len({first.id, after_delete.id, after_window.id}) == 3
+
+
+def test_an_idempotency_key_over_255_characters_is_refused_before_any_byte() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        domain.plan_upload(**HEADER, idempotency_key="k" * 256)
+
+    assert caught.value.param == "idempotency_key"

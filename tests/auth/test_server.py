@@ -10,6 +10,7 @@ from google.protobuf.duration_pb2 import Duration
 from sqlalchemy import select
 
 from magicpixels.auth.v1 import auth_pb2, auth_pb2_grpc
+from magicpixels.core import idempotency
 from magicpixels.core.db import create_engine
 from magicpixels.core.errors import RemoteError, remote_error
 from magicpixels.core.service import Mesh
@@ -644,3 +645,20 @@ async def test_an_idempotency_key_over_255_characters_is_refused(auth: Any) -> N
 
     assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PARAMETER_INVALID")
     assert error.metadata == {"param": "idempotency_key"}
+
+
+async def test_a_claim_past_the_window_is_not_replayed_before_it_is_forgotten(
+    auth: Any, database: Database
+) -> None:
+    await signup(auth, "signup-1")
+    engine = create_engine(database.url, schema=database.schema)
+    try:
+        async with engine.begin() as connection:
+            aged = utcnow() - idempotency.WINDOW - timedelta(seconds=1)
+            await connection.execute(store.idempotency_keys.update().values(created_at=aged))
+    finally:
+        await engine.dispose()
+
+    error = await refused(signup(auth, "signup-1"))
+
+    assert (error.code, error.reason) == (grpc.StatusCode.ALREADY_EXISTS, "ACCOUNT_EXISTS")

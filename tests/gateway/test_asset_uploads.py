@@ -298,3 +298,27 @@ async def test_concurrent_uploads_of_two_files_make_an_asset_each_and_two_blobs(
     assert {asset["sha256"] for asset in assets} == set(blobs.blobs())
     assert len(blobs.blobs()) == 2
     assert blobs.drafts() == []
+
+
+async def test_an_upload_repeated_with_its_idempotency_key_answers_the_first_asset(
+    client: httpx.AsyncClient, auth: dict[str, str], blobs: StoreUnderTest
+) -> None:
+    """Raw or multipart, the same bytes and type are the same upload; other bytes are a 409."""
+    image = encode_image("PNG")
+    keyed = {**auth, "Idempotency-Key": "upload-5d2c"}
+    raw = {**keyed, "Content-Type": "image/png"}
+
+    first = await client.post("/v1/assets", content=image, headers=raw)
+    again = await client.post(
+        "/v1/assets", files={"file": ("f", image, "image/png")}, headers=keyed
+    )
+    other = await client.post("/v1/assets", content=encode_image("PNG", (8, 8)), headers=raw)
+
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.json() == first.json()
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true"
+    assert _error(other) == (409, "conflict_error", "idempotency_key_reused", None)
+    assert await _assets(client, auth) == [first.json()]
+    assert blobs.blobs() == [first.json()["sha256"]]
+    assert blobs.drafts() == []

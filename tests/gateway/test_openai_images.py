@@ -133,3 +133,36 @@ async def test_images_the_credits_cover_in_part_are_refused_whole_and_charge_not
         "release",
         "release",
     ]
+
+
+async def test_an_edit_retried_with_its_idempotency_key_makes_one_asset_and_one_job(
+    client: httpx.AsyncClient, running_mesh: RunningMesh
+) -> None:
+    """The retry uploads the image again: its key (`<key>#image`) answers the first asset, so
+    the job's spec is the same and its key (`<key>#0`) answers the first job."""
+    account_id, token = await sign_up(client)
+    grant = ["admin", "grant-credits", account_id, "5"]
+    await asyncio.to_thread(
+        cli.main, [*grant, "--data-dir", str(running_mesh.mesh.settings.data_dir)]
+    )
+    auth = {"Authorization": f"Bearer {token}"}
+    form = {"prompt": "as a watercolour", "size": "64x64", "response_format": "b64_json"}
+    image = {"image": ("photo.png", encode_image("PNG", (64, 64)), "image/png")}
+
+    answers = [
+        await client.post(
+            "/v1/images/edits",
+            data=form,
+            files=image,
+            headers={**auth, "Idempotency-Key": "edit-1"},
+            timeout=120,
+        )
+        for _ in range(2)
+    ]
+
+    assert [answer.status_code for answer in answers] == [200, 200], answers[0].text
+    assert answers[1].json()["data"] == answers[0].json()["data"]
+    jobs = (await client.get("/v1/jobs", headers=auth)).json()["data"]
+    uploads = (await client.get("/v1/assets", headers=auth)).json()["data"]
+    assert len(jobs) == 1
+    assert [asset["origin"] for asset in uploads].count("upload") == 1

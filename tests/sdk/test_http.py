@@ -125,6 +125,9 @@ async def test_an_upload_is_retried_only_when_its_stream_can_be_read_again(
             await client.assets.upload(stream, content_type="image/png")
     assert [r.body for r in server.requests] == [b"\x89PNG..."] * 2
     assert server.requests[0].headers["content-length"] == "7"
+    # One key for both tries: had the first been stored, the second would answer its asset.
+    keys = {request.headers["idempotency-key"] for request in server.requests}
+    assert len(keys) == 1
     assert not upload_asset(_OneWay(b"\x89PNG"), "image/png", True).replayable
 
 

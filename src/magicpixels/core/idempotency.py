@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 
 import structlog
 from google.protobuf.message import Message
-from sqlalchemy.exc import SQLAlchemyError
 
 from magicpixels.core.errors import Aborted, AlreadyExists, InvalidArgument
 from magicpixels.core.timestamps import utcnow
@@ -42,11 +41,16 @@ def claim(key: str, request: Message | bytes) -> Claim | None:
     `key`; None without a key."""
     if not key:
         return None
+    check_key(key)
+    data = request if isinstance(request, bytes) else request.SerializeToString(deterministic=True)
+    return Claim(key, hashlib.sha256(data).hexdigest())
+
+
+def check_key(key: str) -> None:
+    """Refuses a key longer than API.md allows, before anything is read or made."""
     if len(key) > MAX_KEY_LENGTH:
         message = f"idempotency_key must be at most {MAX_KEY_LENGTH} characters"
         raise InvalidArgument("PARAMETER_INVALID", message, param="idempotency_key")
-    data = request if isinstance(request, bytes) else request.SerializeToString(deterministic=True)
-    return Claim(key, hashlib.sha256(data).hexdigest())
 
 
 def check_same_request(claim: Claim, stored_hash: str) -> None:
@@ -67,6 +71,6 @@ async def keep_forgetting(forget: Callable[[datetime], Awaitable[None]]) -> None
     while True:
         try:
             await forget(utcnow() - WINDOW)
-        except SQLAlchemyError:  # the next pass tries again
+        except Exception:  # a database away (a raw OSError on PostgreSQL): the next pass tries
             log.warning("idempotency_keys_not_forgotten", exc_info=True)
         await asyncio.sleep(FORGET_EVERY_SECONDS)

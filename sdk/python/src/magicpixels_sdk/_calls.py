@@ -93,8 +93,9 @@ def upload_asset(file: Upload, content_type: str | None, asynchronous: bool) -> 
 
 
 def _upload(content: Any, content_type: str, size: int | None) -> Call:
-    """A declared size lets the API refuse a file over its limits before it is sent."""
-    headers = {"Content-Type": content_type}
+    """A declared size lets the API refuse a file over its limits before it is sent; the key
+    lets a failed connection be retried without making a second asset."""
+    headers = {"Content-Type": content_type, "Idempotency-Key": f"mpsdk_{uuid.uuid4().hex}"}
     if size is not None:
         headers["Content-Length"] = str(size)
     return Call("POST", "/v1/assets", headers=headers, content=content)
