@@ -46,6 +46,8 @@ class Heartbeat:
     progress: float = 0.0
     # The job is no longer this worker's: canceled, or its lease lost to another worker.
     abandoned: bool = False
+    # The backend is done: no beat may follow (the result is being delivered or given up).
+    finished: bool = False
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def report_from_thread(self, loop: asyncio.AbstractEventLoop, fraction: float) -> None:
@@ -58,13 +60,21 @@ class Heartbeat:
         self.progress = max(self.progress, min(fraction, 1.0))
         self._changed.set()
 
+    def finish(self) -> None:
+        """Stops the beats. Cancelling `run` alone is not enough: on Python 3.11 a wait_for
+        whose event is set (the backend's last progress) as the cancel arrives swallows the
+        cancel, and the beats went on until the completed job's lease was refused."""
+        self.finished = True
+        self._changed.set()
+
     async def run(self) -> None:
-        while not self.abandoned:
+        while not (self.abandoned or self.finished):
             seconds_left = (from_timestamp(self.lease.expire_time) - utcnow()).total_seconds()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout=max(seconds_left / 3, 0.05))
             self._changed.clear()
-            await self._beat()
+            if not self.finished:
+                await self._beat()
 
     async def _beat(self) -> None:
         request = jobs_pb2.ReportProgressRequest(
@@ -166,6 +176,7 @@ class Worker:
                 )
                 return
             finally:
+                heartbeat.finish()
                 beating.cancel()
             if not heartbeat.abandoned:  # else canceled or leased again: nobody wants the result
                 await self._deliver(lease, media)

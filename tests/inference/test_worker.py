@@ -3,9 +3,11 @@ and report their result's size or length, and what happens to a job, its result 
 credits when it is canceled mid-run, the worker stops mid-run or an input is gone."""
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import structlog.testing
 from magicpixels.assets.v1 import assets_pb2, assets_pb2_grpc
 from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
 from magicpixels.core.service import start_service, stop_service
+from magicpixels.core.timestamps import to_timestamp, utcnow
 from magicpixels.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from magicpixels.mesh import RunningMesh, build_service
 from magicpixels.services.inference.backends import MODES, BuiltinBackend, ProgressCallback
@@ -258,6 +261,26 @@ async def test_a_heartbeat_that_let_the_job_go_stops_the_backend_at_its_next_rep
         heartbeat.report_from_thread(loop, 0.5)
     await asyncio.sleep(0)
     assert heartbeat.progress == 0.25
+
+
+async def test_a_finished_heartbeat_never_beats_again_though_its_last_report_races_the_stop() -> (
+    None
+):
+    """The backend's last progress sets the beat's event just as the job's end stops it: on
+    Python 3.11 the cancel alone may be swallowed, and a beat after completion was refused as
+    LEASE_LOST. A beat here would fail on its missing stub."""
+    expires = to_timestamp(utcnow() + timedelta(seconds=60))
+    for _ in range(50):
+        heartbeat = Heartbeat(jobs=None, lease=jobs_pb2.Lease(expire_time=expires))  # type: ignore[arg-type]
+        beating = asyncio.create_task(heartbeat.run())
+        await asyncio.sleep(0)  # waiting for a report
+        heartbeat.report_from_thread(asyncio.get_running_loop(), 1.0)
+        await asyncio.sleep(0)  # the report's progress is set: the wait is over
+        heartbeat.finish()
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
+        assert heartbeat.finished
 
 
 async def test_assets_restarted_mid_run_costs_the_job_no_attempt(services: RunningMesh) -> None:
