@@ -297,7 +297,7 @@ class AssetRef:
 
 @dataclass(frozen=True)
 class Side:
-    """A width or height: by default the input image's, fitted to the limits."""
+    """A width or height: by default the input image's, its size fitted to the limits."""
 
     field: str
     default: int | None = None
@@ -305,14 +305,25 @@ class Side:
     def apply(self, spec: jobs_pb2.JobSpec, inputs: Inputs = NO_INPUTS) -> None:
         if not spec.HasField(self.field):
             source = inputs.get("input_asset_id")
-            measured = getattr(source, self.field) if source else None
-            setattr(spec, self.field, fit_side(measured) if measured else self.default)
+            if source and source.width and source.height:
+                width, height = fitted_size(source.width, source.height)
+                setattr(spec, self.field, width if self.field == "width" else height)
+            else:
+                setattr(spec, self.field, self.default)
         Number(self.field, MIN_SIDE, MAX_SIDE, multiple_of=SIDE_MULTIPLE).apply(spec)
 
 
-def fit_side(pixels: int) -> int:
-    """The nearest side at or below `pixels` that the limits allow."""
-    return min(max(pixels // SIDE_MULTIPLE * SIDE_MULTIPLE, MIN_SIDE), MAX_SIDE)
+def fitted_size(width: int, height: int) -> tuple[int, int]:
+    """A size scaled into the limits keeping its shape (fitting each side alone turned a 4:1
+    input into 2:1, and the backend cropped half of it away), each side then rounded down to a
+    multiple of 8; a shape longer than 32:1 keeps what the limits allow of it."""
+    scale = max(min(1.0, MAX_SIDE / max(width, height)), MIN_SIDE / min(width, height))
+    return _allowed_side(width * scale), _allowed_side(height * scale)
+
+
+def _allowed_side(pixels: float) -> int:
+    multiple = round(pixels) // SIDE_MULTIPLE * SIDE_MULTIPLE
+    return min(max(multiple, MIN_SIDE), MAX_SIDE)
 
 
 @dataclass(frozen=True)

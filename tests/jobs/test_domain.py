@@ -155,7 +155,7 @@ def test_image_to_image_takes_its_size_from_the_input_fitted_to_the_limits() -> 
 
     resolved = domain.resolve_spec(spec, {"input_asset_id": IMAGE})
 
-    assert (resolved.width, resolved.height) == (1000, 2048)
+    assert (resolved.width, resolved.height) == (680, 2048)
     assert resolved.strength == pytest.approx(0.6)
     assert resolved.output_format == "png"
 
@@ -233,9 +233,22 @@ def test_each_mode_refuses_what_it_does_not_take(
     assert caught.value.param == param
 
 
-@pytest.mark.parametrize(("pixels", "side"), [(1, 64), (64, 64), (1001, 1000), (5000, 2048)])
-def test_fit_side(pixels: int, side: int) -> None:
-    assert domain.fit_side(pixels) == side
+@pytest.mark.parametrize(
+    ("size", "fitted"),
+    [
+        ((1024, 1024), (1024, 1024)),
+        ((1001, 2999), (680, 2048)),
+        ((4096, 1024), (2048, 512)),
+        ((6400, 6250), (2048, 2000)),
+        ((100, 60), (104, 64)),
+        ((40, 40), (64, 64)),
+        ((10000, 10), (2048, 64)),  # past 32:1: as much of the shape as the limits allow
+    ],
+)
+def test_an_input_size_is_fitted_to_the_limits_keeping_its_shape(
+    size: tuple[int, int], fitted: tuple[int, int]
+) -> None:
+    assert domain.fitted_size(*size) == fitted
 
 
 def test_state_machine() -> None:
