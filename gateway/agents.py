@@ -48,6 +48,15 @@ DEADLINE_NOTE = (
     "error code is deadline_exceeded, and its credits are released."
 )
 MCP_PATH = "/mcp"
+# What the transport answers a GET (a stream the server would open) or a DELETE (a session to
+# end) with: a stateless server has neither, and the MCP spec asks for a 405 then.
+_POST_ONLY = ApiError(
+    405,
+    "invalid_request_error",
+    "method_not_allowed",
+    "The MCP endpoint takes POST requests.",
+    headers={"Allow": "POST"},
+)
 
 INSTRUCTIONS = """MagicPixels generates images, audio and video as jobs paid with credits.
 Create a job with a create_* tool, then call wait_for_job until its status is completed,
@@ -81,6 +90,9 @@ class McpEndpoint:
             yield
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":  # stateless: no stream of the server's own to GET
+            await _POST_ONLY.response()(scope, receive, send)
+            return
         refused = await self._refusal(scope)
         if refused is not None:
             await refused.response()(scope, receive, send)
@@ -92,16 +104,12 @@ class McpEndpoint:
         try:
             await self._shared.principal(bearer_token(Request(scope)))
         except ApiError as error:
-            refused = error
+            return error
         except DomainError as error:
-            refused = from_domain_error(error)
+            return from_domain_error(error)
         except grpc.aio.AioRpcError as error:
-            refused = from_rpc_error(error)
-        else:
-            return None
-        if refused.status == 401:  # RFC 6750: say which scheme to use
-            refused.headers.setdefault("WWW-Authenticate", 'Bearer realm="magicpixels"')
-        return refused
+            return from_rpc_error(error)
+        return None
 
 
 def build_server(shared: Gateway, http: httpx.AsyncClient) -> MCPServer:

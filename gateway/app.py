@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute, APIRouter
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp
 
 from magicpixels.core import tracing
@@ -30,7 +31,7 @@ from magicpixels.gateway import (
 )
 from magicpixels.gateway.errors import ApiError, from_domain_error, from_rpc_error, internal_error
 from magicpixels.gateway.job_views import AnsweredFromMemory
-from magicpixels.gateway.middleware import RequestContextMiddleware
+from magicpixels.gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from magicpixels.gateway.ratelimit import Quota, RateLimitMiddleware
 from magicpixels.gateway.responses import JSONResponse
 from magicpixels.gateway.state import Gateway
@@ -39,9 +40,16 @@ log = structlog.get_logger("magicpixels.gateway")
 # application/json, or a structured syntax suffix (application/merge-patch+json), any parameters.
 _JSON_CONTENT_TYPE = re.compile(r"application/([\w.-]+\+)?json\s*(;|$)", re.IGNORECASE)
 
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+# The routes that stream a file to the assets service, which holds it to its kind's limit.
+STREAMED_BODIES = frozenset({("POST", "/v1/assets"), ("POST", "/v1/images/edits")})
 _HTTP_ERRORS = {
+    # FastAPI's answer to a body it could not decode (not UTF-8, nested too deep, a number
+    # too long): JSON it cannot read.
+    400: ("invalid_request_error", "json_invalid"),
     404: ("not_found_error", "route_not_found"),
     405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "payload_too_large"),
 }
 
 
@@ -69,7 +77,11 @@ def create_app(mesh: Mesh, settings: GatewaySettings) -> ASGIApp:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
     limited = RateLimitMiddleware(
-        AnsweredFromMemory(app, shared.job_views, _route(jobs.router, "GET", jobs.JOB_PATH)),
+        AnsweredFromMemory(
+            BodyLimitMiddleware(app, STREAMED_BODIES),
+            shared.job_views,
+            _route(jobs.router, "GET", jobs.JOB_PATH),
+        ),
         shared.limiter,
         per_key=Quota(settings.rate_limit_per_key, settings.rate_limit_per_key_seconds),
         per_ip=Quota(settings.rate_limit_per_ip, settings.rate_limit_per_ip_seconds),
@@ -148,12 +160,29 @@ def _whole_body_error(content_type: str, kind: str) -> ApiError:
     )
 
 
-async def _http_error(_request: Request, error: Exception) -> JSONResponse:
+async def _http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, HTTPException)
     error_type, code = _HTTP_ERRORS.get(
         error.status_code, ("invalid_request_error", "request_invalid")
     )
-    return ApiError(error.status_code, error_type, code, str(error.detail)).response()
+    headers = dict(error.headers or {})
+    if error.status_code == 405:  # Starlette names the methods of one route of the path
+        headers["Allow"] = ", ".join(_methods_of(request))
+    return ApiError(
+        error.status_code, error_type, code, str(error.detail), headers=headers
+    ).response()
+
+
+def _methods_of(request: Request) -> list[str]:
+    """The methods the request's path takes: those some route matches in full."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
+        )
+    ]
 
 
 async def _unexpected_error(_request: Request, error: Exception) -> JSONResponse:

@@ -297,8 +297,27 @@ def _headers(asset: assets_pb2.Asset) -> dict[str, str]:
         "ETag": f'"{asset.sha256}"',
         "Accept-Ranges": "bytes",
         "X-Content-Type-Options": "nosniff",
-        "Cache-Control": "private, max-age=3600",
+        # Kept, but asked again (a 304 while nothing changed): a deleted asset, an expired URL
+        # or a revoked key stops serving it at once, which a max-age outlived.
+        "Cache-Control": "private, no-cache",
     }
+
+
+def _unchanged(request: Request, etag: str) -> bool:
+    """`If-None-Match` names the asset's ETag (RFC 9110: any of a list, weakly, or `*`)."""
+    asked = request.headers.get("if-none-match")
+    if asked is None:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in asked.split(",")}
+    return "*" in tags or etag in tags
+
+
+def _range_of(request: Request, etag: str) -> str | None:
+    """`Range`, unless an `If-Range` names another version than this (then the whole)."""
+    condition = request.headers.get("if-range")
+    if condition is not None and condition.strip() != etag:
+        return None
+    return request.headers.get("range")
 
 
 def _media_type(asset: assets_pb2.Asset) -> str:
@@ -313,9 +332,9 @@ async def asset_content(asset_id: str, request: Request) -> Response:
     account_id = asset.account_id
     assets = gateway(request).assets
     headers = _headers(asset)
-    if request.headers.get("if-none-match") == headers["ETag"]:
+    if _unchanged(request, headers["ETag"]):
         return Response(status_code=304, headers=headers)
-    span = byte_range(request.headers.get("range"), asset.size_bytes)
+    span = byte_range(_range_of(request, headers["ETag"]), asset.size_bytes)
     offset, length = span or (0, asset.size_bytes)
     headers["Content-Length"] = str(length)
     if span is not None:

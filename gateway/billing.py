@@ -98,18 +98,18 @@ def subscription(found: billing_pb2.Subscription) -> dict[str, Any]:
 
 
 @router.get("/pricing")
-async def get_pricing(request: Request) -> dict[str, Any]:
+async def get_pricing(request: Request, listing: Annotated[Page, Depends(page)]) -> dict[str, Any]:
     """What each mode costs in credits: `credits` per job, or per started `unit_block`
     seconds of the requested duration."""
     found = await gateway(request).billing.ListPrices(billing_pb2.ListPricesRequest())
-    return list_object([price(each) for each in found.prices], "")
+    return listing.of([price(each) for each in found.prices])
 
 
 @router.get("/plans")
-async def list_plans(request: Request) -> dict[str, Any]:
+async def list_plans(request: Request, listing: Annotated[Page, Depends(page)]) -> dict[str, Any]:
     """The plans on offer: the credits each refills per period, and its price."""
     found = await gateway(request).billing.ListPlans(billing_pb2.ListPlansRequest())
-    return list_object([plan(each) for each in found.plans], "")
+    return listing.of([plan(each) for each in found.plans])
 
 
 @router.get("/credits/ledger")

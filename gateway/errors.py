@@ -38,6 +38,9 @@ _BY_REASON: dict[str, tuple[int, str]] = {
 }
 
 
+_BEARER_CHALLENGE = 'Bearer realm="magicpixels"'
+
+
 @dataclass
 class ApiError(Exception):
     status: int
@@ -52,7 +55,10 @@ class ApiError(Exception):
         if self.param:
             body["param"] = self.param
         body["request_id"] = current_request_id()
-        return JSONResponse({"error": body}, status_code=self.status, headers=self.headers)
+        headers = self.headers
+        if self.status == 401:  # RFC 6750: a refusal for want of a key says which scheme to use
+            headers = {"WWW-Authenticate": _BEARER_CHALLENGE, **headers}
+        return JSONResponse({"error": body}, status_code=self.status, headers=headers)
 
 
 def internal_error() -> ApiError:
@@ -84,6 +90,16 @@ def from_remote(remote: RemoteError) -> ApiError:
     if mapped is None or not remote.reason:
         return internal_error()
     status, error_type = mapped
-    return ApiError(
-        status, error_type, remote.reason.lower(), remote.message, remote.metadata.get("param")
-    )
+    param, message = _in_api_terms(remote.metadata.get("param"), remote.message)
+    return ApiError(status, error_type, remote.reason.lower(), message, param)
+
+
+# The fields of list RPCs, as the API's list parameters name them.
+_API_PARAMS = {"page_token": "starting_after", "page_size": "limit"}
+
+
+def _in_api_terms(param: str | None, message: str) -> tuple[str | None, str]:
+    """The field a service refused, and its message, in the names the client sent."""
+    if param not in _API_PARAMS:
+        return param, message
+    return _API_PARAMS[param], message.replace(param, _API_PARAMS[param])

@@ -39,7 +39,8 @@ STREAM_SECONDS = 3600
 KEEPALIVE_SECONDS = 15
 # The route a poll of one job takes, which `job_views.AnsweredFromMemory` may answer instead.
 JOB_PATH = "/v1/jobs/{job_id}"
-_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+)")
+# RFC 7240: a preference's name is case-insensitive, and may have spaces around its "=".
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
 
 
 class JobCreate(Body):

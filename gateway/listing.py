@@ -17,6 +17,18 @@ class Page:
     def rpc(self) -> dict[str, Any]:
         return {"page_size": self.limit, "page_token": self.starting_after}
 
+    def of(self, data: list[dict[str, Any]]) -> dict[str, Any]:
+        """This page of a short list the gateway holds whole (prices, plans), paged as the
+        List RPCs page theirs; a cursor that names none of it gives an empty page."""
+        start = 0
+        if self.starting_after:
+            ids = [item["id"] for item in data]
+            found = self.starting_after in ids
+            start = ids.index(self.starting_after) + 1 if found else len(data)
+        shown = data[start : start + self.limit]
+        more = start + self.limit < len(data)
+        return list_object(shown, shown[-1]["id"] if more else "")
+
 
 def page(
     limit: Annotated[int, Query(ge=1, le=100, description="items per page (1..100)")] = 20,

@@ -5,11 +5,13 @@ import time
 from typing import Any
 
 import structlog
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from magicpixels.core import metrics, tracing
 from magicpixels.core.ids import new_id
-from magicpixels.gateway.errors import internal_error
+from magicpixels.gateway.errors import ApiError, internal_error
 
 log = structlog.get_logger("magicpixels.gateway")
 
@@ -70,3 +72,46 @@ class RequestContextMiddleware:
                     status=outcome["status"],
                     duration_ms=round(seconds * 1000, 2),
                 )
+
+
+# A JSON body at its largest (a job's prompts, metadata and webhook URL) is tens of KiB.
+MAX_JSON_BODY_BYTES = 1024 * 1024
+_TOO_LARGE = f"The body is over {MAX_JSON_BODY_BYTES // 1024} KiB, more than any request needs."
+
+
+class BodyLimitMiddleware:
+    """Refuses a /v1 body over MAX_JSON_BODY_BYTES with 413, but on the routes that stream files
+    (`streamed`: method and path), whose service holds each file to its own limit. Without it a
+    large body was read whole and sent on, and gRPC's message limit made it a 500.
+
+    Written here because Starlette's RequestBodyLimitMiddleware (FastAPI's max_body_size) turns
+    any answer to a body it judged too large into its own text, not the API's error shape."""
+
+    def __init__(self, app: ASGIApp, streamed: frozenset[tuple[str, str]]) -> None:
+        self.app = app
+        self._streamed = streamed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or not scope["path"].startswith("/v1/")
+            or (scope["method"], scope["path"]) in self._streamed
+        ):
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_JSON_BODY_BYTES:
+            refused = ApiError(413, "invalid_request_error", "payload_too_large", _TOO_LARGE)
+            await refused.response()(scope, receive, send)
+            return
+        received = 0
+
+        async def receive_within_limit() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > MAX_JSON_BODY_BYTES:  # a chunked body: the gateway's 413 handler
+                raise HTTPException(413, _TOO_LARGE)
+            return message
+
+        await self.app(scope, receive_within_limit, send)

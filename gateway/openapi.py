@@ -462,6 +462,8 @@ def _complete(route: str, operation: Schema) -> None:
             {name: {"$ref": f"#/components/headers/{name}"} for name in HEADERS}
         )
     errors = list(_EVERY_ROUTE) + list(_EXTRA_ERRORS.get(route, ()))
+    if "requestBody" in operation:  # over the gateway's body limit, or its file's
+        errors.append("413")
     if route in _PUBLIC:
         operation["security"] = []
     else:

@@ -191,6 +191,11 @@ def client_ip(scope: Scope) -> str:
     return client[0] if client else "unknown"
 
 
+# Unauthenticated routes whose quota no key may lift: a key sent with a signup would otherwise
+# let one account's quota make accounts a hundred times as fast as an address may.
+_PER_IP_ALWAYS = frozenset({("POST", "/v1/accounts")})
+
+
 class RateLimitMiddleware:
     """Pure ASGI: each /v1 request spends from its API key's quota, or from its client IP's."""
 
@@ -231,7 +236,8 @@ class RateLimitMiddleware:
         await self.app(scope, receive, send_with_headers)
 
     async def _decide(self, scope: Scope) -> Decision:
-        principal = await remember_principal(scope, self._principal)
-        if principal is not None:
-            return await self._limiter.check(f"key:{principal.api_key_id}", self._per_key)
+        if (scope["method"], scope["path"]) not in _PER_IP_ALWAYS:
+            principal = await remember_principal(scope, self._principal)
+            if principal is not None:
+                return await self._limiter.check(f"key:{principal.api_key_id}", self._per_key)
         return await self._limiter.check(f"ip:{client_ip(scope)}", self._per_ip)

@@ -17,6 +17,7 @@ from PIL import Image
 
 from magicpixels.mesh import RunningMesh
 from tests.assets.samples import encode_image
+from tests.gateway.conftest import sign_up
 from tests.gateway.test_jobs import funded
 
 
@@ -185,3 +186,17 @@ async def test_an_agent_quotes_sets_deadlines_and_sees_queue_positions(
     assert late["deadline_at"] is not None
     assert (ended["status"], ended["error"]["code"]) == ("canceled", "deadline_exceeded")
     assert (queued["status"], queued["queue_position"]) == ("queued", 0)
+
+
+async def test_a_get_of_the_endpoint_is_405_as_a_stateless_server_answers(
+    client: httpx.AsyncClient,
+) -> None:
+    """The MCP transport opens a stream of the server's own on GET; one that offers none says
+    405 (it once left the client waiting for headers that never came)."""
+    _, token = await sign_up(client)
+    headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+
+    response = await client.get("/mcp", headers=headers, timeout=10)
+
+    assert (response.status_code, response.headers["allow"]) == (405, "POST")
+    assert response.json()["error"]["code"] == "method_not_allowed"

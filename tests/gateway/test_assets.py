@@ -294,8 +294,18 @@ async def test_owner_downloads_with_etag_and_revalidates(client: httpx.AsyncClie
     assert whole.headers["content-type"] == "image/png"
     assert whole.headers["x-content-type-options"] == "nosniff"
     assert whole.headers["accept-ranges"] == "bytes"
-    again = await client.get(path, headers={**auth, "If-None-Match": whole.headers["etag"]})
-    assert (again.status_code, again.content) == (304, b"")
+    etag = whole.headers["etag"]
+    assert whole.headers["cache-control"] == "private, no-cache"  # asked again, at once
+    for asked in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+        again = await client.get(path, headers={**auth, "If-None-Match": asked})
+        assert (again.status_code, again.content) == (304, b""), asked
+    changed = await client.get(path, headers={**auth, "If-None-Match": '"other"'})
+    assert changed.status_code == 200
+    # If-Range: the range of this version only; of another, the whole content.
+    ranged = await client.get(path, headers={**auth, "Range": "bytes=0-9", "If-Range": etag})
+    stale = await client.get(path, headers={**auth, "Range": "bytes=0-9", "If-Range": '"old"'})
+    assert (ranged.status_code, ranged.content) == (206, data[:10])
+    assert (stale.status_code, stale.content) == (200, data)
 
 
 @pytest.mark.parametrize(

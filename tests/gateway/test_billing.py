@@ -51,6 +51,21 @@ async def test_pricing_is_the_public_price_table(client: httpx.AsyncClient) -> N
     assert all(p["mode"] == p["id"] and p["description"] for p in body["data"])
 
 
+async def test_prices_and_plans_follow_the_list_conventions(client: httpx.AsyncClient) -> None:
+    first = (await client.get("/v1/pricing", params={"limit": 3})).json()
+    rest = (await client.get("/v1/pricing", params={"starting_after": first["next_cursor"]})).json()
+    plans = (await client.get("/v1/plans", params={"limit": 1})).json()
+    refused = await client.get("/v1/plans", params={"limit": 0})
+
+    assert [p["id"] for p in first["data"]] == ["text_to_image", "image_to_image", "text_to_audio"]
+    assert (first["has_more"], first["next_cursor"]) == (True, "text_to_audio")
+    assert ([p["id"] for p in rest["data"]], rest["has_more"]) == (["image_to_video"], False)
+    assert len(plans["data"]) == 1
+    assert plans["has_more"]
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "limit"
+
+
 async def test_plans_are_public(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/plans")
 

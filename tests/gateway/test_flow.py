@@ -3,6 +3,8 @@ client would, on SQLite and on PostgreSQL."""
 
 import asyncio
 import io
+import random
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -181,3 +183,70 @@ async def test_idempotency_key_replays_the_job_and_charges_once(
     assert (reused.status_code, reused.json()["error"]["code"]) == (409, "idempotency_key_reused")
     await wait_until_done(client, first.json()["id"], token)
     assert await settled_credits(client, token) == {"available": 4, "reserved": 0}
+
+
+async def test_a_json_body_over_the_limit_is_413_and_an_upload_is_not_held_to_it(
+    client: httpx.AsyncClient,
+) -> None:
+    """Declared or streamed, a JSON body past 1 MiB is refused before it is read whole (it once
+    went on to a service, whose gRPC limit made it a 500); an upload has a limit of its own."""
+    _, token = await sign_up(client)
+    auth = {"Authorization": f"Bearer {token}"}
+    huge = {"email": "big@example.com", "name": "x" * (2 << 20)}
+
+    async def streamed() -> AsyncIterator[bytes]:  # no Content-Length: chunked
+        yield b'{"mode": "text_to_image", "prompt": "'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"}'
+
+    signup = await client.post("/v1/accounts", json=huge)
+    chunked = await client.post(
+        "/v1/jobs", content=streamed(), headers={**auth, "Content-Type": "application/json"}
+    )
+    noise = Image.frombytes("RGB", (900, 900), bytes(random.Random(7).randbytes(900 * 900 * 3)))
+    png = io.BytesIO()
+    noise.save(png, "PNG")
+    upload = await client.post(
+        "/v1/assets", content=png.getvalue(), headers={**auth, "Content-Type": "image/png"}
+    )
+
+    for refused in (signup, chunked):
+        error = refused.json()["error"]
+        assert (refused.status_code, error["code"]) == (413, "payload_too_large"), refused.text
+        assert error["request_id"] == refused.headers["x-request-id"]
+    assert len(png.getvalue()) > 2 << 20
+    assert upload.status_code == 201, upload.text
+
+
+async def test_json_that_cannot_be_decoded_is_json_invalid(client: httpx.AsyncClient) -> None:
+    _, token = await sign_up(client)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    latin1 = '{"mode": "text_to_image", "prompt": "é"}'.encode("latin-1")
+    deep = b'{"mode": "text_to_image", "prompt": "p", "metadata": ' + b"[" * 100_000 + b"}"
+
+    for body in (latin1, deep):
+        response = await client.post("/v1/jobs", content=body, headers=headers)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "json_invalid"
+
+
+async def test_refusals_carry_the_headers_http_asks_for(client: httpx.AsyncClient) -> None:
+    """A 401 says which scheme to authenticate with (RFC 6750), a 405 which methods the
+    route takes (RFC 9110), and a bad cursor is named as the client sent it."""
+    _, token = await sign_up(client)
+    no_key = await client.get("/v1/account")
+    wrong_method = await client.delete("/v1/jobs", headers={"Authorization": f"Bearer {token}"})
+    bad_cursor = await client.get(
+        "/v1/jobs",
+        params={"starting_after": "bogus_1"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+
+    assert no_key.status_code == 401
+    assert no_key.headers["www-authenticate"] == 'Bearer realm="magicpixels"'
+    assert wrong_method.status_code == 405
+    assert set(wrong_method.headers["allow"].replace(" ", "").split(",")) == {"GET", "POST"}
+    error = bad_cursor.json()["error"]
+    assert (bad_cursor.status_code, error["param"]) == (400, "starting_after")
+    assert "page_token" not in error["message"]

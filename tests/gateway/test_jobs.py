@@ -48,6 +48,17 @@ async def test_prefer_wait_answers_the_finished_job(
     assert job["result"]["url"].startswith("http://")
 
 
+async def test_prefer_wait_is_read_as_rfc_7240_writes_it(
+    client: httpx.AsyncClient, running_mesh: RunningMesh
+) -> None:
+    """Its name in any case, spaces around its "=", beside another preference."""
+    auth = await funded(client, running_mesh)
+    for prefer in ("WAIT = 30", "return=minimal, Wait=30"):
+        response = await create(client, auth, Prefer=prefer)
+        assert response.headers["preference-applied"] == "wait=30", prefer
+        assert response.status_code == 200, prefer
+
+
 async def test_a_long_poll_answers_when_the_status_changes(
     client: httpx.AsyncClient, running_mesh: RunningMesh
 ) -> None:

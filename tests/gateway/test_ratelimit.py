@@ -185,12 +185,17 @@ async def test_requests_without_a_valid_key_spend_from_their_ip(
         refused = await client.post("/v1/accounts", json={"email": "bob@example.com"})
         token = signup.json()["api_key"]["token"]
         with_key = await client.get("/v1/api_keys", headers=bearer(token))
+        # A signup spends from its address whatever key it carries.
+        keyed_signup = await client.post(
+            "/v1/accounts", json={"email": "eve@example.com"}, headers=bearer(token)
+        )
 
     assert [limits(r)[1] for r in (signup, bad_key, no_key)] == ["2", "1", "0"]
     assert error_of(bad_key) == (401, "api_key_invalid")  # limited, and then told why
     assert error_of(no_key) == (401, "api_key_missing")
     assert error_of(refused) == (429, "rate_limited")
     assert with_key.status_code == 200  # a valid key has its own quota
+    assert error_of(keyed_signup) == (429, "rate_limited")
 
 
 @pytest.mark.parametrize(("failure", "status"), [("open", 201), ("closed", 503)])
