@@ -330,8 +330,8 @@ def grant_movement(
     return Movement(account_id, kind, amount, 0, reference, description)
 
 
-def insufficient_credits(cost: int, available: int) -> FailedPrecondition:
-    message = f"this job needs {cost} credits, {available} available"
+def insufficient_credits(cost: int, available: int, subject: str = "job") -> FailedPrecondition:
+    message = f"this {subject} needs {cost} credits, {available} available"
     return FailedPrecondition("INSUFFICIENT_CREDITS", message)
 
 

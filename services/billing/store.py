@@ -746,7 +746,8 @@ async def _apply(
     available = (await connection.execute(_MOVE, params)).scalar()
     if available is None:
         balance = (await connection.execute(_balance_of(movement.account_id))).first()
-        raise domain.insufficient_credits(-movement.available, balance.available if balance else 0)
+        available = balance.available if balance else 0
+        raise domain.insufficient_credits(-movement.available, available, str(movement.kind))
     entry = {**params, "entry_balance_after": available}
     if entries is None:
         await connection.execute(_ADD_ENTRY, entry)

@@ -2,6 +2,8 @@
 
 import argparse
 import asyncio
+import os
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -25,6 +27,10 @@ def main(argv: list[str] | None = None) -> None:
     tracing.configure_from_environment("-".join(("magicpixels", *_served(args))))
     try:
         args.run(args, mesh_settings)
+        sys.stdout.flush()  # here rather than at exit, where a reader gone early is not caught
+    except BrokenPipeError:  # its output piped into `head`, which has read enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit
+        raise SystemExit(0) from None
     except OSError as refused:  # a port in use, an unwritable data folder: say so, no traceback
         raise SystemExit(f"magicpixels: {refused}") from None
 

@@ -156,6 +156,8 @@ def _client(args: argparse.Namespace, api_key: str | None = None) -> Iterator[Ma
 
 def _login(args: argparse.Namespace) -> None:
     token = args.token or _ask_token()
+    if not token:  # else the stored key would be checked, and then replaced by nothing
+        raise SystemExit("magicpixels: no API key given")
     with _client(args, api_key=token) as client:
         account = client.account.get()  # the key works before it is stored
         path = write_config({"api_key": token, "base_url": client.base_url})
@@ -210,7 +212,9 @@ def _job_params(client: MagicPixels, args: argparse.Namespace) -> dict[str, Any]
     params["input_asset_id"] = _asset_id(client, args.input)
     params["audio_asset_id"] = _asset_id(client, args.audio)
     for pair in args.param:
-        name, _, value = pair.partition("=")
+        name, equals, value = pair.partition("=")
+        if not (name and equals):
+            raise SystemExit(f"magicpixels: --param is NAME=VALUE, not {pair!r}")
         params[name] = _json_or_text(value)
     return {name: value for name, value in params.items() if value is not None}
 

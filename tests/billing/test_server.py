@@ -499,5 +499,6 @@ async def test_an_adjustment_cannot_take_credits_below_zero(billing: Any) -> Non
         grpc.StatusCode.FAILED_PRECONDITION,
         "INSUFFICIENT_CREDITS",
     )
+    assert error.message == "this adjustment needs 4 credits, 3 available"  # no job involved
     assert (missing.reason, missing.metadata) == ("PARAMETER_MISSING", {"param": "description"})
     assert await balance(billing) == (3, 0)

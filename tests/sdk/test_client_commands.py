@@ -140,6 +140,32 @@ async def test_login_stores_the_key_for_the_user_only_and_jobs_commands_use_it(
     _, uploaded, _ = await run(env, "assets", "upload", str(tmp_path / "up.png"))
     assert json.loads(uploaded)["kind"] == "image"
 
+    # An empty answer to login keeps the stored key rather than replacing it with nothing.
+    status, _, refused = await run(env, "login", stdin=b"\n")
+    assert (status, refused.strip()) == (1, "magicpixels: no API key given")
+    assert json.loads(config.read_text())["api_key"] == account.token
+
+
+async def test_cli_mistakes_are_told_plainly(account: Account, tmp_path: Path) -> None:
+    """A --param without its value is refused before any request; output piped into a reader
+    that stops early (`| head`) ends the command quietly."""
+    env = user_env(tmp_path, account)
+    status, _, refused = await run(env, "generate", "text_to_image", "x", "--param", "steps")
+    assert (status, refused.strip()) == (1, "magicpixels: --param is NAME=VALUE, not 'steps'")
+
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader is gone before anything is written
+    process = await asyncio.create_subprocess_exec(
+        MAGICPIXELS,
+        *("generate", "text_to_image", "x", "--no-wait"),
+        env=env,
+        stdout=writer,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    os.close(writer)
+    _, errors = await process.communicate()
+    assert (process.returncode, errors.decode()) == (0, "")
+
 
 async def test_without_a_key_it_says_how_to_get_one(tmp_path: Path) -> None:
     status, _, errors = await run(user_env(tmp_path), "jobs", "list")
