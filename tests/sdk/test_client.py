@@ -102,6 +102,37 @@ async def test_the_sync_client_lists_all_pages_and_passes_unknown_fields(
     await asyncio.to_thread(use)
 
 
+async def test_keys_the_ledger_and_prices_sync_and_async(
+    sdk: AsyncMagicPixels, account: Account
+) -> None:
+    made = await sdk.api_keys.create("ci", mode="test", scopes=["jobs:read"])
+    again = await sdk.api_keys.create(
+        "ci", mode="test", scopes=["jobs:read"], idempotency_key="key-once"
+    )
+    replayed = await sdk.api_keys.create(
+        "ci", mode="test", scopes=["jobs:read"], idempotency_key="key-once"
+    )
+    listed = [key.id async for key in sdk.api_keys.list(page_size=1)]
+    revoked = await sdk.api_keys.revoke(made.id)
+    entries = [entry async for entry in sdk.account.ledger()]
+    prices = await sdk.account.pricing()
+
+    assert (made.mode, made.scopes, made.token is not None) == ("test", ("jobs:read",), True)
+    assert (replayed.id, replayed.token) == (again.id, again.token)
+    assert listed == [again.id, made.id, listed[2]]  # newest first: and the signup's key
+    assert (revoked.revoked_at is not None, revoked.token) == (True, None)
+    assert [(entry.type, entry.amount) for entry in entries][-1] == ("grant", 100)
+    assert {price.mode: price.credits for price in prices}["image_to_video"] == 22
+
+    def use() -> None:
+        with MagicPixels(account.token, base_url=account.base_url) as client:
+            assert [key.id for key in client.api_keys.list()] == listed
+            assert client.account.ledger(page_size=1).__next__() == entries[0]
+            assert client.account.pricing() == prices
+
+    await asyncio.to_thread(use)
+
+
 @pytest.mark.without_workers
 async def test_cancel_and_a_wait_that_times_out(sdk: AsyncMagicPixels) -> None:
     job = await sdk.jobs.create("text_to_image", "never run", **SMALL)

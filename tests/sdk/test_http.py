@@ -13,7 +13,13 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from magicpixels_sdk import AsyncMagicPixels, InvalidRequestError, RateLimitError, ServerError
+from magicpixels_sdk import (
+    APIConnectionError,
+    AsyncMagicPixels,
+    InvalidRequestError,
+    RateLimitError,
+    ServerError,
+)
 from magicpixels_sdk._calls import quote_job, upload_asset
 from magicpixels_sdk._http import EventDecoder, retry_delay
 from tests.jobs.test_webhooks import Receiver
@@ -161,3 +167,109 @@ def test_the_sdk_imports_nothing_of_the_server() -> None:
     )
     found = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
     assert found.stdout.strip() == "[]", found.stderr
+
+
+@asynccontextmanager
+async def _answering(*answers: bytes) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """A server that answers its n-th connection with the n-th of `answers` (raw HTTP, which
+    may stop short), the last one again after; yields its URL and the requests' heads."""
+    heads: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            (
+                int(line.split(b":")[1])
+                for line in head.lower().split(b"\r\n")
+                if line.startswith(b"content-length:")
+            ),
+            0,
+        )
+        await reader.readexactly(length)
+        heads.append(head)
+        writer.write(answers[min(len(heads), len(answers)) - 1])
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", heads
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def _http(status: int, body: str, *headers: str) -> bytes:
+    lines = [f"HTTP/1.1 {status} Answer", f"content-length: {len(body)}", "connection: close"]
+    return ("\r\n".join([*lines, *headers]) + "\r\n\r\n" + body).encode()
+
+
+async def test_a_create_whose_key_is_still_in_use_is_asked_again_with_that_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A create cut off earlier (503, then its retry) may meet its own key still in use: the
+    SDK asks again with the same key until the API answers the job, rather than raising an
+    error after which a fresh create would make a second job."""
+    monkeypatch.setattr("magicpixels_sdk._http._IN_USE_PAUSE", 0.01)
+    in_use = json.dumps(
+        {
+            "error": {
+                "type": "conflict_error",
+                "code": "idempotency_key_in_use",
+                "message": "in progress",
+            }
+        }
+    )
+    answers = (_http(503, "", "retry-after: 0"), _http(409, in_use), _http(201, _job("queued", 0)))
+    async with _answering(*answers) as (url, heads), AsyncMagicPixels("k", base_url=url) as sdk:
+        job = await sdk.jobs.create("text_to_image", "x")
+    keys = {
+        line
+        for head in heads
+        for line in head.lower().split(b"\r\n")
+        if line.startswith(b"idempotency-key:")
+    }
+    assert (job.id, len(heads), len(keys)) == ("job_1", 3, 1)
+
+
+async def test_only_what_cannot_happen_twice_is_retried_and_no_longer_than_a_minute(
+    server: Receiver,
+) -> None:
+    """A cancel answered 503 may have been carried out: it is not sent again. A Retry-After
+    past a minute is the caller's to wait for: raised at once."""
+    server.plan.extend([(503, {"retry-after": "0"}), (429, {"retry-after": "3600"})])
+    async with AsyncMagicPixels("k", base_url=server.url("")) as client:
+        with pytest.raises(ServerError):
+            await client.jobs.cancel("job_1")
+        with pytest.raises(RateLimitError) as limited:
+            await client.jobs.get("job_1")
+    assert len(server.requests) == 2
+    assert limited.value.retry_after == 3600
+
+
+async def test_an_answer_cut_midway_is_a_connection_error_and_a_stream_reconnects() -> None:
+    cut_download = _http(200, "")[:-4].replace(b"content-length: 0", b"content-length: 100")
+    cut_download += b"\r\n\r\n" + b"x" * 10
+    async with _answering(cut_download) as (url, _), AsyncMagicPixels("k", base_url=url) as sdk:
+        with pytest.raises(APIConnectionError, match="cut"):
+            await sdk.assets.download("asset_1", io.BytesIO())
+
+    chunked = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked"
+    first = f"event: status\ndata: {_job('queued', 0)}\n\n".encode()
+    cut_stream = f"{chunked}\r\n\r\n".encode() + b"%x\r\n" % len(first) + first + b"\r\n5\r\nev"
+    last = f"event: status\ndata: {_job('completed', None)}\n\n"
+    whole = f"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{last}"
+    async with (
+        _answering(cut_stream, whole.encode()) as (url, heads),
+        AsyncMagicPixels("k", base_url=url) as sdk,
+    ):
+        statuses = [event.job.status async for event in sdk.jobs.stream("job_1")]
+    assert (statuses, len(heads)) == (["queued", "completed"], 2)
+
+
+def test_an_in_memory_upload_is_typed_by_its_first_bytes() -> None:
+    png = io.BytesIO(b"ignored\x89PNG\r\n\x1a\n....")
+    png.seek(7)
+    call = upload_asset(png, None, True)
+    assert call.headers["Content-Type"] == "image/png"
+    assert call.headers["Content-Length"] == "12"  # from where the caller stands

@@ -4,6 +4,7 @@ import mimetypes
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -38,6 +39,22 @@ def create_job(
         headers["Prefer"] = f"wait={wait}"
         extra = float(wait)
     return Call("POST", "/v1/jobs", json=body, headers=headers, extra_timeout=extra)
+
+
+def create_api_key(
+    name: str,
+    mode: str,
+    scopes: list[str] | None,
+    expires_at: datetime | None,
+    idempotency_key: str | None,
+) -> Call:
+    body: dict[str, Any] = {"name": name, "mode": mode}
+    if scopes is not None:
+        body["scopes"] = scopes
+    if expires_at is not None:
+        body["expires_at"] = expires_at.isoformat()
+    headers = {"Idempotency-Key": idempotency_key or f"mpsdk_{uuid.uuid4().hex}"}
+    return Call("POST", "/v1/api_keys", json=body, headers=headers)
 
 
 def quote_job(mode: str, prompt: str | None, params: dict[str, Any]) -> Call:
@@ -82,12 +99,16 @@ def upload_asset(file: Upload, content_type: str | None, asynchronous: bool) -> 
         kind = content_type or _by_name(path.name) or _sniff_file(path)
         stream = _read_path_async if asynchronous else _read_path
         return _upload(lambda: stream(path), kind, path.stat().st_size)
-    kind = content_type or _by_name(str(getattr(file, "name", ""))) or "application/octet-stream"
+    kind = content_type or _by_name(str(getattr(file, "name", "")))
     if not file.seekable():  # its size is unknown, and it can be sent only once
-        call = _upload(lambda: _read_file(file, None, asynchronous), kind, None)
+        unknown = kind or "application/octet-stream"
+        call = _upload(lambda: _read_file(file, None, asynchronous), unknown, None)
         call.replayable = False
         return call
     start = file.tell()
+    if kind is None:  # an in-memory file, or one without a telling name: its first bytes
+        kind = sniff(file.read(16))
+        file.seek(start)
     size = file.seek(0, os.SEEK_END) - start
     return _upload(lambda: _read_file(file, start, asynchronous), kind, size)
 

@@ -24,8 +24,12 @@ DEFAULT_MAX_RETRIES = 3
 RETRY_STATUSES = frozenset({429, 503})
 _BACKOFF_BASE = 0.5
 _BACKOFF_CAP = 8.0
-# The longest a Retry-After is honoured; a longer one is the caller's decision.
+# The longest a Retry-After is waited for; a longer one is the caller's decision, so the error
+# is raised at once.
 _RETRY_AFTER_CAP = 60.0
+# The pause before asking again about a create whose key is still in use: the API answers 409
+# idempotency_key_in_use for 10 s after a create cut off, then resumes it.
+_IN_USE_PAUSE = 5.0
 
 
 @dataclass
@@ -79,16 +83,35 @@ class Settings:
 
 
 def retry_delay(attempt: int, response: httpx.Response | None) -> float:
-    """How long to pause before attempt `attempt + 1`: the answer's Retry-After (seconds or an
-    HTTP date) when it has one, else exponential backoff with jitter."""
-    header = response.headers.get("retry-after") if response is not None else None
-    if header:
-        if header.strip().isdigit():
-            return min(float(header), _RETRY_AFTER_CAP)
-        with contextlib.suppress(TypeError, ValueError):
-            when = email.utils.parsedate_to_datetime(header).timestamp()
-            return min(max(when - time.time(), 0.0), _RETRY_AFTER_CAP)
-    return min(_BACKOFF_BASE * 2**attempt, _BACKOFF_CAP) * random.uniform(0.5, 1.0)
+    """How long to pause before attempt `attempt + 1`: the answer's Retry-After when it has
+    one, else exponential backoff with jitter (at least _IN_USE_PAUSE for a key in use)."""
+    asked = _retry_after(response) if response is not None else None
+    if asked is not None:
+        return min(asked, _RETRY_AFTER_CAP)
+    backoff = min(_BACKOFF_BASE * 2**attempt, _BACKOFF_CAP) * random.uniform(0.5, 1.0)
+    if response is not None and _key_in_use(response):
+        return max(backoff, _IN_USE_PAUSE)
+    return backoff
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """The answer's Retry-After in seconds (given as seconds or as an HTTP date)."""
+    header = response.headers.get("retry-after", "").strip()
+    if header.isdigit():
+        return float(header)
+    with contextlib.suppress(TypeError, ValueError):
+        return max(email.utils.parsedate_to_datetime(header).timestamp() - time.time(), 0.0)
+    return None
+
+
+def _key_in_use(response: httpx.Response) -> bool:
+    """A 409 saying a request with the same Idempotency-Key is still being answered (its body
+    read: `_should_retry` reads a 409's)."""
+    if response.status_code != 409:
+        return False
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        return bool(response.json()["error"]["code"] == "idempotency_key_in_use")
+    return False
 
 
 def _request_args(call: Call, settings: Settings) -> dict[str, Any]:
@@ -105,8 +128,19 @@ def _request_args(call: Call, settings: Settings) -> dict[str, Any]:
 
 
 def _should_retry(response: httpx.Response, call: Call, attempt: int, settings: Settings) -> bool:
-    retryable = response.status_code in RETRY_STATUSES and call.replayable
-    return retryable and attempt < settings.max_retries
+    """Rate limited, for no longer than _RETRY_AFTER_CAP; a service briefly unavailable, when
+    repeating the call cannot do anything twice (the call may have been carried out); a key
+    still in use by an earlier try of this same call."""
+    if attempt >= settings.max_retries or not call.replayable:
+        return False
+    asked = _retry_after(response)
+    if asked is not None and asked > _RETRY_AFTER_CAP:
+        return False
+    if response.status_code == 429:
+        return True
+    if response.status_code == 503:
+        return call.retry_safe
+    return "Idempotency-Key" in call.headers and _key_in_use(response)
 
 
 def _raise_for_error(response: httpx.Response) -> None:
@@ -152,6 +186,8 @@ class SyncTransport:
                 time.sleep(retry_delay(attempt, None))
                 attempt += 1
                 continue
+            if response.status_code == 409:
+                response.read()
             if _should_retry(response, call, attempt, self.settings):
                 response.close()
                 time.sleep(retry_delay(attempt, response))
@@ -162,18 +198,24 @@ class SyncTransport:
                     response.read()
                     _raise_for_error(response)
                 yield response
+            except httpx.TransportError as error:  # the body was cut
+                raise _cut(error) from error
             finally:
                 response.close()
             return
 
     def events(self, call: Call) -> Iterator[tuple[str, str]]:
-        """The (event, data) pairs of a Server-Sent Events answer, until it ends."""
-        with self.stream(call) as response:
-            decoder = EventDecoder()
-            for line in response.iter_lines():
-                event = decoder.feed(line)
-                if event is not None:
-                    yield event
+        """The (event, data) pairs of a Server-Sent Events answer, until it ends or is cut
+        (after a pause, so that a caller reconnecting at once does not spin)."""
+        try:
+            with self.stream(call) as response:
+                decoder = EventDecoder()
+                for line in response.iter_lines():
+                    event = decoder.feed(line)
+                    if event is not None:
+                        yield event
+        except _StreamCut:
+            time.sleep(retry_delay(0, None))
 
 
 class AsyncTransport:
@@ -205,6 +247,8 @@ class AsyncTransport:
                 await anyio.sleep(retry_delay(attempt, None))
                 attempt += 1
                 continue
+            if response.status_code == 409:
+                await response.aread()
             if _should_retry(response, call, attempt, self.settings):
                 await response.aclose()
                 await anyio.sleep(retry_delay(attempt, response))
@@ -215,18 +259,31 @@ class AsyncTransport:
                     await response.aread()
                     _raise_for_error(response)
                 yield response
+            except httpx.TransportError as error:  # the body was cut
+                raise _cut(error) from error
             finally:
                 await response.aclose()
             return
 
     async def events(self, call: Call) -> AsyncIterator[tuple[str, str]]:
-        """The (event, data) pairs of a Server-Sent Events answer, until it ends."""
-        async with self.stream(call) as response:
-            decoder = EventDecoder()
-            async for line in response.aiter_lines():
-                event = decoder.feed(line)
-                if event is not None:
-                    yield event
+        """As `SyncTransport.events`."""
+        try:
+            async with self.stream(call) as response:
+                decoder = EventDecoder()
+                async for line in response.aiter_lines():
+                    event = decoder.feed(line)
+                    if event is not None:
+                        yield event
+        except _StreamCut:
+            await anyio.sleep(retry_delay(0, None))
+
+
+class _StreamCut(APIConnectionError):
+    """The connection closed in the middle of an answer's body."""
+
+
+def _cut(error: httpx.TransportError) -> _StreamCut:
+    return _StreamCut(f"the answer was cut: {type(error).__name__}: {error}")
 
 
 def _may_retry_failure(

@@ -2,8 +2,9 @@
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import anyio
 import httpx
@@ -19,9 +20,20 @@ from magicpixels_sdk._http import (
     SyncTransport,
 )
 from magicpixels_sdk.errors import JobFailedError, WaitTimeoutError
-from magicpixels_sdk.models import Account, Asset, Job, JobEvent, Quote, SignedUrl
+from magicpixels_sdk.models import (
+    Account,
+    ApiKey,
+    Asset,
+    Job,
+    JobEvent,
+    LedgerEntry,
+    Price,
+    Quote,
+    SignedUrl,
+)
 
 Destination = str | Path | IO[bytes]
+T = TypeVar("T")
 
 
 def _job_id(job: "str | Job") -> str:
@@ -75,14 +87,7 @@ class Jobs:
         self, *, status: str | None = None, mode: str | None = None, page_size: int = 20
     ) -> Iterator[Job]:
         """Every job of the key, newest first, fetched a page at a time as it is iterated."""
-        after = None
-        while True:
-            call = _calls.list_page("/v1/jobs", page_size, after, status=status, mode=mode)
-            page = self._t.json(call)
-            yield from (Job.parse(item) for item in page["data"])
-            if not page["has_more"]:
-                return
-            after = page["next_cursor"]
+        return _pages(self._t, "/v1/jobs", page_size, Job.parse, status=status, mode=mode)
 
     def cancel(self, job: "str | Job") -> Job:
         return Job.parse(self._t.json(_calls.cancel_job(_job_id(job))))
@@ -135,13 +140,7 @@ class Assets:
         return Asset.parse(self._t.json(Call("GET", f"/v1/assets/{asset_id}")))
 
     def list(self, *, page_size: int = 20) -> Iterator[Asset]:
-        after = None
-        while True:
-            page = self._t.json(_calls.list_page("/v1/assets", page_size, after))
-            yield from (Asset.parse(item) for item in page["data"])
-            if not page["has_more"]:
-                return
-            after = page["next_cursor"]
+        return _pages(self._t, "/v1/assets", page_size, Asset.parse)
 
     def delete(self, asset_id: str) -> None:
         self._t.json(Call("DELETE", f"/v1/assets/{asset_id}"))
@@ -178,11 +177,65 @@ class AccountResource:
     def get(self) -> Account:
         return Account.parse(self._t.json(Call("GET", "/v1/account")))
 
+    def ledger(self, *, page_size: int = 20) -> Iterator[LedgerEntry]:
+        """Every change of the account's credits, newest first (of the key's mode)."""
+        return _pages(self._t, "/v1/credits/ledger", page_size, LedgerEntry.parse)
+
+    def pricing(self) -> list[Price]:
+        """What each mode costs (the API's price table)."""
+        return list(_pages(self._t, "/v1/pricing", 100, Price.parse))
+
+
+class ApiKeys:
+    """The account's API keys: make one (its token is in that answer only), list, revoke."""
+
+    def __init__(self, transport: SyncTransport) -> None:
+        self._t = transport
+
+    def create(
+        self,
+        name: str,
+        *,
+        mode: str = "live",
+        scopes: list[str] | None = None,
+        expires_at: datetime | None = None,
+        idempotency_key: str | None = None,
+    ) -> ApiKey:
+        """A new key (scopes: those of the calling key when None); an idempotency key is
+        generated when none is given, so a retried create never makes two keys."""
+        call = _calls.create_api_key(name, mode, scopes, expires_at, idempotency_key)
+        return ApiKey.parse(self._t.json(call))
+
+    def list(self, *, page_size: int = 20) -> Iterator[ApiKey]:
+        return _pages(self._t, "/v1/api_keys", page_size, ApiKey.parse)
+
+    def revoke(self, key_id: str) -> ApiKey:
+        return ApiKey.parse(self._t.json(Call("DELETE", f"/v1/api_keys/{key_id}")))
+
+
+def _pages(
+    transport: SyncTransport,
+    path: str,
+    page_size: int,
+    parse: Callable[[dict[str, Any]], T],
+    **filters: Any,
+) -> Iterator[T]:
+    """A list route's items, a page at a time as they are iterated."""
+    after = None
+    while True:
+        page = transport.json(_calls.list_page(path, page_size, after, **filters))
+        yield from (parse(item) for item in page["data"])
+        if not page["has_more"]:
+            return
+        after = page["next_cursor"]
+
 
 class MagicPixels:
     """The API, synchronously. Without arguments: MAGICPIXELS_API_KEY and MAGICPIXELS_BASE_URL
-    (default http://localhost:8080). 429 and 503 answers are retried `max_retries` times,
-    after their Retry-After or an exponential backoff. An `http_client` of the caller's is
+    (default http://localhost:8080). A 429 is retried `max_retries` times after its
+    Retry-After (one of over a minute is raised at once) or an exponential backoff; so is a
+    503 of a call that cannot do anything twice (a read, or one with an idempotency key), and
+    a create whose key an earlier try of it still holds. An `http_client` of the caller's is
     used as it is (clients of several keys may share one) and left open."""
 
     def __init__(
@@ -198,6 +251,7 @@ class MagicPixels:
         self._transport = SyncTransport(settings, http_client)
         self.jobs = Jobs(self._transport)
         self.assets = Assets(self._transport)
+        self.api_keys = ApiKeys(self._transport)
         self.account = AccountResource(self._transport)
 
     @property
@@ -238,18 +292,10 @@ class AsyncJobs:
     async def get(self, job: "str | Job", *, wait: int | None = None) -> Job:
         return Job.parse(await self._t.json(_calls.get_job(_job_id(job), wait)))
 
-    async def list(
+    def list(
         self, *, status: str | None = None, mode: str | None = None, page_size: int = 20
     ) -> AsyncIterator[Job]:
-        after = None
-        while True:
-            call = _calls.list_page("/v1/jobs", page_size, after, status=status, mode=mode)
-            page = await self._t.json(call)
-            for item in page["data"]:
-                yield Job.parse(item)
-            if not page["has_more"]:
-                return
-            after = page["next_cursor"]
+        return _pages_async(self._t, "/v1/jobs", page_size, Job.parse, status=status, mode=mode)
 
     async def cancel(self, job: "str | Job") -> Job:
         return Job.parse(await self._t.json(_calls.cancel_job(_job_id(job))))
@@ -305,15 +351,8 @@ class AsyncAssets:
     async def get(self, asset_id: str) -> Asset:
         return Asset.parse(await self._t.json(Call("GET", f"/v1/assets/{asset_id}")))
 
-    async def list(self, *, page_size: int = 20) -> AsyncIterator[Asset]:
-        after = None
-        while True:
-            page = await self._t.json(_calls.list_page("/v1/assets", page_size, after))
-            for item in page["data"]:
-                yield Asset.parse(item)
-            if not page["has_more"]:
-                return
-            after = page["next_cursor"]
+    def list(self, *, page_size: int = 20) -> AsyncIterator[Asset]:
+        return _pages_async(self._t, "/v1/assets", page_size, Asset.parse)
 
     async def delete(self, asset_id: str) -> None:
         await self._t.json(Call("DELETE", f"/v1/assets/{asset_id}"))
@@ -354,6 +393,55 @@ class AsyncAccountResource:
     async def get(self) -> Account:
         return Account.parse(await self._t.json(Call("GET", "/v1/account")))
 
+    def ledger(self, *, page_size: int = 20) -> AsyncIterator[LedgerEntry]:
+        return _pages_async(self._t, "/v1/credits/ledger", page_size, LedgerEntry.parse)
+
+    async def pricing(self) -> list[Price]:
+        return [price async for price in _pages_async(self._t, "/v1/pricing", 100, Price.parse)]
+
+
+class AsyncApiKeys:
+    """As `ApiKeys`."""
+
+    def __init__(self, transport: AsyncTransport) -> None:
+        self._t = transport
+
+    async def create(
+        self,
+        name: str,
+        *,
+        mode: str = "live",
+        scopes: list[str] | None = None,
+        expires_at: datetime | None = None,
+        idempotency_key: str | None = None,
+    ) -> ApiKey:
+        call = _calls.create_api_key(name, mode, scopes, expires_at, idempotency_key)
+        return ApiKey.parse(await self._t.json(call))
+
+    def list(self, *, page_size: int = 20) -> AsyncIterator[ApiKey]:
+        return _pages_async(self._t, "/v1/api_keys", page_size, ApiKey.parse)
+
+    async def revoke(self, key_id: str) -> ApiKey:
+        return ApiKey.parse(await self._t.json(Call("DELETE", f"/v1/api_keys/{key_id}")))
+
+
+async def _pages_async(
+    transport: AsyncTransport,
+    path: str,
+    page_size: int,
+    parse: Callable[[dict[str, Any]], T],
+    **filters: Any,
+) -> AsyncIterator[T]:
+    """As `_pages`."""
+    after = None
+    while True:
+        page = await transport.json(_calls.list_page(path, page_size, after, **filters))
+        for item in page["data"]:
+            yield parse(item)
+        if not page["has_more"]:
+            return
+        after = page["next_cursor"]
+
 
 class AsyncMagicPixels:
     """The API, with asyncio (or trio): as `MagicPixels`, every call awaited."""
@@ -371,6 +459,7 @@ class AsyncMagicPixels:
         self._transport = AsyncTransport(settings, http_client)
         self.jobs = AsyncJobs(self._transport)
         self.assets = AsyncAssets(self._transport)
+        self.api_keys = AsyncApiKeys(self._transport)
         self.account = AsyncAccountResource(self._transport)
 
     @property

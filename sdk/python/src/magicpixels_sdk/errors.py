@@ -10,7 +10,7 @@ class MagicPixelsError(Exception):
 
 
 class APIConnectionError(MagicPixelsError):
-    """The API could not be reached, or the connection failed before an answer."""
+    """The API could not be reached, or the connection failed before or during an answer."""
 
 
 class APIError(MagicPixelsError):
@@ -121,6 +121,10 @@ _TYPE_BY_STATUS = {
     403: "permission_error",
     404: "not_found_error",
     409: "conflict_error",
+    410: "permission_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    416: "invalid_request_error",
     429: "rate_limit_error",
 }
 

@@ -223,3 +223,86 @@ class Account:
             created_at=_time(data.get("created_at")),
             raw=data,
         )
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A key of the account; `token` only in the answer that made it."""
+
+    id: str
+    name: str
+    mode: str
+    scopes: tuple[str, ...]
+    prefix: str
+    created_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+    token: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> "ApiKey":
+        return cls(
+            id=data["id"],
+            name=data["name"],
+            mode=data["mode"],
+            scopes=tuple(data.get("scopes") or ()),
+            prefix=data.get("prefix", ""),
+            created_at=_time(data.get("created_at")),
+            expires_at=_time(data.get("expires_at")),
+            revoked_at=_time(data.get("revoked_at")),
+            last_used_at=_time(data.get("last_used_at")),
+            token=data.get("token"),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One change of the account's credits (grant, hold, capture, release...)."""
+
+    id: str
+    type: str
+    amount: int
+    balance_after: int
+    job_id: str | None
+    description: str
+    created_at: datetime | None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> "LedgerEntry":
+        return cls(
+            id=data["id"],
+            type=data["type"],
+            amount=int(data["amount"]),
+            balance_after=int(data["balance_after"]),
+            job_id=data.get("job_id"),
+            description=data.get("description") or "",
+            created_at=_time(data.get("created_at")),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True)
+class Price:
+    """What a mode costs: `credits` per job, or per started `unit_block` seconds."""
+
+    mode: str
+    credits: int
+    unit: str
+    unit_block: int
+    aliases: tuple[str, ...] = ()
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> "Price":
+        return cls(
+            mode=data["mode"],
+            credits=int(data["credits"]),
+            unit=data["unit"],
+            unit_block=int(data.get("unit_block", 1)),
+            aliases=tuple(data.get("aliases") or ()),
+            raw=data,
+        )
