@@ -133,6 +133,36 @@ async def test_keys_the_ledger_and_prices_sync_and_async(
     await asyncio.to_thread(use)
 
 
+async def test_a_signup_its_plan_and_its_webhook_secret(account: Account) -> None:
+    async with AsyncMagicPixels(base_url=account.base_url) as anonymous:
+        signup = await anonymous.account.create("sdk@example.com", idempotency_key="signup-1")
+        again = await anonymous.account.create("sdk@example.com", idempotency_key="signup-1")
+    assert again == signup
+    assert signup.api_key.token is not None
+    assert signup.webhook_secret.startswith("whsec_")
+
+    async with AsyncMagicPixels(signup.api_key.token, base_url=account.base_url) as sdk:
+        plans = await sdk.account.plans()
+        subscribed = await sdk.account.subscribe("free")
+        found = await sdk.account.subscription()
+        canceled = await sdk.account.cancel_subscription()
+        secret = await sdk.account.rotate_webhook_secret(grace_period_seconds=0)
+
+    assert plans[0].id == "free"
+    assert (subscribed.plan, subscribed.status) == ("free", "active")
+    assert found.id == subscribed.id
+    assert canceled.cancel_at_period_end
+    assert secret.startswith("whsec_")
+    assert secret != signup.webhook_secret
+
+    def use() -> None:
+        with MagicPixels(signup.api_key.token, base_url=account.base_url) as client:
+            assert client.account.plans() == plans
+            assert client.account.subscription().id == subscribed.id
+
+    await asyncio.to_thread(use)
+
+
 @pytest.mark.without_workers
 async def test_cancel_and_a_wait_that_times_out(sdk: AsyncMagicPixels) -> None:
     job = await sdk.jobs.create("text_to_image", "never run", **SMALL)

@@ -31,9 +31,12 @@ from magicpixels_sdk.models import (
     JobEvent,
     JobResult,
     LedgerEntry,
+    Plan,
     Price,
     Quote,
     SignedUrl,
+    SignUp,
+    Subscription,
 )
 from magicpixels_sdk.webhooks import verify_webhook
 
@@ -61,11 +64,14 @@ __all__ = [
     "MagicPixelsError",
     "NotFoundError",
     "PermissionDeniedError",
+    "Plan",
     "Price",
     "Quote",
     "RateLimitError",
     "ServerError",
+    "SignUp",
     "SignedUrl",
+    "Subscription",
     "WaitTimeoutError",
     "WebhookVerificationError",
     "verify_webhook",

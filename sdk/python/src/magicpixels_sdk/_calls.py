@@ -41,6 +41,19 @@ def create_job(
     return Call("POST", "/v1/jobs", json=body, headers=headers, extra_timeout=extra)
 
 
+def create_account(email: str, name: str | None, idempotency_key: str | None) -> Call:
+    """A key is generated when none is given: a retried signup answers the same account and
+    token rather than refusing the email as taken."""
+    body = {"email": email, **({"name": name} if name is not None else {})}
+    headers = {"Idempotency-Key": idempotency_key or f"mpsdk_{uuid.uuid4().hex}"}
+    return Call("POST", "/v1/accounts", json=body, headers=headers)
+
+
+def rotate_webhook_secret(grace_period_seconds: int | None) -> Call:
+    body = {} if grace_period_seconds is None else {"grace_period_seconds": grace_period_seconds}
+    return Call("POST", "/v1/account/webhook_secret/rotate", json=body)
+
+
 def create_api_key(
     name: str,
     mode: str,

@@ -27,9 +27,12 @@ from magicpixels_sdk.models import (
     Job,
     JobEvent,
     LedgerEntry,
+    Plan,
     Price,
     Quote,
     SignedUrl,
+    SignUp,
+    Subscription,
 )
 
 Destination = str | Path | IO[bytes]
@@ -184,6 +187,33 @@ class AccountResource:
     def pricing(self) -> list[Price]:
         """What each mode costs (the API's price table)."""
         return list(_pages(self._t, "/v1/pricing", 100, Price.parse))
+
+    def create(
+        self, email: str, *, name: str | None = None, idempotency_key: str | None = None
+    ) -> SignUp:
+        """Signs up (no key needed): the account, its first key's token, its webhook secret."""
+        return SignUp.parse(self._t.json(_calls.create_account(email, name, idempotency_key)))
+
+    def plans(self) -> list[Plan]:
+        return list(_pages(self._t, "/v1/plans", 100, Plan.parse))
+
+    def subscription(self) -> Subscription:
+        """The account's subscription (NotFoundError when it never subscribed)."""
+        return Subscription.parse(self._t.json(Call("GET", "/v1/subscription")))
+
+    def subscribe(self, plan: str) -> Subscription:
+        """Subscribes to `plan`, or changes to it; a paid plan is `pending` until approved."""
+        call = Call("POST", "/v1/subscription", json={"plan": plan})
+        return Subscription.parse(self._t.json(call))
+
+    def cancel_subscription(self) -> Subscription:
+        """Cancels at the end of the running period."""
+        return Subscription.parse(self._t.json(Call("POST", "/v1/subscription/cancel")))
+
+    def rotate_webhook_secret(self, grace_period_seconds: int | None = None) -> str:
+        """A new signing secret; the old one verifies for the grace period (default 24 h)."""
+        rotated = self._t.json(_calls.rotate_webhook_secret(grace_period_seconds))
+        return str(rotated["secret"])
 
 
 class ApiKeys:
@@ -398,6 +428,29 @@ class AsyncAccountResource:
 
     async def pricing(self) -> list[Price]:
         return [price async for price in _pages_async(self._t, "/v1/pricing", 100, Price.parse)]
+
+    async def create(
+        self, email: str, *, name: str | None = None, idempotency_key: str | None = None
+    ) -> SignUp:
+        call = _calls.create_account(email, name, idempotency_key)
+        return SignUp.parse(await self._t.json(call))
+
+    async def plans(self) -> list[Plan]:
+        return [plan async for plan in _pages_async(self._t, "/v1/plans", 100, Plan.parse)]
+
+    async def subscription(self) -> Subscription:
+        return Subscription.parse(await self._t.json(Call("GET", "/v1/subscription")))
+
+    async def subscribe(self, plan: str) -> Subscription:
+        call = Call("POST", "/v1/subscription", json={"plan": plan})
+        return Subscription.parse(await self._t.json(call))
+
+    async def cancel_subscription(self) -> Subscription:
+        return Subscription.parse(await self._t.json(Call("POST", "/v1/subscription/cancel")))
+
+    async def rotate_webhook_secret(self, grace_period_seconds: int | None = None) -> str:
+        rotated = await self._t.json(_calls.rotate_webhook_secret(grace_period_seconds))
+        return str(rotated["secret"])
 
 
 class AsyncApiKeys:

@@ -306,3 +306,68 @@ class Price:
             aliases=tuple(data.get("aliases") or ()),
             raw=data,
         )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A plan on offer: the credits it refills each period, and its price."""
+
+    id: str
+    name: str
+    credits_per_period: int
+    period_days: int
+    price_cents: int
+    currency: str
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> "Plan":
+        return cls(
+            id=data["id"],
+            name=data.get("name", ""),
+            credits_per_period=int(data["credits_per_period"]),
+            period_days=int(data["period_days"]),
+            price_cents=int(data.get("price_cents", 0)),
+            currency=data.get("currency", ""),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True)
+class Subscription:
+    id: str
+    plan: str
+    status: str
+    cancel_at_period_end: bool
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    created_at: datetime | None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> "Subscription":
+        return cls(
+            id=data["id"],
+            plan=data["plan"],
+            status=data["status"],
+            cancel_at_period_end=bool(data.get("cancel_at_period_end")),
+            current_period_start=_time(data.get("current_period_start")),
+            current_period_end=_time(data.get("current_period_end")),
+            created_at=_time(data.get("created_at")),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True)
+class SignUp:
+    """A new account, its first key (with the token, shown this once) and its webhook secret."""
+
+    account: Account
+    api_key: ApiKey
+    webhook_secret: str
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> "SignUp":
+        return cls(
+            Account.parse(data["account"]), ApiKey.parse(data["api_key"]), data["webhook_secret"]
+        )
