@@ -14,7 +14,6 @@ first one made (the blob, the same, stays referenced by it).
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
-from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
@@ -96,10 +95,6 @@ class Catalog:
     async def _find(self, asset_id: str) -> AssetRecord | None:
         async with self._engine.connect() as connection:
             return await store.find_asset(connection, asset_id)
-
-    async def forget_claims(self, created_before: datetime) -> None:
-        async with self._engine.begin() as connection:
-            await store.forget_claims(connection, created_before)
 
     async def _claim(
         self, record: AssetRecord, claim: idempotency.Claim | None

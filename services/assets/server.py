@@ -15,7 +15,7 @@ from magicpixels.core.server import ServiceBinding
 from magicpixels.core.service import Mesh, open_database
 from magicpixels.core.settings import AssetsSettings, secret_value
 from magicpixels.core.timestamps import to_timestamp, utcnow
-from magicpixels.services.assets import domain
+from magicpixels.services.assets import domain, store
 from magicpixels.services.assets.blobs import BlobStore, LocalBlobStore
 from magicpixels.services.assets.catalog import Catalog
 from magicpixels.services.assets.domain import AssetRecord, Kind, Origin
@@ -219,9 +219,9 @@ class AssetsService:
         signing_key = secret_value(
             self.settings.url_signing_key, mesh_settings.data_dir, "assets_url_signing_key"
         )
-        catalog = Catalog(self._engine, blobs)
-        self._forgetting = asyncio.create_task(idempotency.keep_forgetting(catalog.forget_claims))
-        servicer = AssetsServicer(catalog, signing_key.encode())
+        forgetting = idempotency.keep_forgetting(self._engine, store.idempotency_keys)
+        self._forgetting = asyncio.create_task(forgetting)
+        servicer = AssetsServicer(Catalog(self._engine, blobs), signing_key.encode())
         add_to_server = assets_pb2_grpc.add_AssetsServiceServicer_to_server
         return [ServiceBinding(SERVICE_NAME, servicer, add_to_server)]
 

@@ -170,12 +170,6 @@ async def claimed(
     return None if row is None else (row.request_hash, _record(row))
 
 
-async def forget_claims(connection: AsyncConnection, created_before: datetime) -> None:
-    """Deletes the Idempotency-Keys claimed before `created_before`: they are free again."""
-    statement = delete(idempotency_keys).where(idempotency_keys.c.created_at < created_before)
-    await connection.execute(statement)
-
-
 async def reference_blob(connection: AsyncConnection, key: str) -> None:
     await _add_references(connection, key, 1)
 

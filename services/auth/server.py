@@ -1,7 +1,6 @@
 """The AuthService servicer and the auth Service that runs it."""
 
 import asyncio
-import functools
 
 import grpc
 import structlog
@@ -268,8 +267,8 @@ class AuthService:
         self._keys = KeyReader(self._engine)
         self._usage = UsageMarks(self._engine, self.settings.last_used_flush_seconds)
         self._flushing = asyncio.create_task(self._usage.run())
-        forget = functools.partial(store.forget_claims, self._engine)
-        self._forgetting = asyncio.create_task(idempotency.keep_forgetting(forget))
+        forgetting = idempotency.keep_forgetting(self._engine, store.idempotency_keys)
+        self._forgetting = asyncio.create_task(forgetting)
         servicer = AuthServicer(self._engine, self._keys, peppers, self._mesh.bus, self._usage)
         return [
             ServiceBinding(SERVICE_NAME, servicer, auth_pb2_grpc.add_AuthServiceServicer_to_server)

@@ -186,13 +186,6 @@ async def claimed(engine: AsyncEngine, claim: KeyClaim) -> Claimed | None:
     return Claimed(found[idempotency_keys.c.request_hash], key, token)
 
 
-async def forget_claims(engine: AsyncEngine, created_before: datetime) -> None:
-    """Deletes the Idempotency-Keys claimed before `created_before`, and their sealed tokens."""
-    statement = delete(idempotency_keys).where(idempotency_keys.c.created_at < created_before)
-    async with engine.begin() as connection:
-        await connection.execute(statement)
-
-
 # Every verification runs it (key_reads.py): built once, as building it (and its cache key) cost
 # more CPU than SQLAlchemy's run of its cached SQL.
 API_KEY_BY_ID = select(api_keys).where(api_keys.c.id == bindparam("key_id"))

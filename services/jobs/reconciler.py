@@ -91,7 +91,7 @@ class Reconciler:
 
     async def forget_idempotency_keys(self, now: datetime) -> None:
         """Frees the idempotency keys past their window."""
-        await store.forget_claims(self._engine, now - idempotency.WINDOW)
+        await idempotency.forget(self._engine, store.idempotency_keys, now - idempotency.WINDOW)
 
     async def settle_holds(self) -> None:
         """Retries the captures and releases that failed when their job ended."""

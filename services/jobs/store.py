@@ -325,13 +325,6 @@ async def claimed(engine: AsyncEngine, account_id: str, key: str) -> JobRow | No
         return (await connection.execute(query)).one_or_none()
 
 
-async def forget_claims(engine: AsyncEngine, created_before: datetime) -> None:
-    """Deletes the idempotency keys claimed before `created_before`: they are free again."""
-    statement = delete(idempotency_keys).where(idempotency_keys.c.created_at < created_before)
-    async with engine.begin() as connection:
-        await connection.execute(statement)
-
-
 async def get_job(engine: AsyncEngine, job_id: str) -> JobRow | None:
     async with engine.connect() as connection:
         return (await connection.execute(_GET_JOB, {"job_id": job_id})).one_or_none()

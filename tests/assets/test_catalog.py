@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 
+from magicpixels.core import idempotency
 from magicpixels.core.errors import Aborted, AlreadyExists, DomainError, InvalidArgument
 from magicpixels.core.service import Mesh, open_database
 from magicpixels.core.settings import AssetsSettings
 from magicpixels.core.timestamps import utcnow
-from magicpixels.services.assets import domain
+from magicpixels.services.assets import domain, store
 from magicpixels.services.assets.blobs import LocalBlobStore
 from magicpixels.services.assets.catalog import Catalog
 from magicpixels.services.assets.domain import Origin
@@ -199,14 +200,14 @@ async def test_concurrent_uploads_with_one_key_record_one_asset_and_leave_no_blo
 
 
 async def test_an_idempotency_key_is_free_again_once_its_asset_is_deleted_or_its_day_is_over(
-    catalog: Catalog, encode_image: Any
+    engine: Any, catalog: Catalog, encode_image: Any
 ) -> None:
     data = encode_image("PNG")
     first, _ = await catalog.upload(KEYED, _chunks(data))
     await catalog.delete(first.id, ACCOUNT)
 
     after_delete, replayed_after_delete = await catalog.upload(KEYED, _chunks(data))
-    await catalog.forget_claims(utcnow() + timedelta(seconds=1))
+    await idempotency.forget(engine, store.idempotency_keys, utcnow() + timedelta(seconds=1))
     after_window, replayed_after_window = await catalog.upload(KEYED, _chunks(data))
 
     assert (replayed_after_delete, replayed_after_window) == (False, False)

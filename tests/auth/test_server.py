@@ -630,7 +630,7 @@ async def test_replayable_tokens_are_stored_sealed_and_forgotten_after_the_windo
 
     engine = create_engine(database.url, schema=database.schema)
     try:
-        await store.forget_claims(engine, utcnow() + timedelta(seconds=1))
+        await idempotency.forget(engine, store.idempotency_keys, utcnow() + timedelta(seconds=1))
     finally:
         await engine.dispose()
     forgotten = await refused(signup(auth, "signup-1"))

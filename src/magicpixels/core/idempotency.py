@@ -8,12 +8,13 @@ as `Idempotent-Replayed: true`), or refused when its request differs. A claim la
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
 from google.protobuf.message import Message
+from sqlalchemy import Table, delete
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from magicpixels.core.errors import Aborted, AlreadyExists, InvalidArgument
 from magicpixels.core.timestamps import utcnow
@@ -65,12 +66,18 @@ def key_in_use() -> Aborted:
     return Aborted("IDEMPOTENCY_KEY_IN_USE", message)
 
 
-async def keep_forgetting(forget: Callable[[datetime], Awaitable[None]]) -> None:
-    """Calls `forget(created_before)` with the start of the window, every
-    FORGET_EVERY_SECONDS, until cancelled: claims past it are free again."""
+async def forget(engine: AsyncEngine, claims: Table, created_before: datetime) -> None:
+    """Deletes the claims made before `created_before` from a service's table of them (with
+    `created_at`): their keys are free again, and what a claim kept with it is gone."""
+    async with engine.begin() as connection:
+        await connection.execute(delete(claims).where(claims.c.created_at < created_before))
+
+
+async def keep_forgetting(engine: AsyncEngine, claims: Table) -> None:
+    """Forgets the claims past the window every FORGET_EVERY_SECONDS, until cancelled."""
     while True:
         try:
-            await forget(utcnow() - WINDOW)
+            await forget(engine, claims, utcnow() - WINDOW)
         except Exception:  # a database away (a raw OSError on PostgreSQL): the next pass tries
             log.warning("idempotency_keys_not_forgotten", exc_info=True)
         await asyncio.sleep(FORGET_EVERY_SECONDS)

@@ -19,6 +19,12 @@ _CHUNK = 1 << 20
 Upload = str | os.PathLike[str] | bytes | IO[bytes]
 
 
+def idempotent(key: str | None) -> dict[str, str]:
+    """The Idempotency-Key header of a create: the caller's key, else a new one, so that the
+    transport's retries of it never create twice."""
+    return {"Idempotency-Key": key or f"mpsdk_{uuid.uuid4().hex}"}
+
+
 def job_body(mode: str, prompt: str | None, params: dict[str, Any]) -> dict[str, Any]:
     """`params` pass through as they are, so a field the API gains works without a new SDK."""
     return {"mode": mode, **({"prompt": prompt} if prompt is not None else {}), **params}
@@ -33,7 +39,7 @@ def create_job(
 ) -> Call:
     """A key is generated when none is given, so a retried create never makes two jobs."""
     body = job_body(mode, prompt, params)
-    headers = {"Idempotency-Key": idempotency_key or f"mpsdk_{uuid.uuid4().hex}"}
+    headers = idempotent(idempotency_key)
     extra = 0.0
     if wait is not None:
         headers["Prefer"] = f"wait={wait}"
@@ -45,7 +51,7 @@ def create_account(email: str, name: str | None, idempotency_key: str | None) ->
     """A key is generated when none is given: a retried signup answers the same account and
     token rather than refusing the email as taken."""
     body = {"email": email, **({"name": name} if name is not None else {})}
-    headers = {"Idempotency-Key": idempotency_key or f"mpsdk_{uuid.uuid4().hex}"}
+    headers = idempotent(idempotency_key)
     return Call("POST", "/v1/accounts", json=body, headers=headers)
 
 
@@ -66,7 +72,7 @@ def create_api_key(
         body["scopes"] = scopes
     if expires_at is not None:
         body["expires_at"] = expires_at.isoformat()
-    headers = {"Idempotency-Key": idempotency_key or f"mpsdk_{uuid.uuid4().hex}"}
+    headers = idempotent(idempotency_key)
     return Call("POST", "/v1/api_keys", json=body, headers=headers)
 
 
@@ -129,7 +135,7 @@ def upload_asset(file: Upload, content_type: str | None, asynchronous: bool) -> 
 def _upload(content: Any, content_type: str, size: int | None) -> Call:
     """A declared size lets the API refuse a file over its limits before it is sent; the key
     lets a failed connection be retried without making a second asset."""
-    headers = {"Content-Type": content_type, "Idempotency-Key": f"mpsdk_{uuid.uuid4().hex}"}
+    headers = {"Content-Type": content_type, **idempotent(None)}
     if size is not None:
         headers["Content-Length"] = str(size)
     return Call("POST", "/v1/assets", headers=headers, content=content)
