@@ -240,11 +240,16 @@ async def cancel_job(
     return JSONResponse(await job_json(request, await cancel(request, principal, job_id)))
 
 
-async def cancel(request: Request, principal: Principal, job_id: str) -> jobs_pb2.Job:
+async def cancel(
+    request: Request, principal: Principal, job_id: str, free_idempotency_key: bool = False
+) -> jobs_pb2.Job:
     """Cancels the job for the principal; what the gateway keeps of it is dropped."""
     canceled: jobs_pb2.Job = await gateway(request).jobs.CancelJob(
         jobs_pb2.CancelJobRequest(
-            id=job_id, account_id=principal.account_id, livemode=principal.livemode
+            id=job_id,
+            account_id=principal.account_id,
+            livemode=principal.livemode,
+            free_idempotency_key=free_idempotency_key,
         )
     )
     gateway(request).job_views.forget(job_id)

@@ -10,23 +10,27 @@ Errors keep the API's shape, which is OpenAI's (`message`, `type`, `param`, `cod
 
 import asyncio
 import base64
+import hashlib
 import io
 import json
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import grpc
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from magicpixels.assets.v1 import assets_pb2
+from magicpixels.core import eventloop
 from magicpixels.gateway import idempotency, multipart
 from magicpixels.gateway.assets import DOWNLOAD_SECONDS, AssetUpload
 from magicpixels.gateway.bodies import Body
-from magicpixels.gateway.errors import ApiError
+from magicpixels.gateway.errors import ApiError, from_rpc_error
 from magicpixels.gateway.jobs import cancel, settled
 from magicpixels.gateway.principal import Principal, require
 from magicpixels.gateway.responses import JSONResponse
@@ -85,21 +89,26 @@ router = APIRouter(prefix="/v1", tags=["openai compatibility"], route_class=Open
 
 
 class ImageGenerationRequest(Body):
-    """OpenAI's fields; `model`, `quality`, `style`, `user` and `moderation` are accepted and
-    ignored (the operator's configuration chooses the model)."""
+    """OpenAI's fields; `model`, `quality`, `style`, `user`, `moderation`, `output_compression`
+    and `partial_images` are accepted and ignored (the operator's configuration chooses the
+    model), as is `background` but `transparent`."""
 
     model_config = ConfigDict(extra="forbid")
 
     prompt: str
     n: int = Field(default=1, ge=1, le=MAX_IMAGES)
     size: str | None = Field(default=None, examples=["1024x1024", "512x512", "auto"])
-    response_format: Literal["url", "b64_json"] = "url"
+    response_format: Literal["url", "b64_json"] | None = None
     output_format: Literal["png", "jpeg", "webp"] | None = None
     model: str | None = None
     quality: str | None = None
     style: str | None = None
     user: str | None = None
     moderation: str | None = None
+    background: Literal["auto", "opaque", "transparent"] | None = None
+    output_compression: int | None = Field(default=None, ge=0, le=100)
+    stream: bool | None = None
+    partial_images: int | None = Field(default=None, ge=0, le=3)
 
 
 class ImageData(BaseModel):
@@ -122,15 +131,17 @@ async def create_images(
     principal: Annotated[Principal, Depends(require("jobs:write"))],
 ) -> JSONResponse:
     """OpenAI's image generation: `n` text_to_image jobs of the prompt, answered once they end,
-    as signed URLs (`response_format: url`, an hour) or base64 (`b64_json`)."""
+    as signed URLs (`response_format: url`, an hour) or base64 (`b64_json`, the default of the
+    gpt-image models)."""
+    _refuse_unsupported(body.background, body.stream)
     spec = jobs_pb2.JobSpec(
         mode=jobs_pb2.JOB_MODE_TEXT_TO_IMAGE,
         prompt=body.prompt,
         output_format=body.output_format or "",
         **_size(body.size),
     )
-    jobs = await _run_jobs(request, principal, spec, body.n)
-    return await _images(request, principal, jobs, body.response_format)
+    run = await _run_jobs(request, principal, spec, body.n, _digest(body.model_dump()))
+    return await _images(request, principal, run, _response_format(body))
 
 
 @router.post(
@@ -171,6 +182,7 @@ async def edit_images(
         raise RequestValidationError(
             [{**fault, "loc": ("body", *fault["loc"])} for fault in error.errors()]
         ) from None
+    _refuse_unsupported(form.background, form.stream)
     spec = jobs_pb2.JobSpec(
         mode=jobs_pb2.JOB_MODE_IMAGE_TO_IMAGE,
         prompt=form.prompt,
@@ -178,8 +190,8 @@ async def edit_images(
         output_format=form.output_format or "",
         **_size(form.size),
     )
-    jobs = await _run_jobs(request, principal, spec, form.n)
-    return await _images(request, principal, jobs, form.response_format)
+    run = await _run_jobs(request, principal, spec, form.n, _digest(form.model_dump()))
+    return await _images(request, principal, run, _response_format(form))
 
 
 class ImageEditForm(BaseModel):
@@ -188,11 +200,39 @@ class ImageEditForm(BaseModel):
     prompt: str
     n: int = Field(default=1, ge=1, le=MAX_IMAGES)
     size: str | None = None
-    response_format: Literal["url", "b64_json"] = "url"
+    response_format: Literal["url", "b64_json"] | None = None
     output_format: Literal["png", "jpeg", "webp"] | None = None
     model: str | None = None
     quality: str | None = None
     user: str | None = None
+    background: Literal["auto", "opaque", "transparent"] | None = None
+    input_fidelity: str | None = None
+    output_compression: int | None = Field(default=None, ge=0, le=100)
+    stream: bool | None = None
+    partial_images: int | None = Field(default=None, ge=0, le=3)
+
+
+def _response_format(request: ImageGenerationRequest | ImageEditForm) -> str:
+    """The format asked for; else base64 for the gpt-image models, which answer only that (a
+    client written for them decodes `b64_json`), and URLs for the others, as OpenAI does."""
+    if request.response_format is not None:
+        return request.response_format
+    return "b64_json" if (request.model or "").startswith("gpt-image") else "url"
+
+
+def _refuse_unsupported(background: str | None, stream: bool | None) -> None:
+    if background == "transparent":
+        message = "Transparent backgrounds are not supported; use 'auto' or 'opaque'."
+        raise _invalid("parameter_unsupported", message, "background")
+    if stream:
+        message = "Streamed partial images are not supported; send stream=false."
+        raise _invalid("parameter_unsupported", message, "stream")
+
+
+def _digest(request: dict[str, Any]) -> bytes:
+    """What identifies the client's request as a whole (its `n` and `response_format` too), for
+    the claims of its jobs' idempotency keys."""
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).digest()
 
 
 async def _require_scope(request: Request, scope: str) -> None:
@@ -297,77 +337,187 @@ def _invalid(code: str, message: str, param: str | None) -> ApiError:
     return ApiError(400, "invalid_request_error", code, message, param=param)
 
 
+@dataclass(frozen=True)
+class _Run:
+    """The ended jobs of one request, and whether they were all those of an earlier request
+    with its Idempotency-Key."""
+
+    jobs: list[jobs_pb2.Job]
+    replayed: bool
+
+
 async def _run_jobs(
-    request: Request, principal: Principal, spec: jobs_pb2.JobSpec, n: int
-) -> list[jobs_pb2.Job]:
+    request: Request, principal: Principal, spec: jobs_pb2.JobSpec, n: int, digest: bytes
+) -> _Run:
     """`n` jobs of the spec, each with its own seed, once they all ended; a repeated
-    Idempotency-Key gives the same jobs back."""
+    Idempotency-Key gives the same jobs back (`<key>#<i>` for the i-th).
+
+    One answer for all n, as OpenAI gives, and nothing charged for images the client never
+    sees: a request the credits do not cover is refused before any job is made (with a key,
+    it may be the replay of jobs already paid for, so its jobs are asked for), and when a
+    create is refused, the jobs made before it are canceled and their keys freed.
+    """
     key = idempotency.key_of(request)
+    quote = await _quote(request, principal, spec)
+    if not key and quote.cost_credits * n > quote.available_credits:
+        raise _not_covered(quote, n)
     answers = await asyncio.gather(
-        *(_create(request, principal, spec, f"{key}#{i}" if key else "") for i in range(n)),
+        *(_create(request, principal, spec, f"{key}#{i}" if key else "", digest) for i in range(n)),
         return_exceptions=True,
     )
-    created = [answer for answer in answers if isinstance(answer, jobs_pb2.Job)]
+    created = [answer for answer in answers if isinstance(answer, _Created)]
     refused = next((answer for answer in answers if isinstance(answer, BaseException)), None)
     if refused is not None:
-        # One answer for all n, as OpenAI gives: when one create is refused (402 when the
-        # credits cover some images only), the others are canceled, so their holds are released
-        # and nothing is charged for images the client would never see.
-        await asyncio.gather(
-            *(cancel(request, principal, job.id) for job in created), return_exceptions=True
+        await _cancel_all(request, principal, [made.job for made in created], undo=True)
+        raise _refusal(refused, quote, n)
+    jobs = await _ended(request, principal, [made.job for made in created], keyed=bool(key))
+    return _Run(jobs, replayed=all(made.replayed for made in created))
+
+
+async def _quote(
+    request: Request, principal: Principal, spec: jobs_pb2.JobSpec
+) -> jobs_pb2.QuoteJobResponse:
+    quote: jobs_pb2.QuoteJobResponse = await gateway(request).jobs.QuoteJob(
+        jobs_pb2.QuoteJobRequest(
+            account_id=principal.account_id, livemode=principal.livemode, spec=spec
         )
-        raise refused
-    ended = await asyncio.gather(
-        *(settled(request, principal, job, FINISH_SECONDS, until="end") for job in created)
     )
-    for job in ended:
-        _raise_unless_completed(job)
-    return list(ended)
+    return quote
+
+
+def _not_covered(quote: jobs_pb2.QuoteJobResponse, n: int) -> ApiError:
+    images = "1 image needs" if n == 1 else f"{n} images need"
+    message = f"{images} {quote.cost_credits * n} credits, {quote.available_credits} available"
+    return ApiError(402, "billing_error", "insufficient_credits", message)
+
+
+def _refusal(refused: BaseException, quote: jobs_pb2.QuoteJobResponse, n: int) -> BaseException:
+    """A create's refusal as the whole request's: credits it lacks are counted for all n."""
+    if (
+        isinstance(refused, grpc.aio.AioRpcError)
+        and from_rpc_error(refused).code == "insufficient_credits"
+        and quote.cost_credits * n > quote.available_credits
+    ):
+        return _not_covered(quote, n)
+    return refused
+
+
+@dataclass(frozen=True)
+class _Created:
+    job: jobs_pb2.Job
+    replayed: bool
 
 
 async def _create(
-    request: Request, principal: Principal, spec: jobs_pb2.JobSpec, idempotency_key: str
-) -> jobs_pb2.Job:
-    created: jobs_pb2.Job = await gateway(request).jobs.CreateJob(
+    request: Request,
+    principal: Principal,
+    spec: jobs_pb2.JobSpec,
+    idempotency_key: str,
+    digest: bytes,
+) -> _Created:
+    call = gateway(request).jobs.CreateJob(
         jobs_pb2.CreateJobRequest(
             account_id=principal.account_id,
             livemode=principal.livemode,
             spec=spec,
             idempotency_key=idempotency_key,
+            request_digest=digest if idempotency_key else b"",
         )
     )
-    return created
+    job: jobs_pb2.Job = await call
+    return _Created(job, bool(await idempotency.replay_headers(call)))
+
+
+async def _ended(
+    request: Request, principal: Principal, jobs: list[jobs_pb2.Job], keyed: bool
+) -> list[jobs_pb2.Job]:
+    """The jobs once they all ended, within FINISH_SECONDS and while the client waits.
+
+    Unended jobs of a request without a key are canceled when the client leaves or the time
+    runs out: nobody could get their images, so nobody pays for them. With a key, they go on:
+    a retry with it waits for the same jobs.
+    """
+    waiting = asyncio.ensure_future(
+        asyncio.gather(
+            *(settled(request, principal, job, FINISH_SECONDS, until="end") for job in jobs)
+        )
+    )
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait((waiting, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not waiting.done():  # the client left
+        await eventloop.stopped(waiting)
+    else:
+        jobs = waiting.result()
+    unended = [job for job in jobs if job.state not in TERMINAL]
+    if unended:
+        if not keyed:
+            await _cancel_all(request, principal, unended, undo=False)
+        raise _unfinished(unended[0], keyed)
+    for job in jobs:
+        _raise_unless_completed(job)
+    return jobs
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client closes its connection (its request was read whole before)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _cancel_all(
+    request: Request, principal: Principal, jobs: list[jobs_pb2.Job], undo: bool
+) -> None:
+    """Cancels the jobs (one that ended meanwhile stays as it ended); `undo` frees the keys
+    that created them too."""
+    await asyncio.gather(
+        *(cancel(request, principal, job.id, free_idempotency_key=undo) for job in jobs),
+        return_exceptions=True,
+    )
+
+
+def _unfinished(job: jobs_pb2.Job, keyed: bool) -> ApiError:
+    if keyed:
+        message = (
+            f"Job {job.id} did not finish within {FINISH_SECONDS} s; retry with the same "
+            "Idempotency-Key to wait for the same jobs, or follow it at /v1/jobs."
+        )
+        headers = {"Retry-After": "1"}
+    else:
+        message = (
+            f"Job {job.id} did not finish within {FINISH_SECONDS} s, so this request's jobs "
+            "were canceled and nothing is charged. Send an Idempotency-Key to wait for the "
+            "same jobs across retries."
+        )
+        # A retry would make new jobs that wait as long: the OpenAI SDK obeys this header.
+        headers = {"Retry-After": "1", "x-should-retry": "false"}
+    return ApiError(503, "api_error", "service_unavailable", message, headers=headers)
 
 
 def _raise_unless_completed(job: jobs_pb2.Job) -> None:
     if job.state == jobs_pb2.JOB_STATE_COMPLETED:
         return
-    if job.state not in TERMINAL:
-        raise ApiError(
-            503,
-            "api_error",
-            "service_unavailable",
-            f"Job {job.id} did not finish within {FINISH_SECONDS} s; follow it at /v1/jobs.",
-            headers={"Retry-After": "1"},
-        )
     code = job.error.code if job.HasField("error") else "job_canceled"
     message = job.error.message if job.HasField("error") else "the job was canceled"
     raise ApiError(500, "api_error", code, f"Job {job.id} did not complete: {message}")
 
 
 async def _images(
-    request: Request, principal: Principal, jobs: list[jobs_pb2.Job], response_format: str
+    request: Request, principal: Principal, run: _Run, response_format: str
 ) -> JSONResponse:
     render = _as_base64 if response_format == "b64_json" else _as_url
-    data = await asyncio.gather(*(render(request, principal, job) for job in jobs))
-    first = jobs[0]
+    data = await asyncio.gather(*(render(request, principal, job) for job in run.jobs))
+    first = run.jobs[0]
     return JSONResponse(
         {
             "created": int(time.time()),
             "data": list(data),
             "output_format": first.spec.output_format or "png",
             "size": f"{first.result.width}x{first.result.height}",
-        }
+        },
+        headers={"Idempotent-Replayed": "true"} if run.replayed else None,
     )
 
 

@@ -435,13 +435,17 @@ def _refuse_unused_fields(spec: jobs_pb2.JobSpec, rules: tuple[Rule, ...]) -> No
             raise _invalid(descriptor.name, f"absent in {mode_name(spec.mode)} jobs")
 
 
-def idempotency_claim(key: str, livemode: bool, spec: jobs_pb2.JobSpec) -> idempotency.Claim | None:
+def idempotency_claim(request: jobs_pb2.CreateJobRequest) -> idempotency.Claim | None:
     """The claim a CreateJob request makes on its key; None without a key.
 
     The hash covers the request as the client sent it (its spec before defaults: a resolved
-    spec has a random seed) and its livemode; the account is the key's scope.
+    spec has a random seed), its livemode and the digest of the client's whole request, if
+    any; the account is the key's scope.
     """
-    return idempotency.claim(key, jobs_pb2.CreateJobRequest(livemode=livemode, spec=spec))
+    hashed = jobs_pb2.CreateJobRequest(
+        livemode=request.livemode, spec=request.spec, request_digest=request.request_digest
+    )
+    return idempotency.claim(request.idempotency_key, hashed)
 
 
 def check_replay(claim: idempotency.Claim, stored_hash: str, job_state: str) -> None:

@@ -77,7 +77,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         """
         domain.require(request.account_id, "account_id")
         spec = await self._resolve(request.account_id, request.livemode, request.spec)
-        claim = domain.idempotency_claim(request.idempotency_key, request.livemode, request.spec)
+        claim = domain.idempotency_claim(request)
         pending = await store.insert_pending(
             self._engine,
             request.account_id,
@@ -166,7 +166,13 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
         await self._visible(request)
-        job = await store.cancel(self._engine, request.id, request.account_id, utcnow())
+        job = await store.cancel(
+            self._engine,
+            request.id,
+            request.account_id,
+            utcnow(),
+            free_idempotency_key=request.free_idempotency_key,
+        )
         if job is None:
             ended = await self._visible(request)
             message = f"job {ended.id} is already {ended.state}"

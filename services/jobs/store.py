@@ -744,9 +744,23 @@ async def fail(
     return await _move_one(engine, _FAIL, now, job_id=job_id, token=token, **params)
 
 
-async def cancel(engine: AsyncEngine, job_id: str, account_id: str, now: datetime) -> JobRow | None:
-    """Cancels a queued or running job; its lease token stays so its worker learns of it."""
-    return await _move_one(engine, _CANCEL, now, job_id=job_id, account=account_id)
+async def cancel(
+    engine: AsyncEngine,
+    job_id: str,
+    account_id: str,
+    now: datetime,
+    *,
+    free_idempotency_key: bool = False,
+) -> JobRow | None:
+    """Cancels a queued or running job; its lease token stays so its worker learns of it. With
+    `free_idempotency_key`, the key that created the job is freed in the same transaction."""
+    async with engine.begin() as connection:
+        moved = await _move(connection, _CANCEL, now, job_id=job_id, account=account_id)
+        if moved and free_idempotency_key:
+            await connection.execute(
+                delete(idempotency_keys).where(idempotency_keys.c.job_id == job_id)
+            )
+    return moved[0] if moved else None
 
 
 # The states a job may be canceled from when its deadline passes.

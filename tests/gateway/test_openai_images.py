@@ -97,19 +97,41 @@ async def test_errors_take_the_openai_shape(
     assert (body["type"], body["param"]) == ("authentication_error", None)
 
 
-@pytest.mark.without_workers
-async def test_images_the_credits_cover_in_part_are_refused_whole_and_charge_nothing(
-    client: httpx.AsyncClient, running_mesh: RunningMesh
-) -> None:
-    """Two credits, three images: the one answer is 402, and the two jobs created before the
-    third was refused are canceled and their holds released (no worker runs, so none can
-    complete first)."""
+async def _account_with(
+    client: httpx.AsyncClient, running_mesh: RunningMesh, credits: int
+) -> tuple[str, dict[str, str]]:
+    """A new account granted `credits`: its id and its key's Authorization header."""
     account_id, token = await sign_up(client)
-    grant = ["admin", "grant-credits", account_id, "2"]
+    await _grant(account_id, running_mesh, credits)
+    return account_id, {"Authorization": f"Bearer {token}"}
+
+
+async def _grant(account_id: str, running_mesh: RunningMesh, credits: int) -> None:
+    grant = ["admin", "grant-credits", account_id, str(credits)]
     await asyncio.to_thread(
         cli.main, [*grant, "--data-dir", str(running_mesh.mesh.settings.data_dir)]
     )
-    auth = {"Authorization": f"Bearer {token}"}
+
+
+async def _credits(client: httpx.AsyncClient, auth: dict[str, str]) -> dict[str, int]:
+    account = (await client.get("/v1/account", headers=auth)).json()
+    return dict(account["credits"])
+
+
+async def _jobs(client: httpx.AsyncClient, auth: dict[str, str]) -> list[dict[str, object]]:
+    return list((await client.get("/v1/jobs", headers=auth)).json()["data"])
+
+
+IMAGES = {"prompt": "a teapot", "size": "64x64"}
+
+
+async def test_images_the_credits_cover_in_part_are_refused_before_any_job_is_made(
+    client: httpx.AsyncClient, running_mesh: RunningMesh
+) -> None:
+    """Two credits, three images: one 402 for the request as a whole, and nothing created,
+    held or written to the ledger."""
+    _, auth = await _account_with(client, running_mesh, 2)
+    token = auth["Authorization"].removeprefix("Bearer ")
     async with openai.AsyncOpenAI(
         api_key=token, base_url=f"{client.base_url}/v1", max_retries=0
     ) as ai:
@@ -117,22 +139,133 @@ async def test_images_the_credits_cover_in_part_are_refused_whole_and_charge_not
             await ai.images.generate(prompt="a teapot", n=3, size="64x64")  # type: ignore[arg-type]
 
     assert (refused.value.status_code, refused.value.code) == (402, "insufficient_credits")
-    jobs = (await client.get("/v1/jobs", headers=auth)).json()["data"]
-    assert [job["status"] for job in jobs] == ["canceled", "canceled"]
+    assert refused.value.message.endswith("3 images need 3 credits, 2 available")
+    assert await _jobs(client, auth) == []
+    assert await _credits(client, auth) == {"available": 2, "reserved": 0}
+    ledger = (await client.get("/v1/credits/ledger", headers=auth)).json()["data"]
+    assert [entry["type"] for entry in ledger] == ["grant"]
+
+
+@pytest.mark.without_workers
+async def test_a_keyed_request_refused_in_part_frees_its_key_for_a_retry(
+    client: httpx.AsyncClient, running_mesh: RunningMesh
+) -> None:
+    """With a key the jobs are asked for (the request may replay jobs paid for already): the
+    images made before the refusal are canceled, their holds released and their keys freed,
+    so the same request after a top-up makes its jobs anew rather than replaying canceled
+    ones (no worker runs: the jobs stay queued, and the retry's client stops waiting)."""
+    account_id, auth = await _account_with(client, running_mesh, 2)
+    keyed = {**auth, "Idempotency-Key": "three-teapots"}
+    body = {**IMAGES, "n": 3}
+
+    refused = await client.post("/v1/images/generations", json=body, headers=keyed)
+
+    assert refused.status_code == 402, refused.text
+    assert refused.json()["error"]["message"] == "3 images need 3 credits, 2 available"
+    assert [job["status"] for job in await _jobs(client, auth)] == ["canceled", "canceled"]
 
     async def released() -> bool:  # a cancel's release follows its move
-        account = (await client.get("/v1/account", headers=auth)).json()
-        return bool(account["credits"] == {"available": 2, "reserved": 0})
+        return await _credits(client, auth) == {"available": 2, "reserved": 0}
 
     await eventually(released)
-    ledger = (await client.get("/v1/credits/ledger", headers=auth)).json()["data"]
-    assert sorted(entry["type"] for entry in ledger) == [
-        "grant",
-        "hold",
-        "hold",
-        "release",
-        "release",
+    await _grant(account_id, running_mesh, 1)
+    with pytest.raises(httpx.ReadTimeout):
+        await client.post("/v1/images/generations", json=body, headers=keyed, timeout=1)
+
+    statuses = [job["status"] for job in await _jobs(client, auth)]
+    assert sorted(statuses) == ["canceled"] * 2 + ["queued"] * 3
+    # The client left, but its key lets a retry wait for these jobs: they go on.
+    assert await _credits(client, auth) == {"available": 0, "reserved": 3}
+
+
+@pytest.mark.without_workers
+async def test_the_jobs_of_a_request_without_a_key_are_canceled_when_its_client_leaves(
+    client: httpx.AsyncClient, running_mesh: RunningMesh
+) -> None:
+    """Nobody can get the images of a request without a key once its client is gone (an
+    OpenAI SDK timing out, say, before retrying), so nobody pays for them."""
+    _, auth = await _account_with(client, running_mesh, 5)
+
+    with pytest.raises(httpx.ReadTimeout):
+        await client.post(
+            "/v1/images/generations", json={**IMAGES, "n": 2}, headers=auth, timeout=1
+        )
+
+    async def canceled() -> bool:
+        statuses = [job["status"] for job in await _jobs(client, auth)]
+        return statuses == ["canceled", "canceled"]
+
+    async def released() -> bool:
+        return await _credits(client, auth) == {"available": 5, "reserved": 0}
+
+    await eventually(canceled)
+    await eventually(released)
+
+
+async def test_a_repeated_key_replays_the_request_and_refuses_another(
+    client: httpx.AsyncClient, running_mesh: RunningMesh
+) -> None:
+    """The same body replays the same images, flagged; the same key with another `n` (each
+    image's own spec unchanged) or another response format is 409, and charges nothing."""
+    _, auth = await _account_with(client, running_mesh, 5)
+    keyed = {**auth, "Idempotency-Key": "teapot-1"}
+
+    first, again = [
+        await client.post("/v1/images/generations", json=IMAGES, headers=keyed, timeout=120)
+        for _ in range(2)
     ]
+    other_n = await client.post(
+        "/v1/images/generations", json={**IMAGES, "n": 2}, headers=keyed, timeout=120
+    )
+    other_format = await client.post(
+        "/v1/images/generations",
+        json={**IMAGES, "response_format": "b64_json"},
+        headers=keyed,
+        timeout=120,
+    )
+
+    assert (first.status_code, again.status_code) == (200, 200), first.text
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["data"] == first.json()["data"]
+    for refused in (other_n, other_format):
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"]["code"] == "idempotency_key_reused"
+
+    async def one_charged() -> bool:  # the second image of other_n was made, then undone
+        return await _credits(client, auth) == {"available": 4, "reserved": 0}
+
+    await eventually(one_charged)
+
+
+async def test_gpt_image_calls_get_base64_and_their_extra_fields_are_understood(
+    client: httpx.AsyncClient, running_mesh: RunningMesh
+) -> None:
+    """Code written for gpt-image-1 decodes `b64_json` without asking for it, and sends fields
+    DALL-E did not have: those that change nothing here are accepted, the others refused by
+    name."""
+    async with await _openai(client, running_mesh) as ai:
+        answer = await ai.images.generate(
+            model="gpt-image-1",
+            prompt="a teapot",
+            size="64x64",  # type: ignore[arg-type]
+            background="opaque",
+            output_compression=80,
+            quality="low",
+        )
+        with pytest.raises(openai.BadRequestError) as transparent:
+            await ai.images.generate(prompt="x", background="transparent")
+        with pytest.raises(openai.BadRequestError) as streamed:
+            await ai.images.generate(prompt="x", stream=True)
+
+    assert answer.data is not None
+    decoded = base64.b64decode(answer.data[0].b64_json or "")
+    assert Image.open(io.BytesIO(decoded)).size == (64, 64)
+    assert (transparent.value.code, transparent.value.param) == (
+        "parameter_unsupported",
+        "background",
+    )
+    assert (streamed.value.code, streamed.value.param) == ("parameter_unsupported", "stream")
 
 
 async def test_an_edit_retried_with_its_idempotency_key_makes_one_asset_and_one_job(

@@ -305,8 +305,22 @@ def test_progress_is_a_fraction() -> None:
         domain.check_progress(1.01)
 
 
-def hash_of(livemode: bool, spec: jobs_pb2.JobSpec) -> str:
-    claim = domain.idempotency_claim("key-1", livemode, spec)
+def claim_of(
+    livemode: bool, spec: jobs_pb2.JobSpec, key: str = "key-1", digest: bytes = b""
+) -> idempotency.Claim | None:
+    return domain.idempotency_claim(
+        jobs_pb2.CreateJobRequest(
+            account_id="acct_1",
+            livemode=livemode,
+            spec=spec,
+            idempotency_key=key,
+            request_digest=digest,
+        )
+    )
+
+
+def hash_of(livemode: bool, spec: jobs_pb2.JobSpec, digest: bytes = b"") -> str:
+    claim = claim_of(livemode, spec, digest=digest)
     assert claim is not None
     return claim.request_hash
 
@@ -317,17 +331,19 @@ def test_a_claim_hashes_the_request_as_sent() -> None:
         hash_of(False, text_to_image()),
         hash_of(True, text_to_image("a harbour")),
         hash_of(True, text_to_image(seed=7)),
+        # the same spec, one of the jobs of another OpenAI request (its `n` differs, say)
+        hash_of(True, text_to_image(), digest=b"another request"),
     ]
 
     assert hash_of(True, text_to_image()) == same
-    assert len({same, *others}) == 4
-    assert domain.idempotency_claim("", True, text_to_image()) is None
+    assert len({same, *others}) == 5
+    assert claim_of(True, text_to_image(), key="") is None
 
 
 def test_a_claim_key_has_at_most_255_characters() -> None:
-    assert domain.idempotency_claim("k" * 255, True, text_to_image()) is not None
+    assert claim_of(True, text_to_image(), key="k" * 255) is not None
     with pytest.raises(InvalidArgument) as caught:
-        domain.idempotency_claim("k" * 256, True, text_to_image())
+        claim_of(True, text_to_image(), key="k" * 256)
 
     assert (caught.value.reason, caught.value.param) == ("PARAMETER_INVALID", "idempotency_key")
 

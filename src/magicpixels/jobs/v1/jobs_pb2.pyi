@@ -432,10 +432,16 @@ class CreateJobRequest(_message.Message):
     LIVEMODE_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    REQUEST_DIGEST_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     livemode: _builtins.bool
     idempotency_key: _builtins.str
     """The client's Idempotency-Key, scoped to the account."""
+    request_digest: _builtins.bytes
+    """A digest of the client's whole request, when it makes several jobs (the OpenAI Images
+    routes' `n`): part of the idempotency key's request hash, so the same key sent with another
+    request is refused even where this job's spec is the same.
+    """
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     def __init__(
@@ -445,10 +451,11 @@ class CreateJobRequest(_message.Message):
         livemode: _builtins.bool = ...,
         spec: Global___JobSpec | None = ...,
         idempotency_key: _builtins.str = ...,
+        request_digest: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "idempotency_key", b"idempotency_key", "livemode", b"livemode", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "idempotency_key", b"idempotency_key", "livemode", b"livemode", "request_digest", b"request_digest", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -548,11 +555,17 @@ class CancelJobRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     LIVEMODE_FIELD_NUMBER: _builtins.int
+    FREE_IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     account_id: _builtins.str
     livemode: _builtins.bool
     """When set, a job of the other mode (test or live) is not found, as a test key sees only
     test jobs and a live key only live ones.
+    """
+    free_idempotency_key: _builtins.bool
+    """Set by a caller undoing the create that made the job (the OpenAI Images routes, when
+    another image of the request was refused): the job's idempotency key is freed with the
+    cancel, as a refused create frees its own, so a retry with the key creates anew.
     """
     def __init__(
         self,
@@ -560,10 +573,11 @@ class CancelJobRequest(_message.Message):
         id: _builtins.str = ...,
         account_id: _builtins.str = ...,
         livemode: _builtins.bool | None = ...,
+        free_idempotency_key: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_livemode", b"_livemode", "livemode", b"livemode"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_livemode", b"_livemode", "account_id", b"account_id", "id", b"id", "livemode", b"livemode"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_livemode", b"_livemode", "account_id", b"account_id", "free_idempotency_key", b"free_idempotency_key", "id", b"id", "livemode", b"livemode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__livemode: _TypeAlias = _typing.Literal["livemode"]  # noqa: Y015
     _WhichOneofArgType__livemode: _TypeAlias = _typing.Literal["_livemode", b"_livemode"]  # noqa: Y015
