@@ -30,6 +30,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from magicpixels.core.errors import DomainError
+from magicpixels.core.timestamps import rfc3339
 from magicpixels.gateway.errors import ApiError, from_domain_error, from_rpc_error
 from magicpixels.gateway.principal import bearer_token
 from magicpixels.gateway.state import Gateway
@@ -353,7 +354,7 @@ async def get_job_result(
         uri=signed.url,
         name=result.asset_id,
         mime_type=result.content_type,
-        description=f"the result of {job.id}; the link expires at {signed.expires_at}",
+        description=f"the result of {job.id}; the link expires at {rfc3339(signed.expires_at)}",
     )
     return [link, summary]
 

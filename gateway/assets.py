@@ -254,10 +254,14 @@ async def sign_asset_url(
     return {"url": url, "expires_at": expires_at}
 
 
+# The query of a signed URL (services/assets/domain.signed_query).
+_SIGNED_URL_PARAMS = frozenset({"expires", "signature"})
+
+
 async def _readable(request: Request, asset_id: str) -> tuple[assets_pb2.Asset, bool | None]:
     """The asset this request may read, and the mode to read it in: a signed URL names the
     asset itself (any mode); a bearer key, its account's assets of its own mode."""
-    if "signature" in request.query_params:
+    if not _SIGNED_URL_PARAMS.isdisjoint(request.query_params):  # a part missing: 403, not 401
         verified = await gateway(request).assets.VerifyUrl(
             assets_pb2.VerifyUrlRequest(id=asset_id, query=request.url.query)
         )
@@ -277,6 +281,8 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     if match is None or match.groups() == ("", ""):
         return None  # absent, several ranges, or another unit: the whole content is allowed
     first, last = match.groups()
+    if first and last and int(last) < int(first):
+        return None  # not a valid range (RFC 9110, 14.1.1), so the header is ignored
     if first:
         start, end = int(first), min(int(last), size - 1) if last else size - 1
     else:

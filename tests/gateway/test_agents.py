@@ -3,6 +3,7 @@
 import base64
 import io
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -91,6 +92,9 @@ async def test_uploads_and_an_audio_result_as_a_resource_link(
         result = await agent.call_tool("get_job_result", {"job_id": job["id"]})
         links = [b for b in result.content if isinstance(b, mcp_types.ResourceLink)]
         assert links[0].mime_type == "audio/wav"
+        assert re.search(
+            r"expires at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", links[0].description or ""
+        )
         fetched = await client.get(links[0].uri)
         assert fetched.status_code == 200
         assert fetched.content[:4] == b"RIFF"
