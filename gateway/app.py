@@ -86,6 +86,7 @@ def create_app(mesh: Mesh, settings: GatewaySettings) -> ASGIApp:
         per_key=Quota(settings.rate_limit_per_key, settings.rate_limit_per_key_seconds),
         per_ip=Quota(settings.rate_limit_per_ip, settings.rate_limit_per_ip_seconds),
         principal=shared.principal,
+        own_quota=frozenset({agents.MCP_PATH}),
     )
     return tracing.instrument_asgi(RequestContextMiddleware(limited))
 

@@ -197,7 +197,12 @@ _PER_IP_ALWAYS = frozenset({("POST", "/v1/accounts")})
 
 
 class RateLimitMiddleware:
-    """Pure ASGI: each /v1 request spends from its API key's quota, or from its client IP's."""
+    """Pure ASGI: each /v1 request spends from its API key's quota, or from its client IP's.
+
+    The paths in `own_quota` (the MCP endpoint) are limited too, with a quota of their own per
+    key: the API calls an MCP tool makes with the caller's key spend the key's /v1 quota, so a
+    tool call is not counted twice against it. A request without a valid key spends its IP's.
+    """
 
     def __init__(
         self,
@@ -206,15 +211,20 @@ class RateLimitMiddleware:
         per_key: Quota,
         per_ip: Quota,
         principal: Callable[[str], Awaitable[Principal]],
+        own_quota: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
         self._limiter = limiter
         self._per_key = per_key
         self._per_ip = per_ip
         self._principal = principal
+        self._own_quota = own_quota
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        limited = scope["type"] == "http" and (
+            scope["path"].startswith("/v1/") or scope["path"] in self._own_quota
+        )
+        if not limited:
             await self.app(scope, receive, send)
             return
         try:
@@ -239,5 +249,6 @@ class RateLimitMiddleware:
         if (scope["method"], scope["path"]) not in _PER_IP_ALWAYS:
             principal = await remember_principal(scope, self._principal)
             if principal is not None:
-                return await self._limiter.check(f"key:{principal.api_key_id}", self._per_key)
+                kind = scope["path"] if scope["path"] in self._own_quota else "key"
+                return await self._limiter.check(f"{kind}:{principal.api_key_id}", self._per_key)
         return await self._limiter.check(f"ip:{client_ip(scope)}", self._per_ip)

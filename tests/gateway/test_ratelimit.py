@@ -216,3 +216,30 @@ async def test_the_gateway_with_redis_down_fails_as_configured(
     else:
         assert error_of(response) == (503, "service_unavailable")
         assert response.headers["retry-after"] == "1"
+
+
+async def test_the_mcp_endpoint_is_limited_per_key_apart_from_the_api_and_per_ip_without_one(
+    database: Database, tmp_path: Path
+) -> None:
+    """A bad token cannot flood /mcp (its IP's quota), and a key's MCP requests have a quota of
+    their own: the API calls its tools make spend the key's /v1 quota, once."""
+    quotas = {"rate_limit_per_ip": 2, "rate_limit_per_key": 2, "rate_limit_per_ip_seconds": 3600}
+    quotas["rate_limit_per_key_seconds"] = 3600
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    mcp_headers = {"Accept": "application/json, text/event-stream"}
+    async with gateway_client(database, tmp_path / "mesh", **quotas) as (_, client):
+        token = (await sign_up_as(client))["api_key"]["token"]  # spends one of the IP's two
+        strangers = [
+            await client.post("/mcp", json=ping, headers={**mcp_headers, **bearer("mp_live_x")})
+            for _ in range(2)
+        ]
+        agent = [
+            await client.post("/mcp", json=ping, headers={**mcp_headers, **bearer(token)})
+            for _ in range(3)
+        ]
+        api = await client.get("/v1/api_keys", headers=bearer(token))
+
+    assert [error_of(r) for r in strangers] == [(401, "api_key_invalid"), (429, "rate_limited")]
+    assert [r.status_code for r in agent] == [200, 200, 429]
+    assert [limits(r)[1] for r in agent[:2]] == ["1", "0"]
+    assert (api.status_code, limits(api)[1]) == (200, "1")
