@@ -12,11 +12,12 @@ import asyncio
 import base64
 import contextlib
 import inspect
+import io
 import logging
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from ipaddress import ip_address
-from typing import IO, Any
+from typing import IO, Annotated, Any
 
 import grpc
 import httpx
@@ -25,6 +26,8 @@ from fastapi import FastAPI
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
+from PIL import Image
+from pydantic import WithJsonSchema
 from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -34,8 +37,9 @@ from magicpixels.core.timestamps import rfc3339
 from magicpixels.gateway.errors import ApiError, from_domain_error, from_rpc_error
 from magicpixels.gateway.principal import bearer_token
 from magicpixels.gateway.state import Gateway
+from magicpixels.services.jobs import domain
 from magicpixels.services.jobs.domain import WebhookPolicy, webhook_target
-from magicpixels_sdk import AsyncMagicPixels, MagicPixelsError
+from magicpixels_sdk import AsyncMagicPixels, JobResult, MagicPixelsError
 
 # Inputs fetched from a URL: the largest the API accepts (audio, 50 MiB), and how long to try.
 MAX_FETCH_BYTES = 50 * 1024 * 1024
@@ -43,11 +47,10 @@ FETCH_SECONDS = 60.0
 # A wait_for_job call waits at most this long; an agent calls it again for longer jobs.
 MAX_WAIT_SECONDS = 300
 _IMAGE = "image/"
-# Said of every create tool, which all take deadline_seconds.
-DEADLINE_NOTE = (
-    "deadline_seconds (1..86400): if the job has not completed by then it is canceled, its "
-    "error code is deadline_exceeded, and its credits are released."
-)
+# A larger image result is sent as a preview of at most PREVIEW_SIDE pixels a side, beside a
+# link to the whole file: agents' clients refuse or shrink images of a few megabytes.
+MAX_INLINE_IMAGE_BYTES = 1 << 20
+PREVIEW_SIDE = 1024
 MCP_PATH = "/mcp"
 # What the transport answers a GET (a stream the server would open) or a DELETE (a session to
 # end) with: a stateless server has neither, and the MCP spec asks for a 405 then.
@@ -117,8 +120,23 @@ def build_server(shared: Gateway, http: httpx.AsyncClient) -> MCPServer:
     with _logging_left_alone():
         server = MCPServer(name="magicpixels", instructions=INSTRUCTIONS, version="1")
     for tool in TOOLS:
-        server.add_tool(_as_tool(shared, http, tool))
+        server.add_tool(_as_tool(shared, http, tool), annotations=_annotations(tool.__name__))
     return server
+
+
+# What a tool does to the account, for the agent's client to decide what to confirm.
+_READS = frozenset({"quote_job", "wait_for_job", "get_job", "get_job_result", "check_credits"})
+
+
+def _annotations(name: str) -> mcp_types.ToolAnnotations:
+    if name in _READS:
+        return mcp_types.ToolAnnotations(readOnlyHint=True, openWorldHint=False)
+    if name == "cancel_job":  # a second cancel changes nothing more
+        return mcp_types.ToolAnnotations(destructiveHint=True, idempotentHint=True)
+    # Creates spend credits or store files; upload_asset may fetch from the open web.
+    return mcp_types.ToolAnnotations(
+        destructiveHint=False, idempotentHint=False, openWorldHint=name == "upload_asset"
+    )
 
 
 @contextlib.contextmanager
@@ -154,8 +172,6 @@ def _as_tool(
     context = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)
     call.__name__ = tool.__name__
     call.__doc__ = tool.__doc__
-    if "deadline_seconds" in signature.parameters:
-        call.__doc__ = f"{tool.__doc__} {DEADLINE_NOTE}"
     call.__signature__ = signature.replace(parameters=[*parameters, context])  # type: ignore[attr-defined]
     call.__annotations__ = {
         **{p.name: p.annotation for p in parameters},
@@ -188,105 +204,96 @@ def _loopback_url(shared: Gateway) -> str:
     return f"http://{host}:{shared.settings.port}"
 
 
-async def create_text_to_image_job(
-    client: AsyncMagicPixels,
-    _shared: Gateway,
-    prompt: str,
-    width: int | None = None,
-    height: int | None = None,
-    negative_prompt: str | None = None,
-    seed: int | None = None,
-    output_format: str | None = None,
-    deadline_seconds: int | None = None,
-) -> dict[str, Any]:
-    """Creates a text_to_image job (1 credit): an image of the prompt, 1024x1024 unless width
-    and height (multiples of 8, 64..2048) say otherwise; output_format png, jpeg or webp."""
-    params = _given(
-        width=width,
-        height=height,
-        negative_prompt=negative_prompt,
-        seed=seed,
-        output_format=output_format,
-        deadline_seconds=deadline_seconds,
+# What each field of a create means to an agent; its type, bounds, choices and default come
+# from the jobs service's rules (domain.mode_schema), so a tool describes what the API accepts.
+FIELD_NOTES = {
+    "prompt": "what to make",
+    "negative_prompt": "what to keep out of it",
+    "input_asset_id": "an image asset of the account (upload_asset makes one)",
+    "audio_asset_id": (
+        "an audio asset of the account, muxed as the soundtrack; without duration_seconds the "
+        "video lasts as long as the audio"
+    ),
+    "width": "pixels (by default the input image's, where the mode takes one)",
+    "height": "pixels (by default the input image's, where the mode takes one)",
+    "seed": "the same seed and inputs give the same output; random when absent",
+    "steps": "diffusion steps",
+    "guidance_scale": "how closely to follow the prompt",
+    "strength": "how far to move from the input image: 0 not at all, 1 entirely",
+    "duration_seconds": "the length in seconds",
+    "fps": "frames per second",
+    "output_format": "the file format of the result",
+    "webhook_url": "an https URL the job's events are POSTed to, signed with the account's secret",
+    "metadata": "string pairs kept with the job and echoed back",
+    "deadline_seconds": (
+        "if the job has not completed this many seconds after its creation it is canceled, "
+        "its error code is deadline_exceeded, and its credits are released"
+    ),
+}
+CREATE_DOCS = {
+    "text_to_image": "Creates a text_to_image job (1 credit): an image of the prompt.",
+    "image_to_image": (
+        "Creates an image_to_image job (1 credit): the input image asset restyled after the prompt."
+    ),
+    "text_to_audio": (
+        "Creates a text_to_audio job (1 credit per started 10 s): a piece after the prompt."
+    ),
+    "image_to_video": (
+        "Creates an image_to_video job (22 credits per started second): the input image asset "
+        "animated (camera words in the prompt: zoom, left, right, up, down, still), with an "
+        "optional audio asset as its soundtrack."
+    ),
+}
+
+
+def create_tool(mode: str) -> Callable[..., Awaitable[dict[str, Any]]]:
+    """The `create_<mode>_job` tool, whose parameters are the fields of the mode."""
+
+    async def create(client: AsyncMagicPixels, _shared: Gateway, **fields: Any) -> dict[str, Any]:
+        prompt = fields.pop("prompt", None)
+        return (await client.jobs.create(mode, prompt, **_given(**fields))).raw
+
+    schema = domain.mode_schema(mode)
+    fixed = list(inspect.signature(create).parameters.values())[:2]
+    described = [
+        _parameter(name, field, name in schema["required"])
+        for name, field in schema["properties"].items()
+    ]
+    create.__name__ = f"create_{mode}_job"
+    create.__doc__ = CREATE_DOCS[mode]
+    create.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [*fixed, *described], return_annotation=dict[str, Any]
     )
-    return (await client.jobs.create("text_to_image", prompt, **params)).raw
+    return create
 
 
-async def create_image_to_image_job(
-    client: AsyncMagicPixels,
-    _shared: Gateway,
-    prompt: str,
-    input_asset_id: str,
-    strength: float | None = None,
-    width: int | None = None,
-    height: int | None = None,
-    seed: int | None = None,
-    output_format: str | None = None,
-    deadline_seconds: int | None = None,
-) -> dict[str, Any]:
-    """Creates an image_to_image job (1 credit): the input image asset restyled after the
-    prompt; strength 0..1 (default 0.6) says how far."""
-    params = _given(
-        input_asset_id=input_asset_id,
-        strength=strength,
-        width=width,
-        height=height,
-        seed=seed,
-        output_format=output_format,
-        deadline_seconds=deadline_seconds,
+def _parameter(name: str, schema: dict[str, Any], required: bool) -> inspect.Parameter:
+    """A tool parameter described by its JSON Schema. An optional one defaults to null (the
+    API then fills its default, which the description names)."""
+    schema = dict(schema)
+    note = FIELD_NOTES[name]
+    if "default" in schema:
+        note = f"{note}; default {schema.pop('default')}"
+    annotation = Annotated[Any, WithJsonSchema({**schema, "description": note})]
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        annotation=annotation,
+        default=inspect.Parameter.empty if required else None,
     )
-    return (await client.jobs.create("image_to_image", prompt, **params)).raw
 
 
-async def create_text_to_audio_job(
-    client: AsyncMagicPixels,
-    _shared: Gateway,
-    prompt: str,
-    duration_seconds: float | None = None,
-    seed: int | None = None,
-    output_format: str | None = None,
-    deadline_seconds: int | None = None,
-) -> dict[str, Any]:
-    """Creates a text_to_audio job (1 credit per started 10 s): a piece after the prompt,
-    duration_seconds 1..300 (default 10); output_format wav, mp3, flac or ogg."""
-    params = _given(
-        duration_seconds=duration_seconds,
-        seed=seed,
-        output_format=output_format,
-        deadline_seconds=deadline_seconds,
-    )
-    return (await client.jobs.create("text_to_audio", prompt, **params)).raw
-
-
-async def create_image_to_video_job(
-    client: AsyncMagicPixels,
-    _shared: Gateway,
-    input_asset_id: str,
-    prompt: str | None = None,
-    audio_asset_id: str | None = None,
-    duration_seconds: float | None = None,
-    fps: int | None = None,
-    seed: int | None = None,
-    deadline_seconds: int | None = None,
-) -> dict[str, Any]:
-    """Creates an image_to_video job (22 credits per started second): the input image asset
-    animated (camera words in the prompt: zoom, left, right, up, down, still), with an
-    optional audio asset as its soundtrack; duration_seconds 1..30 (default 4), fps 8..60."""
-    params = _given(
-        input_asset_id=input_asset_id,
-        audio_asset_id=audio_asset_id,
-        duration_seconds=duration_seconds,
-        fps=fps,
-        seed=seed,
-        deadline_seconds=deadline_seconds,
-    )
-    return (await client.jobs.create("image_to_video", prompt, **params)).raw
+# Described for the agent, and checked by the API, whose errors say more than a schema's.
+Mode = Annotated[str, WithJsonSchema({"type": "string", "enum": list(domain.MODES)})]
+WaitSeconds = Annotated[
+    int, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_WAIT_SECONDS})
+]
 
 
 async def quote_job(
     client: AsyncMagicPixels,
     _shared: Gateway,
-    mode: str,
+    mode: Mode,
     prompt: str | None = None,
     input_asset_id: str | None = None,
     audio_asset_id: str | None = None,
@@ -309,7 +316,10 @@ async def quote_job(
 
 
 async def wait_for_job(
-    client: AsyncMagicPixels, _shared: Gateway, job_id: str, timeout_seconds: int = 60
+    client: AsyncMagicPixels,
+    _shared: Gateway,
+    job_id: str,
+    timeout_seconds: WaitSeconds = 60,
 ) -> dict[str, Any]:
     """Waits until the job ends (completed, failed, canceled) or timeout_seconds (at most
     300) pass, and answers the job as it is then."""
@@ -334,8 +344,9 @@ async def cancel_job(client: AsyncMagicPixels, _shared: Gateway, job_id: str) ->
 async def get_job_result(
     client: AsyncMagicPixels, _shared: Gateway, job_id: str
 ) -> list[mcp_types.ContentBlock]:
-    """A completed job's result: an image as image content; audio and video as a link to a
-    signed URL (valid an hour) of the file."""
+    """A completed job's result: an image as image content (a large one as a preview, with a
+    link to the whole file); audio and video as a link to a signed URL (valid an hour) of the
+    file."""
     job = await client.jobs.get(job_id)
     if job.result is None:
         raise ToolError(f"job {job.id} is {job.status}, with no result (yet)")
@@ -343,20 +354,38 @@ async def get_job_result(
     summary = mcp_types.TextContent(
         text=f"job {job.id} {job.mode}: asset {result.asset_id} ({result.content_type})"
     )
-    if result.content_type.startswith(_IMAGE):
-        data = await client.assets.content(result.asset_id)
-        image = mcp_types.ImageContent(
-            data=base64.b64encode(data).decode(), mime_type=result.content_type
-        )
-        return [image, summary]
+    if not result.content_type.startswith(_IMAGE):
+        return [await _link(client, job.id, result), summary]
+    data = await client.assets.content(result.asset_id)
+    if len(data) <= MAX_INLINE_IMAGE_BYTES:
+        return [_image(data, result.content_type), summary]
+    preview = await asyncio.to_thread(_preview, data)
+    link = await _link(client, job.id, result)
+    return [_image(preview, "image/jpeg"), link, summary]
+
+
+def _image(data: bytes, content_type: str) -> mcp_types.ImageContent:
+    return mcp_types.ImageContent(data=base64.b64encode(data).decode(), mime_type=content_type)
+
+
+def _preview(data: bytes) -> bytes:
+    """The image scaled to fit PREVIEW_SIDE, as a JPEG."""
+    with Image.open(io.BytesIO(data)) as image:
+        small = image.convert("RGB")
+        small.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    out = io.BytesIO()
+    small.save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
+async def _link(client: AsyncMagicPixels, job_id: str, result: JobResult) -> mcp_types.ResourceLink:
     signed = await client.assets.url(result.asset_id)
-    link = mcp_types.ResourceLink(
+    return mcp_types.ResourceLink(
         uri=signed.url,
         name=result.asset_id,
         mime_type=result.content_type,
-        description=f"the result of {job.id}; the link expires at {rfc3339(signed.expires_at)}",
+        description=f"the result of {job_id}; the link expires at {rfc3339(signed.expires_at)}",
     )
-    return [link, summary]
 
 
 async def upload_asset(
@@ -395,10 +424,7 @@ async def check_credits(client: AsyncMagicPixels, _shared: Gateway) -> dict[str,
 
 
 TOOLS = (
-    create_text_to_image_job,
-    create_image_to_image_job,
-    create_text_to_audio_job,
-    create_image_to_video_job,
+    *(create_tool(mode) for mode in domain.RULES),
     quote_job,
     wait_for_job,
     get_job,

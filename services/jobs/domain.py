@@ -16,7 +16,7 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from magicpixels.core import idempotency
@@ -181,6 +181,30 @@ class Rule(Protocol):
     def apply(self, spec: jobs_pb2.JobSpec, inputs: Inputs = NO_INPUTS) -> None:
         """Checks the field, raising InvalidArgument, and fills its default when absent."""
 
+    def schema(self) -> dict[str, Any]:
+        """The field as JSON Schema: what `apply` accepts, for clients to describe (MCP)."""
+
+
+def mode_schema(mode: str) -> dict[str, Any]:
+    """The fields of a create of `mode` (an API mode name) as a JSON Schema object, from the
+    rules that check them."""
+    rules = RULES[mode]
+    return {
+        "type": "object",
+        "properties": {rule.field: rule.schema() for rule in rules},
+        "required": [rule.field for rule in rules if getattr(rule, "required", False)],
+    }
+
+
+def _json_type(field: str) -> str:
+    """The JSON Schema type of a JobSpec field, from its protobuf type."""
+    descriptor = jobs_pb2.JobSpec.DESCRIPTOR.fields_by_name[field]
+    if descriptor.type == descriptor.TYPE_STRING:
+        return "string"
+    if descriptor.type in (descriptor.TYPE_DOUBLE, descriptor.TYPE_FLOAT):
+        return "number"
+    return "integer"
+
 
 @dataclass(frozen=True)
 class Text:
@@ -194,6 +218,12 @@ class Text:
             require(value, self.field)
         if len(value) > self.max_length:
             raise _invalid(self.field, f"at most {self.max_length} characters")
+
+    def schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "string", "maxLength": self.max_length}
+        if self.required:
+            schema["minLength"] = 1
+        return schema
 
 
 @dataclass(frozen=True)
@@ -213,6 +243,18 @@ class Number:
         in_range = self.minimum <= value <= self.maximum
         if not in_range or (self.multiple_of and value % self.multiple_of):
             raise _invalid(self.field, self._requirement())
+
+    def schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {
+            "type": _json_type(self.field),
+            "minimum": self.minimum,
+            "maximum": self.maximum,
+        }
+        if self.multiple_of:
+            schema["multipleOf"] = self.multiple_of
+        if self.default is not None and not callable(self.default):
+            schema["default"] = self.default
+        return schema
 
     def _fill_default(self, spec: jobs_pb2.JobSpec) -> None:
         if self.default is not None:
@@ -242,6 +284,9 @@ class Choice:
         elif value not in self.options:
             raise _invalid(self.field, f"one of {', '.join(self.options)}")
 
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "enum": list(self.options), "default": self.options[0]}
+
 
 @dataclass(frozen=True)
 class Metadata:
@@ -261,6 +306,14 @@ class Metadata:
                 f"{self.max_value_length}",
             )
 
+    def schema(self) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "maxProperties": self.max_pairs,
+            "propertyNames": {"minLength": 1, "maxLength": self.max_key_length},
+            "additionalProperties": {"type": "string", "maxLength": self.max_value_length},
+        }
+
     def _fits(self, key: str, value: str) -> bool:
         return 0 < len(key) <= self.max_key_length and len(value) <= self.max_value_length
 
@@ -276,6 +329,9 @@ class WebhookUrl:
         if url and webhook_target(url) is None:
             requirement = f"an http or https URL of at most {_MAX_URL_LENGTH} characters"
             raise _invalid(self.field, requirement)
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "format": "uri", "maxLength": _MAX_URL_LENGTH}
 
 
 @dataclass(frozen=True)
@@ -294,6 +350,9 @@ class AssetRef:
             message = f"{self.field} must name an {self.kind} asset, not {inputs[self.field].kind}"
             raise InvalidArgument("ASSET_KIND_MISMATCH", message, param=self.field)
 
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "pattern": "^asset_"}
+
 
 @dataclass(frozen=True)
 class Side:
@@ -310,7 +369,16 @@ class Side:
                 setattr(spec, self.field, width if self.field == "width" else height)
             else:
                 setattr(spec, self.field, self.default)
-        Number(self.field, MIN_SIDE, MAX_SIDE, multiple_of=SIDE_MULTIPLE).apply(spec)
+        self._bounds().apply(spec)
+
+    def schema(self) -> dict[str, Any]:
+        schema = self._bounds().schema()
+        if self.default is not None:
+            schema["default"] = self.default
+        return schema
+
+    def _bounds(self) -> Number:
+        return Number(self.field, MIN_SIDE, MAX_SIDE, multiple_of=SIDE_MULTIPLE)
 
 
 def fitted_size(width: int, height: int) -> tuple[int, int]:
@@ -340,7 +408,13 @@ class VideoDuration:
         if not spec.HasField(self.field) and soundtrack and soundtrack.duration_seconds:
             fitted = min(max(soundtrack.duration_seconds, self.minimum), self.maximum)
             setattr(spec, self.field, fitted)
-        Number(self.field, self.minimum, self.maximum, default=self.default).apply(spec)
+        self._bounds().apply(spec)
+
+    def schema(self) -> dict[str, Any]:
+        return self._bounds().schema()
+
+    def _bounds(self) -> Number:
+        return Number(self.field, self.minimum, self.maximum, default=self.default)
 
 
 _EVERY_MODE: tuple[Rule, ...] = (

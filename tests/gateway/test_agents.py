@@ -16,6 +16,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 
+from magicpixels.gateway import agents
 from magicpixels.mesh import RunningMesh
 from tests.assets.samples import encode_image
 from tests.gateway.conftest import sign_up
@@ -184,8 +185,8 @@ async def test_an_agent_quotes_sets_deadlines_and_sees_queue_positions(
     assert "mode_unknown" in unknown.content[0].text  # type: ignore[union-attr]
     assert credits["available"] == 20  # quoting spent nothing
     for name in ("create_text_to_image_job", "create_image_to_video_job"):
-        assert "deadline_seconds" in tools[name].input_schema["properties"]
-        assert "deadline_exceeded" in (tools[name].description or "")
+        deadline = tools[name].input_schema["properties"]["deadline_seconds"]
+        assert "deadline_exceeded" in deadline["description"]
     assert late["queue_position"] == 1
     assert late["deadline_at"] is not None
     assert (ended["status"], ended["error"]["code"]) == ("canceled", "deadline_exceeded")
@@ -204,3 +205,62 @@ async def test_a_get_of_the_endpoint_is_405_as_a_stateless_server_answers(
 
     assert (response.status_code, response.headers["allow"]) == (405, "POST")
     assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_the_tools_describe_what_the_api_accepts(
+    client: httpx.AsyncClient, running_mesh: RunningMesh
+) -> None:
+    """Bounds, choices and defaults come from the jobs service's rules, so an agent sees each
+    mode's fields as the API checks them; hints say which tools only read."""
+    auth = await funded(client, running_mesh)
+    async with mcp_session(str(client.base_url), auth) as agent:
+        tools = {tool.name: tool for tool in (await agent.list_tools()).tools}
+
+    image = tools["create_text_to_image_job"].input_schema
+    assert image["required"] == ["prompt"]
+    width = image["properties"]["width"]
+    assert (width["minimum"], width["maximum"], width["multipleOf"]) == (64, 2048, 8)
+    assert image["properties"]["output_format"]["enum"] == ["png", "jpeg", "webp"]
+    assert "default png" in image["properties"]["output_format"]["description"]
+    video = tools["create_image_to_video_job"].input_schema
+    assert video["required"] == ["input_asset_id"]
+    assert {"width", "negative_prompt", "steps", "metadata", "webhook_url"} <= set(
+        video["properties"]
+    )
+    assert video["properties"]["duration_seconds"]["maximum"] == 30
+    audio = tools["create_text_to_audio_job"].input_schema["properties"]
+    assert (audio["duration_seconds"]["maximum"], "width" in audio) == (300, False)
+    assert tools["quote_job"].input_schema["properties"]["mode"]["enum"] == [
+        "text_to_image",
+        "image_to_image",
+        "text_to_audio",
+        "image_to_video",
+    ]
+    hints = {name: tool.annotations for name, tool in tools.items()}
+    assert all(hints[name].read_only_hint for name in ("get_job", "check_credits", "quote_job"))
+    assert hints["cancel_job"].destructive_hint
+    assert not hints["create_text_to_image_job"].read_only_hint
+
+
+async def test_a_large_image_result_comes_as_a_preview_and_a_link(
+    client: httpx.AsyncClient, running_mesh: RunningMesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(agents, "MAX_INLINE_IMAGE_BYTES", 100)
+    monkeypatch.setattr(agents, "PREVIEW_SIDE", 32)
+    auth = await funded(client, running_mesh)
+    async with mcp_session(str(client.base_url), auth) as agent:
+        job = structured(
+            await agent.call_tool(
+                "create_text_to_image_job", {"prompt": "a", "width": 128, "height": 64}
+            )
+        )
+        structured(await agent.call_tool("wait_for_job", {"job_id": job["id"]}))
+        result = await agent.call_tool("get_job_result", {"job_id": job["id"]})
+
+    preview, link = result.content[0], result.content[1]
+    assert isinstance(preview, mcp_types.ImageContent)
+    assert isinstance(link, mcp_types.ResourceLink)
+    assert preview.mime_type == "image/jpeg"
+    assert Image.open(io.BytesIO(base64.b64decode(preview.data))).size == (32, 16)
+    whole = await client.get(link.uri)
+    assert Image.open(io.BytesIO(whole.content)).size == (128, 64)

@@ -367,3 +367,28 @@ def test_only_the_same_request_replays_a_created_job() -> None:
 def test_a_hold_billing_will_not_resolve_stands_resolved_the_other_way() -> None:
     assert domain.resolved_elsewhere(HoldStatus.CAPTURED) == HoldStatus.RELEASED
     assert domain.resolved_elsewhere(HoldStatus.RELEASED) == HoldStatus.CAPTURED
+
+
+@pytest.mark.parametrize("mode", list(domain.RULES))
+def test_a_modes_schema_states_the_bounds_its_rules_check(mode: str) -> None:
+    """What clients are told (MCP tools' schemas) is what the rules accept: each numeric field
+    at its bounds passes, and just past them is refused."""
+    schema = domain.mode_schema(mode)
+    for rule in domain.RULES[mode]:
+        field = schema["properties"][rule.field]
+        if field["type"] not in ("integer", "number"):
+            continue
+        step = field.get("multipleOf", 1)
+        for value, accepted in (
+            (field["minimum"], True),
+            (field["maximum"], True),
+            (field["minimum"] - step, False),
+            (field["maximum"] + step, False),
+        ):
+            spec = jobs_pb2.JobSpec(**{rule.field: value})
+            if accepted:
+                rule.apply(spec)
+            else:
+                with pytest.raises(InvalidArgument):
+                    rule.apply(spec)
+    assert set(schema["required"]) <= set(schema["properties"])
