@@ -16,8 +16,6 @@ from starlette.types import ASGIApp
 
 from magicpixels.core import tracing
 from magicpixels.core.errors import DomainError
-from magicpixels.core.service import Mesh
-from magicpixels.core.settings import GatewaySettings
 from magicpixels.gateway import (
     accounts,
     agents,
@@ -53,7 +51,7 @@ _HTTP_ERRORS = {
 }
 
 
-def create_app(mesh: Mesh, settings: GatewaySettings) -> ASGIApp:
+def create_app(shared: Gateway) -> ASGIApp:
     # The docs pages load Swagger UI and ReDoc from files shipped in a package, not a CDN, so
     # they render on a gateway that cannot reach the internet.
     app = FastAPIOffline(
@@ -65,7 +63,8 @@ def create_app(mesh: Mesh, settings: GatewaySettings) -> ASGIApp:
         lifespan=_lifespan,
         telemetry=tracing.FASTAPI_TELEMETRY_OFF,
     )
-    app.state.gateway = shared = Gateway(mesh, settings)
+    app.state.gateway = shared
+    settings = shared.settings
     for module in (accounts, keys, billing, jobs, assets, openai_images, ops):
         app.include_router(module.router)
     app.state.mcp = agents.mount(app, shared)

@@ -4,6 +4,7 @@ Events)."""
 import asyncio
 import json
 import re
+from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -12,9 +13,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ConfigDict, Field
 
+from magicpixels.core import eventloop
+from magicpixels.core.errors import Unavailable
 from magicpixels.gateway import idempotency
 from magicpixels.gateway.bodies import Body
-from magicpixels.gateway.errors import ApiError
+from magicpixels.gateway.errors import ApiError, from_domain_error
 from magicpixels.gateway.listing import Page, list_object, page
 from magicpixels.gateway.principal import Principal, require
 from magicpixels.gateway.responses import JSONResponse
@@ -97,22 +100,29 @@ async def settled(
     request: Request, principal: Principal, job: jobs_pb2.Job, seconds: float, until: str
 ) -> jobs_pb2.Job:
     """The job once its status changed (`until="change"`) or it ended (`"end"`), or as it is
-    after `seconds`, whichever comes first."""
-    if seconds <= 0 or job.state in public.TERMINAL:
+    after `seconds` or when the gateway begins to stop, whichever comes first."""
+    draining = gateway(request).draining
+    if seconds <= 0 or job.state in public.TERMINAL or draining.is_set():
         return job
     stream = _watch(request, job.id, principal, seconds)
-    first_state = job.state
+    latest = job
+
+    async def follow() -> None:
+        nonlocal latest
+        async for event in stream:
+            latest = event.job
+            if latest.state in public.TERMINAL or (until == "change" and latest.state != job.state):
+                return
+
+    following = asyncio.ensure_future(follow())
+    stopping = asyncio.ensure_future(draining.wait())
     try:
-        async with asyncio.timeout(seconds):
-            async for event in stream:
-                job = event.job
-                if job.state in public.TERMINAL or (until == "change" and job.state != first_state):
-                    break
-    except TimeoutError:
-        pass
+        await asyncio.wait((following, stopping), timeout=seconds, return_when=FIRST_COMPLETED)
     finally:
+        stopping.cancel()
         stream.cancel()
-    return job
+        await eventloop.stopped(following)  # raises what the stream raised, if it failed
+    return latest
 
 
 def _preferred_wait(request: Request) -> int | None:
@@ -264,7 +274,9 @@ async def job_events(
 ) -> StreamingResponse:
     """Server-Sent Events: `status`, `progress` and `queue_position` as they change; ends after
     the last status."""
-    events = EventPump(_watch(request, job_id, principal, STREAM_SECONDS))
+    events = EventPump(
+        _watch(request, job_id, principal, STREAM_SECONDS), gateway(request).draining
+    )
     first = await events.first()  # a job this key may not see is a 404, before streaming
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(
@@ -281,26 +293,37 @@ _EVENT_NAMES = {
 
 class EventPump:
     """Reads a WatchJob stream in a task of its own, so waiting for the next event can time
-    out (for keep-alives) without cancelling a read of the stream."""
+    out (for keep-alives) without cancelling a read of the stream. The events end early when
+    `draining` is set: the client's EventSource reconnects, to a gateway that serves on."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, draining: asyncio.Event) -> None:
         self._stream = stream
         self._events: asyncio.Queue[jobs_pb2.JobEvent | BaseException | None] = asyncio.Queue()
-        self._task = asyncio.create_task(self._pump())
+        self._task = asyncio.create_task(self._pump(draining))
 
-    async def _pump(self) -> None:
+    async def _pump(self, draining: asyncio.Event) -> None:
+        reading = asyncio.ensure_future(self._read())
+        stopping = asyncio.ensure_future(draining.wait())
+        try:
+            await asyncio.wait((reading, stopping), return_when=FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            await eventloop.stopped(reading)
+        await self._events.put(None)
+
+    async def _read(self) -> None:
         try:
             async for event in self._stream:
                 await self._events.put(event)
         except grpc.aio.AioRpcError as error:
             await self._events.put(error)
-        await self._events.put(None)
 
     async def first(self) -> jobs_pb2.JobEvent:
         found = await self._events.get()
         if not isinstance(found, jobs_pb2.JobEvent):
             self.close()
-            raise found or RuntimeError("the job stream ended before its first event")
+            # None: the gateway began to stop before the job's first event came
+            raise found or from_domain_error(Unavailable("SERVICE_UNAVAILABLE", "stopping"))
         return found
 
     async def server_sent(self, request: Request, first: jobs_pb2.JobEvent) -> AsyncIterator[bytes]:

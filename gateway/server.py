@@ -14,7 +14,13 @@ from magicpixels.core.settings import GatewaySettings, MeshSettings
 class GatewayServer(uvicorn.Server):
     """uvicorn, minus its signal handling: the mesh stops every part itself, in order."""
 
-    def __init__(self, app: ASGIApp, settings: GatewaySettings, mesh: MeshSettings) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: GatewaySettings,
+        mesh: MeshSettings,
+        draining: asyncio.Event,
+    ) -> None:
         super().__init__(
             uvicorn.Config(
                 app,
@@ -41,10 +47,17 @@ class GatewayServer(uvicorn.Server):
         # Port 0 took a free port: signed URLs must name the real one.
         settings.port = self.socket.getsockname()[1]
         self.settings = settings
+        self._draining = draining
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn waits for the open requests, then cancels those still open: long polls and
+        # event streams are asked to answer first.
+        self._draining.set()
+        await super().shutdown(sockets)
 
     async def start(self) -> "asyncio.Task[None]":
         """Serves in a task once listening."""

@@ -27,6 +27,9 @@ class Gateway:
     mesh: Mesh
     settings: GatewaySettings
     principals: PrincipalCache = field(init=False)
+    # Set when the gateway begins to stop: long polls answer with what they have and event
+    # streams end, rather than being cut at the end of the grace period (a 500, a torn stream).
+    draining: asyncio.Event = field(init=False, default_factory=asyncio.Event)
     limiter: Limiter = field(init=False)
     job_views: JobViews = field(init=False)
 

@@ -17,6 +17,7 @@ from magicpixels.core.bus import LocalBus
 from magicpixels.core.service import Mesh
 from magicpixels.core.settings import GatewaySettings, MeshSettings
 from magicpixels.gateway.app import create_app
+from magicpixels.gateway.state import Gateway
 
 TARGET = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
 
@@ -30,7 +31,7 @@ async def served() -> Any:
     with tempfile.TemporaryDirectory() as data_dir:
         mesh = Mesh(MeshSettings(data_dir=Path(data_dir)), LocalBus())
         try:
-            app = create_app(mesh, GatewaySettings())
+            app = create_app(Gateway(mesh, GatewaySettings()))
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
                 answer = await http.get("/openapi.json")

@@ -122,8 +122,10 @@ def _gateway(mesh: Mesh, settings: config.GatewaySettings) -> "GatewayServer":
     # Imported here: FastAPI and uvicorn cost memory that processes without a gateway never need.
     from magicpixels.gateway.app import create_app
     from magicpixels.gateway.server import GatewayServer
+    from magicpixels.gateway.state import Gateway
 
-    return GatewayServer(create_app(mesh, settings), settings, mesh.settings)
+    shared = Gateway(mesh, settings)
+    return GatewayServer(create_app(shared), settings, mesh.settings, shared.draining)
 
 
 # Collections of the youngest generation start after this many new objects (700 by default):

@@ -267,3 +267,35 @@ async def test_an_account_without_credits_is_quoted_insufficient(
         "sufficient": False,
     }
     assert (created.status_code, created.json()["error"]["code"]) == (402, "insufficient_credits")
+
+
+@pytest.mark.without_workers
+async def test_a_stopping_gateway_answers_its_long_polls_and_ends_its_event_streams(
+    client: httpx.AsyncClient, running_mesh: RunningMesh
+) -> None:
+    """A rollout stops gateways: a long poll then answers the job as it is, and an event
+    stream ends cleanly (an EventSource reconnects elsewhere), where both were cut at the end
+    of the grace period with a plain-text 500 and a torn stream."""
+    auth = await funded(client, running_mesh)
+    created = await client.post("/v1/jobs", json=SMALL, headers=auth)
+    job_id = created.json()["id"]
+    gateway = running_mesh.gateway
+    assert gateway is not None
+
+    async def stream() -> list[str]:
+        path = f"/v1/jobs/{job_id}/events"
+        async with client.stream("GET", path, headers=auth, timeout=90) as response:
+            return [line async for line in response.aiter_lines() if line.startswith("event:")]
+
+    poll = asyncio.create_task(client.get(f"/v1/jobs/{job_id}?wait=60", headers=auth, timeout=90))
+    events = asyncio.create_task(stream())
+
+    async def both_waiting() -> bool:
+        return len(gateway.server_state.tasks) == 2
+
+    await eventually(both_waiting)
+    await gateway.stop(running_mesh.gateway_task)
+
+    polled = await poll
+    assert (polled.status_code, polled.json()["status"]) == (200, "queued")
+    assert await events == ["event: status"]
