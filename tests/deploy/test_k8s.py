@@ -160,8 +160,10 @@ def test_grpc_services_use_native_grpc_probes_and_the_gateway_its_http_ones(over
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             assert container[probe]["grpc"] == {"port": GRPC_PORT}, (name, probe)
     _, gateway = service(objects, "gateway")
+    # Its own health for both: /readyz asks every service, and one down would take every
+    # gateway out of the Service at once.
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/healthz"
 
 
 @every_overlay
@@ -441,11 +443,16 @@ def test_production_migrates_in_a_job_before_services_that_refuse_to() -> None:
 
 
 @every_overlay
-def test_the_ingress_reaches_the_gateway(overlay: str) -> None:
+def test_the_ingress_routes_the_public_paths_to_the_gateway_and_no_other(overlay: str) -> None:
     objects = overlay_objects(overlay)
     (ingress,) = of_kind(objects, "Ingress")
-    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
-    assert backend == {"name": "gateway", "port": {"name": "http"}}
+    paths = ingress["spec"]["rules"][0]["http"]["paths"]
+    for path in paths:
+        assert path["backend"]["service"] == {"name": "gateway", "port": {"name": "http"}}
+    routed = {path["path"] for path in paths}
+    assert {"/v1", "/mcp", "/docs", "/openapi.json"} <= routed
+    # What tells of queues, credits held and services' health stays inside the cluster.
+    assert not any("/metrics".startswith(p) or "/readyz".startswith(p) for p in routed)
     assert named(objects, "Service", "gateway")["spec"]["ports"][0]["name"] == "http"
     gateway_policy = named(objects, "NetworkPolicy", "gateway")["spec"]["ingress"]
     assert gateway_policy[0]["ports"] == [{"protocol": "TCP", "port": GATEWAY_PORT}]
@@ -459,4 +466,30 @@ def test_the_namespace_enforces_the_restricted_pod_security_standard(overlay: st
         item["metadata"].get("namespace") == namespace["metadata"]["name"]
         for item in overlay_objects(overlay)
         if item["kind"] != "Namespace"
+    )
+
+
+@every_overlay
+def test_the_gateway_counts_clients_behind_the_ingress_by_their_own_address(overlay: str) -> None:
+    """Its rate limits per IP would otherwise count the ingress controller's pods: uvicorn
+    trusts X-Forwarded-For from any peer, which only the ingress controller and scrapes are."""
+    objects = overlay_objects(overlay)
+    _, gateway = service(objects, "gateway")
+    assert config_maps(objects, gateway)["FORWARDED_ALLOW_IPS"] == "*"
+    admitted = named(objects, "NetworkPolicy", "gateway")["spec"]["ingress"]
+    assert [rule["from"] for rule in admitted] == [
+        [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
+    ]
+
+
+@every_overlay
+def test_the_gateway_may_fetch_mcp_uploads_from_public_addresses_only(overlay: str) -> None:
+    objects = overlay_objects(overlay)
+    egress = named(objects, "NetworkPolicy", "mcp-fetch-egress")["spec"]
+    assert egress["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "gateway"
+    (rule,) = egress["egress"]
+    (block,) = rule["to"]
+    assert block["ipBlock"]["cidr"] == "0.0.0.0/0"
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(
+        block["ipBlock"]["except"]
     )
