@@ -2,6 +2,7 @@
 required, request ids and deadlines reach the handler, health and reflection answer."""
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -13,7 +14,9 @@ from magicpixels.core.clients import open_channel
 from magicpixels.core.context import time_left
 from magicpixels.core.errors import NotFound, remote_error
 from magicpixels.core.server import RunningServer, ServiceBinding, start_server
+from magicpixels.core.settings import MeshSettings
 from magicpixels.inference.v1 import inference_pb2, inference_pb2_grpc
+from magicpixels.mesh import start_mesh
 
 TOKEN = "core-test-token"
 
@@ -103,3 +106,41 @@ async def test_health_answers_without_token_and_stops_serving_on_shutdown(probe:
         await server.health.enter_graceful_shutdown()
         reply = await stub.Check(health_pb2.HealthCheckRequest(service=name))
         assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _binding() -> ServiceBinding:
+    return ServiceBinding(
+        "magicpixels.inference.v1.InferenceService",
+        ProbeServicer(),
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server,
+    )
+
+
+async def test_a_port_in_use_is_refused_or_swapped_for_a_free_one_never_shared(
+    probe: Any,
+) -> None:
+    """grpc shares a port held by another server (SO_REUSEPORT) unless told not to: two
+    services would answer one address."""
+    taken = probe[0].port
+    with pytest.raises(RuntimeError):
+        await start_server([_binding()], host="127.0.0.1", port=taken, service_token=TOKEN)
+    moved = await start_server(
+        [_binding()], host="127.0.0.1", port=taken, service_token=TOKEN, any_port_else=True
+    )
+    try:
+        assert moved.port not in (0, taken)
+    finally:
+        await moved.stop(0)
+
+
+async def test_a_restarted_service_listens_where_its_callers_still_call(tmp_path: Path) -> None:
+    """A service on a free port (`serve` without MP_<NAME>_PORT) that stops and starts again
+    takes the same port, so channels its callers opened to it reconnect (they read its address
+    once)."""
+    settings = MeshSettings(data_dir=tmp_path)
+    ports = []
+    for _ in range(2):
+        running = await start_mesh(settings, None, only=("auth",))
+        ports.append(running.services[0][1].port)
+        await running.stop()
+    assert ports[0] == ports[1] != 0

@@ -198,7 +198,10 @@ async def start_server(
     port: int,
     service_token: str,
     service: str = "mesh",
+    any_port_else: bool = False,
 ) -> RunningServer:
+    """Serves the bindings on `port` (0: a free one); with `any_port_else`, on a free one
+    when `port` is taken."""
     server = grpc.aio.server(
         # The tracing interceptor first: its span encloses ours, so our log lines name it.
         interceptors=[
@@ -209,6 +212,8 @@ async def start_server(
             # Clients reconnect, and so rebalance, at least this often.
             ("grpc.max_connection_age_ms", 300_000),
             ("grpc.max_connection_age_grace_ms", 30_000),
+            # A port in use is refused, not shared with whoever holds it.
+            ("grpc.so_reuseport", 0),
         ],
     )
     health_servicer = health.aio.HealthServicer()
@@ -219,12 +224,21 @@ async def start_server(
     reflection.enable_server_reflection(
         [*names, reflection.SERVICE_NAME, health.SERVICE_NAME], server
     )
-    bound_port = server.add_insecure_port(f"{host}:{port}")
+    bound_port = _bind(server, host, port, any_port_else)
     await server.start()
     for name in ("", *names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("grpc_server_started", services=names, port=bound_port)
     return RunningServer(server, bound_port, health_servicer, names)
+
+
+def _bind(server: grpc.aio.Server, host: str, port: int, any_port_else: bool) -> int:
+    try:
+        return server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        if not any_port_else or port == 0:
+            raise
+    return server.add_insecure_port(f"{host}:0")
 
 
 async def wait_for_stop_signal() -> None:

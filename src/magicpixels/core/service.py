@@ -18,6 +18,8 @@ from magicpixels.core.settings import (
     DatabaseServiceSettings,
     MeshSettings,
     ServiceSettings,
+    remember_port,
+    remembered_port,
     remove_address,
     write_address,
 )
@@ -104,14 +106,17 @@ async def start_service(service: Service, mesh: Mesh) -> RunningServer:
         bindings = await service.start()
     finally:
         metrics.current_service.reset(counted_as)
+    data_dir = mesh.settings.data_dir
     server = await start_server(
         bindings,
         host=service.settings.host,
-        port=service.settings.port,
+        port=service.settings.port or remembered_port(data_dir, service.name),
         service_token=mesh.settings.internal_token(),
         service=service.name,
+        any_port_else=not service.settings.port,
     )
-    write_address(mesh.settings.data_dir, service.name, f"{service.settings.host}:{server.port}")
+    remember_port(data_dir, service.name, server.port)
+    write_address(data_dir, service.name, f"{service.settings.host}:{server.port}")
     return server
 
 

@@ -303,6 +303,22 @@ def write_address(data_dir: Path, service: str, address: str) -> None:
     draft.replace(path)
 
 
+def remember_port(data_dir: Path, service: str, port: int) -> None:
+    """Keeps the port a service took, past its stop: started again, it asks for the same one,
+    which its callers' channels still name (they read the address file once)."""
+    path = _address_file(data_dir, service).with_suffix(".port")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(str(port))
+
+
+def remembered_port(data_dir: Path, service: str) -> int:
+    """The port the service had when it last ran from this data folder; 0 if none."""
+    try:
+        return int(_address_file(data_dir, service).with_suffix(".port").read_text())
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
 def remove_address(data_dir: Path, service: str) -> None:
     _address_file(data_dir, service).unlink(missing_ok=True)
 
