@@ -79,3 +79,36 @@ def test_admin_grant_refuses_an_account_auth_does_not_know(tmp_path: Path) -> No
         assert "acct_typo" in refused.stderr
         assert "Traceback" not in refused.stderr
         assert stop(mesh) == 0
+
+
+def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "magicpixels.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_what_an_operator_must_fix_before_a_start_is_said_in_one_line(tmp_path: Path) -> None:
+    """A database that cannot be reached or is not migrated, or a setting refused: one line
+    naming the service, the URL without its password or the variable, and no traceback."""
+    data = {"MP_DATA_DIR": str(tmp_path)}
+    with socket.socket() as closed:  # bound, not listening: connections to it are refused
+        closed.bind(("127.0.0.1", 0))
+        url = f"postgresql://mp:hunter2@127.0.0.1:{closed.getsockname()[1]}/mp"
+        unreachable = _run("migrate", "auth", env={**data, "MP_AUTH_DATABASE_URL": url})
+    unmigrated = _run("serve", "billing", env={**data, "MP_BILLING_MIGRATE_ON_START": "false"})
+    wrong_driver = _run(
+        "migrate", "jobs", env={**data, "MP_JOBS_DATABASE_URL": "postgresql+psycopg2://h/db"}
+    )
+
+    for finished in (unreachable, unmigrated, wrong_driver):
+        assert finished.returncode == 1
+        assert "Traceback" not in finished.stderr
+        assert len(finished.stderr.strip().splitlines()) == 1, finished.stderr
+    assert "the auth database at postgresql+asyncpg://mp:***@127.0.0.1" in unreachable.stderr
+    assert "hunter2" not in unreachable.stderr
+    assert "run `magicpixels migrate billing` first" in unmigrated.stderr
+    assert "MP_JOBS_DATABASE_URL: postgresql URLs use the asyncpg driver" in wrong_driver.stderr

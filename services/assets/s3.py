@@ -16,6 +16,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from magicpixels.core.errors import SetupError
 from magicpixels.core.settings import AssetsSettings
 from magicpixels.services.assets.blobs import CHUNK_SIZE, BlobMissing, Draft, ensure_key, staged
 
@@ -46,7 +47,7 @@ class S3BlobStore:
         try:
             await asyncio.to_thread(client.head_bucket, Bucket=bucket)
         except (BotoCoreError, ClientError) as error:
-            raise RuntimeError(f"the S3 bucket {bucket!r} cannot be used: {error}") from error
+            raise SetupError(f"the S3 bucket {bucket!r} cannot be used: {error}") from error
         return cls(client, bucket, drafts)
 
     def stage(self, chunks: AsyncIterator[bytes]) -> AbstractAsyncContextManager[Draft]:

@@ -8,9 +8,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from pydantic import ValidationError
+
 from magicpixels import client_commands
 from magicpixels.core import eventloop, tracing
 from magicpixels.core import settings as config
+from magicpixels.core.errors import SetupError
 from magicpixels.core.logging import configure_logging
 
 if TYPE_CHECKING:
@@ -31,8 +34,23 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # its output piped into `head`, which has read enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit
         raise SystemExit(0) from None
-    except OSError as refused:  # a port in use, an unwritable data folder: say so, no traceback
+    # A port in use, an unwritable data folder, a database unreachable, a setting refused:
+    # said in one line, without a traceback.
+    except (OSError, SetupError) as refused:
         raise SystemExit(f"magicpixels: {refused}") from None
+    except ValidationError as refused:
+        raise SystemExit(f"magicpixels: {_settings_refused(refused)}") from None
+
+
+def _settings_refused(error: ValidationError) -> str:
+    """The settings a ValidationError refused, named as their environment variables."""
+    settings_class = getattr(config, error.title, None)
+    prefix = settings_class.model_config.get("env_prefix", "") if settings_class else ""
+    return "; ".join(
+        f"{prefix}{'_'.join(str(part) for part in fault['loc'])}".upper()
+        + f": {fault['msg'].removeprefix('Value error, ')}"
+        for fault in error.errors()
+    )
 
 
 def _served(args: argparse.Namespace) -> tuple[str, ...]:

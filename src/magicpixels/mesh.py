@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
 
 from magicpixels.core import settings as config
 from magicpixels.core.bus import open_bus
-from magicpixels.core.db import create_engine, migrate
+from magicpixels.core.db import create_engine, migrate, unreachable
 from magicpixels.core.server import RunningServer, wait_for_stop_signal
 from magicpixels.core.service import Mesh, Service, start_service, stop_service
 
@@ -45,13 +46,14 @@ async def migrate_database(mesh_settings: config.MeshSettings, name: str) -> Non
     settings = SERVICE_CLASSES[name][1]()
     if not isinstance(settings, config.DatabaseServiceSettings):
         raise ValueError(f"the {name} service has no database")
-    engine = create_engine(
-        settings.database_url_for(mesh_settings, name), schema=settings.database_schema
-    )
+    url = settings.database_url_for(mesh_settings, name)
+    engine = create_engine(url, schema=settings.database_schema)
     try:
         await migrate(
             engine, f"magicpixels.services.{name}.migrations", schema=settings.database_schema
         )
+    except (OSError, SQLAlchemyError) as error:
+        raise unreachable(name, url, error) from error
     finally:
         await engine.dispose()
 

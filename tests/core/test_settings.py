@@ -4,6 +4,8 @@ import asyncio
 import re
 from pathlib import Path
 
+import pytest
+
 from magicpixels.core import settings
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "CONFIGURATION.md"
@@ -43,3 +45,18 @@ def test_configured_secret_wins_over_generated(tmp_path: Path) -> None:
     configured = settings.AuthSettings(pepper="from-env").pepper
     assert settings.secret_value(configured, tmp_path, "auth_pepper") == "from-env"
     assert not (tmp_path / "secrets" / "auth_pepper").exists()
+
+
+def test_a_database_url_gets_the_driver_the_services_use() -> None:
+    """Managed databases hand out `postgres://` URLs; the services speak asyncpg and aiosqlite."""
+    assert (
+        settings.async_database_url("postgres://u:p@db:5432/mp?ssl=require")
+        == "postgresql+asyncpg://u:p@db:5432/mp?ssl=require"
+    )
+    assert settings.async_database_url("postgresql://db/mp") == "postgresql+asyncpg://db/mp"
+    assert settings.async_database_url("sqlite:////data/a.db") == "sqlite+aiosqlite:////data/a.db"
+    kept = "postgresql+asyncpg://db/mp"
+    assert settings.async_database_url(kept) == kept
+    for refused in ("mysql://db/mp", "postgresql+psycopg2://db/mp", "db/mp"):
+        with pytest.raises(ValueError, match="postgresql"):
+            settings.async_database_url(refused)

@@ -33,6 +33,7 @@ from sqlalchemy.engine import Connection, Row, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from magicpixels.core import sqlite
+from magicpixels.core.errors import SetupError
 from magicpixels.core.timestamps import as_utc
 
 
@@ -179,12 +180,19 @@ def _upgrade(connection: Connection, migrations: str) -> None:
     command.upgrade(config, "head")
 
 
+def unreachable(service: str, url: str, error: Exception) -> SetupError:
+    """A database the service cannot use, named without its password."""
+    shown = make_url(url).render_as_string(hide_password=True)
+    reason = getattr(error, "orig", None) or error  # the driver's words, not SQLAlchemy's wrap
+    return SetupError(f"the {service} database at {shown}: {reason}")
+
+
 async def require_migrated(engine: AsyncEngine, migrations: str, *, service: str) -> None:
     """Refuses a database whose schema is not at the newest revision of `migrations`."""
     async with engine.connect() as connection:
         current, newest = await connection.run_sync(_revisions, migrations, service)
     if current != newest:
-        raise RuntimeError(
+        raise SetupError(
             f"the {service} database is at revision {sorted(current) or 'none'}, not "
             f"{sorted(newest)}: run `magicpixels migrate {service}` first"
         )

@@ -17,6 +17,11 @@ ERROR_DOMAIN = "magicpixels.dev"
 _DETAILS_KEY = "grpc-status-details-bin"
 
 
+class SetupError(RuntimeError):
+    """What an operator must put right before a process can start (a database unreachable or
+    not migrated, a bucket it cannot use): the command says it in one line, no traceback."""
+
+
 class DomainError(Exception):
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
 

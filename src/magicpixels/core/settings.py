@@ -68,6 +68,25 @@ class ServiceSettings(BaseSettings):
     port: int = 0
 
 
+# The drivers the services connect with, by database; a URL without one (`postgres://`, as
+# managed databases hand them out) gets its database's.
+_ASYNC_DRIVERS = {"postgresql": "asyncpg", "sqlite": "aiosqlite"}
+
+
+def async_database_url(url: str) -> str:
+    """The URL with the driver the services use; a ValueError naming what to write instead
+    for a database or driver they cannot use."""
+    scheme, separator, rest = url.partition("://")
+    database, _, driver = scheme.lower().partition("+")
+    database = "postgresql" if database == "postgres" else database
+    expected = _ASYNC_DRIVERS.get(database)
+    if not separator or expected is None:
+        raise ValueError("a database URL starts postgresql:// (or postgres://) or sqlite://")
+    if driver not in ("", expected):
+        raise ValueError(f"{database} URLs use the {expected} driver: {database}+{expected}://")
+    return f"{database}+{expected}://{rest}"
+
+
 class DatabaseServiceSettings(ServiceSettings):
     """A service that owns a database."""
 
@@ -78,6 +97,11 @@ class DatabaseServiceSettings(ServiceSettings):
     # Off: the service refuses to start on a database that `magicpixels migrate` has not brought
     # to its newest revision, so replicas never race to migrate (a Job does it before rollout).
     migrate_on_start: bool = True
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, url: str | None) -> str | None:
+        return None if url is None else async_database_url(url)
 
     def database_url_for(self, mesh: MeshSettings, service: str) -> str:
         if self.database_url:
