@@ -233,11 +233,15 @@ def optional_reference(value: str) -> str | None:
     return checked_reference(value) if value else None
 
 
+# The most credits one grant or adjustment moves: far above any real one, and far enough below
+# the balance columns' 64-bit limit that no run of them reaches it (it was an internal error).
+MAX_MOVEMENT = 10**12
+
+
 def positive_amount(amount: int) -> int:
-    if amount <= 0:
-        raise InvalidArgument(
-            "PARAMETER_INVALID", "amount must be a positive number of credits", param="amount"
-        )
+    if not 0 < amount <= MAX_MOVEMENT:
+        message = f"amount must be a number of credits between 1 and {MAX_MOVEMENT}"
+        raise InvalidArgument("PARAMETER_INVALID", message, param="amount")
     return amount
 
 
@@ -339,8 +343,9 @@ def adjustment_movement(
     account_id: str, amount: int, description: str, reference: str | None
 ) -> Movement:
     """An operator's correction, up or down; it cannot take available credits below zero."""
-    if amount == 0:
-        raise InvalidArgument("PARAMETER_INVALID", "amount must not be zero", param="amount")
+    if not 0 < abs(amount) <= MAX_MOVEMENT:
+        message = f"amount must not be zero, nor beyond {MAX_MOVEMENT} credits either way"
+        raise InvalidArgument("PARAMETER_INVALID", message, param="amount")
     return Movement(
         account_id, EntryKind.ADJUSTMENT, amount, 0, reference, required_description(description)
     )

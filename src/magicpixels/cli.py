@@ -53,6 +53,19 @@ def _settings_refused(error: ValidationError) -> str:
     )
 
 
+def _credits(text: str) -> int:
+    """A number of credits within what billing moves at once (MAX_MOVEMENT, either way)."""
+    from magicpixels.services.billing.domain import MAX_MOVEMENT
+
+    try:
+        amount = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of credits") from None
+    if abs(amount) > MAX_MOVEMENT:
+        raise argparse.ArgumentTypeError(f"at most {MAX_MOVEMENT} credits at once")
+    return amount
+
+
 def _served(args: argparse.Namespace) -> tuple[str, ...]:
     service = getattr(args, "service", None)
     return (service,) if service else ()
@@ -97,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     grant = admin.add_parser("grant-credits", help="grant credits to an account")
     grant.add_argument("account_id")
-    grant.add_argument("amount", type=int)
+    grant.add_argument("amount", type=_credits)
     grant.add_argument("--description", default="operator grant")
     _data_dir_option(grant)
     grant.set_defaults(run=_grant_credits)
@@ -105,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
         "adjust-credits", help="correct an account's credits, up or down (never below zero)"
     )
     adjust.add_argument("account_id")
-    adjust.add_argument("amount", type=int, help="signed: -5 takes 5 credits")
+    adjust.add_argument("amount", type=_credits, help="signed: -5 takes 5 credits")
     adjust.add_argument("description", help="why: the account's ledger shows it")
     adjust.add_argument(
         "--reference", default="", help="makes it idempotent: a reference used before is a no-op"

@@ -259,13 +259,22 @@ def test_a_resolution_empties_the_reservation_and_returns_what_was_not_captured(
     assert (movement.kind, movement.available, movement.reserved) == (kind, returned, -22)
 
 
+@pytest.mark.parametrize("amount", [0, domain.MAX_MOVEMENT + 1, -domain.MAX_MOVEMENT - 1])
+def test_an_adjustment_moves_some_credits_and_not_beyond_the_limit(amount: int) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        domain.adjustment_movement("acct_1", amount, "fix", None)
+
+    assert caught.value.param == "amount"
+    assert domain.adjustment_movement("acct_1", -domain.MAX_MOVEMENT, "fix", None).available < 0
+
+
 def test_a_grant_adds_available_credits() -> None:
     assert domain.grant_movement("acct_1", 5, "welcome", "promo") == Movement(
         "acct_1", EntryKind.GRANT, 5, 0, "promo", "welcome"
     )
 
 
-@pytest.mark.parametrize("amount", [0, -5])
+@pytest.mark.parametrize("amount", [0, -5, domain.MAX_MOVEMENT + 1])
 def test_a_grant_must_be_positive(amount: int) -> None:
     with pytest.raises(InvalidArgument) as caught:
         domain.positive_amount(amount)
