@@ -112,3 +112,21 @@ def test_what_an_operator_must_fix_before_a_start_is_said_in_one_line(tmp_path: 
     assert "hunter2" not in unreachable.stderr
     assert "run `magicpixels migrate billing` first" in unmigrated.stderr
     assert "MP_JOBS_DATABASE_URL: postgresql URLs use the asyncpg driver" in wrong_driver.stderr
+
+
+def test_an_admin_command_without_the_mesh_token_says_what_to_set(tmp_path: Path) -> None:
+    """It once made a token of its own, which the services refused as wrong."""
+    refused = _run(
+        "admin",
+        "grant-credits",
+        "acct_x",
+        "5",
+        env={
+            "MP_DATA_DIR": str(tmp_path),
+            "MP_AUTH_ADDRESS": "127.0.0.1:1",
+            "MP_BILLING_ADDRESS": "127.0.0.1:1",
+        },
+    )
+    assert refused.returncode == 1
+    assert "no service token: set MP_SERVICE_TOKEN" in refused.stderr
+    assert not (tmp_path / "secrets").exists()

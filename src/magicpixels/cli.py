@@ -286,6 +286,13 @@ async def _call_billing(
     from magicpixels.core.bus import LocalBus
     from magicpixels.core.service import Mesh
 
+    if mesh_settings.service_token is None and not config.secret_exists(
+        mesh_settings.data_dir, "service_token"
+    ):  # a new token, made here, would be refused: say what the mesh's is
+        raise SystemExit(
+            "magicpixels: no service token: set MP_SERVICE_TOKEN to the mesh's, or --data-dir "
+            f"to the folder the mesh runs with (this is {mesh_settings.data_dir})"
+        )
     mesh = Mesh(mesh_settings, LocalBus())
     try:
         auth = auth_pb2_grpc.AuthServiceStub(mesh.channel("auth"))

@@ -287,10 +287,18 @@ class GatewaySettings(BaseSettings):
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
 
+_SECRETS = "secrets"
+
+
 def _secrets_dir(data_dir: Path) -> Path:
-    path = data_dir / "secrets"
+    path = data_dir / _SECRETS
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
+
+
+def secret_exists(data_dir: Path, name: str) -> bool:
+    """Whether a process has generated the secret into the data folder."""
+    return (data_dir / _SECRETS / name).exists()  # not _secrets_dir(), which makes the folder
 
 
 def load_or_create_secret(data_dir: Path, name: str) -> str:
