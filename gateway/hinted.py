@@ -25,6 +25,7 @@ V = TypeVar("V")
 _MAX_ENTRIES = 100_000
 # How long to wait before subscribing again after the bus failed.
 _RESUBSCRIBE_SECONDS = 1.0
+_REPORT_EVERY = 60
 
 
 class HintedCache(Generic[V]):
@@ -76,14 +77,27 @@ async def follow(
 ) -> None:
     """Hands each announcement on the channel to `on_hint` while the cache is kept, until
     cancelled; subscribes again after the bus failed."""
+    failures = 0
     while True:
         try:
             async with bus.subscribe(channel) as hints:
                 cache.following = True
+                if failures:
+                    log.info("announcements_followed_again", channel=channel, failures=failures)
+                    failures = 0
                 async for hint in hints:
                     on_hint(hint)
-        except (RedisError, OSError):
-            log.warning("announcements_not_followed", channel=channel, exc_info=True)
+        except (RedisError, OSError) as error:
+            failures += 1
+            # The first failure with its traceback, then a line a minute while Redis is away.
+            if failures % _REPORT_EVERY == 1:
+                log.warning(
+                    "announcements_not_followed",
+                    channel=channel,
+                    failures=failures,
+                    error=str(error),
+                    exc_info=failures == 1,
+                )
         finally:
             cache.stop_following()
         await asyncio.sleep(_RESUBSCRIBE_SECONDS)

@@ -5,10 +5,13 @@ import contextlib
 import socket
 from collections.abc import Iterator
 
+import structlog
 import uvicorn
 from starlette.types import ASGIApp
 
 from magicpixels.core.settings import GatewaySettings, MeshSettings
+
+log = structlog.get_logger("magicpixels.gateway")
 
 
 class GatewayServer(uvicorn.Server):
@@ -67,6 +70,7 @@ class GatewayServer(uvicorn.Server):
                 task.result()
                 raise RuntimeError("the gateway stopped while starting")
             await asyncio.sleep(0.01)
+        log.info("gateway_started", url=self.settings.base_url())
         return task
 
     async def stop(self, task: "asyncio.Task[None] | None") -> None:
