@@ -12,11 +12,13 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
+from magicpixels.core import idempotency
 from magicpixels.core.errors import remote_error
 from magicpixels.core.service import Mesh, open_database
 from magicpixels.core.settings import BillingSettings, JobsSettings
 from magicpixels.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from magicpixels.services.billing.server import BillingService
+from magicpixels.services.jobs import domain
 from magicpixels.services.jobs.server import JobsService
 from tests.conftest import Database, channel_to, serving
 from tests.support import PATIENCE_SECONDS, eventually, mesh_databases
@@ -190,3 +192,18 @@ def text_to_image(prompt: str = "a lighthouse at dusk", **fields: Any) -> jobs_p
 
 def reason_of(error: grpc.aio.AioRpcError) -> str:
     return remote_error(error).reason
+
+
+def claim_of(
+    livemode: bool, spec: jobs_pb2.JobSpec, key: str = "key-1", digest: bytes = b""
+) -> idempotency.Claim | None:
+    """The claim a CreateJob request of the spec makes on its key."""
+    return domain.idempotency_claim(
+        jobs_pb2.CreateJobRequest(
+            account_id="acct_1",
+            livemode=livemode,
+            spec=spec,
+            idempotency_key=key,
+            request_digest=digest,
+        )
+    )

@@ -8,7 +8,7 @@ from magicpixels.core.errors import Aborted, AlreadyExists, InvalidArgument
 from magicpixels.jobs.v1 import jobs_pb2
 from magicpixels.services.jobs import domain
 from magicpixels.services.jobs.domain import HoldStatus, State
-from tests.jobs.conftest import text_to_image
+from tests.jobs.conftest import claim_of, text_to_image
 
 
 def refusal(spec: jobs_pb2.JobSpec) -> tuple[str, str | None]:
@@ -303,20 +303,6 @@ def test_progress_is_a_fraction() -> None:
     domain.check_progress(1.0)
     with pytest.raises(InvalidArgument):
         domain.check_progress(1.01)
-
-
-def claim_of(
-    livemode: bool, spec: jobs_pb2.JobSpec, key: str = "key-1", digest: bytes = b""
-) -> idempotency.Claim | None:
-    return domain.idempotency_claim(
-        jobs_pb2.CreateJobRequest(
-            account_id="acct_1",
-            livemode=livemode,
-            spec=spec,
-            idempotency_key=key,
-            request_digest=digest,
-        )
-    )
 
 
 def hash_of(livemode: bool, spec: jobs_pb2.JobSpec, digest: bytes = b"") -> str:

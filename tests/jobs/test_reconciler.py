@@ -35,6 +35,7 @@ from tests.jobs.conftest import (
     ACCOUNT,
     PATIENCE_SECONDS,
     Billing,
+    claim_of,
     eventually,
     jobs_settings,
     text_to_image,
@@ -413,7 +414,7 @@ async def running(reconciler: Reconciler) -> AsyncIterator[None]:
 
 
 async def test_idempotency_keys_are_forgotten_after_a_day(world: World) -> None:
-    claim = domain.idempotency_claim("key-1", True, text_to_image())
+    claim = claim_of(True, text_to_image())
     spec = domain.resolve_spec(text_to_image())
     created = utcnow()
     await store.insert_pending(world.engine, ACCOUNT, True, spec, claim, created)

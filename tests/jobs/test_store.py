@@ -12,10 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from magicpixels.core import idempotency
 from magicpixels.core.timestamps import as_utc, utcnow
 from magicpixels.jobs.v1 import jobs_pb2
-from magicpixels.services.jobs import domain, store
+from magicpixels.services.jobs import store
 from magicpixels.services.jobs.domain import HoldStatus, State
 from magicpixels.services.jobs.store import JobRow
-from tests.jobs.conftest import ACCOUNT, text_to_image
+from tests.jobs.conftest import ACCOUNT, claim_of, text_to_image
 
 KEY = "key-1"
 REFUSED = jobs_pb2.JobError(code="insufficient_credits", message="not enough credits")
@@ -23,7 +23,7 @@ REFUSED = jobs_pb2.JobError(code="insufficient_credits", message="not enough cre
 
 async def insert(engine: AsyncEngine, now: datetime) -> JobRow | None:
     spec = text_to_image()
-    claim = domain.idempotency_claim(KEY, True, spec)
+    claim = claim_of(True, spec, key=KEY)
     return await store.insert_pending(engine, ACCOUNT, True, spec, claim, now)
 
 
@@ -49,7 +49,7 @@ async def test_the_claim_answers_its_job_and_request_hash(engine: AsyncEngine) -
 
     found = await store.claimed(engine, ACCOUNT, KEY)
 
-    claim = domain.idempotency_claim(KEY, True, text_to_image())
+    claim = claim_of(True, text_to_image(), key=KEY)
     assert job is not None
     assert found is not None
     assert claim is not None

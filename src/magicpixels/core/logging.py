@@ -43,8 +43,12 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    # The list loggers already made hold is filled anew rather than replaced, so a logger made
+    # (and cached) before a second configuration follows it, as tests' capture_logs expects.
+    processors = structlog.get_config()["processors"]
+    processors[:] = [*shared, structlog.processors.format_exc_info, redact_secrets, renderer]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, redact_secrets, renderer],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         # The stream is looked up when a logger is made, so a replaced sys.stderr is followed.
         logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
