@@ -9,6 +9,7 @@ import structlog
 import uvicorn
 from starlette.types import ASGIApp
 
+from magicpixels.core.server import listening_socket
 from magicpixels.core.settings import GatewaySettings, MeshSettings
 
 log = structlog.get_logger("magicpixels.gateway")
@@ -35,14 +36,7 @@ class GatewayServer(uvicorn.Server):
                 timeout_graceful_shutdown=int(mesh.grace_seconds),
             )
         )
-        try:
-            self.socket = socket.create_server((settings.host, settings.port))
-        except OSError as error:
-            raise OSError(
-                error.errno,
-                f"cannot listen on {settings.host}:{settings.port} ({error.strerror}); "
-                "choose another port with --port or MP_GATEWAY_PORT",
-            ) from None
+        self.socket = listening_socket(settings.host, settings.port)
         # Connections accepted from a socket asyncio did not make lack TCP_NODELAY; Linux
         # copies it from the listening socket. Without it each small response waits ~40 ms
         # for a delayed ACK (Nagle).

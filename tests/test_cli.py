@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.processes import STOP_SECONDS, free_port, magicpixels, ready, stop, wait_for
@@ -30,16 +31,22 @@ def test_two_meshes_run_side_by_side_and_stop_cleanly(tmp_path: Path) -> None:
         assert "Traceback" not in output, output
 
 
-def test_up_on_a_taken_port_says_so_and_starts_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [(), ("--processes",)])
+def test_up_on_a_taken_port_says_so_and_starts_nothing(
+    tmp_path: Path, processes: tuple[str, ...]
+) -> None:
+    """With --processes too: its gateway would restart forever, while the server holding the
+    port answered the supervisor's readiness checks."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with magicpixels("up", "--port", str(port), data_dir=tmp_path) as process:
+        with magicpixels("up", *processes, "--port", str(port), data_dir=tmp_path) as process:
             assert process.wait(timeout=STOP_SECONDS) == 1
             output = process.stdout.read().decode() if process.stdout else ""
     assert f"cannot listen on 127.0.0.1:{port}" in output
     assert "Traceback" not in output
+    assert "process_started" not in output
     assert not list((tmp_path / "run").glob("*.address"))
 
 

@@ -3,6 +3,7 @@
 import asyncio
 import hmac
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -239,6 +240,19 @@ def _bind(server: grpc.aio.Server, host: str, port: int, any_port_else: bool) ->
         if not any_port_else or port == 0:
             raise
     return server.add_insecure_port(f"{host}:0")
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on host:port; an OSError that says which setting to change when
+    the port is taken."""
+    try:
+        return socket.create_server((host, port))
+    except OSError as error:
+        raise OSError(
+            error.errno,
+            f"cannot listen on {host}:{port} ({error.strerror}); "
+            "choose another port with --port or MP_GATEWAY_PORT",
+        ) from None
 
 
 async def wait_for_stop_signal() -> None:
