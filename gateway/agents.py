@@ -220,7 +220,9 @@ FIELD_NOTES = {
     "steps": "diffusion steps",
     "guidance_scale": "how closely to follow the prompt",
     "strength": "how far to move from the input image: 0 not at all, 1 entirely",
-    "duration_seconds": "the length in seconds",
+    "duration_seconds": (
+        "the length in seconds; a video with a soundtrack lasts as long as it by default, else 4 s"
+    ),
     "fps": "frames per second",
     "output_format": "the file format of the result",
     "webhook_url": "an https URL the job's events are POSTed to, signed with the account's secret",
@@ -371,8 +373,9 @@ def _image(data: bytes, content_type: str) -> mcp_types.ImageContent:
 def _preview(data: bytes) -> bytes:
     """The image scaled to fit PREVIEW_SIDE, as a JPEG."""
     with Image.open(io.BytesIO(data)) as image:
-        small = image.convert("RGB")
-        small.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+        small = image.convert("RGBA")
+    small.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    small = Image.alpha_composite(Image.new("RGBA", small.size, "white"), small).convert("RGB")
     out = io.BytesIO()
     small.save(out, "JPEG", quality=85)
     return out.getvalue()

@@ -8,6 +8,7 @@ before an announcement is not kept either: the reader takes a `ticket` first.
 """
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -25,7 +26,8 @@ V = TypeVar("V")
 _MAX_ENTRIES = 100_000
 # How long to wait before subscribing again after the bus failed.
 _RESUBSCRIBE_SECONDS = 1.0
-_REPORT_EVERY = 60
+_REPORT_EVERY_SECONDS = 60.0
+_clock = time.monotonic
 
 
 class HintedCache(Generic[V]):
@@ -77,7 +79,7 @@ async def follow(
 ) -> None:
     """Hands each announcement on the channel to `on_hint` while the cache is kept, until
     cancelled; subscribes again after the bus failed."""
-    failures = 0
+    failures, reported_at = 0, -math.inf
     while True:
         try:
             async with bus.subscribe(channel) as hints:
@@ -90,7 +92,9 @@ async def follow(
         except (RedisError, OSError) as error:
             failures += 1
             # The first failure with its traceback, then a line a minute while Redis is away.
-            if failures % _REPORT_EVERY == 1:
+            now = _clock()
+            if now - reported_at >= _REPORT_EVERY_SECONDS:
+                reported_at = now
                 log.warning(
                     "announcements_not_followed",
                     channel=channel,

@@ -4,7 +4,6 @@ Events)."""
 import asyncio
 import json
 import re
-from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -97,12 +96,17 @@ def _watch(request: Request, job_id: str, principal: Principal, seconds: float) 
 
 
 async def settled(
-    request: Request, principal: Principal, job: jobs_pb2.Job, seconds: float, until: str
+    request: Request,
+    principal: Principal,
+    job: jobs_pb2.Job,
+    seconds: float,
+    until: str,
+    drain: bool = True,
 ) -> jobs_pb2.Job:
     """The job once its status changed (`until="change"`) or it ended (`"end"`), or as it is
-    after `seconds` or when the gateway begins to stop, whichever comes first."""
+    after `seconds` or, with `drain`, when the gateway begins to stop, whichever comes first."""
     draining = gateway(request).draining
-    if seconds <= 0 or job.state in public.TERMINAL or draining.is_set():
+    if seconds <= 0 or job.state in public.TERMINAL or (drain and draining.is_set()):
         return job
     stream = _watch(request, job.id, principal, seconds)
     latest = job
@@ -114,14 +118,11 @@ async def settled(
             if latest.state in public.TERMINAL or (until == "change" and latest.state != job.state):
                 return
 
-    following = asyncio.ensure_future(follow())
-    stopping = asyncio.ensure_future(draining.wait())
+    stops = (draining.wait(),) if drain else ()
     try:
-        await asyncio.wait((following, stopping), timeout=seconds, return_when=FIRST_COMPLETED)
+        await eventloop.unless(follow(), *stops, seconds=seconds)
     finally:
-        stopping.cancel()
         stream.cancel()
-        await eventloop.stopped(following)  # raises what the stream raised, if it failed
     return latest
 
 
@@ -302,13 +303,7 @@ class EventPump:
         self._task = asyncio.create_task(self._pump(draining))
 
     async def _pump(self, draining: asyncio.Event) -> None:
-        reading = asyncio.ensure_future(self._read())
-        stopping = asyncio.ensure_future(draining.wait())
-        try:
-            await asyncio.wait((reading, stopping), return_when=FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            await eventloop.stopped(reading)
+        await eventloop.unless(self._read(), draining.wait())
         await self._events.put(None)
 
     async def _read(self) -> None:

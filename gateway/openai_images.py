@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import grpc
+import structlog
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -38,6 +39,8 @@ from magicpixels.gateway.state import gateway
 from magicpixels.jobs.v1 import jobs_pb2
 from magicpixels.services.assets import media
 from magicpixels.services.jobs.public import TERMINAL
+
+log = structlog.get_logger("magicpixels.gateway")
 
 # An OpenAI client waits up to 10 minutes by default; so may the jobs of one request.
 FINISH_SECONDS = 600
@@ -140,7 +143,7 @@ async def create_images(
         output_format=body.output_format or "",
         **_size(body.size),
     )
-    run = await _run_jobs(request, principal, spec, body.n, _digest(body.model_dump()))
+    run = await _run_jobs(request, principal, spec, body.n, _digest(body))
     return await _images(request, principal, run, _response_format(body))
 
 
@@ -190,7 +193,7 @@ async def edit_images(
         output_format=form.output_format or "",
         **_size(form.size),
     )
-    run = await _run_jobs(request, principal, spec, form.n, _digest(form.model_dump()))
+    run = await _run_jobs(request, principal, spec, form.n, _digest(form))
     return await _images(request, principal, run, _response_format(form))
 
 
@@ -229,10 +232,12 @@ def _refuse_unsupported(background: str | None, stream: bool | None) -> None:
         raise _invalid("parameter_unsupported", message, "stream")
 
 
-def _digest(request: dict[str, Any]) -> bytes:
+def _digest(request: BaseModel) -> bytes:
     """What identifies the client's request as a whole (its `n` and `response_format` too), for
-    the claims of its jobs' idempotency keys."""
-    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).digest()
+    the claims of its jobs' idempotency keys: the fields it sent (defaults left out, so a field
+    this route gains later does not change the digest of a retry sent across the upgrade)."""
+    sent = request.model_dump(exclude_defaults=True)
+    return hashlib.sha256(json.dumps(sent, sort_keys=True).encode()).digest()
 
 
 async def _require_scope(request: Request, scope: str) -> None:
@@ -368,7 +373,9 @@ async def _run_jobs(
     created = [answer for answer in answers if isinstance(answer, _Created)]
     refused = next((answer for answer in answers if isinstance(answer, BaseException)), None)
     if refused is not None:
-        await _cancel_all(request, principal, [made.job for made in created], undo=True)
+        # Only the jobs this request made: a replayed one is another request's to answer.
+        made_here = [made.job for made in created if not made.replayed]
+        await _cancel_all(request, principal, made_here, undo=True)
         raise _refusal(refused, quote, n)
     jobs = await _ended(request, principal, [made.job for made in created], keyed=bool(key))
     return _Run(jobs, replayed=all(made.replayed for made in created))
@@ -433,32 +440,24 @@ async def _ended(
 ) -> list[jobs_pb2.Job]:
     """The jobs once they all ended, within FINISH_SECONDS and while the client waits.
 
-    Unended jobs of a request without a key are canceled when the client leaves or the time
-    runs out: nobody could get their images, so nobody pays for them. With a key, they go on:
-    a retry with it waits for the same jobs.
+    Unended jobs of a request without a key are canceled when the client leaves, the time runs
+    out, a watch fails or the request is cut (a stopping gateway's grace ended): nobody could
+    get their images, so nobody pays for them. With a key, they go on: a retry with it waits
+    for the same jobs.
     """
-    waiting = asyncio.ensure_future(
-        asyncio.gather(
-            *(settled(request, principal, job, FINISH_SECONDS, until="end") for job in jobs)
-        )
-    )
-    gone = asyncio.ensure_future(_client_gone(request))
+    watches = (settled(request, principal, job, FINISH_SECONDS, "end", drain=False) for job in jobs)
+    latest = jobs  # as created, until the watches answer
     try:
-        await asyncio.wait((waiting, gone), return_when=asyncio.FIRST_COMPLETED)
+        latest = await eventloop.unless(eventloop.all_of(watches), _client_gone(request)) or jobs
     finally:
-        gone.cancel()
-    if not waiting.done():  # the client left
-        await eventloop.stopped(waiting)
-    else:
-        jobs = waiting.result()
-    unended = [job for job in jobs if job.state not in TERMINAL]
+        unended = [job for job in latest if job.state not in TERMINAL]
+        if unended and not keyed:
+            await asyncio.shield(_cancel_all(request, principal, unended, undo=False))
     if unended:
-        if not keyed:
-            await _cancel_all(request, principal, unended, undo=False)
         raise _unfinished(unended[0], keyed)
-    for job in jobs:
+    for job in latest:
         _raise_unless_completed(job)
-    return jobs
+    return latest
 
 
 async def _client_gone(request: Request) -> None:
@@ -472,9 +471,23 @@ async def _cancel_all(
 ) -> None:
     """Cancels the jobs (one that ended meanwhile stays as it ended); `undo` frees the keys
     that created them too."""
-    await asyncio.gather(
+    answers = await asyncio.gather(
         *(cancel(request, principal, job.id, free_idempotency_key=undo) for job in jobs),
         return_exceptions=True,
+    )
+    failed = [
+        job.id
+        for job, answer in zip(jobs, answers, strict=True)
+        if isinstance(answer, Exception) and not _ended_meanwhile(answer)
+    ]
+    if failed:  # they go on, and are charged if they complete: an operator may cancel them
+        log.warning("openai_jobs_not_canceled", job_ids=failed)
+
+
+def _ended_meanwhile(refusal: Exception) -> bool:
+    return (
+        isinstance(refusal, grpc.aio.AioRpcError)
+        and from_rpc_error(refusal).code == "job_not_cancelable"
     )
 
 

@@ -9,7 +9,7 @@ import structlog
 import uvicorn
 from starlette.types import ASGIApp
 
-from magicpixels.core.server import listening_socket
+from magicpixels.core.server import gateway_socket
 from magicpixels.core.settings import GatewaySettings, MeshSettings
 
 log = structlog.get_logger("magicpixels.gateway")
@@ -36,7 +36,7 @@ class GatewayServer(uvicorn.Server):
                 timeout_graceful_shutdown=int(mesh.grace_seconds),
             )
         )
-        self.socket = listening_socket(settings.host, settings.port)
+        self.socket = gateway_socket(settings.host, settings.port)
         # Connections accepted from a socket asyncio did not make lack TCP_NODELAY; Linux
         # copies it from the listening socket. Without it each small response waits ~40 ms
         # for a delayed ACK (Nagle).

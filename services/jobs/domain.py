@@ -411,7 +411,10 @@ class VideoDuration:
         self._bounds().apply(spec)
 
     def schema(self) -> dict[str, Any]:
-        return self._bounds().schema()
+        """Without a default: it is the soundtrack's length when there is one."""
+        schema = self._bounds().schema()
+        del schema["default"]
+        return schema
 
     def _bounds(self) -> Number:
         return Number(self.field, self.minimum, self.maximum, default=self.default)

@@ -687,10 +687,7 @@ async def _fail_pending(
     )
     async with engine.begin() as connection:
         failed = await _move(connection, statement, now, **_error_params(error))
-        failed_ids = [job.id for job in failed]
-        await connection.execute(
-            delete(idempotency_keys).where(idempotency_keys.c.job_id.in_(failed_ids))
-        )
+        await _free_keys(connection, [job.id for job in failed])
     return failed
 
 
@@ -756,11 +753,17 @@ async def cancel(
     `free_idempotency_key`, the key that created the job is freed in the same transaction."""
     async with engine.begin() as connection:
         moved = await _move(connection, _CANCEL, now, job_id=job_id, account=account_id)
-        if moved and free_idempotency_key:
-            await connection.execute(
-                delete(idempotency_keys).where(idempotency_keys.c.job_id == job_id)
-            )
+        if free_idempotency_key:
+            await _free_keys(connection, [job.id for job in moved])
     return moved[0] if moved else None
+
+
+async def _free_keys(connection: AsyncConnection, job_ids: list[str]) -> None:
+    """Frees the idempotency keys that created the jobs: a request with one may try again."""
+    if job_ids:
+        await connection.execute(
+            delete(idempotency_keys).where(idempotency_keys.c.job_id.in_(job_ids))
+        )
 
 
 # The states a job may be canceled from when its deadline passes.

@@ -46,9 +46,8 @@ def _settings_refused(error: ValidationError) -> str:
     """The settings a ValidationError refused, named as their environment variables."""
     settings_class = getattr(config, error.title, None)
     prefix = settings_class.model_config.get("env_prefix", "") if settings_class else ""
-    return "; ".join(
-        f"{prefix}{'_'.join(str(part) for part in fault['loc'])}".upper()
-        + f": {fault['msg'].removeprefix('Value error, ')}"
+    return "; ".join(  # a nested fault is told of its variable (MP_BILLING_PLANS), as set
+        f"{prefix}{fault['loc'][0]}".upper() + f": {fault['msg'].removeprefix('Value error, ')}"
         for fault in error.errors()
     )
 

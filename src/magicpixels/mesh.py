@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
-from sqlalchemy.exc import SQLAlchemyError
 
 from magicpixels.core import settings as config
 from magicpixels.core.bus import open_bus
-from magicpixels.core.db import create_engine, migrate, unreachable
+from magicpixels.core.db import create_engine, migrate, reach
 from magicpixels.core.server import RunningServer, wait_for_stop_signal
 from magicpixels.core.service import Mesh, Service, start_service, stop_service
 
@@ -49,11 +48,10 @@ async def migrate_database(mesh_settings: config.MeshSettings, name: str) -> Non
     url = settings.database_url_for(mesh_settings, name)
     engine = create_engine(url, schema=settings.database_schema)
     try:
+        await reach(engine, name, url)
         await migrate(
             engine, f"magicpixels.services.{name}.migrations", schema=settings.database_schema
         )
-    except (OSError, SQLAlchemyError) as error:
-        raise unreachable(name, url, error) from error
     finally:
         await engine.dispose()
 

@@ -20,7 +20,7 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from magicpixels.core import settings as config
-from magicpixels.core.server import listening_socket, wait_for_stop_signal
+from magicpixels.core.server import gateway_socket, wait_for_stop_signal
 
 log = structlog.get_logger("magicpixels.processes")
 
@@ -167,7 +167,7 @@ async def run_processes(
     gateway = environments["gateway"]
     # Taken, the gateway would restart forever, while another server on the port answered the
     # readiness checks in its stead: refused here, as `up` refuses it.
-    listening_socket(gateway["MP_GATEWAY_HOST"], int(gateway["MP_GATEWAY_PORT"])).close()
+    gateway_socket(gateway["MP_GATEWAY_HOST"], int(gateway["MP_GATEWAY_PORT"])).close()
     processes = [ServiceProcess(name, environments[name]) for name in PROCESSES]
     started = time.monotonic()
     stop = asyncio.create_task(wait_for_stop_signal())

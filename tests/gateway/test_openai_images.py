@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import contextlib
 import io
 
 import httpx
@@ -10,9 +11,12 @@ import pytest
 from PIL import Image
 
 from magicpixels import cli
+from magicpixels.gateway import openai_images
+from magicpixels.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from magicpixels.mesh import RunningMesh
 from tests.assets.samples import encode_image
 from tests.gateway.conftest import sign_up
+from tests.gateway.test_auth import error_of
 from tests.gateway.test_jobs import funded
 from tests.support import eventually
 
@@ -299,3 +303,86 @@ async def test_an_edit_retried_with_its_idempotency_key_makes_one_asset_and_one_
     uploads = (await client.get("/v1/assets", headers=auth)).json()["data"]
     assert len(jobs) == 1
     assert [asset["origin"] for asset in uploads].count("upload") == 1
+
+
+@pytest.mark.without_workers
+async def test_past_the_limit_unkeyed_jobs_are_canceled_and_keyed_ones_go_on(
+    client: httpx.AsyncClient, running_mesh: RunningMesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry of the unkeyed request would queue new jobs to wait as long (so the OpenAI SDK
+    is told not to); a keyed one's retry waits for the same jobs (no worker runs here)."""
+    monkeypatch.setattr(openai_images, "FINISH_SECONDS", 1)
+    _, auth = await _account_with(client, running_mesh, 5)
+
+    unkeyed = await client.post("/v1/images/generations", json=IMAGES, headers=auth)
+    keyed = await client.post(
+        "/v1/images/generations", json=IMAGES, headers={**auth, "Idempotency-Key": "slow"}
+    )
+
+    assert [error_of(answer) for answer in (unkeyed, keyed)] == [(503, "service_unavailable")] * 2
+    assert unkeyed.headers["x-should-retry"] == "false"
+    assert "x-should-retry" not in keyed.headers
+    assert keyed.headers["retry-after"] == "1"
+    statuses = [job["status"] for job in await _jobs(client, auth)]
+    assert statuses == ["queued", "canceled"]  # newest first
+
+
+@pytest.mark.without_workers
+async def test_a_request_cut_by_a_stopping_gateway_charges_nothing_for_its_unkeyed_jobs(
+    client: httpx.AsyncClient, running_mesh: RunningMesh
+) -> None:
+    """A stopping gateway lets image requests run through its grace, then cancels them: their
+    jobs, which nobody can fetch now, are canceled with them."""
+    account_id, auth = await _account_with(client, running_mesh, 5)
+    gateway = running_mesh.gateway
+    assert gateway is not None
+    request = asyncio.create_task(
+        client.post("/v1/images/generations", json=IMAGES, headers=auth, timeout=60)
+    )
+
+    async def waiting() -> bool:
+        return len(gateway.server_state.tasks) == 1 and len(await _jobs(client, auth)) == 1
+
+    await eventually(waiting)
+    await gateway.stop(running_mesh.gateway_task)
+
+    # uvicorn answers a request it cut before its answer began with a plain 500, if it can
+    with contextlib.suppress(httpx.TransportError):
+        assert (await request).status_code == 500
+    grpc_jobs = running_mesh.mesh.stub("jobs", jobs_pb2_grpc.JobsServiceStub)
+    listed = await grpc_jobs.ListJobs(
+        jobs_pb2.ListJobsRequest(account_id=account_id, livemode=True)
+    )
+    assert [job.state for job in listed.jobs] == [jobs_pb2.JOB_STATE_CANCELED]
+
+
+@pytest.mark.without_workers
+async def test_a_refused_request_undoes_only_the_jobs_it_made_not_those_it_replayed(
+    client: httpx.AsyncClient, running_mesh: RunningMesh
+) -> None:
+    """The first image of a keyed request was made before (its request died after it): the
+    repeat replays it, is refused the second for credits, and leaves the first alone."""
+    account_id, auth = await _account_with(client, running_mesh, 1)
+    body = {**IMAGES, "n": 2}
+    digest = openai_images._digest(openai_images.ImageGenerationRequest(**body))
+    grpc_jobs = running_mesh.mesh.stub("jobs", jobs_pb2_grpc.JobsServiceStub)
+    first = await grpc_jobs.CreateJob(
+        jobs_pb2.CreateJobRequest(
+            account_id=account_id,
+            livemode=True,
+            spec=jobs_pb2.JobSpec(
+                mode=jobs_pb2.JOB_MODE_TEXT_TO_IMAGE, prompt="a teapot", width=64, height=64
+            ),
+            idempotency_key="two#0",
+            request_digest=digest,
+        )
+    )
+
+    refused = await client.post(
+        "/v1/images/generations", json=body, headers={**auth, "Idempotency-Key": "two"}
+    )
+
+    assert error_of(refused) == (402, "insufficient_credits")
+    assert [(job["id"], job["status"]) for job in await _jobs(client, auth)] == [
+        (first.id, "queued")
+    ]

@@ -378,3 +378,21 @@ def test_a_modes_schema_states_the_bounds_its_rules_check(mode: str) -> None:
                 with pytest.raises(InvalidArgument):
                     rule.apply(spec)
     assert set(schema["required"]) <= set(schema["properties"])
+
+
+def test_a_modes_schema_states_its_choices_required_fields_and_defaults() -> None:
+    image = domain.mode_schema("image_to_image")["properties"]
+    video = domain.mode_schema("image_to_video")
+
+    assert domain.mode_schema("image_to_image")["required"] == ["prompt", "input_asset_id"]
+    assert image["prompt"]["minLength"] == 1
+    assert "minLength" not in image["negative_prompt"]
+    assert (image["output_format"]["enum"], image["output_format"]["default"]) == (
+        ["png", "jpeg", "webp"],
+        "png",
+    )
+    assert image["strength"]["default"] == 0.6
+    assert "default" not in image["width"]  # the input's
+    # A soundtrack's length when there is one, so no one default to state.
+    assert "default" not in video["properties"]["duration_seconds"]
+    assert "minLength" not in video["properties"]["prompt"]

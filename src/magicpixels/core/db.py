@@ -30,6 +30,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import Connection, Row, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from magicpixels.core import sqlite
@@ -180,11 +181,17 @@ def _upgrade(connection: Connection, migrations: str) -> None:
     command.upgrade(config, "head")
 
 
-def unreachable(service: str, url: str, error: Exception) -> SetupError:
-    """A database the service cannot use, named without its password."""
-    shown = make_url(url).render_as_string(hide_password=True)
-    reason = getattr(error, "orig", None) or error  # the driver's words, not SQLAlchemy's wrap
-    return SetupError(f"the {service} database at {shown}: {reason}")
+async def reach(engine: AsyncEngine, service: str, url: str) -> None:
+    """Connects once, so that a database the service cannot reach (down, unknown, refusing its
+    login) is a SetupError naming it, without its password; a later fault (a migration's) keeps
+    its traceback."""
+    try:
+        async with engine.connect():
+            pass
+    except (OSError, SQLAlchemyError) as error:
+        shown = make_url(url).render_as_string(hide_password=True)
+        reason = getattr(error, "orig", None) or error  # the driver's words, not SQLAlchemy's
+        raise SetupError(f"the {service} database at {shown}: {reason}") from error
 
 
 async def require_migrated(engine: AsyncEngine, migrations: str, *, service: str) -> None:

@@ -225,7 +225,11 @@ async def start_server(
     reflection.enable_server_reflection(
         [*names, reflection.SERVICE_NAME, health.SERVICE_NAME], server
     )
-    bound_port = _bind(server, host, port, any_port_else)
+    try:
+        bound_port = _bind(server, host, port, any_port_else)
+    except RuntimeError:
+        await server.stop(None)
+        raise
     await server.start()
     for name in ("", *names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -242,8 +246,8 @@ def _bind(server: grpc.aio.Server, host: str, port: int, any_port_else: bool) ->
     return server.add_insecure_port(f"{host}:0")
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket listening on host:port; an OSError that says which setting to change when
+def gateway_socket(host: str, port: int) -> socket.socket:
+    """The gateway's listening TCP socket; an OSError that says which setting to change when
     the port is taken."""
     try:
         return socket.create_server((host, port))

@@ -5,13 +5,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import grpc
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from magicpixels.core import metrics
 from magicpixels.core.bus import EventBus
 from magicpixels.core.clients import open_channel
-from magicpixels.core.db import create_engine, migrate, require_migrated, unreachable
+from magicpixels.core.db import create_engine, migrate, reach, require_migrated
 from magicpixels.core.errors import Unavailable
 from magicpixels.core.server import RunningServer, ServiceBinding, start_server
 from magicpixels.core.settings import (
@@ -89,13 +88,11 @@ async def open_database(
     url = settings.database_url_for(mesh, service)
     engine = create_engine(url, schema=settings.database_schema)
     try:
+        await reach(engine, service, url)
         if settings.migrate_on_start:
             await migrate(engine, migrations, schema=settings.database_schema)
         else:
             await require_migrated(engine, migrations, service=service)
-    except (OSError, SQLAlchemyError) as error:
-        await engine.dispose()
-        raise unreachable(service, url, error) from error
     except BaseException:
         await engine.dispose()
         raise

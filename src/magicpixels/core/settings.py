@@ -74,9 +74,11 @@ _ASYNC_DRIVERS = {"postgresql": "asyncpg", "sqlite": "aiosqlite"}
 
 
 def async_database_url(url: str) -> str:
-    """The URL with the driver the services use; a ValueError naming what to write instead
-    for a database or driver they cannot use."""
+    """The URL with the driver the services use (and libpq's `sslmode` as asyncpg's `ssl`,
+    which takes the same values); a ValueError naming what to write instead for a database or
+    driver they cannot use."""
     scheme, separator, rest = url.partition("://")
+    rest = re.sub(r"([?&])sslmode=", r"\1ssl=", rest)
     database, _, driver = scheme.lower().partition("+")
     database = "postgresql" if database == "postgres" else database
     expected = _ASYNC_DRIVERS.get(database)
@@ -101,7 +103,7 @@ class DatabaseServiceSettings(ServiceSettings):
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, url: str | None) -> str | None:
-        return None if url is None else async_database_url(url)
+        return async_database_url(url) if url else None  # empty: the SQLite default
 
     def database_url_for(self, mesh: MeshSettings, service: str) -> str:
         if self.database_url:
