@@ -20,7 +20,7 @@ from magicpixels.core import tracing
 from magicpixels.core.errors import DomainError, remote_error
 from magicpixels.core.timestamps import from_timestamp, utcnow
 from magicpixels.jobs.v1 import jobs_pb2, jobs_pb2_grpc
-from magicpixels.services.inference.backends import Backends, backend_for
+from magicpixels.services.inference.backends import Backends, job_backend
 from magicpixels.services.inference.inputs import fetch_inputs
 from magicpixels.services.inference.media import Canceled, EncodedMedia
 
@@ -189,7 +189,7 @@ class Worker:
 
     async def _generate(self, job: jobs_pb2.Job, heartbeat: Heartbeat) -> EncodedMedia:
         loop = asyncio.get_running_loop()
-        backend = backend_for(job.spec.mode, self.backends)
+        backend = job_backend(job, self.backends)
         with tracing.span("inference.generate", _span_attributes(job)):
             inputs = await asking_again(
                 lambda: fetch_inputs(lambda: self.assets, job.spec, job.account_id),

@@ -10,9 +10,11 @@ from magicpixels.core.settings import InferenceSettings
 from magicpixels.jobs.v1 import jobs_pb2
 from magicpixels.services.inference.backends import (
     MODES,
+    TEST_MODE_BACKEND,
     BuiltinBackend,
     backend_for,
     configure_backends,
+    job_backend,
     mode_name,
 )
 from magicpixels.services.inference.builtin_audio import generate_audio
@@ -63,6 +65,21 @@ def test_a_mode_without_a_backend_is_unsupported():
     with pytest.raises(FailedPrecondition) as raised:
         backend_for(jobs_pb2.JOB_MODE_UNSPECIFIED, backends)
     assert raised.value.reason == "MODE_UNSUPPORTED"
+
+
+def test_a_test_mode_job_runs_on_the_builtin_backend_whatever_its_modes_backend():
+    """API.md: test keys run every mode on the built-in backend, at no cost; a security review
+    ran free jobs on the operator's diffusers backend through one."""
+    models = BuiltinBackend(name="the operator's model")  # any backend but the test mode's
+    backends = {jobs_pb2.JOB_MODE_TEXT_TO_IMAGE: models}
+    spec = jobs_pb2.JobSpec(mode=jobs_pb2.JOB_MODE_TEXT_TO_IMAGE)
+
+    live = job_backend(jobs_pb2.Job(spec=spec, livemode=True), backends)
+    test = job_backend(jobs_pb2.Job(spec=spec, livemode=False), backends)
+
+    assert live is models
+    assert test is TEST_MODE_BACKEND
+    assert test.name == "builtin"
 
 
 def test_builtin_runs_a_resolved_audio_spec():
