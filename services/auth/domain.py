@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from magicpixels.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from magicpixels.core.ids import new_id
+from magicpixels.core.timestamps import rfc3339
 
 Mode = Literal["live", "test"]
 
@@ -294,6 +295,25 @@ def checked_expiry(expires_at: datetime | None, now: datetime) -> datetime | Non
         message = "expires_at must be in the future"
         raise InvalidArgument("PARAMETER_INVALID", message, param="expires_at")
     return expires_at
+
+
+def grantable_expiry(
+    issuer: ApiKey | None, expires_at: datetime | None, now: datetime
+) -> datetime | None:
+    """When a new key that `issuer` asks for expires: as it asks, but no later than the issuer
+    (unset: with it), so an expiring key cannot outlive itself through a key it makes."""
+    checked = checked_expiry(expires_at, now)
+    if issuer is None or issuer.expires_at is None:
+        return checked
+    if checked is None:
+        return issuer.expires_at
+    if checked > issuer.expires_at:
+        message = (
+            f"expires_at must be no later than {rfc3339(issuer.expires_at)}, "
+            "when the API key creating it expires"
+        )
+        raise InvalidArgument("PARAMETER_INVALID", message, param="expires_at")
+    return checked
 
 
 def checked_grace_period(grace: timedelta | None) -> timedelta:

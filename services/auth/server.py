@@ -87,7 +87,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             domain.grantable_scopes(issuer, mode, request.scopes),
             self._peppers,
             now,
-            domain.checked_expiry(expires_at, now),
+            domain.grantable_expiry(issuer, expires_at, now),
         )
         asked = auth_pb2.CreateApiKeyRequest()
         asked.CopyFrom(request)

@@ -314,6 +314,24 @@ def test_an_expiry_in_the_past_is_refused() -> None:
     assert caught.value.param == "expires_at"
 
 
+def test_a_key_made_by_an_expiring_key_expires_no_later_than_it() -> None:
+    """Else an expiring key could outlive itself through a key it makes (a security review
+    made one that never expired)."""
+    issuer, _ = issued(Peppers({1: "p"}), expires_at=NOW + timedelta(hours=1))
+    forever, _ = issued(Peppers({1: "p"}))
+    sooner = NOW + timedelta(minutes=5)
+
+    assert domain.grantable_expiry(issuer, None, NOW) == issuer.expires_at
+    assert domain.grantable_expiry(issuer, sooner, NOW) == sooner
+    assert domain.grantable_expiry(forever, None, NOW) is None
+    assert domain.grantable_expiry(None, None, NOW) is None
+    with pytest.raises(InvalidArgument) as caught:
+        domain.grantable_expiry(issuer, NOW + timedelta(days=1), NOW)
+
+    assert caught.value.param == "expires_at"
+    assert "2026-11-25T13:00:00.000Z" in caught.value.message
+
+
 def test_a_new_account_is_on_the_free_plan_with_a_webhook_secret() -> None:
     account = domain.new_account("Ada@Example.com", " Ada ", NOW)
 
