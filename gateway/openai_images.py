@@ -45,8 +45,11 @@ log = structlog.get_logger("magicpixels.gateway")
 # An OpenAI client waits up to 10 minutes by default; so may the jobs of one request.
 FINISH_SECONDS = 600
 MAX_IMAGES = 10
-# The form fields of an edit other than the image: short text, held in memory.
+# The form fields of an edit other than the image: short text, held in memory, so bounded in
+# size and number (the route streams the image, so the 1 MiB body limit does not hold it).
 _MAX_FIELD_BYTES = 16 * 1024
+_MAX_FORM_BYTES = 64 * 1024
+_MAX_FIELDS = 32
 _SIZE = re.compile(r"(\d{1,5})x(\d{1,5})")
 _FORMATS = ("png", "jpeg", "webp")
 # What the jobs service names when a `size` made a job of a width or height it refuses.
@@ -327,6 +330,8 @@ def _open_part(part: multipart.Part, image: _ImagePart, fields: dict[str, str]) 
     if part.name in _IMAGE_PARTS:
         image.open(part)
     elif part.name:
+        if len(fields) >= _MAX_FIELDS:
+            raise _invalid("parameter_invalid", f"At most {_MAX_FIELDS} form fields.", None)
         fields[part.name] = ""
     return part
 
@@ -336,6 +341,8 @@ def _add_field(fields: dict[str, str], name: str, data: bytes) -> None:
     if len(value) > _MAX_FIELD_BYTES:
         raise _invalid("parameter_invalid", f"{name} is too long.", name)
     fields[name] = value
+    if sum(map(len, fields.values())) > _MAX_FORM_BYTES:
+        raise _invalid("parameter_invalid", "The form fields are too long together.", None)
 
 
 def _invalid(code: str, message: str, param: str | None) -> ApiError:

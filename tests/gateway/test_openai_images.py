@@ -386,3 +386,25 @@ async def test_a_refused_request_undoes_only_the_jobs_it_made_not_those_it_repla
     assert [(job["id"], job["status"]) for job in await _jobs(client, auth)] == [
         (first.id, "queued")
     ]
+
+
+async def test_an_edits_form_fields_are_bounded_in_number_and_size(
+    client: httpx.AsyncClient, running_mesh: RunningMesh
+) -> None:
+    """The route streams the image past the 1 MiB body limit, so the fields it keeps in memory
+    are held to their own: a security review sent 300 MB of 16 KB fields."""
+    _, auth = await _account_with(client, running_mesh, 1)
+    many = {f"field{i}": "x" for i in range(40)}
+    long = {f"field{i}": "x" * 15_000 for i in range(5)}
+    image = {"image": ("photo.png", encode_image("PNG", (64, 64)), "image/png")}
+
+    answers = [
+        await client.post(
+            "/v1/images/edits", data={"prompt": "x", **form}, files=image, headers=auth
+        )
+        for form in (many, long)
+    ]
+
+    assert [error_of(answer) for answer in answers] == [(400, "parameter_invalid")] * 2
+    assert "form fields" in answers[0].json()["error"]["message"]
+    assert await _jobs(client, auth) == []
