@@ -52,6 +52,9 @@ _IMAGE = "image/"
 MAX_INLINE_IMAGE_BYTES = 1 << 20
 PREVIEW_SIDE = 1024
 MCP_PATH = "/mcp"
+# The scope a tool's API call will need, checked before the tool does what costs the gateway
+# (upload_asset downloads up to MAX_FETCH_BYTES before its upload meets the API's check).
+SCOPES_FIRST = {"upload_asset": "assets:write"}
 # What the transport answers a GET (a stream the server would open) or a DELETE (a session to
 # end) with: a stateless server has neither, and the MCP spec asks for a 405 then.
 _POST_ONLY = ApiError(
@@ -159,6 +162,9 @@ def _as_tool(
     the agent reads (code, message, param)."""
 
     async def call(ctx: Context, **arguments: Any) -> Any:
+        scope = SCOPES_FIRST.get(tool.__name__)
+        if scope is not None and scope not in (await shared.principal(_token(ctx))).scopes:
+            raise ToolError(f"scope_missing: this API key lacks the '{scope}' scope")
         async with _client(shared, http, ctx) as client:
             try:
                 return await tool(client, shared, **arguments)
@@ -185,11 +191,17 @@ def _as_tool(
 async def _client(
     shared: Gateway, http: httpx.AsyncClient, ctx: Context
 ) -> AsyncIterator[AsyncMagicPixels]:
-    headers = ctx.headers or {}
-    token = (headers.get("authorization") or "").partition(" ")[2].strip()
     url = _loopback_url(shared)
-    async with AsyncMagicPixels(token, base_url=url, max_retries=1, http_client=http) as client:
+    async with AsyncMagicPixels(
+        _token(ctx), base_url=url, max_retries=1, http_client=http
+    ) as client:
         yield client
+
+
+def _token(ctx: Context) -> str:
+    """The caller's bearer token (the endpoint let in only a valid one)."""
+    headers = ctx.headers or {}
+    return (headers.get("authorization") or "").partition(" ")[2].strip()
 
 
 def _loopback_url(shared: Gateway) -> str:

@@ -551,6 +551,10 @@ MAX_RETRY_AFTER = timedelta(days=1)
 # IPv6 prefixes that carry an IPv4 address (NAT64's well-known prefix; 6to4 and IPv4-mapped
 # addresses have their own accessors): such an address goes where its IPv4 address goes.
 _NAT64 = IPv6Network("64:ff9b::/96")
+# Prefixes Python 3.11 calls global that lead inward: local-use NAT64 (RFC 8215), where a
+# network's own translator reaches its private IPv4 addresses, and the deprecated
+# IPv4-compatible addresses (::a00:1 for 10.0.0.1).
+_NEVER_PUBLIC = (IPv6Network("64:ff9b:1::/48"), IPv6Network("::/96"))
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -598,6 +602,8 @@ def webhook_target(url: str) -> WebhookTarget | None:
 def is_public(address: IPAddress) -> bool:
     """Whether an address is a public unicast one: not private, loopback, link-local, shared,
     reserved, documentation or multicast, including through an IPv6 form of an IPv4 address."""
+    if any(address in network for network in _NEVER_PUBLIC):
+        return False
     embedded = _embedded_ipv4(address)
     if embedded is not None:
         return is_public(embedded)

@@ -4,6 +4,7 @@ import base64
 import io
 import json
 import re
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -149,6 +150,28 @@ async def test_an_upload_from_a_url_the_operator_allows(
         copy = structured(await agent.call_tool("upload_asset", {"url": signed.json()["url"]}))
     assert copy["sha256"] == uploaded.json()["sha256"]
     assert copy["content_type"] == "image/png"
+
+
+async def test_an_upload_from_a_url_needs_the_scope_before_anything_is_fetched(
+    loopback_fetches_allowed: None, client: httpx.AsyncClient, running_mesh: RunningMesh
+) -> None:
+    """Else any key could make the gateway download 50 MB before the API refused the upload:
+    the URL here leads nowhere, so a fetch would fail otherwise than the scope does."""
+    auth = await funded(client, running_mesh)
+    reader = await client.post(
+        "/v1/api_keys",
+        json={"name": "reader", "mode": "live", "scopes": ["jobs:read"]},
+        headers=auth,
+    )
+    reader_auth = {"Authorization": f"Bearer {reader.json()['token']}"}
+    with socket.socket() as closed:  # bound, not listening
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/photo.png"
+        async with mcp_session(str(client.base_url), reader_auth) as agent:
+            refused = await agent.call_tool("upload_asset", {"url": url})
+
+    assert refused.is_error
+    assert "scope_missing" in refused.content[0].text  # type: ignore[union-attr]
 
 
 @pytest.mark.without_workers

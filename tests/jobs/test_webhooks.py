@@ -116,6 +116,9 @@ def test_which_moves_make_an_event(
         ("64:ff9b::a00:1", False),  # NAT64 of 10.0.0.1
         ("64:ff9b::808:808", True),  # NAT64 of 8.8.8.8
         ("2002:7f00:1::", False),  # 6to4 of 127.0.0.1
+        ("64:ff9b:1::a00:1", False),  # local-use NAT64 (RFC 8215), which Python calls global
+        ("::7f00:1", False),  # IPv4-compatible 127.0.0.1, also global to Python
+        ("::a00:1", False),
     ],
 )
 def test_only_public_unicast_addresses_are_public(address: str, public: bool) -> None:
