@@ -137,3 +137,12 @@ def test_an_admin_command_without_the_mesh_token_says_what_to_set(tmp_path: Path
     assert refused.returncode == 1
     assert "no service token: set MP_SERVICE_TOKEN" in refused.stderr
     assert not (tmp_path / "secrets").exists()
+
+
+def test_a_new_data_folder_is_its_users_alone(tmp_path: Path) -> None:
+    """It holds the databases (every account's webhook secret), the blobs and the secrets."""
+    folder = tmp_path / "mesh"
+    migrated = _run("migrate", "auth", env={"MP_DATA_DIR": str(folder)})
+
+    assert migrated.returncode == 0, migrated.stderr
+    assert folder.stat().st_mode & 0o777 == 0o700

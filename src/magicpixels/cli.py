@@ -25,6 +25,8 @@ T = TypeVar("T")
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     mesh_settings = config.MeshSettings(**({"data_dir": args.data_dir} if args.data_dir else {}))
+    if args.mesh_command:  # its own user's only: databases (webhook secrets), blobs, secrets
+        mesh_settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     configure_logging(mesh_settings.log_level, mesh_settings.log_format)
     # Spans name the process: the mesh (`up`), or the one service it serves.
     tracing.configure_from_environment("-".join(("magicpixels", *_served(args))))
@@ -72,6 +74,7 @@ def _served(args: argparse.Namespace) -> tuple[str, ...]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="magicpixels", description=__doc__)
+    parser.set_defaults(mesh_command=False)  # an API user's command: no data folder of a mesh
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     up = commands.add_parser("up", help="run the whole mesh on this machine (embedded defaults)")
@@ -136,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _data_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(mesh_command=True)
     parser.add_argument(
         "--data-dir",
         type=Path,
