@@ -26,11 +26,16 @@ from magicpixels.services.assets import domain, store
 from magicpixels.services.assets.blobs import BlobMissing, BlobStore
 from magicpixels.services.assets.domain import AssetRecord, Content, UploadPlan
 
+# Uploads decoded at once: decoding an image holds it whole (up to 40 megapixels, 160 MB as
+# RGBA), so many uploads at once must not multiply that. The others wait, staged on disk.
+MAX_DECODES = 2
+
 
 class Catalog:
     def __init__(self, engine: AsyncEngine, blobs: BlobStore) -> None:
         self._engine = engine
         self._blobs = blobs
+        self._decodes = asyncio.Semaphore(MAX_DECODES)
 
     async def upload(
         self, plan: UploadPlan, chunks: AsyncIterator[bytes]
@@ -40,7 +45,8 @@ class Catalog:
         and True: this one is then not recorded."""
         async with self._blobs.stage(_within_limit(plan, chunks)) as draft:
             domain.ensure_received(plan, draft.size)
-            content = await asyncio.to_thread(_inspect, plan, draft.path)
+            async with self._decodes:
+                content = await asyncio.to_thread(_inspect, plan, draft.path)
             record = domain.new_asset(
                 plan,
                 content,

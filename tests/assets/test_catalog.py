@@ -1,4 +1,6 @@
 import asyncio
+import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
@@ -12,6 +14,7 @@ from magicpixels.core.errors import Aborted, AlreadyExists, DomainError, Invalid
 from magicpixels.core.service import Mesh, open_database
 from magicpixels.core.settings import AssetsSettings
 from magicpixels.core.timestamps import utcnow
+from magicpixels.services.assets import catalog as catalog_module
 from magicpixels.services.assets import domain, store
 from magicpixels.services.assets.blobs import LocalBlobStore
 from magicpixels.services.assets.catalog import Catalog
@@ -219,3 +222,33 @@ def test_an_idempotency_key_over_255_characters_is_refused_before_any_byte() -> 
         domain.plan_upload(**HEADER, idempotency_key="k" * 256)
 
     assert caught.value.param == "idempotency_key"
+
+
+async def test_uploads_decode_at_most_max_decodes_at_once(
+    catalog: Catalog, encode_image: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decode holds its image whole (up to 160 MB): a security review's 12 parallel uploads
+    of a 40-megapixel PNG took 800 MB more. The others wait, staged on disk."""
+    running, most = 0, 0
+    lock = threading.Lock()
+    inspect = catalog_module._inspect
+
+    def counted(plan: Any, path: Path) -> Any:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.05)  # long enough for the other uploads to reach their decode
+        try:
+            return inspect(plan, path)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(catalog_module, "_inspect", counted)
+    images = [encode_image("PNG", (64 + 8 * i, 64)) for i in range(6)]
+
+    uploaded = await asyncio.gather(*(catalog.upload(PLAN, _chunks(data)) for data in images))
+
+    assert len({record.id for record, _ in uploaded}) == 6
+    assert most == catalog_module.MAX_DECODES
