@@ -91,7 +91,9 @@ def from_remote(remote: RemoteError) -> ApiError:
         return internal_error()
     status, error_type = mapped
     param, message = _in_api_terms(remote.metadata.get("param"), remote.message)
-    return ApiError(status, error_type, remote.reason.lower(), message, param)
+    # API.md: a refused one gets 429 with Retry-After.
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 429 else {}
+    return ApiError(status, error_type, remote.reason.lower(), message, param, headers)
 
 
 # The fields of list RPCs, as the API's list parameters name them.

@@ -11,7 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from magicpixels.core import idempotency, metrics, paging, tracing
 from magicpixels.core.bus import EventBus
 from magicpixels.core.context import time_left
-from magicpixels.core.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
+from magicpixels.core.errors import (
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from magicpixels.core.server import ServiceBinding
 from magicpixels.core.service import Mesh, open_database
 from magicpixels.core.settings import JobsSettings
@@ -78,6 +84,8 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         domain.require(request.account_id, "account_id")
         spec = await self._resolve(request.account_id, request.livemode, request.spec)
         claim = domain.idempotency_claim(request)
+        if not request.livemode:
+            await self._limit_test_jobs(request.account_id, claim)
         pending = await store.insert_pending(
             self._engine,
             request.account_id,
@@ -96,6 +104,20 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         if position is None:
             return await self._encode(job)
         return store.job_message(job, position)
+
+    async def _limit_test_jobs(self, account_id: str, claim: idempotency.Claim | None) -> None:
+        """Refuses a test-mode job past the account's limit of unended ones (a replay of one
+        made before passes: it makes nothing)."""
+        limit = self._settings.max_unended_test_jobs
+        if await store.count_unended_test_jobs(self._engine, account_id) < limit:
+            return
+        if claim is not None and await store.claimed(self._engine, account_id, claim.key):
+            return
+        message = (
+            f"at most {limit} test-mode jobs may be pending, queued or running at once; "
+            "retry when one has ended"
+        )
+        raise ResourceExhausted("RATE_LIMITED", message)
 
     async def _resolve(
         self, account_id: str, livemode: bool, spec: jobs_pb2.JobSpec

@@ -325,6 +325,17 @@ async def claimed(engine: AsyncEngine, account_id: str, key: str) -> JobRow | No
         return (await connection.execute(query)).one_or_none()
 
 
+async def count_unended_test_jobs(engine: AsyncEngine, account_id: str) -> int:
+    """The account's test-mode jobs not yet ended: pending, queued or running."""
+    query = select(func.count()).where(
+        jobs.c.account_id == account_id,
+        jobs.c.livemode.is_(False),
+        jobs.c.state.in_([State.PENDING, State.QUEUED, State.RUNNING]),
+    )
+    async with engine.connect() as connection:
+        return int((await connection.execute(query)).scalar_one())
+
+
 async def get_job(engine: AsyncEngine, job_id: str) -> JobRow | None:
     async with engine.connect() as connection:
         return (await connection.execute(_GET_JOB, {"job_id": job_id})).one_or_none()

@@ -3,7 +3,13 @@
 import grpc
 import pytest
 
-from magicpixels.core.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
+from magicpixels.core.errors import (
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from magicpixels.gateway.errors import from_rpc_error
 
 
@@ -78,6 +84,17 @@ def test_unavailable_is_503_with_retry_after(code: grpc.StatusCode) -> None:
     assert (mapped.status, mapped.code, mapped.headers) == (
         503,
         "service_unavailable",
+        {"Retry-After": "1"},
+    )
+
+
+def test_a_service_refusing_for_load_is_429_rate_limited_with_retry_after() -> None:
+    refused = ResourceExhausted("RATE_LIMITED", "at most 10 test-mode jobs")
+    mapped = from_rpc_error(rpc_error(refused.to_status()))
+    assert (mapped.status, mapped.type, mapped.code, mapped.headers) == (
+        429,
+        "rate_limit_error",
+        "rate_limited",
         {"Retry-After": "1"},
     )
 

@@ -156,6 +156,29 @@ async def test_test_mode_jobs_cost_nothing(jobs: Stub, billing: Billing) -> None
     assert await billing.held() == []
 
 
+async def test_an_account_has_only_so_many_unended_test_jobs(
+    mesh: Mesh, database: Database, billing: Billing
+) -> None:
+    """They cost nothing and share the workers with paid jobs: a security review queued 60 of
+    them ahead of another account's paid one. A replay makes nothing, so it passes; a live job
+    is not counted, nor limited."""
+    async with jobs_server(mesh, jobs_settings(database, max_unended_test_jobs=2)) as jobs:
+        await billing.grant(1)
+        first, _ = await create_with_key(jobs, livemode=False)
+        await create(jobs, livemode=False)
+
+        refused = await refusal(create(jobs, livemode=False))
+        replayed, was_replayed = await create_with_key(jobs, livemode=False)
+        live = await create(jobs)
+        await jobs.CancelJob(jobs_pb2.CancelJobRequest(id=first.id, account_id=ACCOUNT))
+        after_one_ended = await create(jobs, livemode=False)
+
+    assert refused == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
+    assert (replayed.id, was_replayed) == (first.id, True)
+    assert live.livemode
+    assert after_one_ended.state == jobs_pb2.JOB_STATE_QUEUED
+
+
 async def test_insufficient_credits_pass_through_and_the_job_stays_invisible(
     jobs: Stub, billing: Billing
 ) -> None:

@@ -69,6 +69,10 @@ class PermissionDenied(DomainError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class ResourceExhausted(DomainError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class Unavailable(DomainError):
     code = grpc.StatusCode.UNAVAILABLE
 

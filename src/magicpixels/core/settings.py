@@ -199,6 +199,9 @@ class JobsSettings(DatabaseServiceSettings):
 
     lease_seconds: float = 30.0
     max_attempts: int = 3
+    # Test-mode jobs an account may have queued or running at once: they cost nothing, and
+    # share the workers with paid jobs.
+    max_unended_test_jobs: int = Field(default=10, ge=1)
     # How often the reconciler looks for expired leases and unsettled holds.
     reconcile_interval_seconds: float = 1.0
     # How long a webhook receiver has to answer one delivery.
