@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from magicpixels.core.context import current_request_id
 from magicpixels.core.errors import DomainError
 from magicpixels.core.timestamps import rfc3339
 from magicpixels.gateway.errors import ApiError, from_domain_error, from_rpc_error
@@ -164,7 +165,8 @@ def _as_tool(
     async def call(ctx: Context, **arguments: Any) -> Any:
         scope = SCOPES_FIRST.get(tool.__name__)
         if scope is not None and scope not in (await shared.principal(_token(ctx))).scopes:
-            raise ToolError(f"scope_missing: this API key lacks the '{scope}' scope")
+            message = f"This API key lacks the '{scope}' scope."
+            raise ToolError(f"403 scope_missing: {message} [request {current_request_id()}]")
         async with _client(shared, http, ctx) as client:
             try:
                 return await tool(client, shared, **arguments)

@@ -32,8 +32,8 @@ DOWNLOAD_SECONDS = 3600
 UPLOAD_SECONDS = 3600
 # The body arrives in pieces of a few KiB to a few hundred; fewer, larger messages cost less.
 UPLOAD_MESSAGE_BYTES = 256 * 1024
-# At most 19 digits a position (past any file here, and within int64): a longer number, which
-# Python would refuse to read, makes the header one to ignore.
+# At most 19 digits a position, far past any file here: a longer one (which Python refuses to
+# read past 4,300 digits) makes the header one to ignore.
 _RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
 _FORM = "multipart/form-data"
 # The name of the form part that carries the file.

@@ -268,7 +268,7 @@ async def _read_edit_form(
     request: Request, principal: Principal
 ) -> tuple[dict[str, str], assets_pb2.Asset]:
     """The form's text fields, and its `image` part streamed into a new asset."""
-    fields: dict[str, str] = {}
+    fields = _Fields()
     key = idempotency.key_of(request)
     header = assets_pb2.UploadHeader(
         account_id=principal.account_id,
@@ -286,14 +286,14 @@ async def _read_edit_form(
                     current = _open_part(event, image, fields)
                 elif current is not None and current.name in _IMAGE_PARTS:
                     await image.send(event)
-                elif current is not None and current.name:
-                    _add_field(fields, current.name, event)
+                elif current is not None:
+                    fields.add(current.name, event)
         except multipart.MultipartError as error:
             raise _invalid("multipart_invalid", f"The multipart body: {error}.", None) from None
         if not upload.started:
             raise _invalid("parameter_missing", "Send the image as an 'image' part.", "image")
         asset = await upload.finish()
-    return fields, asset
+    return fields.decoded(), asset
 
 
 _IMAGE_PARTS = ("image", "image[]")
@@ -324,25 +324,48 @@ class _ImagePart:
         await self.upload.send(chunk)
 
 
-def _open_part(part: multipart.Part, image: _ImagePart, fields: dict[str, str]) -> multipart.Part:
+def _open_part(part: multipart.Part, image: _ImagePart, fields: "_Fields") -> multipart.Part:
     if part.name == "mask":
         raise _invalid("parameter_unsupported", "Masks are not supported.", "mask")
     if part.name in _IMAGE_PARTS:
         image.open(part)
-    elif part.name:
-        if len(fields) >= _MAX_FIELDS:
-            raise _invalid("parameter_invalid", f"At most {_MAX_FIELDS} form fields.", None)
-        fields[part.name] = ""
+    else:
+        fields.open(part.name)
     return part
 
 
-def _add_field(fields: dict[str, str], name: str, data: bytes) -> None:
-    value = fields.get(name, "") + data.decode("utf-8", errors="replace")
-    if len(value) > _MAX_FIELD_BYTES:
-        raise _invalid("parameter_invalid", f"{name} is too long.", name)
-    fields[name] = value
-    if sum(map(len, fields.values())) > _MAX_FORM_BYTES:
-        raise _invalid("parameter_invalid", "The form fields are too long together.", None)
+class _Fields:
+    """The form's parts other than the image, as bytes until the form ends: every such part
+    counts against the limits, named or not, a name sent again included."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, bytearray] = {}
+        self._parts = 0
+        self._bytes = 0
+
+    def open(self, name: str | None) -> None:
+        self._parts += 1
+        if self._parts > _MAX_FIELDS:
+            raise _invalid("parameter_invalid", f"At most {_MAX_FIELDS} form fields.", None)
+        if name:
+            self._values[name] = bytearray()  # a name sent again: its last value counts
+
+    def add(self, name: str | None, data: bytes) -> None:
+        self._bytes += len(data)
+        if self._bytes > _MAX_FORM_BYTES:
+            raise _invalid("parameter_invalid", "The form fields are too long together.", None)
+        if not name:
+            return
+        value = self._values[name]
+        value += data
+        if len(value) > _MAX_FIELD_BYTES:
+            raise _invalid("parameter_invalid", f"{name} is too long.", name)
+
+    def decoded(self) -> dict[str, str]:
+        """Each value as text, decoded whole (a character may span two chunks)."""
+        return {
+            name: bytes(value).decode("utf-8", "replace") for name, value in self._values.items()
+        }
 
 
 def _invalid(code: str, message: str, param: str | None) -> ApiError:

@@ -14,6 +14,7 @@ first one made (the blob, the same, stays referenced by it).
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
@@ -27,15 +28,17 @@ from magicpixels.services.assets.blobs import BlobMissing, BlobStore
 from magicpixels.services.assets.domain import AssetRecord, Content, UploadPlan
 
 # Uploads decoded at once: decoding an image holds it whole (up to 40 megapixels, 160 MB as
-# RGBA), so many uploads at once must not multiply that. The others wait, staged on disk.
+# RGBA), so many uploads at once must not multiply that. The others wait, staged on disk. Their
+# own threads, not a semaphore around to_thread: a cancelled upload's decode runs on, and would
+# give its place to another while it still held its memory.
 MAX_DECODES = 2
+_DECODER = ThreadPoolExecutor(MAX_DECODES, thread_name_prefix="decode")
 
 
 class Catalog:
     def __init__(self, engine: AsyncEngine, blobs: BlobStore) -> None:
         self._engine = engine
         self._blobs = blobs
-        self._decodes = asyncio.Semaphore(MAX_DECODES)
 
     async def upload(
         self, plan: UploadPlan, chunks: AsyncIterator[bytes]
@@ -45,8 +48,8 @@ class Catalog:
         and True: this one is then not recorded."""
         async with self._blobs.stage(_within_limit(plan, chunks)) as draft:
             domain.ensure_received(plan, draft.size)
-            async with self._decodes:
-                content = await asyncio.to_thread(_inspect, plan, draft.path)
+            loop = asyncio.get_running_loop()
+            content = await loop.run_in_executor(_DECODER, _inspect, plan, draft.path)
             record = domain.new_asset(
                 plan,
                 content,

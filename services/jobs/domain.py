@@ -551,10 +551,12 @@ MAX_RETRY_AFTER = timedelta(days=1)
 # IPv6 prefixes that carry an IPv4 address (NAT64's well-known prefix; 6to4 and IPv4-mapped
 # addresses have their own accessors): such an address goes where its IPv4 address goes.
 _NAT64 = IPv6Network("64:ff9b::/96")
-# Prefixes Python 3.11 calls global that lead inward: local-use NAT64 (RFC 8215), where a
-# network's own translator reaches its private IPv4 addresses, and the deprecated
-# IPv4-compatible addresses (::a00:1 for 10.0.0.1).
-_NEVER_PUBLIC = (IPv6Network("64:ff9b:1::/48"), IPv6Network("::/96"))
+# IPv6 unicast on the internet is 2000::/3 (RFC 4291): outside it, beyond what carries an IPv4
+# address, nothing is public, whatever Python 3.11 calls global (local-use NAT64 64:ff9b:1::/48,
+# IPv4-compatible ::a00:1, IPv4-translated ::ffff:0:a00:1 lead inward).
+_GLOBAL_UNICAST = IPv6Network("2000::/3")
+# Within it, documentation's prefix (RFC 9637), which Python 3.11 does not know.
+_NEVER_PUBLIC = (IPv6Network("3fff::/20"),)
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -602,11 +604,13 @@ def webhook_target(url: str) -> WebhookTarget | None:
 def is_public(address: IPAddress) -> bool:
     """Whether an address is a public unicast one: not private, loopback, link-local, shared,
     reserved, documentation or multicast, including through an IPv6 form of an IPv4 address."""
-    if any(address in network for network in _NEVER_PUBLIC):
-        return False
     embedded = _embedded_ipv4(address)
     if embedded is not None:
         return is_public(embedded)
+    if isinstance(address, IPv6Address) and (
+        address not in _GLOBAL_UNICAST or any(address in net for net in _NEVER_PUBLIC)
+    ):
+        return False
     site_local = isinstance(address, IPv6Address) and address.is_site_local
     return address.is_global and not address.is_multicast and not site_local
 

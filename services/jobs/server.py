@@ -84,8 +84,6 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         domain.require(request.account_id, "account_id")
         spec = await self._resolve(request.account_id, request.livemode, request.spec)
         claim = domain.idempotency_claim(request)
-        if not request.livemode:
-            await self._limit_test_jobs(request.account_id, claim)
         pending = await store.insert_pending(
             self._engine,
             request.account_id,
@@ -98,6 +96,8 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         if pending is None:
             assert claim is not None  # only a claimed key stops the insert
             return await self._replay(request.account_id, claim, context)
+        if not pending.livemode:
+            await self._limit_test_jobs(pending)
         job, position = await self._settlement.hold(pending, spec)
         metrics.JOBS_CREATED.labels("jobs", job.mode).inc()
         await announce(self._bus, job)
@@ -105,18 +105,19 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
             return await self._encode(job)
         return store.job_message(job, position)
 
-    async def _limit_test_jobs(self, account_id: str, claim: idempotency.Claim | None) -> None:
-        """Refuses a test-mode job past the account's limit of unended ones (a replay of one
-        made before passes: it makes nothing)."""
+    async def _limit_test_jobs(self, pending: JobRow) -> None:
+        """Refuses a new test-mode job past the account's limit of unended ones, counted once it
+        is inserted, its own included: creates at once may be refused one too many, never
+        admitted one too many. Refused, it fails as a refused hold does, freeing its key."""
         limit = self._settings.max_unended_test_jobs
-        if await store.count_unended_test_jobs(self._engine, account_id) < limit:
-            return
-        if claim is not None and await store.claimed(self._engine, account_id, claim.key):
+        if await store.count_unended_test_jobs(self._engine, pending.account_id) <= limit:
             return
         message = (
             f"at most {limit} test-mode jobs may be pending, queued or running at once; "
             "retry when one has ended"
         )
+        refusal = jobs_pb2.JobError(code="rate_limited", message=message)
+        await store.fail_pending(self._engine, pending.id, refusal, utcnow())
         raise ResourceExhausted("RATE_LIMITED", message)
 
     async def _resolve(

@@ -330,7 +330,7 @@ async def count_unended_test_jobs(engine: AsyncEngine, account_id: str) -> int:
     query = select(func.count()).where(
         jobs.c.account_id == account_id,
         jobs.c.livemode.is_(False),
-        jobs.c.state.in_([State.PENDING, State.QUEUED, State.RUNNING]),
+        jobs.c.state.not_in(sorted(TERMINAL)),
     )
     async with engine.connect() as connection:
         return int((await connection.execute(query)).scalar_one())

@@ -24,13 +24,18 @@ T = TypeVar("T")
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    mesh_settings = config.MeshSettings(**({"data_dir": args.data_dir} if args.data_dir else {}))
-    if args.mesh_command:  # its own user's only: databases (webhook secrets), blobs, secrets
-        mesh_settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        mesh_settings = config.MeshSettings(
+            **({"data_dir": args.data_dir} if args.data_dir else {})
+        )
+    except ValidationError as refused:
+        raise SystemExit(f"magicpixels: {_settings_refused(refused)}") from None
     configure_logging(mesh_settings.log_level, mesh_settings.log_format)
     # Spans name the process: the mesh (`up`), or the one service it serves.
     tracing.configure_from_environment("-".join(("magicpixels", *_served(args))))
     try:
+        if args.mesh_command:  # its own user's only: databases (webhook secrets), blobs, secrets
+            mesh_settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         args.run(args, mesh_settings)
         sys.stdout.flush()  # here rather than at exit, where a reader gone early is not caught
     except BrokenPipeError:  # its output piped into `head`, which has read enough

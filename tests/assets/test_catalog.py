@@ -251,4 +251,4 @@ async def test_uploads_decode_at_most_max_decodes_at_once(
     uploaded = await asyncio.gather(*(catalog.upload(PLAN, _chunks(data)) for data in images))
 
     assert len({record.id for record, _ in uploaded}) == 6
-    assert most == catalog_module.MAX_DECODES
+    assert most <= catalog_module.MAX_DECODES

@@ -397,6 +397,8 @@ async def test_an_edits_form_fields_are_bounded_in_number_and_size(
     many = {f"field{i}": "x" for i in range(40)}
     long = {f"field{i}": "x" * 15_000 for i in range(5)}
     image = {"image": ("photo.png", encode_image("PNG", (64, 64)), "image/png")}
+    # One name sent again and again counts each time (it once counted as one field).
+    again = {"prompt": ["x"] * 40}
 
     answers = [
         await client.post(
@@ -404,7 +406,8 @@ async def test_an_edits_form_fields_are_bounded_in_number_and_size(
         )
         for form in (many, long)
     ]
+    answers.append(await client.post("/v1/images/edits", data=again, files=image, headers=auth))
 
-    assert [error_of(answer) for answer in answers] == [(400, "parameter_invalid")] * 2
+    assert [error_of(answer) for answer in answers] == [(400, "parameter_invalid")] * 3
     assert "form fields" in answers[0].json()["error"]["message"]
     assert await _jobs(client, auth) == []

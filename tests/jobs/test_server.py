@@ -179,6 +179,24 @@ async def test_an_account_has_only_so_many_unended_test_jobs(
     assert after_one_ended.state == jobs_pb2.JOB_STATE_QUEUED
 
 
+async def test_test_jobs_created_at_once_are_never_admitted_past_the_limit(
+    mesh: Mesh, database: Database, billing: Billing
+) -> None:
+    """Counted after their insert, creates at once may be refused one too many, never
+    admitted one too many; the refused leave nothing visible."""
+    async with jobs_server(mesh, jobs_settings(database, max_unended_test_jobs=3)) as jobs:
+        answers = await asyncio.gather(
+            *(create(jobs, livemode=False) for _ in range(12)), return_exceptions=True
+        )
+        listed = await jobs.ListJobs(
+            jobs_pb2.ListJobsRequest(account_id=ACCOUNT, livemode=False, page_size=100)
+        )
+
+    admitted = [answer for answer in answers if isinstance(answer, jobs_pb2.Job)]
+    assert len(admitted) <= 3
+    assert sorted(job.id for job in listed.jobs) == sorted(job.id for job in admitted)
+
+
 async def test_insufficient_credits_pass_through_and_the_job_stays_invisible(
     jobs: Stub, billing: Billing
 ) -> None:

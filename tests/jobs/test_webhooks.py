@@ -119,6 +119,9 @@ def test_which_moves_make_an_event(
         ("64:ff9b:1::a00:1", False),  # local-use NAT64 (RFC 8215), which Python calls global
         ("::7f00:1", False),  # IPv4-compatible 127.0.0.1, also global to Python
         ("::a00:1", False),
+        ("::ffff:0:a00:1", False),  # IPv4-translated 10.0.0.1
+        ("3fff::1", False),  # documentation (RFC 9637)
+        ("5f00::1", False),  # outside 2000::/3
     ],
 )
 def test_only_public_unicast_addresses_are_public(address: str, public: bool) -> None:
