@@ -36,11 +36,11 @@ from magicpixels.core.context import current_request_id
 from magicpixels.core.errors import DomainError
 from magicpixels.core.timestamps import rfc3339
 from magicpixels.gateway.errors import ApiError, from_domain_error, from_rpc_error
-from magicpixels.gateway.principal import bearer_token
+from magicpixels.gateway.principal import bearer_token, require_scope
 from magicpixels.gateway.state import Gateway
 from magicpixels.services.jobs import domain
 from magicpixels.services.jobs.domain import WebhookPolicy, webhook_target
-from magicpixels_sdk import AsyncMagicPixels, JobResult, MagicPixelsError
+from magicpixels_sdk import APIError, AsyncMagicPixels, JobResult, MagicPixelsError
 
 # Inputs fetched from a URL: the largest the API accepts (audio, 50 MiB), and how long to try.
 MAX_FETCH_BYTES = 50 * 1024 * 1024
@@ -164,9 +164,11 @@ def _as_tool(
 
     async def call(ctx: Context, **arguments: Any) -> Any:
         scope = SCOPES_FIRST.get(tool.__name__)
-        if scope is not None and scope not in (await shared.principal(_token(ctx))).scopes:
-            message = f"This API key lacks the '{scope}' scope."
-            raise ToolError(f"403 scope_missing: {message} [request {current_request_id()}]")
+        if scope is not None:
+            try:
+                require_scope(await shared.principal(_token(ctx)), scope)
+            except ApiError as refused:  # told as the API's own refusals are (below)
+                raise ToolError(str(_as_sdk_error(refused))) from None
         async with _client(shared, http, ctx) as client:
             try:
                 return await tool(client, shared, **arguments)
@@ -198,6 +200,12 @@ async def _client(
         _token(ctx), base_url=url, max_retries=1, http_client=http
     ) as client:
         yield client
+
+
+def _as_sdk_error(error: ApiError) -> APIError:
+    return APIError(
+        error.status, error.type, error.code, error.message, error.param, current_request_id()
+    )
 
 
 def _token(ctx: Context) -> str:

@@ -144,22 +144,47 @@ async def create_job(
     is now, with `Idempotent-Replayed: true`; nothing is created or charged twice. With
     `Prefer: wait=N` it answers when the job ends (200) or after N seconds (201).
     """
-    call = gateway(request).jobs.CreateJob(
-        jobs_pb2.CreateJobRequest(
-            account_id=principal.account_id,
-            livemode=principal.livemode,
-            spec=body.to_spec(),
-            idempotency_key=idempotency.key_of(request),
-        )
-    )
-    created = await call
-    headers = await idempotency.replay_headers(call)
+    created, headers = await create(request, principal, body.to_spec(), idempotency.key_of(request))
     wait = _preferred_wait(request)
     if wait is not None:
         headers["Preference-Applied"] = f"wait={wait}"
         created = await settled(request, principal, created, wait, until="end")
     status = 200 if created.state in public.TERMINAL and wait is not None else 201
     return JSONResponse(await job_json(request, created), status_code=status, headers=headers)
+
+
+async def create(
+    request: Request,
+    principal: Principal,
+    spec: jobs_pb2.JobSpec,
+    idempotency_key: str,
+    request_digest: bytes = b"",
+) -> tuple[jobs_pb2.Job, dict[str, str]]:
+    """Creates a job for the principal: the job, and the headers saying whether it is the one
+    an earlier create with the key made."""
+    call = gateway(request).jobs.CreateJob(
+        jobs_pb2.CreateJobRequest(
+            account_id=principal.account_id,
+            livemode=principal.livemode,
+            spec=spec,
+            idempotency_key=idempotency_key,
+            request_digest=request_digest,
+        )
+    )
+    created: jobs_pb2.Job = await call
+    return created, await idempotency.replay_headers(call)
+
+
+async def quote(
+    request: Request, principal: Principal, spec: jobs_pb2.JobSpec
+) -> jobs_pb2.QuoteJobResponse:
+    """What a job of the spec would cost the principal, checked as its create would be."""
+    quoted: jobs_pb2.QuoteJobResponse = await gateway(request).jobs.QuoteJob(
+        jobs_pb2.QuoteJobRequest(
+            account_id=principal.account_id, livemode=principal.livemode, spec=spec
+        )
+    )
+    return quoted
 
 
 @router.post("/jobs/quote")
@@ -170,18 +195,14 @@ async def quote_job(
 ) -> JSONResponse:
     """Prices a job without creating it: the body and its checks are those of `POST /v1/jobs`
     (input assets included), and nothing is created, held or written to the ledger."""
-    quote = await gateway(request).jobs.QuoteJob(
-        jobs_pb2.QuoteJobRequest(
-            account_id=principal.account_id, livemode=principal.livemode, spec=body.to_spec()
-        )
-    )
+    quoted = await quote(request, principal, body.to_spec())
     return JSONResponse(
         {
             "object": "quote",
-            "mode": public.MODE_NAMES[quote.mode],
-            "cost_credits": quote.cost_credits,
-            "available_credits": quote.available_credits,
-            "sufficient": quote.sufficient,
+            "mode": public.MODE_NAMES[quoted.mode],
+            "cost_credits": quoted.cost_credits,
+            "available_credits": quoted.available_credits,
+            "sufficient": quoted.sufficient,
         }
     )
 

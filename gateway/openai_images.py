@@ -32,7 +32,7 @@ from magicpixels.gateway import idempotency, multipart
 from magicpixels.gateway.assets import DOWNLOAD_SECONDS, AssetUpload
 from magicpixels.gateway.bodies import Body
 from magicpixels.gateway.errors import ApiError, from_rpc_error
-from magicpixels.gateway.jobs import cancel, settled
+from magicpixels.gateway.jobs import cancel, create, quote, settled
 from magicpixels.gateway.principal import Principal, require
 from magicpixels.gateway.responses import JSONResponse
 from magicpixels.gateway.state import gateway
@@ -94,10 +94,10 @@ def _with_param(response: Response) -> Response:
 router = APIRouter(prefix="/v1", tags=["openai compatibility"], route_class=OpenAIShapedRoute)
 
 
-class ImageGenerationRequest(Body):
-    """OpenAI's fields; `model`, `quality`, `style`, `user`, `moderation`, `output_compression`
-    and `partial_images` are accepted and ignored (the operator's configuration chooses the
-    model), as is `background` but `transparent`."""
+class _ImageOptions(BaseModel):
+    """The fields OpenAI's generations and edits share; `model`, `quality`, `user`,
+    `output_compression` and `partial_images` are accepted and ignored (the operator's
+    configuration chooses the model), as is `background` but `transparent`."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -108,13 +108,18 @@ class ImageGenerationRequest(Body):
     output_format: Literal["png", "jpeg", "webp"] | None = None
     model: str | None = None
     quality: str | None = None
-    style: str | None = None
     user: str | None = None
-    moderation: str | None = None
     background: Literal["auto", "opaque", "transparent"] | None = None
     output_compression: int | None = Field(default=None, ge=0, le=100)
     stream: bool | None = None
     partial_images: int | None = Field(default=None, ge=0, le=3)
+
+
+class ImageGenerationRequest(Body, _ImageOptions):
+    """OpenAI's fields; `style` and `moderation` are accepted and ignored too."""
+
+    style: str | None = None
+    moderation: str | None = None
 
 
 class ImageData(BaseModel):
@@ -139,7 +144,7 @@ async def create_images(
     """OpenAI's image generation: `n` text_to_image jobs of the prompt, answered once they end,
     as signed URLs (`response_format: url`, an hour) or base64 (`b64_json`, the default of the
     gpt-image models)."""
-    _refuse_unsupported(body.background, body.stream)
+    _refuse_unsupported(body)
     spec = jobs_pb2.JobSpec(
         mode=jobs_pb2.JOB_MODE_TEXT_TO_IMAGE,
         prompt=body.prompt,
@@ -188,7 +193,7 @@ async def edit_images(
         raise RequestValidationError(
             [{**fault, "loc": ("body", *fault["loc"])} for fault in error.errors()]
         ) from None
-    _refuse_unsupported(form.background, form.stream)
+    _refuse_unsupported(form)
     spec = jobs_pb2.JobSpec(
         mode=jobs_pb2.JOB_MODE_IMAGE_TO_IMAGE,
         prompt=form.prompt,
@@ -200,25 +205,13 @@ async def edit_images(
     return await _images(request, principal, run, _response_format(form))
 
 
-class ImageEditForm(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ImageEditForm(_ImageOptions):
+    """OpenAI's form fields beside the image; `input_fidelity` is accepted and ignored too."""
 
-    prompt: str
-    n: int = Field(default=1, ge=1, le=MAX_IMAGES)
-    size: str | None = None
-    response_format: Literal["url", "b64_json"] | None = None
-    output_format: Literal["png", "jpeg", "webp"] | None = None
-    model: str | None = None
-    quality: str | None = None
-    user: str | None = None
-    background: Literal["auto", "opaque", "transparent"] | None = None
     input_fidelity: str | None = None
-    output_compression: int | None = Field(default=None, ge=0, le=100)
-    stream: bool | None = None
-    partial_images: int | None = Field(default=None, ge=0, le=3)
 
 
-def _response_format(request: ImageGenerationRequest | ImageEditForm) -> str:
+def _response_format(request: _ImageOptions) -> str:
     """The format asked for; else base64 for the gpt-image models, which answer only that (a
     client written for them decodes `b64_json`), and URLs for the others, as OpenAI does."""
     if request.response_format is not None:
@@ -226,16 +219,16 @@ def _response_format(request: ImageGenerationRequest | ImageEditForm) -> str:
     return "b64_json" if (request.model or "").startswith("gpt-image") else "url"
 
 
-def _refuse_unsupported(background: str | None, stream: bool | None) -> None:
-    if background == "transparent":
+def _refuse_unsupported(request: _ImageOptions) -> None:
+    if request.background == "transparent":
         message = "Transparent backgrounds are not supported; use 'auto' or 'opaque'."
         raise _invalid("parameter_unsupported", message, "background")
-    if stream:
+    if request.stream:
         message = "Streamed partial images are not supported; send stream=false."
         raise _invalid("parameter_unsupported", message, "stream")
 
 
-def _digest(request: BaseModel) -> bytes:
+def _digest(request: _ImageOptions) -> bytes:
     """What identifies the client's request as a whole (its `n` and `response_format` too), for
     the claims of its jobs' idempotency keys: the fields it sent (defaults left out, so a field
     this route gains later does not change the digest of a retry sent across the upgrade)."""
@@ -393,76 +386,45 @@ async def _run_jobs(
     create is refused, the jobs made before it are canceled and their keys freed.
     """
     key = idempotency.key_of(request)
-    quote = await _quote(request, principal, spec)
-    if not key and quote.cost_credits * n > quote.available_credits:
-        raise _not_covered(quote, n)
+    priced = await quote(request, principal, spec)
+    if not key and not _covers(priced, n):
+        raise _not_covered(priced, n)
+    digest = digest if key else b""
     answers = await asyncio.gather(
-        *(_create(request, principal, spec, f"{key}#{i}" if key else "", digest) for i in range(n)),
+        *(create(request, principal, spec, f"{key}#{i}" if key else "", digest) for i in range(n)),
         return_exceptions=True,
     )
-    created = [answer for answer in answers if isinstance(answer, _Created)]
+    # Each made job, and whether an earlier request with the key made it (its replay headers).
+    created = [answer for answer in answers if not isinstance(answer, BaseException)]
     refused = next((answer for answer in answers if isinstance(answer, BaseException)), None)
     if refused is not None:
         # Only the jobs this request made: a replayed one is another request's to answer.
-        made_here = [made.job for made in created if not made.replayed]
+        made_here = [job for job, replayed in created if not replayed]
         await _cancel_all(request, principal, made_here, undo=True)
-        raise _refusal(refused, quote, n)
-    jobs = await _ended(request, principal, [made.job for made in created], keyed=bool(key))
-    return _Run(jobs, replayed=all(made.replayed for made in created))
+        raise _refusal(refused, priced, n)
+    jobs = await _ended(request, principal, [job for job, _ in created], keyed=bool(key))
+    return _Run(jobs, replayed=all(replayed for _, replayed in created))
 
 
-async def _quote(
-    request: Request, principal: Principal, spec: jobs_pb2.JobSpec
-) -> jobs_pb2.QuoteJobResponse:
-    quote: jobs_pb2.QuoteJobResponse = await gateway(request).jobs.QuoteJob(
-        jobs_pb2.QuoteJobRequest(
-            account_id=principal.account_id, livemode=principal.livemode, spec=spec
-        )
-    )
-    return quote
+def _covers(priced: jobs_pb2.QuoteJobResponse, n: int) -> bool:
+    return priced.cost_credits * n <= priced.available_credits
 
 
-def _not_covered(quote: jobs_pb2.QuoteJobResponse, n: int) -> ApiError:
+def _not_covered(priced: jobs_pb2.QuoteJobResponse, n: int) -> ApiError:
     images = "1 image needs" if n == 1 else f"{n} images need"
-    message = f"{images} {quote.cost_credits * n} credits, {quote.available_credits} available"
+    message = f"{images} {priced.cost_credits * n} credits, {priced.available_credits} available"
     return ApiError(402, "billing_error", "insufficient_credits", message)
 
 
-def _refusal(refused: BaseException, quote: jobs_pb2.QuoteJobResponse, n: int) -> BaseException:
+def _refusal(refused: BaseException, priced: jobs_pb2.QuoteJobResponse, n: int) -> BaseException:
     """A create's refusal as the whole request's: credits it lacks are counted for all n."""
     if (
         isinstance(refused, grpc.aio.AioRpcError)
         and from_rpc_error(refused).code == "insufficient_credits"
-        and quote.cost_credits * n > quote.available_credits
+        and not _covers(priced, n)
     ):
-        return _not_covered(quote, n)
+        return _not_covered(priced, n)
     return refused
-
-
-@dataclass(frozen=True)
-class _Created:
-    job: jobs_pb2.Job
-    replayed: bool
-
-
-async def _create(
-    request: Request,
-    principal: Principal,
-    spec: jobs_pb2.JobSpec,
-    idempotency_key: str,
-    digest: bytes,
-) -> _Created:
-    call = gateway(request).jobs.CreateJob(
-        jobs_pb2.CreateJobRequest(
-            account_id=principal.account_id,
-            livemode=principal.livemode,
-            spec=spec,
-            idempotency_key=idempotency_key,
-            request_digest=digest if idempotency_key else b"",
-        )
-    )
-    job: jobs_pb2.Job = await call
-    return _Created(job, bool(await idempotency.replay_headers(call)))
 
 
 async def _ended(

@@ -114,11 +114,15 @@ async def authorize(request: Request, scope: str) -> Principal:
         raise found
     if found is None:
         found = await request.app.state.gateway.principal(bearer_token(request))
-    if scope not in found.scopes:
+    require_scope(found, scope)
+    return found
+
+
+def require_scope(principal: Principal, scope: str) -> None:
+    if scope not in principal.scopes:
         raise ApiError(
             403, "permission_error", "scope_missing", f"This API key lacks the '{scope}' scope."
         )
-    return found
 
 
 def require(scope: str) -> Callable[[Request], Coroutine[Any, Any, Principal]]:

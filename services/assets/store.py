@@ -24,7 +24,6 @@ from sqlalchemy import (
     Table,
     delete,
     exists,
-    or_,
     select,
     update,
 )
@@ -32,6 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from magicpixels.core import idempotency
 from magicpixels.core.idempotency import WINDOW, Claim
 from magicpixels.core.timestamps import as_utc, utcnow
 from magicpixels.services.assets.domain import AssetRecord, Kind, Origin
@@ -132,23 +132,18 @@ async def mark_deleted(
 
 
 async def claim_key(connection: AsyncConnection, claim: Claim, record: AssetRecord) -> None:
-    """Claims the Idempotency-Key for the asset (inserted before: the claim refers to it). A
-    claim older than the window, or whose asset was deleted since, is replaced; another one is
-    kept and the insert fails on the primary key (on PostgreSQL a concurrent one waits for the
-    transaction that inserts it, then fails)."""
+    """Claims the Idempotency-Key for the asset (inserted before: the claim refers to it); a
+    claim whose asset was deleted since is replaced, as an expired one is."""
     claims = idempotency_keys.c
     deleted = exists().where(assets.c.id == claims.asset_id, assets.c.deleted_at.is_not(None))
-    stale = or_(claims.created_at < record.created_at - WINDOW, deleted)
-    same_key = (claims.account_id == record.account_id, claims.key == claim.key)
-    await connection.execute(delete(idempotency_keys).where(*same_key, stale))
-    await connection.execute(
-        idempotency_keys.insert().values(
-            account_id=record.account_id,
-            key=claim.key,
-            request_hash=claim.request_hash,
-            asset_id=record.id,
-            created_at=record.created_at,
-        )
+    await idempotency.record(
+        connection,
+        idempotency_keys,
+        claim,
+        record.created_at,
+        scope={"account_id": record.account_id},
+        made={"asset_id": record.id},
+        stale=deleted,
     )
 
 

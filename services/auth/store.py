@@ -18,7 +18,6 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
-    delete,
     or_,
     select,
     update,
@@ -26,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from magicpixels.core import idempotency
 from magicpixels.core.db import row_fields
 from magicpixels.core.errors import AlreadyExists, NotFound
 from magicpixels.core.idempotency import WINDOW, Claim
@@ -143,23 +143,19 @@ async def add_api_key(
 
 
 async def _claim(connection: AsyncConnection, claim: KeyClaim, key: ApiKey) -> None:
-    """Claims the Idempotency-Key for `key` (inserted before: the claim refers to it). A claim
-    older than the window is replaced; a newer one is kept and the insert fails on the primary
-    key (on PostgreSQL a concurrent one waits for the transaction that inserts it, then fails).
-    """
-    same_key = (idempotency_keys.c.scope == claim.scope, idempotency_keys.c.key == claim.claim.key)
-    expired = idempotency_keys.c.created_at < key.created_at - WINDOW
-    await connection.execute(delete(idempotency_keys).where(*same_key, expired))
-    await connection.execute(
-        idempotency_keys.insert().values(
-            scope=claim.scope,
-            key=claim.claim.key,
-            request_hash=claim.claim.request_hash,
-            api_key_id=key.id,
-            sealed_token=claim.token.data,
-            pepper_version=claim.token.pepper_version,
-            created_at=key.created_at,
-        )
+    """Claims the Idempotency-Key for `key` (inserted before: the claim refers to it)."""
+    made = {
+        "api_key_id": key.id,
+        "sealed_token": claim.token.data,
+        "pepper_version": claim.token.pepper_version,
+    }
+    await idempotency.record(
+        connection,
+        idempotency_keys,
+        claim.claim,
+        key.created_at,
+        scope={"scope": claim.scope},
+        made=made,
     )
 
 

@@ -59,8 +59,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import ColumnElement
 
+from magicpixels.core import idempotency
 from magicpixels.core.db import statements_alone
-from magicpixels.core.idempotency import WINDOW, Claim
+from magicpixels.core.idempotency import Claim
 from magicpixels.core.ids import new_id
 from magicpixels.core.timestamps import as_utc, to_timestamp
 from magicpixels.jobs.v1 import jobs_pb2
@@ -298,19 +299,14 @@ def _pending_values(
 async def _claim(
     connection: AsyncConnection, account_id: str, claim: Claim, job_id: str, now: datetime
 ) -> None:
-    """Claims the key for the job; a claim older than the window is replaced, a newer one is
-    kept and the insert fails on the unique (account_id, key)."""
-    same_key = (idempotency_keys.c.account_id == account_id, idempotency_keys.c.key == claim.key)
-    expired = idempotency_keys.c.created_at < now - WINDOW
-    await connection.execute(delete(idempotency_keys).where(*same_key, expired))
-    await connection.execute(
-        insert(idempotency_keys).values(
-            account_id=account_id,
-            key=claim.key,
-            request_hash=claim.request_hash,
-            job_id=job_id,
-            created_at=now,
-        )
+    """Claims the key for the job (idempotency.record)."""
+    await idempotency.record(
+        connection,
+        idempotency_keys,
+        claim,
+        now,
+        scope={"account_id": account_id},
+        made={"job_id": job_id},
     )
 
 

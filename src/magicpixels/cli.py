@@ -28,12 +28,9 @@ def main(argv: list[str] | None = None) -> None:
         mesh_settings = config.MeshSettings(
             **({"data_dir": args.data_dir} if args.data_dir else {})
         )
-    except ValidationError as refused:
-        raise SystemExit(f"magicpixels: {_settings_refused(refused)}") from None
-    configure_logging(mesh_settings.log_level, mesh_settings.log_format)
-    # Spans name the process: the mesh (`up`), or the one service it serves.
-    tracing.configure_from_environment("-".join(("magicpixels", *_served(args))))
-    try:
+        configure_logging(mesh_settings.log_level, mesh_settings.log_format)
+        # Spans name the process: the mesh (`up`), or the one service it serves.
+        tracing.configure_from_environment("-".join(("magicpixels", *_served(args))))
         if args.mesh_command:  # its own user's only: databases (webhook secrets), blobs, secrets
             mesh_settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         args.run(args, mesh_settings)

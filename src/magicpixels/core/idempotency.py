@@ -8,13 +8,15 @@ as `Idempotent-Replayed: true`), or refused when its request differs. A claim la
 
 import asyncio
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 from google.protobuf.message import Message
-from sqlalchemy import Table, delete
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import ColumnElement, Table, delete, or_
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from magicpixels.core.errors import Aborted, AlreadyExists, InvalidArgument
 from magicpixels.core.timestamps import utcnow
@@ -64,6 +66,34 @@ def check_same_request(claim: Claim, stored_hash: str) -> None:
 def key_in_use() -> Aborted:
     message = "a request with this Idempotency-Key is still in progress; retry later"
     return Aborted("IDEMPOTENCY_KEY_IN_USE", message)
+
+
+async def record(
+    connection: AsyncConnection,
+    claims: Table,
+    claim: Claim,
+    now: datetime,
+    *,
+    scope: Mapping[str, Any],
+    made: Mapping[str, Any],
+    stale: ColumnElement[bool] | None = None,
+) -> None:
+    """Records the claim in a service's table of them (primary key: the `scope` columns and
+    `key`), for what the request `made` (the columns naming it), in the caller's transaction.
+
+    A claim of the key older than the window (or `stale` for a reason of the service's) is
+    replaced; a live one is kept, and the insert fails on the primary key: on PostgreSQL a
+    concurrent one waits for the transaction that inserts it, then fails.
+    """
+    same_key = [claims.c[name] == value for name, value in scope.items()]
+    old = claims.c.created_at < now - WINDOW
+    replaced = old if stale is None else or_(old, stale)
+    await connection.execute(delete(claims).where(*same_key, claims.c.key == claim.key, replaced))
+    await connection.execute(
+        claims.insert().values(
+            **scope, key=claim.key, request_hash=claim.request_hash, created_at=now, **made
+        )
+    )
 
 
 async def forget(engine: AsyncEngine, claims: Table, created_before: datetime) -> None:

@@ -333,19 +333,21 @@ def _address_file(data_dir: Path, service: str) -> Path:
 
 
 def write_address(data_dir: Path, service: str, address: str) -> None:
-    path = _address_file(data_dir, service)
+    _write_whole(_address_file(data_dir, service), address)
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Writes the file so that a reader finds it whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    draft = path.with_suffix(".tmp")
-    draft.write_text(address)
+    draft = path.with_name(f"{path.name}.tmp")
+    draft.write_text(text)
     draft.replace(path)
 
 
 def remember_port(data_dir: Path, service: str, port: int) -> None:
     """Keeps the port a service took, past its stop: started again, it asks for the same one,
     which its callers' channels still name (they read the address file once)."""
-    path = _address_file(data_dir, service).with_suffix(".port")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(str(port))
+    _write_whole(_address_file(data_dir, service).with_suffix(".port"), str(port))
 
 
 def remembered_port(data_dir: Path, service: str) -> int:
