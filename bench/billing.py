@@ -8,8 +8,13 @@ SQLite (a fresh file) and drives pairs of Reserve(1 credit) + Capture from this 
 - N callers, 1 account: every pair contends for one balance row, whose lock each
   statement holds until its commit is durable, so this measures commits in a row.
 
+The concurrent runs are made twice: one gRPC call per Reserve or Capture, and through the
+client the jobs service calls billing with (core/holds.py), which sends the calls made while
+one is on its way in one BatchReserve or BatchCapture.
+
 Each run prints pairs per second and the CPU time spent per pair (steadier than throughput on a
-busy machine) by the billing process and, on PostgreSQL, by the backends of its connections.
+busy machine) by the callers (this process), by the billing process and, on PostgreSQL, by the
+backends of its connections.
 After each database's runs it reads every account's ledger back over gRPC and checks that each
 pair left exactly one HOLD and one CAPTURE entry, that the entries sum to the balance and that
 nothing is still reserved: zero lost or duplicated entries.
@@ -39,6 +44,7 @@ from sqlalchemy.engine import make_url
 from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
 from magicpixels.core import eventloop
 from magicpixels.core.clients import open_channel
+from magicpixels.core.holds import Holds
 from magicpixels.core.settings import MeshSettings
 
 POSTGRES_URL = os.environ.get(
@@ -78,6 +84,7 @@ class Bench:
         self, stub: billing_pb2_grpc.BillingServiceStub, server: "Server", credits: int
     ) -> None:
         self.stub = stub
+        self.holds = Holds(lambda: stub, seconds=30.0)
         self.server = server
         self.credits = credits
         self.made: dict[str, list[str]] = {}
@@ -89,19 +96,25 @@ class Bench:
             request = billing_pb2.GrantRequest(account_id=account_id, amount=self.credits)
             await self.stub.Grant(request)
 
-    async def pair(self, account_id: str) -> None:
+    async def pair(self, account_id: str, batched: bool) -> None:
         reference = f"job_bench_{next(self._numbers):08d}"
         self.made[account_id].append(reference)
-        await self.stub.Reserve(
-            billing_pb2.ReserveRequest(
-                account_id=account_id, reference=reference, usage=USAGE, livemode=True
-            )
+        reserve = billing_pb2.ReserveRequest(
+            account_id=account_id, reference=reference, usage=USAGE, livemode=True
         )
-        await self.stub.Capture(billing_pb2.CaptureRequest(reference=reference))
+        capture = billing_pb2.CaptureRequest(reference=reference)
+        if batched:
+            await self.holds.reserve(reserve)
+            await self.holds.capture(capture)
+        else:
+            await self.stub.Reserve(reserve)
+            await self.stub.Capture(capture)
 
-    async def run(self, pairs: int, callers: int, accounts: int) -> "Figures":
+    async def run(
+        self, pairs: int, callers: int, accounts: int, batched: bool = False
+    ) -> "Figures":
         """Pairs per second of `pairs` pairs made by `callers` concurrent callers, caller k
-        paying from account k modulo `accounts`, and the server's CPU time per pair."""
+        paying from account k modulo `accounts`, and the CPU time per pair of each side."""
         names = [f"acct_bench_{n}" for n in range(accounts)]
         for name in names:
             await self.fund(name)
@@ -111,15 +124,22 @@ class Bench:
             nonlocal left
             while left > 0:
                 left -= 1
-                await self.pair(account_id)
+                await self.pair(account_id, batched)
 
         started, cpu_before = time.perf_counter(), self.server.cpu_seconds()
+        callers_before = time.process_time()
         await asyncio.gather(*(caller(names[k % accounts]) for k in range(callers)))
         seconds, cpu_after = time.perf_counter() - started, self.server.cpu_seconds()
+        callers_cpu = time.process_time() - callers_before
         billing, backends = (
             after - before for after, before in zip(cpu_after, cpu_before, strict=True)
         )
-        return Figures(pairs / seconds, billing / pairs * 1e6, backends / pairs * 1e6)
+        return Figures(
+            pairs / seconds,
+            callers_cpu / pairs * 1e6,
+            billing / pairs * 1e6,
+            backends / pairs * 1e6,
+        )
 
     async def check_books(self) -> None:
         """Every pair made one HOLD and one CAPTURE entry; the entries sum to the balance."""
@@ -166,6 +186,7 @@ class Bench:
 
 class Figures(NamedTuple):
     pairs_per_second: float
+    callers_cpu_us_per_pair: float
     billing_cpu_us_per_pair: float
     postgres_cpu_us_per_pair: float
 
@@ -211,13 +232,14 @@ async def measure(
     channel = open_channel(address, service_token=token, timeout=30.0)
     try:
         stub = billing_pb2_grpc.BillingServiceStub(channel)
-        bench = Bench(stub, server, WARM_UP_PAIRS + 3 * pairs)
+        bench = Bench(stub, server, WARM_UP_PAIRS + 5 * pairs)
         await bench.run(WARM_UP_PAIRS, callers, callers)
-        figures = {
-            "sequential": await bench.run(pairs, 1, 1),
-            f"{callers} callers, {callers} accounts": await bench.run(pairs, callers, callers),
-            f"{callers} callers, 1 account": await bench.run(pairs, callers, 1),
-        }
+        figures = {"sequential": await bench.run(pairs, 1, 1)}
+        for accounts in (callers, 1):
+            for batched in (False, True):
+                load = f"{callers} callers, {accounts} account{'s' if accounts > 1 else ''}"
+                calls = "batched" if batched else "a call each"
+                figures[f"{load}, {calls}"] = await bench.run(pairs, callers, accounts, batched)
         await bench.check_books()
         return figures
     finally:
@@ -256,8 +278,9 @@ def main() -> None:
     for name in (args.only,) if args.only else ("postgres", "sqlite"):
         for run, figures in bench_database(name, args.pairs, args.callers).items():
             print(
-                f"{name:<8} {run:<24} {figures.pairs_per_second:7.0f} reserve+capture pairs/s,"
-                f" CPU per pair: billing {figures.billing_cpu_us_per_pair:5.0f} us"
+                f"{name:<8} {run:<37} {figures.pairs_per_second:5.0f} reserve+capture pairs/s,"
+                f" CPU per pair: callers {figures.callers_cpu_us_per_pair:5.0f} us,"
+                f" billing {figures.billing_cpu_us_per_pair:5.0f} us"
                 + (
                     f", postgres {figures.postgres_cpu_us_per_pair:5.0f} us"
                     if name == "postgres"

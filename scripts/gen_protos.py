@@ -1,4 +1,4 @@
-"""Generates the Python code and type stubs of every proto under protos/.
+"""Generates the Python code and type stubs of our protos (protos/magicpixels).
 
 python scripts/gen_protos.py            # writes into src/
 python scripts/gen_protos.py --out DIR  # writes into DIR (the staleness test compares)
@@ -14,12 +14,15 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
+# Ours; protos/google holds copies of the googleapis protos ours import, whose code comes with
+# googleapis-common-protos.
+OURS = PROTOS / "magicpixels"
 
 
 def generate(out: Path) -> None:
     """Generates into a scratch folder, then swaps each package in: a failing protoc run
     leaves the code that was there."""
-    sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
+    sources = sorted(str(p.relative_to(PROTOS)) for p in OURS.rglob("*.proto"))
     with tempfile.TemporaryDirectory() as scratch:
         _protoc(Path(scratch), sources)
         for proto_dir in sorted({Path(s).parent for s in sources}):

@@ -4,12 +4,14 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import datetime, timedelta
+from typing import Any
 
 import grpc
 import structlog
 
 from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
 from magicpixels.core import eventloop, metrics, paging
+from magicpixels.core.errors import DomainError, InvalidArgument
 from magicpixels.core.server import ServiceBinding
 from magicpixels.core.service import Mesh, open_database
 from magicpixels.core.settings import BillingSettings
@@ -57,6 +59,34 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def Reserve(
         self, request: billing_pb2.ReserveRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.Hold:
+        return await self._reserve(request)
+
+    async def Capture(
+        self, request: billing_pb2.CaptureRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.Hold:
+        return await self._capture(request)
+
+    async def Release(
+        self, request: billing_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.Hold:
+        return await self._release(request)
+
+    async def BatchReserve(
+        self, request: billing_pb2.BatchReserveRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.BatchReserveResponse:
+        return billing_pb2.BatchReserveResponse(results=await _each(self._reserve, request))
+
+    async def BatchCapture(
+        self, request: billing_pb2.BatchCaptureRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.BatchCaptureResponse:
+        return billing_pb2.BatchCaptureResponse(results=await _each(self._capture, request))
+
+    async def BatchRelease(
+        self, request: billing_pb2.BatchReleaseRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.BatchReleaseResponse:
+        return billing_pb2.BatchReleaseResponse(results=await _each(self._release, request))
+
+    async def _reserve(self, request: billing_pb2.ReserveRequest) -> billing_pb2.Hold:
         draft = domain.new_hold(
             domain.required(request.account_id, "account_id"),
             domain.checked_reference(request.reference),
@@ -69,9 +99,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         hold = await self._store.reserve(draft)
         return _hold_message(domain.replayed(hold, draft))
 
-    async def Capture(
-        self, request: billing_pb2.CaptureRequest, context: grpc.aio.ServicerContext
-    ) -> billing_pb2.Hold:
+    async def _capture(self, request: billing_pb2.CaptureRequest) -> billing_pb2.Hold:
         """Spends `amount` of the hold (all of it when absent) and returns the rest.
 
         Like every entry's, the CAPTURE entry's amount is the change of available credits: what
@@ -85,9 +113,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         )
         return _hold_message(domain.resolved_as(hold, HoldState.CAPTURED))
 
-    async def Release(
-        self, request: billing_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
-    ) -> billing_pb2.Hold:
+    async def _release(self, request: billing_pb2.ReleaseRequest) -> billing_pb2.Hold:
         hold = await self._store.resolve_hold(
             domain.checked_reference(request.reference), lambda _: domain.RELEASE, utcnow()
         )
@@ -171,6 +197,36 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     ) -> billing_pb2.Subscription:
         account_id = domain.required(request.account_id, "account_id")
         return _subscription_message(await self._subscriptions.cancel(account_id))
+
+
+# The most requests a batch may hold: a bound on the work and the memory one call can ask for.
+MAX_BATCH = 1000
+BatchRequest = (
+    billing_pb2.BatchReserveRequest
+    | billing_pb2.BatchCaptureRequest
+    | billing_pb2.BatchReleaseRequest
+)
+
+
+async def _each(
+    call: Callable[[Any], Awaitable[billing_pb2.Hold]], batch: BatchRequest
+) -> list[billing_pb2.HoldResult]:
+    """Each request's result, in order. The calls are made together, so the store runs them as
+    one batch of its own; an error other than a request's own fails the whole call, which
+    leaves each request's outcome unknown to the caller, as a failed call of its own would."""
+    if len(batch.requests) > MAX_BATCH:
+        message = f"a batch holds at most {MAX_BATCH} requests"
+        raise InvalidArgument("PARAMETER_INVALID", message, param="requests")
+    outcomes = await asyncio.gather(*map(call, batch.requests), return_exceptions=True)
+    return [_hold_result(outcome) for outcome in outcomes]
+
+
+def _hold_result(outcome: billing_pb2.Hold | BaseException) -> billing_pb2.HoldResult:
+    if isinstance(outcome, DomainError):
+        return billing_pb2.HoldResult(error=outcome.to_proto())
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return billing_pb2.HoldResult(hold=outcome)
 
 
 def _hold_message(hold: Hold) -> billing_pb2.Hold:

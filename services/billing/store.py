@@ -8,7 +8,7 @@ resolution reads the hold, for the domain to decide what it becomes, then is one
 too, guarded by the hold still being held. SQLite cannot modify data in a CTE; it runs the same
 statements in one transaction, and it serialises every writer.
 
-Concurrent Reserves, and concurrent resolutions, run in batches (batching.py): on SQLite a
+Concurrent Reserves, and concurrent resolutions, run in batches (core/batching.py): on SQLite a
 batch is one transaction; on PostgreSQL one statement over arrays, one row per call (after one
 read of the holds, for resolutions), does what it can (an account must be able to pay for all
 of its holds in the batch), and the rest goes one by one, as above, so that each call gets the
@@ -61,11 +61,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.selectable import CTE, TableValuedAlias
 
 from magicpixels.core import metrics
+from magicpixels.core.batching import Batcher, Outcome
 from magicpixels.core.db import row_fields, statements_alone
 from magicpixels.core.errors import DomainError, NotFound
 from magicpixels.core.ids import new_id
 from magicpixels.services.billing import domain
-from magicpixels.services.billing.batching import Batcher, Outcome
 from magicpixels.services.billing.domain import (
     Balance,
     EntryKind,
@@ -264,7 +264,7 @@ _FUSED_RESERVE = _Hot(_fused_reserve())
 _FUSED_RESOLUTION = _Hot(_fused_resolution())
 
 
-# PostgreSQL's statements for a batch of Reserves or of resolutions (see batching.py): the
+# PostgreSQL's statements for a batch of Reserves or of resolutions (see core/batching.py): the
 # batch's rows are the positions of the arrays bound to the single statements' parameter names.
 
 
@@ -385,7 +385,7 @@ class BillingStore:
     async def reserve(self, hold: Hold) -> Hold:
         """Records the hold and takes its credits, or answers the hold already under its
         reference; raises insufficient credits when there is none and the account cannot pay.
-        Concurrent Reserves go to the database together (batching.py)."""
+        Concurrent Reserves go to the database together (core/batching.py)."""
         return await self._reserves.submit(hold)
 
     async def find_hold(self, reference: str) -> Hold | None:
@@ -400,7 +400,7 @@ class BillingStore:
         self, reference: str, decide: Callable[[Hold], Resolution], now: datetime
     ) -> Hold:
         """Resolves the held hold as `decide` says; a hold resolved before is answered as it is.
-        Concurrent resolutions go to the database together (batching.py)."""
+        Concurrent resolutions go to the database together (core/batching.py)."""
         return await self._resolutions.submit(_Resolving(reference, decide, now))
 
     async def held_credits(self, now: datetime) -> tuple[int, int]:

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
 from magicpixels.core.context import set_deadline
 from magicpixels.core.errors import Unavailable, remote_error
+from magicpixels.core.holds import Holds
 from magicpixels.core.service import Mesh
 from magicpixels.core.timestamps import utcnow
 from magicpixels.jobs.v1 import jobs_pb2
@@ -54,6 +55,8 @@ class Settlement:
         self._engine = engine
         self._mesh = mesh
         self._in_background: set[asyncio.Task[None]] = set()
+        # Reserves and resolutions made at once (creates, jobs ending) go to billing together.
+        self._holds = Holds(self._billing, seconds=CALL_TIMEOUT_SECONDS)
 
     def _billing(self) -> billing_pb2_grpc.BillingServiceStub:
         # Resolved on use: billing may start after jobs.
@@ -78,7 +81,7 @@ class Settlement:
             account_id=job.account_id, reference=job.id, usage=usage_of(spec), livemode=job.livemode
         )
         try:
-            hold = await self._billing().Reserve(request, timeout=CALL_TIMEOUT_SECONDS)
+            hold = await self._holds.reserve(request)
         except grpc.aio.AioRpcError as error:
             if error.code() not in _OUTCOME_UNKNOWN:
                 await store.fail_pending(self._engine, job.id, _refusal(error), utcnow())
@@ -153,11 +156,9 @@ class Settlement:
 
     async def _call_resolve(self, job_id: str, wanted: HoldStatus) -> None:
         if wanted == HoldStatus.CAPTURED:
-            request = billing_pb2.CaptureRequest(reference=job_id)
-            await self._billing().Capture(request, timeout=CALL_TIMEOUT_SECONDS)
+            await self._holds.capture(billing_pb2.CaptureRequest(reference=job_id))
         else:
-            request = billing_pb2.ReleaseRequest(reference=job_id)
-            await self._billing().Release(request, timeout=CALL_TIMEOUT_SECONDS)
+            await self._holds.release(billing_pb2.ReleaseRequest(reference=job_id))
 
 
 def _unsettled(job: JobRow) -> bool:

@@ -100,11 +100,11 @@ class CheckedBilling:
     """The billing stub; every call, failed ones included, is followed by `Books.check`."""
 
     def __init__(self, stub: billing_pb2_grpc.BillingServiceStub, books: Books) -> None:
-        self._stub = stub
+        self.stub = stub  # unchecked, for callers that pass call options
         self._books = books
 
     def __getattr__(self, rpc: str) -> Any:
-        method = getattr(self._stub, rpc)
+        method = getattr(self.stub, rpc)
 
         async def checked(request: Any) -> Any:
             try:

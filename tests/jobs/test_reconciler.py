@@ -19,6 +19,7 @@ from magicpixels.core import idempotency
 from magicpixels.core.bus import LocalBus
 from magicpixels.core.db import create_engine
 from magicpixels.core.errors import Unavailable
+from magicpixels.core.holds import Holds
 from magicpixels.core.service import Mesh
 from magicpixels.core.settings import BillingSettings, MeshSettings
 from magicpixels.core.timestamps import utcnow
@@ -311,7 +312,7 @@ async def test_a_job_abandoned_as_its_create_queues_it_is_not_run_without_a_hold
         queued.append(await store.mark_queued(world.engine, job, 1, utcnow()))
 
     billing = _QueuesBeforeRelease(world.settlement._billing(), create_job_queues_it)
-    monkeypatch.setattr(world.settlement, "_billing", lambda: billing)
+    monkeypatch.setattr(world.settlement, "_holds", Holds(lambda: billing, seconds=5))
     await world.reconciler.abandon_pending(created + domain.PENDING_TIMEOUT * 2)
 
     assert queued == [None]

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 from magicpixels.core import metrics, tracing
-from magicpixels.core.context import REQUEST_ID_HEADER, current_request_id, time_left
+from magicpixels.core.context import REQUEST_ID_HEADER, current_request_id, within_deadline
 
 # Client-side round-robin over every address a (headless Service) name resolves to.
 _CHANNEL_OPTIONS = [
@@ -49,9 +49,7 @@ class _CallContext:
         return metadata
 
     def timeout(self, given: float | None) -> float:
-        timeout = given if given is not None else self._default_timeout
-        inherited = time_left()
-        return timeout if inherited is None else max(0.0, min(timeout, inherited))
+        return within_deadline(given if given is not None else self._default_timeout)
 
 
 _recording: set["asyncio.Future[None]"] = set()

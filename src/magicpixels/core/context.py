@@ -21,6 +21,12 @@ def set_deadline(seconds_left: float | None) -> None:
         _deadline.set(asyncio.get_running_loop().time() + seconds_left)
 
 
+def within_deadline(seconds: float) -> float:
+    """`seconds`, or what is left of the incoming call's deadline when that is less."""
+    inherited = time_left()
+    return seconds if inherited is None else max(0.0, min(seconds, inherited))
+
+
 def time_left() -> float | None:
     """Seconds until the incoming call's deadline, if there is one."""
     deadline = _deadline.get()

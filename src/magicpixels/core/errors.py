@@ -32,13 +32,16 @@ class DomainError(Exception):
         self.param = param
 
     def to_status(self) -> grpc.Status:
+        return rpc_status.to_status(self.to_proto())
+
+    def to_proto(self) -> status_pb2.Status:
+        """The status with its ErrorInfo, as a message (one result of a batch carries it)."""
         info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN)
         if self.param:
             info.metadata["param"] = self.param
         detail = any_pb2.Any()
         detail.Pack(info)
-        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
-        return rpc_status.to_status(status)
+        return status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
 
 
 class InvalidArgument(DomainError):
@@ -104,6 +107,17 @@ def remote_error(error: grpc.aio.AioRpcError) -> RemoteError:
                 detail.Unpack(info)
                 return RemoteError(code, status.message, info.reason, dict(info.metadata))
     return RemoteError(code, message)
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def failed_call(status: status_pb2.Status) -> grpc.aio.AioRpcError:
+    """What a call failing with `status` raises: one result of a batch, failed, reaches its
+    caller as its own call's failure would."""
+    details = grpc.aio.Metadata((_DETAILS_KEY, status.SerializeToString()))
+    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), details, details=status.message)
 
 
 def passthrough_status(error: grpc.aio.AioRpcError) -> grpc.Status:

@@ -58,6 +58,21 @@ class BillingServiceStub:
                 request_serializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.Hold.FromString,
                 _registered_method=True)
+        self.BatchReserve = channel.unary_unary(
+                '/magicpixels.billing.v1.BillingService/BatchReserve',
+                request_serializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.BatchReserveRequest.SerializeToString,
+                response_deserializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.BatchReserveResponse.FromString,
+                _registered_method=True)
+        self.BatchCapture = channel.unary_unary(
+                '/magicpixels.billing.v1.BillingService/BatchCapture',
+                request_serializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.BatchCaptureRequest.SerializeToString,
+                response_deserializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.BatchCaptureResponse.FromString,
+                _registered_method=True)
+        self.BatchRelease = channel.unary_unary(
+                '/magicpixels.billing.v1.BillingService/BatchRelease',
+                request_serializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.BatchReleaseRequest.SerializeToString,
+                response_deserializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.BatchReleaseResponse.FromString,
+                _registered_method=True)
         self.Grant = channel.unary_unary(
                 '/magicpixels.billing.v1.BillingService/Grant',
                 request_serializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.GrantRequest.SerializeToString,
@@ -137,6 +152,28 @@ class BillingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Release(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchReserve(self, request, context):
+        """Batches of Reserves, Captures and Releases, each one as its own call would be: a caller
+        with many at once (the jobs service under load) pays for one call rather than one each.
+        Each request has its own result, in order: its hold, or the status its own call would
+        have failed with. At most 1,000 requests.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchCapture(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchRelease(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -233,6 +270,21 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.Release,
                     request_deserializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.ReleaseRequest.FromString,
                     response_serializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.Hold.SerializeToString,
+            ),
+            'BatchReserve': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchReserve,
+                    request_deserializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.BatchReserveRequest.FromString,
+                    response_serializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.BatchReserveResponse.SerializeToString,
+            ),
+            'BatchCapture': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchCapture,
+                    request_deserializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.BatchCaptureRequest.FromString,
+                    response_serializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.BatchCaptureResponse.SerializeToString,
+            ),
+            'BatchRelease': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchRelease,
+                    request_deserializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.BatchReleaseRequest.FromString,
+                    response_serializer=magicpixels_dot_billing_dot_v1_dot_billing__pb2.BatchReleaseResponse.SerializeToString,
             ),
             'Grant': grpc.unary_unary_rpc_method_handler(
                     servicer.Grant,
@@ -397,6 +449,87 @@ class BillingService:
             '/magicpixels.billing.v1.BillingService/Release',
             magicpixels_dot_billing_dot_v1_dot_billing__pb2.ReleaseRequest.SerializeToString,
             magicpixels_dot_billing_dot_v1_dot_billing__pb2.Hold.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchReserve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/magicpixels.billing.v1.BillingService/BatchReserve',
+            magicpixels_dot_billing_dot_v1_dot_billing__pb2.BatchReserveRequest.SerializeToString,
+            magicpixels_dot_billing_dot_v1_dot_billing__pb2.BatchReserveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchCapture(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/magicpixels.billing.v1.BillingService/BatchCapture',
+            magicpixels_dot_billing_dot_v1_dot_billing__pb2.BatchCaptureRequest.SerializeToString,
+            magicpixels_dot_billing_dot_v1_dot_billing__pb2.BatchCaptureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchRelease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/magicpixels.billing.v1.BillingService/BatchRelease',
+            magicpixels_dot_billing_dot_v1_dot_billing__pb2.BatchReleaseRequest.SerializeToString,
+            magicpixels_dot_billing_dot_v1_dot_billing__pb2.BatchReleaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

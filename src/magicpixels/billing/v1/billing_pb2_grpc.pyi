@@ -42,6 +42,14 @@ class BillingServiceStub:
     Reserve: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ReserveRequest, _billing_pb2.Hold]
     Capture: _grpc.UnaryUnaryMultiCallable[_billing_pb2.CaptureRequest, _billing_pb2.Hold]
     Release: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ReleaseRequest, _billing_pb2.Hold]
+    BatchReserve: _grpc.UnaryUnaryMultiCallable[_billing_pb2.BatchReserveRequest, _billing_pb2.BatchReserveResponse]
+    """Batches of Reserves, Captures and Releases, each one as its own call would be: a caller
+    with many at once (the jobs service under load) pays for one call rather than one each.
+    Each request has its own result, in order: its hold, or the status its own call would
+    have failed with. At most 1,000 requests.
+    """
+    BatchCapture: _grpc.UnaryUnaryMultiCallable[_billing_pb2.BatchCaptureRequest, _billing_pb2.BatchCaptureResponse]
+    BatchRelease: _grpc.UnaryUnaryMultiCallable[_billing_pb2.BatchReleaseRequest, _billing_pb2.BatchReleaseResponse]
     Grant: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GrantRequest, _billing_pb2.LedgerEntry]
     GetBalance: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GetBalanceRequest, _billing_pb2.Balance]
     ListLedgerEntries: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListLedgerEntriesRequest, _billing_pb2.ListLedgerEntriesResponse]
@@ -78,6 +86,14 @@ class BillingServiceAsyncStub(BillingServiceStub):
     Reserve: _aio.UnaryUnaryMultiCallable[_billing_pb2.ReserveRequest, _billing_pb2.Hold]  # type: ignore[assignment]
     Capture: _aio.UnaryUnaryMultiCallable[_billing_pb2.CaptureRequest, _billing_pb2.Hold]  # type: ignore[assignment]
     Release: _aio.UnaryUnaryMultiCallable[_billing_pb2.ReleaseRequest, _billing_pb2.Hold]  # type: ignore[assignment]
+    BatchReserve: _aio.UnaryUnaryMultiCallable[_billing_pb2.BatchReserveRequest, _billing_pb2.BatchReserveResponse]  # type: ignore[assignment]
+    """Batches of Reserves, Captures and Releases, each one as its own call would be: a caller
+    with many at once (the jobs service under load) pays for one call rather than one each.
+    Each request has its own result, in order: its hold, or the status its own call would
+    have failed with. At most 1,000 requests.
+    """
+    BatchCapture: _aio.UnaryUnaryMultiCallable[_billing_pb2.BatchCaptureRequest, _billing_pb2.BatchCaptureResponse]  # type: ignore[assignment]
+    BatchRelease: _aio.UnaryUnaryMultiCallable[_billing_pb2.BatchReleaseRequest, _billing_pb2.BatchReleaseResponse]  # type: ignore[assignment]
     Grant: _aio.UnaryUnaryMultiCallable[_billing_pb2.GrantRequest, _billing_pb2.LedgerEntry]  # type: ignore[assignment]
     GetBalance: _aio.UnaryUnaryMultiCallable[_billing_pb2.GetBalanceRequest, _billing_pb2.Balance]  # type: ignore[assignment]
     ListLedgerEntries: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListLedgerEntriesRequest, _billing_pb2.ListLedgerEntriesResponse]  # type: ignore[assignment]
@@ -135,6 +151,32 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _billing_pb2.ReleaseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_billing_pb2.Hold, _abc.Awaitable[_billing_pb2.Hold]]: ...
+
+    @_abc_1.abstractmethod
+    def BatchReserve(
+        self,
+        request: _billing_pb2.BatchReserveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.BatchReserveResponse, _abc.Awaitable[_billing_pb2.BatchReserveResponse]]:
+        """Batches of Reserves, Captures and Releases, each one as its own call would be: a caller
+        with many at once (the jobs service under load) pays for one call rather than one each.
+        Each request has its own result, in order: its hold, or the status its own call would
+        have failed with. At most 1,000 requests.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchCapture(
+        self,
+        request: _billing_pb2.BatchCaptureRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.BatchCaptureResponse, _abc.Awaitable[_billing_pb2.BatchCaptureResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def BatchRelease(
+        self,
+        request: _billing_pb2.BatchReleaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.BatchReleaseResponse, _abc.Awaitable[_billing_pb2.BatchReleaseResponse]]: ...
 
     @_abc_1.abstractmethod
     def Grant(

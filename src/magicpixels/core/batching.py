@@ -1,14 +1,16 @@
 """Group commit: calls that arrive together run together, each caller getting its own answer.
 
 A Reserve or a Capture alone costs a commit (a WAL flush on PostgreSQL) and the CPU of a
-statement on both sides. Calls made in the same turn of the event loop, or while the batch
-before them was running, go to the database as one batch, in the order they came: the cost of
-a statement and of a commit is shared by all of them (as TigerBeetle batches its transfers).
+statement on both sides; sent from another service, it also costs a gRPC call on both sides of
+the wire. Calls made in the same turn of the event loop, or while the batch before them was
+running, go as one batch, in the order they came: the cost of a statement, of a commit or of a
+call is shared by all of them (as TigerBeetle's clients batch the transfers of their callers).
 """
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 Item = TypeVar("Item")
 Answer = TypeVar("Answer")
@@ -18,21 +20,29 @@ Outcome = Answer | BaseException
 Run = Callable[[Sequence[Item]], Awaitable[Sequence[Outcome[Answer]]]]
 
 
+class _Waiting(NamedTuple, Generic[Item, Answer]):
+    item: Item
+    answer: "asyncio.Future[Answer]"
+    # The submitter's context (request id, deadline, trace): its batch runs in the first one's.
+    context: contextvars.Context
+
+
 class Batcher(Generic[Item, Answer]):
     """Runs the items submitted with `run`, in batches, one batch at a time: under load, the
     calls that come while a batch runs make the next one, rather than batches of one."""
 
-    def __init__(self, run: Run[Item, Answer]) -> None:
+    def __init__(self, run: Run[Item, Answer], *, most: int | None = None) -> None:
         self._run = run
+        self._most = most  # the most items a batch takes; the rest wait for the next
         self._running: asyncio.Task[None] | None = None
-        self._waiting: list[tuple[Item, asyncio.Future[Answer]]] = []
+        self._waiting: list[_Waiting[Item, Answer]] = []
         self._flush_due = False
 
     async def submit(self, item: Item) -> Answer:
         """The item's answer, once the batch it joins has run."""
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[Answer] = loop.create_future()
-        self._waiting.append((item, answer))
+        self._waiting.append(_Waiting(item, answer, contextvars.copy_context()))
         if not self._flush_due:  # once the loop has run what is ready now, more may have come
             self._flush_due = True
             loop.call_soon(self._flush)
@@ -43,19 +53,20 @@ class Batcher(Generic[Item, Answer]):
         if self._running is not None:  # the batch running flushes as it ends
             return
         # A call cancelled before its batch began (its caller gave up) is not made.
-        batch = [(item, answer) for item, answer in self._waiting if not answer.done()]
-        self._waiting = []
+        waiting = [one for one in self._waiting if not one.answer.done()]
+        cut = len(waiting) if self._most is None else self._most
+        batch, self._waiting = waiting[:cut], waiting[cut:]
         if batch:
-            self._running = asyncio.create_task(self._run_batch(batch))
+            self._running = asyncio.create_task(self._run_batch(batch), context=batch[0].context)
 
-    async def _run_batch(self, batch: list[tuple[Item, asyncio.Future[Answer]]]) -> None:
+    async def _run_batch(self, batch: list[_Waiting[Item, Answer]]) -> None:
         try:
-            outcomes = await self._run([item for item, _ in batch])
-            for (_, answer), outcome in zip(batch, outcomes, strict=True):
-                _settle(answer, outcome)
+            outcomes = await self._run([one.item for one in batch])
+            for one, outcome in zip(batch, outcomes, strict=True):
+                _settle(one.answer, outcome)
         except BaseException as error:  # the batch failed as a whole: so did each of its calls
-            for _, answer in batch:
-                _settle(answer, error)
+            for one in batch:
+                _settle(one.answer, error)
             if not isinstance(error, Exception):
                 raise
         finally:
@@ -63,7 +74,7 @@ class Batcher(Generic[Item, Answer]):
             self._flush()
 
 
-def _settle(answer: asyncio.Future[Answer], outcome: Outcome[Answer]) -> None:
+def _settle(answer: "asyncio.Future[Answer]", outcome: Outcome[Answer]) -> None:
     if answer.done():  # its caller was cancelled; the batch ran all the same
         return
     if isinstance(outcome, asyncio.CancelledError):

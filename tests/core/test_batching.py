@@ -1,11 +1,12 @@
-"""The group commit of concurrent calls (batching.py): who runs with whom, and who is told what."""
+"""The group commit of concurrent calls (core/batching.py): who runs with whom, who is told what."""
 
 import asyncio
+import contextvars
 from collections.abc import Sequence
 
 import pytest
 
-from magicpixels.services.billing.batching import Batcher, Outcome
+from magicpixels.core.batching import Batcher, Outcome
 
 
 class Doubler:
@@ -107,3 +108,33 @@ async def test_a_call_cancelled_before_its_batch_began_is_not_made() -> None:
 
     assert await asyncio.gather(*calls[1:]) == [4, 6]
     assert doubler.batches == [[2, 3]]
+
+
+async def test_a_batch_takes_at_most_its_limit_and_the_rest_make_the_next() -> None:
+    doubler = Doubler()
+    batcher = Batcher(doubler.run, most=2)
+
+    answers = await asyncio.gather(*(batcher.submit(n) for n in range(5)))
+
+    assert answers == [0, 2, 4, 6, 8]
+    assert doubler.batches == [[0, 1], [2, 3], [4]]
+
+
+async def test_a_batch_runs_in_the_context_of_its_first_caller() -> None:
+    caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller")
+    seen: list[str] = []
+
+    async def run(items: Sequence[int]) -> list[Outcome[int]]:
+        seen.append(caller.get())
+        await asyncio.sleep(0)
+        return list(items)
+
+    batcher = Batcher(run, most=1)
+
+    async def submit_as(name: str, item: int) -> int:
+        caller.set(name)
+        return await batcher.submit(item)
+
+    await asyncio.gather(submit_as("first", 1), submit_as("second", 2))
+
+    assert seen == ["first", "second"]

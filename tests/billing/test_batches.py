@@ -1,0 +1,214 @@
+"""Batches of holds: billing's Batch calls, and the jobs service's client (core/holds.py) that
+sends the Reserves, Captures and Releases made at once in one of them."""
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+
+from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
+from magicpixels.core.errors import failed_call, remote_error
+from magicpixels.core.holds import Holds
+from magicpixels.services.billing.server import MAX_BATCH
+from tests.billing.conftest import ACCOUNT, balance, refused
+from tests.billing.test_server import grant, reserve
+
+HELD = billing_pb2.HOLD_STATE_HELD
+CAPTURED = billing_pb2.HOLD_STATE_CAPTURED
+RELEASED = billing_pb2.HOLD_STATE_RELEASED
+
+
+def reserving(reference: str, account_id: str = ACCOUNT, livemode: bool = True) -> Any:
+    usage = billing_pb2.Usage(mode="text_to_image")
+    return billing_pb2.ReserveRequest(
+        account_id=account_id, reference=reference, usage=usage, livemode=livemode
+    )
+
+
+async def test_a_batch_of_reserves_answers_each_as_its_own_reserve_would(billing: Any) -> None:
+    await grant(billing, 2)
+    await reserve(billing, "job_before")
+    asked = [
+        reserving("job_a"),
+        reserving("job_before"),  # held before: answered with its hold
+        reserving("job_b"),  # the last credit... then none for job_c
+        reserving("job_c"),
+        reserving("job_free", livemode=False),
+        reserving("job_d", account_id=""),
+    ]
+
+    results = (await billing.BatchReserve(billing_pb2.BatchReserveRequest(requests=asked))).results
+
+    assert [r.WhichOneof("result") for r in results] == [
+        "hold",
+        "hold",
+        "error",
+        "error",
+        "hold",
+        "error",
+    ]
+    assert [(r.hold.reference, r.hold.state, r.hold.amount) for r in results[:2]] == [
+        ("job_a", HELD, 1),
+        ("job_before", HELD, 1),
+    ]
+    assert (results[4].hold.amount, results[4].hold.livemode) == (0, False)
+    # Each refusal is the one its own call would get (the same code, message and reason).
+    assert remote_error(failed_call(results[3].error)) == await refused(reserve(billing, "job_e"))
+    assert remote_error(failed_call(results[5].error)) == await refused(
+        reserve(billing, "job_d", account_id="")
+    )
+    assert remote_error(failed_call(results[2].error)).reason == "INSUFFICIENT_CREDITS"
+    assert await balance(billing) == (0, 2)
+
+
+async def test_batches_of_captures_and_releases_resolve_each_hold_once(billing: Any) -> None:
+    await grant(billing, 3)
+    for reference in ("job_a", "job_b", "job_c"):
+        await reserve(billing, reference)
+    capture = billing_pb2.CaptureRequest
+
+    captured = await billing.BatchCapture(
+        billing_pb2.BatchCaptureRequest(
+            requests=[
+                capture(reference="job_a"),
+                capture(reference="job_a"),
+                capture(reference="x"),
+            ]
+        )
+    )
+    released = await billing.BatchRelease(
+        billing_pb2.BatchReleaseRequest(
+            requests=[
+                billing_pb2.ReleaseRequest(reference="job_b"),
+                billing_pb2.ReleaseRequest(reference="job_a"),
+            ]
+        )
+    )
+
+    assert [r.hold.state for r in captured.results[:2]] == [CAPTURED, CAPTURED]
+    assert remote_error(failed_call(captured.results[2].error)).reason == "HOLD_NOT_FOUND"
+    assert released.results[0].hold.state == RELEASED
+    assert remote_error(failed_call(released.results[1].error)).reason == "HOLD_ALREADY_RESOLVED"
+    assert await balance(billing) == (1, 1)  # job_b's credit back, job_c's still held
+
+
+async def test_a_batch_over_the_limit_is_refused_whole(billing: Any) -> None:
+    await grant(billing, 5)
+    asked = [reserving(f"job_{n}") for n in range(MAX_BATCH + 1)]
+
+    error = await refused(billing.BatchReserve(billing_pb2.BatchReserveRequest(requests=asked)))
+
+    assert (error.code, error.reason, error.metadata) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "PARAMETER_INVALID",
+        {"param": "requests"},
+    )
+    assert await balance(billing) == (5, 0)
+
+
+class CountedStub:
+    """Billing's stub, counting the calls made of each method."""
+
+    def __init__(self, stub: billing_pb2_grpc.BillingServiceStub) -> None:
+        self._stub = stub
+        self.calls: list[str] = []
+
+    def __getattr__(self, method: str) -> Any:
+        self.calls.append(method)
+        return getattr(self._stub, method)
+
+
+@pytest.fixture
+def counted(billing: Any) -> CountedStub:
+    return CountedStub(billing.stub)
+
+
+@pytest.fixture
+def holds(counted: CountedStub) -> Holds:
+    return Holds(lambda: counted, seconds=10)  # type: ignore[arg-type, return-value]
+
+
+async def test_200_reserves_at_once_against_50_credits_go_in_few_calls_and_hold_50(
+    billing: Any, counted: CountedStub, holds: Holds
+) -> None:
+    await grant(billing, 50)
+
+    outcomes = await asyncio.gather(
+        *(holds.reserve(reserving(f"job_{n}")) for n in range(200)), return_exceptions=True
+    )
+
+    held = [o for o in outcomes if isinstance(o, billing_pb2.Hold)]
+    refusals = {remote_error(o).reason for o in outcomes if isinstance(o, grpc.aio.AioRpcError)}
+    assert (len(held), refusals) == (50, {"INSUFFICIENT_CREDITS"})
+    assert await balance(billing) == (0, 50)
+    assert "BatchReserve" in counted.calls
+    assert len(counted.calls) < 20
+
+
+async def test_a_call_alone_goes_as_its_own_call(
+    billing: Any, counted: CountedStub, holds: Holds
+) -> None:
+    await grant(billing, 1)
+
+    hold = await holds.reserve(reserving("job_alone"))
+    captured = await holds.capture(billing_pb2.CaptureRequest(reference="job_alone"))
+
+    assert (hold.state, captured.state) == (HELD, CAPTURED)
+    assert counted.calls == ["Reserve", "Capture"]
+
+
+async def test_a_refusal_in_a_batch_reaches_its_caller_as_its_own_call_would(
+    billing: Any, holds: Holds
+) -> None:
+    await grant(billing, 1)
+    await reserve(billing, "job_done")
+    await billing.Release(billing_pb2.ReleaseRequest(reference="job_done"))
+    alone = await refused(billing.Capture(billing_pb2.CaptureRequest(reference="job_done")))
+
+    batched = await asyncio.gather(
+        holds.capture(billing_pb2.CaptureRequest(reference="job_done")),
+        holds.release(billing_pb2.ReleaseRequest(reference="job_done")),
+        holds.capture(billing_pb2.CaptureRequest(reference="job_done")),
+        return_exceptions=True,
+    )
+
+    assert isinstance(batched[0], grpc.aio.AioRpcError)
+    assert isinstance(batched[1], billing_pb2.Hold)  # released before: answered as it is
+    assert remote_error(batched[0]) == remote_error(batched[2]) == alone  # type: ignore[arg-type]
+
+
+async def test_captures_and_releases_at_once_settle_every_hold_once(
+    billing: Any, counted: CountedStub, holds: Holds
+) -> None:
+    await grant(billing, 20)
+    await asyncio.gather(*(holds.reserve(reserving(f"job_{n}")) for n in range(20)))
+
+    settled = await asyncio.gather(
+        *(holds.capture(billing_pb2.CaptureRequest(reference=f"job_{n}")) for n in range(10)),
+        *(holds.release(billing_pb2.ReleaseRequest(reference=f"job_{n}")) for n in range(10, 20)),
+    )
+
+    assert [hold.state for hold in settled] == [CAPTURED] * 10 + [RELEASED] * 10
+    assert await balance(billing) == (10, 0)
+    assert {"BatchCapture", "BatchRelease"} <= set(counted.calls)
+
+
+class SilentBilling:
+    """A billing that never answers: its calls wait until they are given up."""
+
+    def __getattr__(self, method: str) -> Any:
+        async def call(request: Any, **options: Any) -> Any:
+            await asyncio.Event().wait()
+
+        return call
+
+
+async def test_a_caller_gives_up_at_its_deadline_as_its_own_call_would() -> None:
+    holds = Holds(lambda: SilentBilling(), seconds=0.05)  # type: ignore[arg-type, return-value]
+
+    outcomes = await asyncio.gather(
+        *(holds.reserve(reserving(f"job_{n}")) for n in range(3)), return_exceptions=True
+    )
+
+    assert [o.code() for o in outcomes] == [grpc.StatusCode.DEADLINE_EXCEEDED] * 3  # type: ignore[union-attr]
