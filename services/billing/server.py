@@ -11,7 +11,8 @@ import structlog
 
 from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
 from magicpixels.core import eventloop, metrics, paging
-from magicpixels.core.errors import DomainError, InvalidArgument
+from magicpixels.core.errors import INTERNAL_ERROR, DomainError, InvalidArgument
+from magicpixels.core.holds import MAX_BATCH
 from magicpixels.core.server import ServiceBinding
 from magicpixels.core.service import Mesh, open_database
 from magicpixels.core.settings import BillingSettings
@@ -199,8 +200,6 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         return _subscription_message(await self._subscriptions.cancel(account_id))
 
 
-# The most requests a batch may hold: a bound on the work and the memory one call can ask for.
-MAX_BATCH = 1000
 BatchRequest = (
     billing_pb2.BatchReserveRequest
     | billing_pb2.BatchCaptureRequest
@@ -211,10 +210,9 @@ BatchRequest = (
 async def _each(
     call: Callable[[Any], Awaitable[billing_pb2.Hold]], batch: BatchRequest
 ) -> list[billing_pb2.HoldResult]:
-    """Each request's result, in order. The calls are made together, so the store runs them as
-    one batch of its own; an error other than a request's own fails the whole call, which
-    leaves each request's outcome unknown to the caller, as a failed call of its own would."""
-    if len(batch.requests) > MAX_BATCH:
+    """Each request's result, in order: its hold, or the status its own call would have failed
+    with. The calls are made together, so the store runs them as one batch of its own."""
+    if len(batch.requests) > MAX_BATCH:  # a bound on the work and memory one call asks for
         message = f"a batch holds at most {MAX_BATCH} requests"
         raise InvalidArgument("PARAMETER_INVALID", message, param="requests")
     outcomes = await asyncio.gather(*map(call, batch.requests), return_exceptions=True)
@@ -224,8 +222,11 @@ async def _each(
 def _hold_result(outcome: billing_pb2.Hold | BaseException) -> billing_pb2.HoldResult:
     if isinstance(outcome, DomainError):
         return billing_pb2.HoldResult(error=outcome.to_proto())
-    if isinstance(outcome, BaseException):
+    if isinstance(outcome, asyncio.CancelledError):
         raise outcome
+    if isinstance(outcome, BaseException):  # this request's outcome is unknown, not the others'
+        log.error("batch_request_failed", exc_info=outcome)
+        return billing_pb2.HoldResult(error=INTERNAL_ERROR.to_proto())
     return billing_pb2.HoldResult(hold=outcome)
 
 

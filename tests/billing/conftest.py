@@ -100,15 +100,15 @@ class CheckedBilling:
     """The billing stub; every call, failed ones included, is followed by `Books.check`."""
 
     def __init__(self, stub: billing_pb2_grpc.BillingServiceStub, books: Books) -> None:
-        self.stub = stub  # unchecked, for callers that pass call options
+        self._stub = stub
         self._books = books
 
     def __getattr__(self, rpc: str) -> Any:
-        method = getattr(self.stub, rpc)
+        method = getattr(self._stub, rpc)
 
-        async def checked(request: Any) -> Any:
+        async def checked(request: Any, **options: Any) -> Any:
             try:
-                return await method(request)
+                return await method(request, **options)
             finally:
                 await self._books.check()
 

@@ -8,9 +8,9 @@ import grpc
 import pytest
 
 from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
-from magicpixels.core.errors import failed_call, remote_error
-from magicpixels.core.holds import Holds
-from magicpixels.services.billing.server import MAX_BATCH
+from magicpixels.core.errors import Unavailable, failed_call, remote_error
+from magicpixels.core.holds import MAX_BATCH, Holds
+from magicpixels.services.billing import server
 from tests.billing.conftest import ACCOUNT, balance, refused
 from tests.billing.test_server import grant, reserve
 
@@ -121,7 +121,7 @@ class CountedStub:
 
 @pytest.fixture
 def counted(billing: Any) -> CountedStub:
-    return CountedStub(billing.stub)
+    return CountedStub(billing)  # the books checked after every call
 
 
 @pytest.fixture
@@ -212,3 +212,71 @@ async def test_a_caller_gives_up_at_its_deadline_as_its_own_call_would() -> None
     )
 
     assert [o.code() for o in outcomes] == [grpc.StatusCode.DEADLINE_EXCEEDED] * 3  # type: ignore[union-attr]
+
+
+async def test_a_request_failing_unexpectedly_fails_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def call(request: Any) -> Any:
+        if request.reference == "job_bad":
+            raise RuntimeError("a bug")
+        return billing_pb2.Hold(reference=request.reference)
+
+    asked = [billing_pb2.CaptureRequest(reference=r) for r in ("job_a", "job_bad", "job_b")]
+    results = await server._each(call, billing_pb2.BatchCaptureRequest(requests=asked))
+
+    assert [r.hold.reference for r in results] == ["job_a", "", "job_b"]
+    failed = remote_error(failed_call(results[1].error))
+    assert (failed.code, failed.reason) == (grpc.StatusCode.INTERNAL, "INTERNAL")
+
+
+async def test_a_caller_cancelled_while_its_batch_runs_leaves_the_others_answered(
+    billing: Any, holds: Holds
+) -> None:
+    await grant(billing, 3)
+    calls = [asyncio.ensure_future(holds.reserve(reserving(f"job_{n}"))) for n in range(3)]
+    await asyncio.sleep(0.001)  # the batch is on its way
+
+    calls[1].cancel()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+
+    assert isinstance(outcomes[1], asyncio.CancelledError)
+    assert [o.reference for o in (outcomes[0], outcomes[2])] == ["job_0", "job_2"]  # type: ignore[union-attr]
+
+
+async def test_a_billing_the_mesh_cannot_reach_fails_each_caller_as_their_calls_would() -> None:
+    def unreachable() -> Any:
+        raise Unavailable("SERVICE_UNAVAILABLE", "billing's address is not known yet")
+
+    holds = Holds(unreachable, seconds=1)
+
+    outcomes = await asyncio.gather(
+        *(holds.reserve(reserving(f"job_{n}")) for n in range(3)), return_exceptions=True
+    )
+
+    assert [type(o) for o in outcomes] == [Unavailable] * 3
+
+
+class BillingBeforeBatches(CountedStub):
+    """A billing older than the Batch methods, as during a rollout."""
+
+    def __getattr__(self, method: str) -> Any:
+        if not method.startswith("Batch"):
+            return super().__getattr__(method)
+        self.calls.append(method)
+
+        async def unimplemented(request: Any, **options: Any) -> Any:
+            raise grpc.aio.AioRpcError(grpc.StatusCode.UNIMPLEMENTED, details="Method not found!")
+
+        return unimplemented
+
+
+async def test_a_billing_without_batch_methods_gets_the_calls_one_by_one(billing: Any) -> None:
+    await grant(billing, 6)
+    older = BillingBeforeBatches(billing)
+    holds = Holds(lambda: older, seconds=10)  # type: ignore[arg-type, return-value]
+
+    first = await asyncio.gather(*(holds.reserve(reserving(f"job_{n}")) for n in range(3)))
+    then = await asyncio.gather(*(holds.reserve(reserving(f"job_{n}")) for n in range(3, 6)))
+
+    assert [hold.state for hold in first + then] == [HELD] * 6
+    assert older.calls == ["BatchReserve"] + ["Reserve"] * 6  # not asked again for a while
+    assert await balance(billing) == (0, 6)

@@ -122,19 +122,41 @@ async def test_a_batch_takes_at_most_its_limit_and_the_rest_make_the_next() -> N
 
 async def test_a_batch_runs_in_the_context_of_its_first_caller() -> None:
     caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller")
-    seen: list[str] = []
+    seen: list[tuple[str, list[int]]] = []
 
     async def run(items: Sequence[int]) -> list[Outcome[int]]:
-        seen.append(caller.get())
+        seen.append((caller.get(), list(items)))
         await asyncio.sleep(0)
         return list(items)
 
-    batcher = Batcher(run, most=1)
-
-    async def submit_as(name: str, item: int) -> int:
+    async def submit_as(batcher: Batcher[int, int], name: str, item: int) -> int:
         caller.set(name)
         return await batcher.submit(item)
 
-    await asyncio.gather(submit_as("first", 1), submit_as("second", 2))
+    one_each = Batcher(run, most=1)
+    together = Batcher(run)
+    await asyncio.gather(submit_as(one_each, "first", 1), submit_as(one_each, "second", 2))
+    await asyncio.gather(submit_as(together, "third", 3), submit_as(together, "fourth", 4))
 
-    assert seen == ["first", "second"]
+    assert seen == [("first", [1]), ("second", [2]), ("third", [3, 4])]
+
+
+async def test_batches_run_at_once_up_to_their_limit_each_taking_what_waits() -> None:
+    doubler = Doubler()
+    doubler.gate = asyncio.Event()
+    batcher = Batcher(doubler.run, at_once=2)
+
+    first = asyncio.ensure_future(batcher.submit(0))
+    while not doubler.batches:
+        await asyncio.sleep(0)
+    second = [asyncio.ensure_future(batcher.submit(n)) for n in (1, 2)]
+    while len(doubler.batches) < 2:
+        await asyncio.sleep(0)
+    third = [asyncio.ensure_future(batcher.submit(n)) for n in (3, 4)]
+    await asyncio.sleep(0.01)
+    batches_while_running = list(doubler.batches)
+    doubler.gate.set()
+
+    assert await asyncio.gather(first, *second, *third) == [0, 2, 4, 6, 8]
+    assert batches_while_running == [[0], [1, 2]]
+    assert doubler.batches[2:] == [[3, 4]]

@@ -28,13 +28,18 @@ class _Waiting(NamedTuple, Generic[Item, Answer]):
 
 
 class Batcher(Generic[Item, Answer]):
-    """Runs the items submitted with `run`, in batches, one batch at a time: under load, the
-    calls that come while a batch runs make the next one, rather than batches of one."""
+    """Runs the items submitted with `run`, in batches, at most `at_once` batches at a time:
+    under load, the calls that come while the batches run make the next one, rather than
+    batches of one. (More than one at a time: a batch stuck on a slow peer holds up only the
+    calls in it.)"""
 
-    def __init__(self, run: Run[Item, Answer], *, most: int | None = None) -> None:
+    def __init__(
+        self, run: Run[Item, Answer], *, most: int | None = None, at_once: int = 1
+    ) -> None:
         self._run = run
         self._most = most  # the most items a batch takes; the rest wait for the next
-        self._running: asyncio.Task[None] | None = None
+        self._at_once = at_once
+        self._running: set[asyncio.Task[None]] = set()
         self._waiting: list[_Waiting[Item, Answer]] = []
         self._flush_due = False
 
@@ -50,14 +55,14 @@ class Batcher(Generic[Item, Answer]):
 
     def _flush(self) -> None:
         self._flush_due = False
-        if self._running is not None:  # the batch running flushes as it ends
-            return
         # A call cancelled before its batch began (its caller gave up) is not made.
-        waiting = [one for one in self._waiting if not one.answer.done()]
-        cut = len(waiting) if self._most is None else self._most
-        batch, self._waiting = waiting[:cut], waiting[cut:]
-        if batch:
-            self._running = asyncio.create_task(self._run_batch(batch), context=batch[0].context)
+        self._waiting = [one for one in self._waiting if not one.answer.done()]
+        # Otherwise a batch running flushes as it ends.
+        while self._waiting and len(self._running) < self._at_once:
+            cut = len(self._waiting) if self._most is None else self._most
+            batch, self._waiting = self._waiting[:cut], self._waiting[cut:]
+            task = asyncio.create_task(self._run_batch(batch), context=batch[0].context)
+            self._running.add(task)
 
     async def _run_batch(self, batch: list[_Waiting[Item, Answer]]) -> None:
         try:
@@ -70,7 +75,7 @@ class Batcher(Generic[Item, Answer]):
             if not isinstance(error, Exception):
                 raise
         finally:
-            self._running = None
+            self._running.discard(asyncio.current_task())  # type: ignore[arg-type]
             self._flush()
 
 

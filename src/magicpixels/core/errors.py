@@ -140,4 +140,5 @@ class DomainErrorOf(DomainError):
         self.code = remote.code  # type: ignore[misc]
 
 
-INTERNAL_STATUS = Internal("INTERNAL", "internal error").to_status()
+INTERNAL_ERROR = Internal("INTERNAL", "internal error")
+INTERNAL_STATUS = INTERNAL_ERROR.to_status()

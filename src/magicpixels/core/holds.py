@@ -3,8 +3,8 @@
 The jobs service under load makes many Reserves at once (one per create it serves) and many
 Captures (one per job that ends). Each alone is a gRPC call, whose cost on both sides of the
 wire is most of what a hold costs (../shared/bench/README.md: about 6,400 calls a second on a
-core, before any work). Calls made while one of the same method is on its way go together in
-one BatchReserve, BatchCapture or BatchRelease; a call alone goes as itself, so an idle mesh
+core, before any work). The calls made while earlier ones are on their way go together in one
+BatchReserve, BatchCapture or BatchRelease; a call alone goes as itself, so an idle mesh
 answers and traces exactly as it would without batching. Each caller gets its own hold, or the
 error its own call would have raised (an `AioRpcError` with billing's status and reason).
 """
@@ -18,10 +18,17 @@ import grpc
 from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
 from magicpixels.core.batching import Batcher, Outcome
 from magicpixels.core.context import set_deadline, within_deadline
-from magicpixels.core.errors import failed_call
+from magicpixels.core.errors import Internal, failed_call
 
-# Billing's bound on a batch (services/billing/server.py MAX_BATCH).
-MOST_PER_CALL = 1000
+# The most requests one Batch call may carry; billing refuses more.
+MAX_BATCH = 1000
+# Batches of one method on their way at once: one stuck on a slow billing replica holds up
+# only the calls in it.
+_AT_ONCE = 4
+# How long calls go one by one after a billing answered that it has no Batch methods (one
+# older than them, while a rollout is under way).
+_UNBATCHED_SECONDS = 60.0
+_NO_RESULT = Internal("BATCH_RESULT_MISSING", "billing answered no result for this request")
 
 Request = TypeVar("Request")
 Stub = billing_pb2_grpc.BillingServiceStub
@@ -44,12 +51,13 @@ class _Method(Generic[Request]):
         seconds: float,
     ) -> None:
         self._single = single
-        self._seconds = seconds
         self._batch = batch
         self._envelope = envelope
         self._stub = stub
+        self._seconds = seconds
+        self._unbatched_until = 0.0
         self._batcher: Batcher[_Asked[Request], billing_pb2.Hold] = Batcher(
-            self._send, most=MOST_PER_CALL
+            self._send, most=MAX_BATCH, at_once=_AT_ONCE
         )
 
     async def __call__(self, request: Request) -> billing_pb2.Hold:
@@ -66,23 +74,38 @@ class _Method(Generic[Request]):
     async def _send(self, batch: Sequence[_Asked[Request]]) -> list[Outcome[billing_pb2.Hold]]:
         # The batch runs in its first caller's context; its call may take as long as the caller
         # that waits longest, each caller giving up at its own deadline (`__call__`).
-        seconds = max(asked.deadline for asked in batch) - asyncio.get_running_loop().time()
+        now = asyncio.get_running_loop().time()
+        seconds = max(asked.deadline for asked in batch) - now
         set_deadline(seconds)
         stub = self._stub()
         if len(batch) == 1:
+            return [await self._single(stub)(batch[0].request, timeout=seconds)]
+        if now >= self._unbatched_until:
             try:
-                return [await self._single(stub)(batch[0].request, timeout=seconds)]
+                return await self._in_one_call(stub, batch, seconds)
             except grpc.aio.AioRpcError as error:
-                return [error]
+                if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+                # Nothing was done: the calls go one by one, for a while.
+                self._unbatched_until = now + _UNBATCHED_SECONDS
+        calls = (self._single(stub)(asked.request, timeout=seconds) for asked in batch)
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    async def _in_one_call(
+        self, stub: Stub, batch: Sequence[_Asked[Request]], seconds: float
+    ) -> list[Outcome[billing_pb2.Hold]]:
         envelope = self._envelope([asked.request for asked in batch])
-        response = await self._batch(stub)(envelope, timeout=seconds)
-        return [_outcome(result) for result in response.results]
+        results = list((await self._batch(stub)(envelope, timeout=seconds)).results)
+        if len(results) != len(batch):  # which result is whose is unknown: so is each outcome
+            results = [billing_pb2.HoldResult()] * len(batch)
+        return [_outcome(result) for result in results]
 
 
 def _outcome(result: billing_pb2.HoldResult) -> Outcome[billing_pb2.Hold]:
-    if result.HasField("error"):
-        return failed_call(result.error)
-    return result.hold
+    kind = result.WhichOneof("result")
+    if kind == "hold":
+        return result.hold
+    return failed_call(result.error if kind == "error" else _NO_RESULT.to_proto())
 
 
 class Holds:
