@@ -6,13 +6,16 @@ from typing import Any
 
 import grpc
 import pytest
+from opentelemetry import trace
 
 from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
+from magicpixels.core import tracing
 from magicpixels.core.errors import Unavailable, failed_call, remote_error
 from magicpixels.core.holds import MAX_BATCH, Holds
 from magicpixels.services.billing import server
 from tests.billing.conftest import ACCOUNT, balance, refused
 from tests.billing.test_server import grant, reserve
+from tests.support import recorded_spans
 
 HELD = billing_pb2.HOLD_STATE_HELD
 CAPTURED = billing_pb2.HOLD_STATE_CAPTURED
@@ -280,3 +283,23 @@ async def test_a_billing_without_batch_methods_gets_the_calls_one_by_one(billing
     assert [hold.state for hold in first + then] == [HELD] * 6
     assert older.calls == ["BatchReserve"] + ["Reserve"] * 6  # not asked again for a while
     assert await balance(billing) == (0, 6)
+
+
+async def test_a_batch_call_is_in_its_first_callers_trace_linked_to_the_others(
+    billing: Any, holds: Holds
+) -> None:
+    await grant(billing, 2)
+
+    async def reserve_in_a_span(reference: str) -> trace.SpanContext:
+        with tracing.span("caller") as span:
+            await holds.reserve(reserving(reference))
+            return span.get_span_context()  # type: ignore[no-any-return]
+
+    with recorded_spans() as exporter:
+        first, second = await asyncio.gather(reserve_in_a_span("job_a"), reserve_in_a_span("job_b"))
+
+    (batch,) = [s for s in exporter.get_finished_spans() if s.name == "billing.batch_reserve"]
+    assert batch.parent is not None
+    assert batch.parent.span_id == first.span_id
+    assert [link.context for link in batch.links] == [second]
+    assert batch.attributes == {"magicpixels.batch_size": 2}

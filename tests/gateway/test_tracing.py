@@ -38,7 +38,7 @@ ALLOWED_ATTRIBUTES = {
     "db.system", "db.name", "db.statement", "db.operation", "db.user", "net.peer.name",
     "net.transport", "db.redis.database_index", "db.redis.args_length", "error.type",
     "magicpixels.job.mode", "magicpixels.job.attempt", "magicpixels.size_bytes",
-    "magicpixels.webhook.event_type",
+    "magicpixels.webhook.event_type", "magicpixels.batch_size",
 }  # fmt: skip
 
 

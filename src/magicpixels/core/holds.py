@@ -14,8 +14,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import grpc
+from opentelemetry.trace import SpanContext
 
 from magicpixels.billing.v1 import billing_pb2, billing_pb2_grpc
+from magicpixels.core import tracing
 from magicpixels.core.batching import Batcher, Outcome
 from magicpixels.core.context import set_deadline, within_deadline
 from magicpixels.core.errors import Internal, failed_call
@@ -37,6 +39,7 @@ Stub = billing_pb2_grpc.BillingServiceStub
 class _Asked(NamedTuple, Generic[Request]):
     request: Request
     deadline: float  # the loop's time by which its caller gives up
+    span: SpanContext | None  # its caller's, while tracing is on
 
 
 class _Method(Generic[Request]):
@@ -44,12 +47,14 @@ class _Method(Generic[Request]):
 
     def __init__(
         self,
+        name: str,
         single: Callable[[Stub], Any],
         batch: Callable[[Stub], Any],
         envelope: Callable[[list[Request]], Any],
         stub: Callable[[], Stub],
         seconds: float,
     ) -> None:
+        self._span_name = f"billing.batch_{name}"
         self._single = single
         self._batch = batch
         self._envelope = envelope
@@ -65,7 +70,8 @@ class _Method(Generic[Request]):
         deadline = asyncio.get_running_loop().time() + seconds
         try:
             async with asyncio.timeout(seconds):
-                return await self._batcher.submit(_Asked(request, deadline))
+                asked = _Asked(request, deadline, tracing.current_span_context())
+                return await self._batcher.submit(asked)
         except TimeoutError:  # its batch may or may not have been made: as a call timed out
             raise grpc.aio.AioRpcError(
                 grpc.StatusCode.DEADLINE_EXCEEDED, details="Deadline Exceeded"
@@ -95,7 +101,10 @@ class _Method(Generic[Request]):
         self, stub: Stub, batch: Sequence[_Asked[Request]], seconds: float
     ) -> list[Outcome[billing_pb2.Hold]]:
         envelope = self._envelope([asked.request for asked in batch])
-        results = list((await self._batch(stub)(envelope, timeout=seconds)).results)
+        # The call is in the first caller's trace; the others' are linked to it.
+        others = [asked.span for asked in batch[1:] if asked.span is not None]
+        with tracing.span(self._span_name, {"magicpixels.batch_size": len(batch)}, links=others):
+            results = list((await self._batch(stub)(envelope, timeout=seconds)).results)
         if len(results) != len(batch):  # which result is whose is unknown: so is each outcome
             results = [billing_pb2.HoldResult()] * len(batch)
         return [_outcome(result) for result in results]
@@ -115,6 +124,7 @@ class Holds:
         """`stub`: billing's stub, asked for at each call (billing may start after its caller);
         `seconds`: the most a call may take, within the deadline of the RPC it serves if any."""
         self.reserve: _Method[billing_pb2.ReserveRequest] = _Method(
+            "reserve",
             lambda stub: stub.Reserve,
             lambda stub: stub.BatchReserve,
             lambda requests: billing_pb2.BatchReserveRequest(requests=requests),
@@ -122,6 +132,7 @@ class Holds:
             seconds,
         )
         self.capture: _Method[billing_pb2.CaptureRequest] = _Method(
+            "capture",
             lambda stub: stub.Capture,
             lambda stub: stub.BatchCapture,
             lambda requests: billing_pb2.BatchCaptureRequest(requests=requests),
@@ -129,6 +140,7 @@ class Holds:
             seconds,
         )
         self.release: _Method[billing_pb2.ReleaseRequest] = _Method(
+            "release",
             lambda stub: stub.Release,
             lambda stub: stub.BatchRelease,
             lambda requests: billing_pb2.BatchReleaseRequest(requests=requests),

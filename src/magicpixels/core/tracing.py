@@ -16,7 +16,7 @@ hosts) and ours (modes, attempts): never a token, a secret, a prompt, or a URL's
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
@@ -221,11 +221,28 @@ def joined(traceparent: str | None) -> Iterator[None]:
         context.detach(token)
 
 
+def current_span_context() -> trace.SpanContext | None:
+    """The current span's context, to link to from work done for it later; None when off."""
+    if _provider is None:
+        return None
+    found = trace.get_current_span().get_span_context()
+    return found if found.is_valid else None
+
+
 def span(
-    name: str, attributes: Mapping[str, str | int] | None = None, start_time: int | None = None
+    name: str,
+    attributes: Mapping[str, str | int] | None = None,
+    start_time: int | None = None,
+    links: Sequence[trace.SpanContext] = (),
 ) -> contextlib.AbstractContextManager[Any]:
-    """A span of ours, current inside; nothing while tracing is off."""
+    """A span of ours, current inside; nothing while tracing is off. `links`: the spans of
+    other traces it does work for (a batch's other callers)."""
     if _provider is None:
         return contextlib.nullcontext()
     tracer = _provider.get_tracer("magicpixels")
-    return tracer.start_as_current_span(name, attributes=attributes, start_time=start_time)
+    return tracer.start_as_current_span(
+        name,
+        attributes=attributes,
+        start_time=start_time,
+        links=[trace.Link(linked) for linked in links],
+    )
