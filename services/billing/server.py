@@ -4,7 +4,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import structlog
@@ -28,13 +28,18 @@ from magicpixels.services.billing.domain import (
     Subscription,
 )
 from magicpixels.services.billing.payments import OperatorPayments
-from magicpixels.services.billing.store import BillingStore
+from magicpixels.services.billing.store import BillingStore, Resolving
 from magicpixels.services.billing.subscriptions import Subscriptions
 
 SERVICE_NAME = billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name
 MIGRATIONS = "magicpixels.services.billing.migrations"
 
 log = structlog.get_logger("magicpixels.billing")
+
+Asked = TypeVar("Asked")
+Result = TypeVar("Result")
+# What a request asks the store, and how the hold the store answers is answered to the caller.
+Asking = tuple[Asked, Callable[[Hold], billing_pb2.Hold]]
 
 
 class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
@@ -60,34 +65,43 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def Reserve(
         self, request: billing_pb2.ReserveRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.Hold:
-        return await self._reserve(request)
+        draft, answer = self._reserving(request)
+        return answer(await self._store.reserve(draft))
 
     async def Capture(
         self, request: billing_pb2.CaptureRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.Hold:
-        return await self._capture(request)
+        asked, answer = self._capturing(request)
+        return answer(await self._store.resolve_hold(asked.reference, asked.decide, asked.now))
 
     async def Release(
         self, request: billing_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.Hold:
-        return await self._release(request)
+        asked, answer = self._releasing(request)
+        return answer(await self._store.resolve_hold(asked.reference, asked.decide, asked.now))
 
     async def BatchReserve(
         self, request: billing_pb2.BatchReserveRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.BatchReserveResponse:
-        return billing_pb2.BatchReserveResponse(results=await _each(self._reserve, request))
+        results = await _each(request, self._reserving, self._store.reserve_all)
+        return billing_pb2.BatchReserveResponse(results=results)
 
     async def BatchCapture(
         self, request: billing_pb2.BatchCaptureRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.BatchCaptureResponse:
-        return billing_pb2.BatchCaptureResponse(results=await _each(self._capture, request))
+        results = await _each(request, self._capturing, self._store.resolve_all)
+        return billing_pb2.BatchCaptureResponse(results=results)
 
     async def BatchRelease(
         self, request: billing_pb2.BatchReleaseRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.BatchReleaseResponse:
-        return billing_pb2.BatchReleaseResponse(results=await _each(self._release, request))
+        results = await _each(request, self._releasing, self._store.resolve_all)
+        return billing_pb2.BatchReleaseResponse(results=results)
 
-    async def _reserve(self, request: billing_pb2.ReserveRequest) -> billing_pb2.Hold:
+    # What each of Reserve, Capture and Release asks the store, and how it answers the hold the
+    # store gives back: a call alone and a batch's requests go the same way.
+
+    def _reserving(self, request: billing_pb2.ReserveRequest) -> Asking[Hold]:
         draft = domain.new_hold(
             domain.required(request.account_id, "account_id"),
             domain.checked_reference(request.reference),
@@ -97,28 +111,27 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             now=utcnow(),
             timeout=self._hold_timeout,
         )
-        hold = await self._store.reserve(draft)
-        return _hold_message(domain.replayed(hold, draft))
+        return draft, lambda hold: _hold_message(domain.replayed(hold, draft))
 
-    async def _capture(self, request: billing_pb2.CaptureRequest) -> billing_pb2.Hold:
+    def _capturing(self, request: billing_pb2.CaptureRequest) -> Asking[Resolving]:
         """Spends `amount` of the hold (all of it when absent) and returns the rest.
 
         Like every entry's, the CAPTURE entry's amount is the change of available credits: what
         the capture gives back, hold minus captured (0 for a whole capture).
         """
         amount = request.amount if request.HasField("amount") else None
-        hold = await self._store.resolve_hold(
+        asked = Resolving(
             domain.checked_reference(request.reference),
             lambda held: domain.capture(held, amount),
             utcnow(),
         )
-        return _hold_message(domain.resolved_as(hold, HoldState.CAPTURED))
+        return asked, lambda hold: _hold_message(domain.resolved_as(hold, HoldState.CAPTURED))
 
-    async def _release(self, request: billing_pb2.ReleaseRequest) -> billing_pb2.Hold:
-        hold = await self._store.resolve_hold(
+    def _releasing(self, request: billing_pb2.ReleaseRequest) -> Asking[Resolving]:
+        asked = Resolving(
             domain.checked_reference(request.reference), lambda _: domain.RELEASE, utcnow()
         )
-        return _hold_message(domain.resolved_as(hold, HoldState.RELEASED))
+        return asked, lambda hold: _hold_message(domain.resolved_as(hold, HoldState.RELEASED))
 
     async def Grant(
         self, request: billing_pb2.GrantRequest, context: grpc.aio.ServicerContext
@@ -208,15 +221,32 @@ BatchRequest = (
 
 
 async def _each(
-    call: Callable[[Any], Awaitable[billing_pb2.Hold]], batch: BatchRequest
+    batch: BatchRequest,
+    asking: Callable[[Any], Asking[Asked]],
+    store_all: Callable[[list[Asked]], Awaitable[list[Hold | BaseException]]],
 ) -> list[billing_pb2.HoldResult]:
     """Each request's result, in order: its hold, or the status its own call would have failed
-    with. The calls are made together, so the store runs them as one batch of its own."""
+    with. The store takes them all at once, as one batch of its own."""
     if len(batch.requests) > MAX_BATCH:  # a bound on the work and memory one call asks for
         message = f"a batch holds at most {MAX_BATCH} requests"
         raise InvalidArgument("PARAMETER_INVALID", message, param="requests")
-    outcomes = await asyncio.gather(*map(call, batch.requests), return_exceptions=True)
-    return [_hold_result(outcome) for outcome in outcomes]
+    asked = [_outcome_of(asking, request) for request in batch.requests]
+    valid = [one for one in asked if not isinstance(one, BaseException)]
+    stored = iter(await store_all([question for question, _ in valid]))
+    results = []
+    for one in asked:
+        if not isinstance(one, BaseException):
+            hold = next(stored)
+            one = hold if isinstance(hold, BaseException) else _outcome_of(one[1], hold)
+        results.append(_hold_result(one))
+    return results
+
+
+def _outcome_of(call: Callable[[Any], Result], argument: Any) -> Result | BaseException:
+    try:
+        return call(argument)
+    except Exception as error:  # one request's failure is its own: see _hold_result
+        return error
 
 
 def _hold_result(outcome: billing_pb2.Hold | BaseException) -> billing_pb2.HoldResult:

@@ -396,12 +396,20 @@ class BillingStore:
         async with self.engine.connect() as connection:
             return await _get_hold(connection, reference)
 
+    async def reserve_all(self, drafts: Sequence[Hold]) -> list[Outcome[Hold]]:
+        """What `reserve` answers each, or the error it raises."""
+        return await self._reserves.submit_all(drafts)
+
     async def resolve_hold(
         self, reference: str, decide: Callable[[Hold], Resolution], now: datetime
     ) -> Hold:
         """Resolves the held hold as `decide` says; a hold resolved before is answered as it is.
         Concurrent resolutions go to the database together (core/batching.py)."""
-        return await self._resolutions.submit(_Resolving(reference, decide, now))
+        return await self._resolutions.submit(Resolving(reference, decide, now))
+
+    async def resolve_all(self, asked: Sequence["Resolving"]) -> list[Outcome[Hold]]:
+        """What `resolve_hold` answers each, or the error it raises."""
+        return await self._resolutions.submit_all(asked)
 
     async def held_credits(self, now: datetime) -> tuple[int, int]:
         """Credits held over every account (holds not yet captured, released or expired), and
@@ -536,7 +544,7 @@ class BillingStore:
             made = False
         return hold if made else await _unmade(connection, hold)
 
-    async def _resolve_batch(self, asked: Sequence["_Resolving"]) -> list[Outcome[Hold]]:
+    async def _resolve_batch(self, asked: Sequence["Resolving"]) -> list[Outcome[Hold]]:
         """Each resolution's answer. On PostgreSQL a batch's live holds are resolved in one
         statement first; the rest go one by one, in order. On SQLite, whose batch is one
         transaction, the entries of the batch's resolutions are recorded together at its end
@@ -557,7 +565,7 @@ class BillingStore:
     async def _resolve_one(
         self,
         connection: AsyncConnection,
-        asked: "_Resolving",
+        asked: "Resolving",
         entries: list[dict[str, Any]] | None,
     ) -> Outcome[Hold]:
         hold = await _find_hold(connection, asked.reference)
@@ -620,7 +628,7 @@ class BillingStore:
 
 
 @dataclass(frozen=True)
-class _Resolving:
+class Resolving:
     """A resolution asked for: of the hold under `reference`, as `decide` says, at `now`."""
 
     reference: str
@@ -628,7 +636,7 @@ class _Resolving:
     now: datetime
 
 
-def _decided(asked: _Resolving, hold: Hold | None) -> Resolution | Outcome[Hold]:
+def _decided(asked: Resolving, hold: Hold | None) -> Resolution | Outcome[Hold]:
     """A held hold's resolution; a hold resolved before, as it is; or the error to answer."""
     try:
         if hold is None:
@@ -675,7 +683,7 @@ async def _reserve_many(connection: AsyncConnection, drafts: Sequence[Hold]) -> 
 
 
 async def _resolve_many(
-    connection: AsyncConnection, asked: Sequence[_Resolving]
+    connection: AsyncConnection, asked: Sequence[Resolving]
 ) -> dict[int, Outcome[Hold]]:
     """The answers, by position in `asked`, that one read of the holds and one statement
     settle: of the first resolution of each reference, unless its hold is in test mode or a

@@ -217,18 +217,25 @@ async def test_a_caller_gives_up_at_its_deadline_as_its_own_call_would() -> None
     assert [o.code() for o in outcomes] == [grpc.StatusCode.DEADLINE_EXCEEDED] * 3  # type: ignore[union-attr]
 
 
-async def test_a_request_failing_unexpectedly_fails_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def call(request: Any) -> Any:
-        if request.reference == "job_bad":
+async def test_a_request_failing_unexpectedly_fails_alone() -> None:
+    def asking(request: Any) -> Any:
+        if request.reference == "job_bad_request":
             raise RuntimeError("a bug")
-        return billing_pb2.Hold(reference=request.reference)
+        return request.reference, lambda stored: billing_pb2.Hold(reference=stored)
 
-    asked = [billing_pb2.CaptureRequest(reference=r) for r in ("job_a", "job_bad", "job_b")]
-    results = await server._each(call, billing_pb2.BatchCaptureRequest(requests=asked))
+    async def store_all(references: list[str]) -> list[Any]:
+        return [RuntimeError("lost") if r == "job_bad_store" else r for r in references]
 
-    assert [r.hold.reference for r in results] == ["job_a", "", "job_b"]
-    failed = remote_error(failed_call(results[1].error))
-    assert (failed.code, failed.reason) == (grpc.StatusCode.INTERNAL, "INTERNAL")
+    references = ("job_a", "job_bad_request", "job_b", "job_bad_store")
+    asked = [billing_pb2.CaptureRequest(reference=r) for r in references]
+    batch = billing_pb2.BatchCaptureRequest(requests=asked)
+
+    results = await server._each(batch, asking, store_all)
+
+    assert [r.hold.reference for r in results] == ["job_a", "", "job_b", ""]
+    for failed in (results[1], results[3]):
+        error = remote_error(failed_call(failed.error))
+        assert (error.code, error.reason) == (grpc.StatusCode.INTERNAL, "INTERNAL")
 
 
 async def test_a_caller_cancelled_while_its_batch_runs_leaves_the_others_answered(

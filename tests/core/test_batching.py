@@ -160,3 +160,14 @@ async def test_batches_run_at_once_up_to_their_limit_each_taking_what_waits() ->
     assert await asyncio.gather(first, *second, *third) == [0, 2, 4, 6, 8]
     assert batches_while_running == [[0], [1, 2]]
     assert doubler.batches[2:] == [[3, 4]]
+
+
+async def test_submit_all_answers_each_item_or_its_error_in_order_from_one_batch() -> None:
+    doubler = Doubler()
+    batcher = Batcher(doubler.run)
+    refused = ValueError("refused")
+
+    answers = await batcher.submit_all([1, refused, 3])
+
+    assert answers == [2, refused, 6]
+    assert doubler.batches == [[1, refused, 3]]

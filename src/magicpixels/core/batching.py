@@ -45,13 +45,23 @@ class Batcher(Generic[Item, Answer]):
 
     async def submit(self, item: Item) -> Answer:
         """The item's answer, once the batch it joins has run."""
+        (answer,) = self._enqueue([item])
+        return await answer
+
+    async def submit_all(self, items: Sequence[Item]) -> list[Outcome[Answer]]:
+        """Each item's answer or error, in order, once the batches they join have run: what
+        `submit` gives each, without a task for each (a caller with many items at once)."""
+        return await asyncio.gather(*self._enqueue(items), return_exceptions=True)
+
+    def _enqueue(self, items: Sequence[Item]) -> list["asyncio.Future[Answer]"]:
         loop = asyncio.get_running_loop()
-        answer: asyncio.Future[Answer] = loop.create_future()
-        self._waiting.append(_Waiting(item, answer, contextvars.copy_context()))
+        context = contextvars.copy_context()
+        answers: list[asyncio.Future[Answer]] = [loop.create_future() for _ in items]
+        self._waiting.extend(map(_Waiting, items, answers, [context] * len(items)))
         if not self._flush_due:  # once the loop has run what is ready now, more may have come
             self._flush_due = True
             loop.call_soon(self._flush)
-        return await answer
+        return answers
 
     def _flush(self) -> None:
         self._flush_due = False
