@@ -11,6 +11,7 @@ error its own call would have raised (an `AioRpcError` with billing's status and
 
 import asyncio
 from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import grpc
@@ -43,20 +44,13 @@ class _Asked(NamedTuple, Generic[Request]):
 
 
 class _Method(Generic[Request]):
-    """One method's calls: alone, as the method; together, as its batch method."""
+    """One method's calls: alone, as the method (`Reserve`); together, as its batch method
+    (`BatchReserve`, whose request is `envelope`)."""
 
-    def __init__(
-        self,
-        name: str,
-        single: Callable[[Stub], Any],
-        batch: Callable[[Stub], Any],
-        envelope: Callable[[list[Request]], Any],
-        stub: Callable[[], Stub],
-        seconds: float,
-    ) -> None:
-        self._span_name = f"billing.batch_{name}"
-        self._single = single
-        self._batch = batch
+    def __init__(self, name: str, envelope: Any, stub: Callable[[], Stub], seconds: float) -> None:
+        self._span_name = f"billing.batch_{name.lower()}"
+        self._single = attrgetter(name)
+        self._batch = attrgetter(f"Batch{name}")
         self._envelope = envelope
         self._stub = stub
         self._seconds = seconds
@@ -100,7 +94,7 @@ class _Method(Generic[Request]):
     async def _in_one_call(
         self, stub: Stub, batch: Sequence[_Asked[Request]], seconds: float
     ) -> list[Outcome[billing_pb2.Hold]]:
-        envelope = self._envelope([asked.request for asked in batch])
+        envelope = self._envelope(requests=[asked.request for asked in batch])
         # The call is in the first caller's trace; the others' are linked to it.
         others = [asked.span for asked in batch[1:] if asked.span is not None]
         with tracing.span(self._span_name, {"magicpixels.batch_size": len(batch)}, links=others):
@@ -124,26 +118,11 @@ class Holds:
         """`stub`: billing's stub, asked for at each call (billing may start after its caller);
         `seconds`: the most a call may take, within the deadline of the RPC it serves if any."""
         self.reserve: _Method[billing_pb2.ReserveRequest] = _Method(
-            "reserve",
-            lambda stub: stub.Reserve,
-            lambda stub: stub.BatchReserve,
-            lambda requests: billing_pb2.BatchReserveRequest(requests=requests),
-            stub,
-            seconds,
+            "Reserve", billing_pb2.BatchReserveRequest, stub, seconds
         )
         self.capture: _Method[billing_pb2.CaptureRequest] = _Method(
-            "capture",
-            lambda stub: stub.Capture,
-            lambda stub: stub.BatchCapture,
-            lambda requests: billing_pb2.BatchCaptureRequest(requests=requests),
-            stub,
-            seconds,
+            "Capture", billing_pb2.BatchCaptureRequest, stub, seconds
         )
         self.release: _Method[billing_pb2.ReleaseRequest] = _Method(
-            "release",
-            lambda stub: stub.Release,
-            lambda stub: stub.BatchRelease,
-            lambda requests: billing_pb2.BatchReleaseRequest(requests=requests),
-            stub,
-            seconds,
+            "Release", billing_pb2.BatchReleaseRequest, stub, seconds
         )
