@@ -72,13 +72,13 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         self, request: billing_pb2.CaptureRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.Hold:
         asked, answer = self._capturing(request)
-        return answer(await self._store.resolve_hold(asked.reference, asked.decide, asked.now))
+        return answer(await self._store.resolve_hold(asked))
 
     async def Release(
         self, request: billing_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.Hold:
         asked, answer = self._releasing(request)
-        return answer(await self._store.resolve_hold(asked.reference, asked.decide, asked.now))
+        return answer(await self._store.resolve_hold(asked))
 
     async def BatchReserve(
         self, request: billing_pb2.BatchReserveRequest, context: grpc.aio.ServicerContext
@@ -232,14 +232,16 @@ async def _each(
         raise InvalidArgument("PARAMETER_INVALID", message, param="requests")
     asked = [_outcome_of(asking, request) for request in batch.requests]
     valid = [one for one in asked if not isinstance(one, BaseException)]
-    stored = iter(await store_all([question for question, _ in valid]))
-    results = []
+    stored = iter(await store_all([question for question, _ in valid]) if valid else [])
+    outcomes: list[billing_pb2.Hold | BaseException] = []
     for one in asked:
-        if not isinstance(one, BaseException):
-            hold = next(stored)
-            one = hold if isinstance(hold, BaseException) else _outcome_of(one[1], hold)
-        results.append(_hold_result(one))
-    return results
+        if isinstance(one, BaseException):  # refused as it was drafted
+            outcomes.append(one)
+            continue
+        _, answer = one
+        hold = next(stored)
+        outcomes.append(hold if isinstance(hold, BaseException) else _outcome_of(answer, hold))
+    return [_hold_result(outcome) for outcome in outcomes]
 
 
 def _outcome_of(call: Callable[[Any], Result], argument: Any) -> Result | BaseException:

@@ -400,12 +400,10 @@ class BillingStore:
         """What `reserve` answers each, or the error it raises."""
         return await self._reserves.submit_all(drafts)
 
-    async def resolve_hold(
-        self, reference: str, decide: Callable[[Hold], Resolution], now: datetime
-    ) -> Hold:
-        """Resolves the held hold as `decide` says; a hold resolved before is answered as it is.
+    async def resolve_hold(self, asked: "Resolving") -> Hold:
+        """Resolves the held hold as asked; a hold resolved before is answered as it is.
         Concurrent resolutions go to the database together (core/batching.py)."""
-        return await self._resolutions.submit(Resolving(reference, decide, now))
+        return await self._resolutions.submit(asked)
 
     async def resolve_all(self, asked: Sequence["Resolving"]) -> list[Outcome[Hold]]:
         """What `resolve_hold` answers each, or the error it raises."""
@@ -429,7 +427,8 @@ class BillingStore:
         )
         async with self.engine.connect() as connection:
             references = (await connection.execute(overdue)).scalars().all()
-        ended = [await self.resolve_hold(ref, lambda _: domain.EXPIRY, now) for ref in references]
+        expiry = [Resolving(reference, lambda _: domain.EXPIRY, now) for reference in references]
+        ended = [await self.resolve_hold(asked) for asked in expiry]
         return [hold for hold in ended if hold.state is HoldState.EXPIRED]
 
     async def grant(self, movement: Movement, now: datetime) -> LedgerEntry:

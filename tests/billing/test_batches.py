@@ -221,19 +221,24 @@ async def test_a_request_failing_unexpectedly_fails_alone() -> None:
     def asking(request: Any) -> Any:
         if request.reference == "job_bad_request":
             raise RuntimeError("a bug")
-        return request.reference, lambda stored: billing_pb2.Hold(reference=stored)
+        return request.reference, answer
 
     async def store_all(references: list[str]) -> list[Any]:
         return [RuntimeError("lost") if r == "job_bad_store" else r for r in references]
 
-    references = ("job_a", "job_bad_request", "job_b", "job_bad_store")
+    def answer(stored: str) -> Any:
+        if stored == "job_bad_answer":
+            raise RuntimeError("another bug")
+        return billing_pb2.Hold(reference=stored)
+
+    references = ("job_a", "job_bad_request", "job_b", "job_bad_store", "job_bad_answer")
     asked = [billing_pb2.CaptureRequest(reference=r) for r in references]
     batch = billing_pb2.BatchCaptureRequest(requests=asked)
 
     results = await server._each(batch, asking, store_all)
 
-    assert [r.hold.reference for r in results] == ["job_a", "", "job_b", ""]
-    for failed in (results[1], results[3]):
+    assert [r.hold.reference for r in results] == ["job_a", "", "job_b", "", ""]
+    for failed in (results[1], results[3], results[4]):
         error = remote_error(failed_call(failed.error))
         assert (error.code, error.reason) == (grpc.StatusCode.INTERNAL, "INTERNAL")
 
@@ -310,3 +315,29 @@ async def test_a_batch_call_is_in_its_first_callers_trace_linked_to_the_others(
     assert batch.parent.span_id == first.span_id
     assert [link.context for link in batch.links] == [second]
     assert batch.attributes == {"magicpixels.batch_size": 2}
+
+
+async def test_a_batch_call_is_in_a_recorded_trace_when_its_first_caller_is_not_sampled(
+    billing: Any, holds: Holds
+) -> None:
+    await grant(billing, 2)
+    unsampled = trace.SpanContext(
+        trace_id=1, span_id=1, is_remote=False, trace_flags=trace.TraceFlags(0)
+    )
+
+    async def reserve_unsampled() -> None:
+        with trace.use_span(trace.NonRecordingSpan(unsampled)):
+            await holds.reserve(reserving("job_a"))
+
+    async def reserve_in_a_span() -> trace.SpanContext:
+        with tracing.span("caller") as span:
+            await holds.reserve(reserving("job_b"))
+            return span.get_span_context()  # type: ignore[no-any-return]
+
+    with recorded_spans() as exporter:
+        _, recorded = await asyncio.gather(reserve_unsampled(), reserve_in_a_span())
+
+    (batch,) = [s for s in exporter.get_finished_spans() if s.name == "billing.batch_reserve"]
+    assert batch.parent is not None
+    assert batch.parent.span_id == recorded.span_id
+    assert list(batch.links) == []

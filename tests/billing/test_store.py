@@ -11,7 +11,7 @@ from magicpixels.core.errors import FailedPrecondition, remote_error
 from magicpixels.core.timestamps import utcnow
 from magicpixels.services.billing import domain
 from magicpixels.services.billing.domain import Balance, EntryKind, HoldState
-from magicpixels.services.billing.store import BillingStore
+from magicpixels.services.billing.store import BillingStore, Resolving
 from tests.billing.conftest import Books, ServeBilling
 from tests.support import eventually
 
@@ -143,7 +143,7 @@ async def test_a_test_mode_hold_is_recorded_once_and_resolved_without_credits(
     )
 
     made = await asyncio.gather(*(ledger.reserve(free) for _ in range(5)))
-    released = await ledger.resolve_hold("job_1", lambda _: domain.RELEASE, utcnow())
+    released = await ledger.resolve_hold(Resolving("job_1", lambda _: domain.RELEASE, utcnow()))
 
     await books.check()
     assert made == [free] * 5
@@ -246,7 +246,7 @@ async def test_concurrent_resolutions_each_get_their_own_answer(
         ("job_missing", capture(None)),
     ]
     outcomes = await asyncio.gather(
-        *(ledger.resolve_hold(ref, decide, utcnow()) for ref, decide in asked),
+        *(ledger.resolve_hold(Resolving(ref, decide, utcnow())) for ref, decide in asked),
         return_exceptions=True,
     )
 

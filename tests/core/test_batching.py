@@ -171,3 +171,39 @@ async def test_submit_all_answers_each_item_or_its_error_in_order_from_one_batch
 
     assert answers == [2, refused, 6]
     assert doubler.batches == [[1, refused, 3]]
+
+
+async def test_a_submit_all_cancelled_before_its_batch_leaves_its_items_unmade() -> None:
+    doubler = Doubler()
+    doubler.gate = asyncio.Event()
+    batcher = Batcher(doubler.run)
+    first = asyncio.ensure_future(batcher.submit(0))
+    while not doubler.batches:
+        await asyncio.sleep(0)
+    given_up = asyncio.ensure_future(batcher.submit_all([1, 2]))
+    await asyncio.sleep(0)
+
+    given_up.cancel()
+    doubler.gate.set()
+
+    assert await first == 0
+    with pytest.raises(asyncio.CancelledError):
+        await given_up
+    await asyncio.sleep(0.01)
+    assert doubler.batches == [[0]]
+
+
+async def test_the_batches_of_one_submit_all_do_not_share_their_context() -> None:
+    marker: contextvars.ContextVar[int | None] = contextvars.ContextVar("marker", default=None)
+    seen: list[int | None] = []
+
+    async def run(items: Sequence[int]) -> list[Outcome[int]]:
+        seen.append(marker.get())
+        marker.set(items[0])
+        await asyncio.sleep(0)
+        return list(items)
+
+    batcher = Batcher(run, most=1, at_once=2)
+
+    assert await batcher.submit_all([1, 2]) == [1, 2]
+    assert seen == [None, None]

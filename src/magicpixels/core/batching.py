@@ -71,7 +71,9 @@ class Batcher(Generic[Item, Answer]):
         while self._waiting and len(self._running) < self._at_once:
             cut = len(self._waiting) if self._most is None else self._most
             batch, self._waiting = self._waiting[:cut], self._waiting[cut:]
-            task = asyncio.create_task(self._run_batch(batch), context=batch[0].context)
+            # A copy: the items of one `submit_all` share a context, and may make two batches.
+            context = batch[0].context.copy()
+            task = asyncio.create_task(self._run_batch(batch), context=context)
             self._running.add(task)
 
     async def _run_batch(self, batch: list[_Waiting[Item, Answer]]) -> None:

@@ -95,9 +95,12 @@ class _Method(Generic[Request]):
         self, stub: Stub, batch: Sequence[_Asked[Request]], seconds: float
     ) -> list[Outcome[billing_pb2.Hold]]:
         envelope = self._envelope(requests=[asked.request for asked in batch])
-        # The call is in the first caller's trace; the others' are linked to it.
-        others = [asked.span for asked in batch[1:] if asked.span is not None]
-        with tracing.span(self._span_name, {"magicpixels.batch_size": len(batch)}, links=others):
+        # The call is in the trace of the first caller whose trace is recorded (sampled); the
+        # other recorded ones are linked to it.
+        recorded = [asked.span for asked in batch if asked.span and asked.span.trace_flags.sampled]
+        parent, others = (recorded[0], recorded[1:]) if recorded else (None, [])
+        attributes = {"magicpixels.batch_size": len(batch)}
+        with tracing.span(self._span_name, attributes, parent=parent, links=others):
             results = list((await self._batch(stub)(envelope, timeout=seconds)).results)
         if len(results) != len(batch):  # which result is whose is unknown: so is each outcome
             results = [billing_pb2.HoldResult()] * len(batch)

@@ -233,15 +233,18 @@ def span(
     name: str,
     attributes: Mapping[str, str | int] | None = None,
     start_time: int | None = None,
+    parent: trace.SpanContext | None = None,
     links: Sequence[trace.SpanContext] = (),
 ) -> contextlib.AbstractContextManager[Any]:
-    """A span of ours, current inside; nothing while tracing is off. `links`: the spans of
-    other traces it does work for (a batch's other callers)."""
+    """A span of ours, current inside; nothing while tracing is off. `parent`: its parent when
+    not the current span; `links`: the spans of other traces it does work for (a batch's other
+    callers)."""
     if _provider is None:
         return contextlib.nullcontext()
     tracer = _provider.get_tracer("magicpixels")
     return tracer.start_as_current_span(
         name,
+        None if parent is None else trace.set_span_in_context(trace.NonRecordingSpan(parent)),
         attributes=attributes,
         start_time=start_time,
         links=[trace.Link(linked) for linked in links],
