@@ -61,8 +61,10 @@ def topology(
             shared.setdefault(f"{prefix}_DATABASE_URL", database_url)
             shared.setdefault(f"{prefix}_DATABASE_SCHEMA", service)
     environments = {name: dict(shared) for name in PROCESSES}
-    for service in config.SERVICES:  # one machine: each service's metrics on a port of its own
-        environments[service]["MP_METRICS_PORT"] = str(_free_port())
+    # One machine: each service's metrics on a port of its own, which it binds itself and logs
+    # (`metrics_serving`); a port picked here could be taken before the service binds it.
+    for service in config.SERVICES:
+        environments[service]["MP_METRICS_PORT"] = "0"
     for variable, name, users in _SECRETS:
         value = environ.get(variable) or config.load_or_create_secret(mesh.data_dir, name)
         for user in users:

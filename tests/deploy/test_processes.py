@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 from sqlalchemy.engine import make_url
 
-from magicpixels.core.settings import DATABASE_SERVICES, GatewaySettings, MeshSettings
+from magicpixels.core.settings import DATABASE_SERVICES, SERVICES, GatewaySettings, MeshSettings
 from magicpixels.processes import PROCESSES, topology
 from tests.assets.stores import s3_client, store_under_test
 from tests.processes import completions, free_port, magicpixels, stop, wait_for
@@ -281,6 +281,8 @@ def test_the_topology_gives_each_process_a_pod_like_environment(tmp_path: Path) 
     jobs = environments["jobs"]
     assert jobs["MP_AUTH_ADDRESS"] == "127.0.0.1:7001"
     assert jobs["MP_GATEWAY_PORT"] == "8123"
+    # Metrics on ports the services bind themselves: none picked here, to be taken meanwhile.
+    assert {environments[name]["MP_METRICS_PORT"] for name in SERVICES} == {"0"}
     for name in DATABASE_SERVICES:  # one database, a schema per service
         assert environments[name][f"MP_{name.upper()}_DATABASE_URL"] == url
         assert environments[name][f"MP_{name.upper()}_DATABASE_SCHEMA"] == name
